@@ -1,0 +1,212 @@
+"""The cluster YAML as pydantic models (DESIGN §2). Unknown keys are errors (`extra="forbid"`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "LOCAL_HOSTS",
+    "Build",
+    "Cluster",
+    "Deployment",
+    "Hive",
+    "Model",
+    "Queen",
+    "Ssh",
+    "WorkerBinary",
+    "check_references",
+]
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://")
+
+Name = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="letters, digits, '.', '_' and '-'; starts with a letter or digit",
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Queen(_Strict):
+    """Where the keeper finds the queen, and the token it sends."""
+
+    url: str = Field(default="http://127.0.0.1:7833", description="the queen's base URL")
+    token: str | None = Field(default=None, description="bearer token; required off-loopback")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @property
+    def is_loopback(self) -> bool:
+        return (urlsplit(self.url).hostname or "") in LOCAL_HOSTS
+
+
+class Ssh(_Strict):
+    """How the queen reaches a network hive."""
+
+    user: str | None = None
+    port: Port = 22
+    key: str | None = None
+    known_hosts: str | None = None
+
+
+class Hive(_Strict):
+    """A machine that runs workers."""
+
+    name: Name
+    host: str = Field(min_length=1)
+    mode: Literal["local", "network"] | None = Field(
+        default=None, description="local: child of the queen; network: reached over SSH"
+    )
+    port: Port = 7835
+    ssh: Ssh | None = None
+
+    @property
+    def effective_mode(self) -> Literal["local", "network"]:
+        if self.mode is not None:
+            return self.mode
+        return "local" if self.host in LOCAL_HOSTS else "network"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class Model(_Strict):
+    """A GGUF file and where it comes from."""
+
+    name: Name
+    source: str = Field(description="hf://ORG/REPO/FILE, https://URL or file://PATH")
+    sha256: str | None = Field(default=None, description="64 hex digits, verified after download")
+    chat_format: str | None = Field(
+        default=None, description="llama-cpp-python chat format when the GGUF carries no template"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(_SOURCE_SCHEMES):
+            raise ValueError("expected a source starting with hf://, https://, http:// or file://")
+        if len(value.split("://", 1)[1]) == 0:
+            raise ValueError("the source names no location after the scheme")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("expected 64 hexadecimal digits")
+        return value.lower() if value else value
+
+
+class Build(_Strict):
+    """Build a venv with llama-cpp-python for the backend."""
+
+    cmake_args: str | None = None
+
+
+class WorkerBinary(_Strict):
+    """An inference runtime (a llama-cpp-python build) for one backend."""
+
+    name: Name
+    backend: Literal["cpu", "cuda", "metal"] = "cpu"
+    build: Build | None = None
+    path: str | None = Field(default=None, description="an existing Python runtime to use as is")
+
+
+class Deployment(_Strict):
+    """How many workers of which model run on which hives."""
+
+    model: str
+    worker: str
+    hives: list[str] | Literal["all"] = "all"
+    replicas: int = Field(default=1, ge=0, description="workers per hive")
+    slots: int = Field(default=1, ge=1, le=64, description="parallel sequences per worker")
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda:\d+|metal)$")
+    ctx_size: int = Field(default=4096, ge=128, le=1_048_576)
+
+
+class Cluster(_Strict):
+    """The whole declared cluster."""
+
+    version: Literal[1] = 1
+    queen: Queen = Queen()
+    hives: list[Hive] = []
+    models: list[Model] = []
+    worker_binaries: list[WorkerBinary] = []
+    deployments: list[Deployment] = []
+    prune: bool = False
+
+    def hive_names(self, deployment: Deployment) -> list[str]:
+        """The hives a deployment runs on, in YAML order."""
+        if deployment.hives == "all":
+            return [hive.name for hive in self.hives]
+        return list(deployment.hives)
+
+
+Loc = tuple[str | int, ...]
+
+
+def check_references(cluster: Cluster) -> list[tuple[Loc, str]]:
+    """Cross-reference errors as (location in the YAML, message); empty when consistent."""
+    errors: list[tuple[Loc, str]] = []
+    for section in ("hives", "models", "worker_binaries"):
+        seen: set[str] = set()
+        for index, item in enumerate(getattr(cluster, section)):
+            if item.name in seen:
+                errors.append(((section, index, "name"), f"duplicate name {item.name!r}"))
+            seen.add(item.name)
+    models = {m.name for m in cluster.models}
+    binaries = {b.name for b in cluster.worker_binaries}
+    hives = {h.name for h in cluster.hives}
+    pairs: set[tuple[str, str]] = set()
+    for index, deployment in enumerate(cluster.deployments):
+        here: Loc = ("deployments", index)
+        if deployment.model not in models:
+            errors.append(
+                ((*here, "model"), f"unknown model {deployment.model!r}; {_known(models)}")
+            )
+        if deployment.worker not in binaries:
+            errors.append(
+                (
+                    (*here, "worker"),
+                    f"unknown worker binary {deployment.worker!r}; {_known(binaries)}",
+                )
+            )
+        if deployment.hives != "all":
+            for position, hive in enumerate(deployment.hives):
+                if hive not in hives:
+                    errors.append(
+                        ((*here, "hives", position), f"unknown hive {hive!r}; {_known(hives)}")
+                    )
+        for hive in cluster.hive_names(deployment):
+            if (hive, deployment.model) in pairs:
+                errors.append(
+                    (
+                        (*here, "model"),
+                        f"model {deployment.model!r} is deployed twice on hive {hive!r}",
+                    )
+                )
+            pairs.add((hive, deployment.model))
+    return errors
+
+
+def _known(names: set[str]) -> str:
+    return "declared: " + ", ".join(sorted(names)) if names else "none are declared"

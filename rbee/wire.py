@@ -1,0 +1,149 @@
+"""Request and response bodies shared by the keeper, queen, hive and worker (DESIGN §4).
+
+Field names here are contracts between processes: keep them stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AddModel",
+    "Capabilities",
+    "Gpu",
+    "Health",
+    "Heartbeat",
+    "ModelEntry",
+    "OperationEvent",
+    "OperationStarted",
+    "SpawnWorker",
+    "WorkerProcess",
+    "WorkerState",
+    "WorkerView",
+    "openai_error",
+]
+
+WorkerState = Literal["loading", "idle", "busy", "draining"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Health(_Wire):
+    """`GET /health` of every daemon."""
+
+    status: Literal["ok"] = "ok"
+    service: str
+    version: str
+    pid: int
+
+
+class Heartbeat(_Wire):
+    """What a worker sends to the queen every 2 s."""
+
+    worker_id: str
+    hive: str
+    model: str
+    worker_binary: str
+    url: str
+    pid: int
+    device: str
+    state: WorkerState
+    slots_total: int = Field(ge=1)
+    slots_busy: int = Field(ge=0)
+
+
+class WorkerView(Heartbeat):
+    """A worker as the queen's registry lists it."""
+
+    last_seen_s: float = Field(description="seconds since the last heartbeat")
+    in_flight: int = Field(description="requests the queen is relaying to it now")
+
+
+class Gpu(_Wire):
+    index: int
+    name: str
+    memory_total_mib: int
+
+
+class Capabilities(_Wire):
+    """`GET /v1/capabilities` of a hive."""
+
+    hostname: str
+    os: str
+    arch: str
+    cpu_count: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: list[Gpu] = []
+    backends: list[str] = ["cpu"]
+
+
+class AddModel(_Wire):
+    """`POST /v1/models` of a hive."""
+
+    name: str
+    source: str
+    sha256: str | None = None
+
+
+class ModelEntry(_Wire):
+    """A model in a hive's catalog."""
+
+    name: str
+    source: str
+    sha256: str
+    size_bytes: int
+    path: str
+
+
+class OperationStarted(_Wire):
+    operation_id: str
+
+
+class OperationEvent(_Wire):
+    """One SSE event of `GET /v1/operations/{id}/events`."""
+
+    operation_id: str
+    state: Literal["running", "succeeded", "failed"]
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    error: str | None = None
+
+
+class SpawnWorker(_Wire):
+    """`POST /v1/worker-processes` of a hive."""
+
+    worker_id: str
+    hive: str
+    model: str
+    worker_binary: str = "cpu"
+    slots: int = Field(default=1, ge=1)
+    ctx_size: int = Field(default=4096, ge=128)
+    device: str = "cpu"
+    chat_format: str | None = None
+    queen_url: str
+
+
+class WorkerProcess(_Wire):
+    """A worker process as a hive lists it, read back from the process itself."""
+
+    pid: int
+    worker_id: str
+    hive: str
+    model: str
+    worker_binary: str
+    port: int
+    url: str
+    slots: int
+    ctx_size: int
+    device: str
+    started_at: float = Field(description="process start time, seconds since the epoch")
+
+
+def openai_error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
