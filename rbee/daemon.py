@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import json
 import logging
 import os
 import socket
@@ -15,8 +16,16 @@ import uvicorn
 
 from rbee.config.models import LOCAL_HOSTS
 from rbee.errors import PortInUseError, RbeeError
+from rbee.wire import openai_error
 
-__all__ = ["BearerAuth", "bind", "fail", "require_token_off_loopback", "run_daemon", "setup_logging"]
+__all__ = [
+    "BearerAuth",
+    "bind",
+    "fail",
+    "require_token_off_loopback",
+    "run_daemon",
+    "setup_logging",
+]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -42,7 +51,9 @@ class BearerAuth:
         ):
             await self.app(scope, receive, send)
             return
-        body = b'{"error":{"message":"missing or wrong bearer token","type":"authentication_error","param":null,"code":"unauthorized"}}'
+        body = json.dumps(
+            openai_error("missing or wrong bearer token", "authentication_error", "unauthorized")
+        ).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -21,7 +21,7 @@ def state_dir() -> Path:
 
 
 def contained(root: Path, name: str) -> Path:
-    """`root/name`, refusing any name that would escape `root` (`..`, absolute paths, separators)."""
+    """`root/name`, refusing a name that would escape `root` (`..`, absolute paths, `/`)."""
     candidate = (root / name).resolve()
     if candidate.parent != root.resolve() or name in {"", ".", ".."}:
         raise ValueError(f"invalid name {name!r}: must be a single path component")

@@ -139,7 +139,9 @@ class Deployment(_Strict):
     hives: list[str] | Literal["all"] = "all"
     replicas: int = Field(default=1, ge=0, description="workers per hive")
     slots: int = Field(default=1, ge=1, le=64, description="parallel sequences per worker")
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda:\d+|metal)$")
+    device: str = Field(
+        default="cpu", pattern=r"^(cpu|cuda:\d+|metal)$", description="cpu, cuda:N or metal"
+    )
     ctx_size: int = Field(default=4096, ge=128, le=1_048_576)
 
 

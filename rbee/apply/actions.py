@@ -1,0 +1,109 @@
+"""What each kind of action does, over HTTP to hives (and a callback to start hives)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from rbee.apply.executor import Emit
+from rbee.clients import HiveClient
+from rbee.errors import RbeeError
+from rbee.plan.planner import Action
+from rbee.wire import AddModel
+
+__all__ = ["ClusterEffects"]
+
+WorkerState = Callable[[str], str | None]
+HiveStarter = Callable[[str], Awaitable[None]]
+WorkerForget = Callable[[str], None]
+
+
+class ClusterEffects:
+    """Carries out plan actions: hives start, models are added, workers spawn and stop."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        start_hive: HiveStarter,
+        worker_state: WorkerState,
+        forget_worker: WorkerForget,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self._token = token
+        self._start_hive = start_hive
+        self._worker_state = worker_state
+        self._forget_worker = forget_worker
+        self._ready_timeout_s = ready_timeout_s
+
+    async def run(self, action: Action, emit: Emit) -> None:
+        if action.kind == "hive":
+            await self._start_hive(action.hive)
+        elif action.kind == "model":
+            await self._add_model(action, emit)
+        elif action.op == "delete":
+            await self._stop_worker(action)
+        else:
+            if action.op == "replace":
+                await self._stop_worker(action)
+            await self._spawn_worker(action, emit)
+
+    def _hive(self, action: Action) -> HiveClient:
+        assert action.hive_url is not None
+        return HiveClient(action.hive_url, self._token, timeout=30.0)
+
+    async def _add_model(self, action: Action, emit: Emit) -> None:
+        assert action.model is not None and action.source is not None
+        request = AddModel(name=action.model, source=action.source, sha256=action.sha256)
+        async with self._hive(action) as hive:
+            if action.op == "replace":
+                await hive.delete_model(action.model)
+            last = None
+            async for event in hive.add_model(request):
+                last = event
+                if event.state == "running":
+                    await emit(
+                        {
+                            "event": "progress",
+                            "address": action.address,
+                            "bytes_done": event.bytes_done,
+                            "bytes_total": event.bytes_total,
+                        }
+                    )
+        if last is None or last.state != "succeeded":
+            cause = last.error if last is not None else "the hive closed the operation stream"
+            raise RbeeError(f"adding model {action.model} failed: {cause}")
+
+    async def _stop_worker(self, action: Action) -> None:
+        assert action.pid is not None
+        if action.spawn is not None:
+            self._forget_worker(action.spawn.worker_id)
+        async with self._hive(action) as hive:
+            for proc in await hive.processes():
+                if proc.pid == action.pid:
+                    self._forget_worker(proc.worker_id)
+            await hive.kill(action.pid)
+
+    async def _spawn_worker(self, action: Action, emit: Emit) -> None:
+        assert action.spawn is not None
+        spawn = action.spawn
+        async with self._hive(action) as hive:
+            proc = await hive.spawn(spawn)
+            await emit({"event": "spawned", "address": action.address, "pid": proc.pid})
+            deadline = time.monotonic() + self._ready_timeout_s
+            checks = 0
+            while self._worker_state(spawn.worker_id) not in ("idle", "busy"):
+                if time.monotonic() > deadline:
+                    raise RbeeError(
+                        f"worker {spawn.worker_id} did not report idle within "
+                        f"{self._ready_timeout_s:.0f} s (pid {proc.pid})"
+                    )
+                checks += 1
+                if checks % 10 == 0 and proc.pid not in {p.pid for p in await hive.processes()}:
+                    raise RbeeError(
+                        f"worker {spawn.worker_id} (pid {proc.pid}) exited while starting",
+                        hint=f"see ~/.local/state/rbee/workers/{spawn.worker_id}.log on hive "
+                        f"{action.hive}",
+                    )
+                await asyncio.sleep(0.1)

@@ -1,0 +1,216 @@
+"""The artifact catalog: `<root>/<name>/{metadata.json, payload}`, written whole or not at all.
+
+An artifact is fetched into a staging directory next to its final place, checked against its
+sha256 (computed while the bytes stream in), and renamed into place in one step: a reader never
+sees a half-written payload under the real name.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from rbee.catalog.vendors import Progress, Vendor
+from rbee.catalog.vendors.file import FileVendor
+from rbee.errors import NotFoundError, RbeeError
+from rbee.paths import contained
+from rbee.wire import ModelEntry
+
+__all__ = [
+    "METADATA",
+    "PAYLOAD",
+    "ArtifactCatalog",
+    "ChecksumMismatchError",
+    "InvalidArtifactError",
+    "default_vendors",
+]
+
+METADATA = "metadata.json"
+PAYLOAD = "payload"
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_log = logging.getLogger(__name__)
+
+
+class InvalidArtifactError(RbeeError):
+    """A name, source or sha256 the catalog refuses before fetching anything."""
+
+
+class ChecksumMismatchError(RbeeError):
+    """The fetched bytes do not hash to the expected sha256."""
+
+
+def default_vendors() -> dict[str, Vendor]:
+    """The vendors this version ships, by URL scheme."""
+    return {"file": FileVendor()}
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    """Progress callback for callers that do not watch."""
+
+
+class ArtifactCatalog:
+    """One kind of artifact (models, worker binaries) under `root`, one directory per name."""
+
+    def __init__(self, root: Path, vendors: Mapping[str, Vendor] | None = None) -> None:
+        self.root = root
+        self._vendors = dict(default_vendors() if vendors is None else vendors)
+
+    def list(self) -> list[ModelEntry]:
+        """Every complete artifact, sorted by name (staging directories are skipped)."""
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for child in sorted(self.root.iterdir()):
+            if child.name.startswith(".") or not (child / METADATA).is_file():
+                continue
+            entry = self._read(child)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def get(self, name: str) -> ModelEntry:
+        """The artifact called `name`; NotFoundError when there is none."""
+        entry = self._read(self._dir(name))
+        if entry is None:
+            raise NotFoundError(f"no artifact named {name!r} in {self.root}")
+        return entry
+
+    def remove(self, name: str) -> ModelEntry:
+        """Delete the artifact called `name` and return what it was; NotFoundError when absent."""
+        entry = self.get(name)
+        self._discard(self._dir(name))
+        _log.info("artifact removed name=%s root=%s", name, self.root)
+        return entry
+
+    def check(self, name: str, source: str, sha256: str | None) -> None:
+        """Refuse at once what `add` would refuse before fetching: name, scheme, sha256 format."""
+        self._dir(name)
+        self._vendor(source)
+        _normalized(sha256)
+
+    def present(self, name: str, source: str, sha256: str | None) -> ModelEntry | None:
+        """The existing artifact when it is already this one (same sha256, else same source)."""
+        expected = _normalized(sha256)
+        try:
+            entry = self.get(name)
+        except NotFoundError:
+            return None
+        same = entry.sha256 == expected if expected is not None else entry.source == source
+        return entry if same else None
+
+    def add(
+        self,
+        name: str,
+        source: str,
+        sha256: str | None = None,
+        progress_cb: Progress | None = None,
+    ) -> ModelEntry:
+        """Fetch `source` as `name`, verify it, and rename it into place; a no-op when present."""
+        final = self._dir(name)
+        vendor = self._vendor(source)
+        expected = _normalized(sha256)
+        existing = self.present(name, source, expected)
+        if existing is not None:
+            _log.info("artifact already present name=%s sha256=%s", name, existing.sha256)
+            return existing
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=self.root))
+        try:
+            payload = staging / PAYLOAD
+            digest = hashlib.sha256()
+            with payload.open("wb") as out:
+
+                def sink(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    out.write(chunk)
+
+                vendor.fetch(source, sink, progress_cb or _no_progress)
+                out.flush()
+                os.fsync(out.fileno())
+            actual = digest.hexdigest()
+            if expected is not None and actual != expected:
+                raise ChecksumMismatchError(
+                    f"sha256 mismatch for {name}: expected {expected}, got {actual}",
+                    hint="check the sha256 in the cluster YAML against the source",
+                )
+            entry = ModelEntry(
+                name=name,
+                source=source,
+                sha256=actual,
+                size_bytes=payload.stat().st_size,
+                path=str(final / PAYLOAD),
+            )
+            (staging / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
+            self._install(staging, final)
+        finally:
+            if staging.exists():
+                self._discard(staging)
+        _log.info("artifact added name=%s sha256=%s bytes=%d", name, actual, entry.size_bytes)
+        return entry
+
+    def _dir(self, name: str) -> Path:
+        try:
+            path = contained(self.root, name)
+        except ValueError as exc:
+            raise InvalidArtifactError(str(exc)) from None
+        if name.startswith("."):
+            raise InvalidArtifactError(f"invalid name {name!r}: must not start with '.'")
+        return path
+
+    def _vendor(self, source: str) -> Vendor:
+        scheme = urlsplit(source).scheme
+        vendor = self._vendors.get(scheme)
+        if vendor is None:
+            raise InvalidArtifactError(
+                f"source scheme {scheme or '(none)'!r} is not supported yet",
+                hint=f"supported: {', '.join(f'{s}://' for s in sorted(self._vendors))}",
+            )
+        return vendor
+
+    def _read(self, directory: Path) -> ModelEntry | None:
+        try:
+            entry = ModelEntry.model_validate_json((directory / METADATA).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            _log.warning("unreadable artifact metadata dir=%s error=%s", directory, exc)
+            return None
+        # The recorded path goes stale when the catalog moves; the directory is the truth.
+        return entry.model_copy(update={"path": str(directory / PAYLOAD)})
+
+    def _install(self, staging: Path, final: Path) -> None:
+        try:
+            os.rename(staging, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        # Replacing an older artifact: move it aside first so the new one lands in one rename.
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=self.root))
+        os.rename(final, old / PAYLOAD)
+        os.rename(staging, final)
+        self._discard(old)
+
+    @staticmethod
+    def _discard(directory: Path) -> None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _normalized(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if not _SHA256.match(value):
+        raise InvalidArtifactError(f"invalid sha256 {sha256!r}: expected 64 hex digits")
+    return value

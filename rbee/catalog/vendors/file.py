@@ -1,0 +1,51 @@
+"""`file://` sources: an absolute path on the hive's own filesystem, copied in 1 MiB chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from rbee.catalog.vendors import Progress, Sink
+from rbee.errors import NotFoundError, RbeeError
+
+__all__ = ["CHUNK_BYTES", "FileVendor", "source_path"]
+
+CHUNK_BYTES = 1 << 20
+
+
+def source_path(source: str) -> Path:
+    """The absolute path named by a `file://` URL (`file:///abs/path` or `file://localhost/...`)."""
+    parts = urlsplit(source)
+    if parts.scheme != "file" or parts.netloc not in {"", "localhost"}:
+        raise RbeeError(
+            f"invalid file source {source!r}",
+            hint="use file:// followed by an absolute path, e.g. file:///data/model.gguf",
+        )
+    path = Path(unquote(parts.path))
+    if not path.is_absolute():
+        raise RbeeError(f"invalid file source {source!r}: the path must be absolute")
+    return path
+
+
+class FileVendor:
+    """Copies a local file into the catalog."""
+
+    def fetch(self, source: str, sink: Sink, progress: Progress) -> None:
+        """Copy the file at `source` into `sink`, reporting bytes done/total after each chunk."""
+        path = source_path(source)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"source file {path} does not exist") from None
+        except IsADirectoryError:
+            raise RbeeError(f"source {path} is a directory, not a file") from None
+        except PermissionError:
+            raise RbeeError(f"source file {path} is not readable by the hive") from None
+        with handle:
+            total = path.stat().st_size
+            done = 0
+            progress(done, total)
+            while chunk := handle.read(CHUNK_BYTES):
+                sink(chunk)
+                done += len(chunk)
+                progress(done, total)

@@ -1,0 +1,91 @@
+"""Starting and stopping a queen on this machine, as a detached daemon process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from rbee.clients import QueenClient
+from rbee.config.models import Queen
+from rbee.errors import RbeeError, UnavailableError
+from rbee.paths import state_dir
+
+__all__ = ["ensure_queen", "queen_log", "stop_queen"]
+
+
+def queen_log() -> Path:
+    return state_dir() / "queen.log"
+
+
+def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
+    """A client for a running queen; a loopback queen that is down is started first.
+
+    Returns the client and the pid of a queen started now (None when one was running).
+    """
+    client = QueenClient(queen.url, queen.token)
+    if client.health() is not None:
+        return client, None
+    if not queen.is_loopback:
+        raise UnavailableError(
+            f"the queen at {queen.url} is not answering",
+            hint="rbee only starts a queen on this machine; start it on its host",
+        )
+    parts = urlsplit(queen.url)
+    command = [
+        sys.executable,
+        "-m",
+        "rbee.queen.server",
+        "--host",
+        parts.hostname or "127.0.0.1",
+        "--port",
+        str(parts.port or 7833),
+    ]
+    env = {**os.environ, "RBEE_TOKEN": queen.token} if queen.token else None
+    with open(queen_log(), "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    deadline = time.monotonic() + timeout_s
+    while client.health() is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RbeeError(
+                f"the queen did not start: {_last_line(queen_log())}", hint=f"log: {queen_log()}"
+            )
+        time.sleep(0.1)
+    return client, proc.pid
+
+
+def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
+    """Ask a running queen to shut down and wait until its process is gone; returns its pid."""
+    health = client.health()
+    if health is None:
+        return None
+    client.shutdown()
+    try:
+        psutil.Process(health.pid).wait(timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired as exc:
+        raise RbeeError(
+            f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s"
+        ) from exc
+    return health.pid
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,323 @@
+"""`rbee`: the keeper CLI. Thin: parse, call the queen over HTTP, render."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from rbee.cli.local_queen import ensure_queen, stop_queen
+from rbee.clients import QueenClient
+from rbee.config.load import load_cluster
+from rbee.config.models import Cluster
+from rbee.config.schema import cluster_schema
+from rbee.errors import RbeeError
+from rbee.plan.planner import Plan
+from rbee.plan.render import plan_json, plan_text
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="rbee",
+    help="Declarative reconciler for a self-hosted LLM inference cluster.\n\n"
+    "Keep the cluster in one YAML file; `rbee plan` shows what would change, "
+    "`rbee apply` makes it so.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+queen_app = typer.Typer(help="Run the queen on this machine.", no_args_is_help=True)
+app.add_typer(queen_app, name="queen")
+
+err = Console(stderr=True)
+out = Console()
+
+ConfigFile = Annotated[
+    Path,
+    typer.Option("--file", "-f", envvar="RBEE_CONFIG", help="cluster YAML (env RBEE_CONFIG)"),
+]
+DEFAULT_CONFIG = Path("cluster.yaml")
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+def validate(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Check the cluster YAML: every error is printed as file:line:col: field: message."""
+    cluster = load_cluster(file)
+    out.print(
+        f"{file}: valid ({len(cluster.hives)} hives, {len(cluster.models)} models, "
+        f"{len(cluster.deployments)} deployments)"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the cluster YAML (for editors and CI)."""
+    sys.stdout.write(json.dumps(cluster_schema(), indent=2, sort_keys=True) + "\n")
+
+
+def _connect(cluster: Cluster) -> QueenClient:
+    client, started = ensure_queen(cluster.queen)
+    if started is not None:
+        err.print(f"[dim]started local queen (pid {started}) at {cluster.queen.url}[/dim]")
+    return client
+
+
+def _desired(cluster: Cluster) -> dict[str, Any]:
+    return cluster.model_dump(mode="json")
+
+
+@app.command()
+def plan(
+    file: ConfigFile = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode", help="exit 0 when no changes, 2 when changes, 1 on error"
+        ),
+    ] = False,
+) -> None:
+    """Observe the cluster and show the actions that would make it match the YAML."""
+    cluster = load_cluster(file)
+    the_plan = Plan.model_validate(_connect(cluster).plan(_desired(cluster)))
+    sys.stdout.write(plan_json(the_plan) if as_json else plan_text(the_plan))
+    if detailed_exitcode and the_plan.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command()
+def apply(
+    file: ConfigFile = DEFAULT_CONFIG,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="apply without asking for confirmation")
+    ] = False,
+    parallelism: Annotated[
+        int, typer.Option(min=1, help="how many independent actions run at once")
+    ] = 10,
+) -> None:
+    """Make the cluster match the YAML: start hives, add models, spawn and stop workers."""
+    cluster = load_cluster(file)
+    client = _connect(cluster)
+    if not auto_approve:
+        the_plan = Plan.model_validate(client.plan(_desired(cluster)))
+        sys.stdout.write(plan_text(the_plan))
+        if not the_plan.has_changes:
+            return
+        if not sys.stdin.isatty():
+            raise RbeeError(
+                "apply needs confirmation", hint="pass --auto-approve when not interactive"
+            )
+        if (
+            typer.prompt("\nDo you want to perform these actions? Only 'yes' will be accepted")
+            != "yes"
+        ):
+            raise RbeeError("apply cancelled")
+    started = time.monotonic()
+    summary: dict[str, Any] = {}
+    for event in client.apply(_desired(cluster), parallelism):
+        summary = _show_apply_event(event) or summary
+    elapsed = time.monotonic() - started
+    if not summary:
+        raise RbeeError("the queen ended the apply without a summary")
+    if not summary["ok"]:
+        failed = "; ".join(f"{a}: {e}" for a, e in summary["failed"].items())
+        skipped = f" ({len(summary['skipped'])} skipped)" if summary["skipped"] else ""
+        raise RbeeError(f"apply failed after {elapsed:.1f} s{skipped}: {failed}")
+    out.print(f"[green]Apply complete![/green] {len(summary['done'])} actions in {elapsed:.1f} s.")
+
+
+def _show_apply_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    kind = event.get("event")
+    address = event.get("address", "")
+    if kind == "plan":
+        if not event["plan"]["actions"]:
+            out.print("No changes. The cluster matches the configuration.")
+        else:
+            counts = event["summary"]
+            out.print(
+                f"Plan: {counts['add']} to add, {counts['change']} to change, "
+                f"{counts['destroy']} to destroy."
+            )
+    elif kind == "start":
+        out.print(f"{address}: {event['op']}…")
+    elif kind == "progress" and event.get("bytes_total"):
+        percent = 100 * event["bytes_done"] / event["bytes_total"]
+        out.print(
+            f"{address}: {percent:.0f}% of {event['bytes_total'] / 1e6:.0f} MB", highlight=False
+        )
+    elif kind == "done":
+        out.print(f"{address}: [green]done[/green] ({event['elapsed_s']} s)")
+    elif kind == "failed":
+        out.print(f"{address}: [red]failed[/red]: {event['error']}")
+    elif kind == "skipped":
+        out.print(f"{address}: [yellow]skipped[/yellow] (depends on {', '.join(event['because'])})")
+    elif kind == "error":
+        raise RbeeError(event["error"])
+    elif kind == "summary":
+        return event
+    return None
+
+
+@app.command()
+def status(
+    file: ConfigFile = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show the hives and workers the queen knows."""
+    cluster = load_cluster(file)
+    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    body = client.status()
+    if as_json:
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        return
+    out.print(f"queen  {cluster.queen.url}  [green]up[/green]")
+    for hive in body["hives"]:
+        colour = "green" if hive["state"] == "online" else "red"
+        out.print(
+            f"hive   {hive['name']:<12} {hive['mode']:<8} [{colour}]{hive['state']}[/{colour}]  "
+            f"{hive['url']}  models: {', '.join(hive['models']) or '-'}"
+        )
+    for worker in body["workers"]:
+        out.print(
+            f"worker {worker['worker_id']:<24} {worker['state']:<8} "
+            f"slots {worker['slots_busy']}/{worker['slots_total']}  "
+            f"pid {worker['pid']}  {worker['url']}"
+        )
+    if not body["workers"]:
+        out.print("no live workers")
+
+
+@app.command()
+def infer(
+    prompt: Annotated[str, typer.Argument(help="what to ask")],
+    file: ConfigFile = DEFAULT_CONFIG,
+    model: Annotated[
+        str | None, typer.Option(help="model name (default: the first deployed)")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="most tokens to generate")] = 128,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object at the end")
+    ] = False,
+) -> None:
+    """Stream an answer from the cluster through the queen."""
+    cluster = load_cluster(file)
+    name = model or (cluster.deployments[0].model if cluster.deployments else None)
+    if name is None:
+        raise RbeeError("no model to ask", hint="pass --model or declare a deployment")
+    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    body = {
+        "model": name,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    started = time.monotonic()
+    first: float | None = None
+    parts: list[str] = []
+    with client.chat_stream(body) as stream:
+        for chunk in stream.chunks:
+            choices = chunk.get("choices") or [{}]
+            text = (choices[0].get("delta") or {}).get("content") or ""
+            if not text:
+                continue
+            first = first if first is not None else time.monotonic()
+            parts.append(text)
+            if not as_json:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        worker = stream.worker
+    elapsed = time.monotonic() - started
+    if as_json:
+        result = {
+            "model": name,
+            "worker": worker,
+            "content": "".join(parts),
+            "chunks": len(parts),
+            "time_to_first_token_s": round(first - started, 4) if first is not None else None,
+            "elapsed_s": round(elapsed, 4),
+        }
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        sys.stdout.write("\n")
+
+
+@app.command()
+def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Stop all workers and hives, then the local queen."""
+    cluster = load_cluster(file)
+    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    if client.health() is None:
+        out.print("queen is not running; nothing to stop")
+        return
+    result = client.down()
+    out.print(
+        f"stopped {result['stopped_workers']} workers and hives: "
+        f"{', '.join(result['stopped_hives']) or 'none'}"
+    )
+    if cluster.queen.is_loopback:
+        pid = stop_queen(client)
+        out.print(f"stopped queen (pid {pid})")
+
+
+@queen_app.command("start")
+def queen_start(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Start the queen of the YAML on this machine, detached (logs in ~/.local/state/rbee)."""
+    cluster = load_cluster(file)
+    client, started = ensure_queen(cluster.queen)
+    health = client.health()
+    assert health is not None
+    state = "started" if started else "already running"
+    out.print(f"queen {state} at {cluster.queen.url} (pid {health.pid})")
+
+
+@queen_app.command("stop")
+def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Stop the queen (workers and hives keep running; `rbee down` stops everything)."""
+    cluster = load_cluster(file)
+    pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
+    out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
+
+
+@queen_app.command("status")
+def queen_status(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Say whether the queen answers."""
+    cluster = load_cluster(file)
+    health = QueenClient(cluster.queen.url, cluster.queen.token).health()
+    if health is None:
+        out.print(f"queen at {cluster.queen.url}: [red]not running[/red]")
+        raise typer.Exit(1)
+    out.print(
+        f"queen at {cluster.queen.url}: [green]up[/green] (pid {health.pid}, v{health.version})"
+    )
+
+
+def main() -> None:
+    """Entry point of `rbee`: expected failures print one red line, no traceback."""
+    try:
+        app()
+    except RbeeError as exc:
+        if _debug or os.environ.get("RBEE_DEBUG"):
+            raise
+        err.print(f"[red]Error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err.print(f"[dim]hint: {exc.hint}[/dim]", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

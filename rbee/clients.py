@@ -1,0 +1,229 @@
+"""httpx clients: the keeper's for the queen (sync), the queen's for hives (async)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from rbee.errors import NotFoundError, RemoteError, UnavailableError
+from rbee.wire import (
+    AddModel,
+    Capabilities,
+    Health,
+    ModelEntry,
+    OperationEvent,
+    OperationStarted,
+    SpawnWorker,
+    WorkerProcess,
+)
+
+__all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message", "sse_events"]
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _holder() -> str:
+    """Who is asking: user@host and pid, shown to whoever meets the apply lock."""
+    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def error_message(response: httpx.Response) -> str:
+    """The human message inside an error body (OpenAI-style or `{"detail": ...}`), else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("detail", "message", "error"):
+            if key in body:
+                return str(body[key])
+    return response.text.strip()
+
+
+def _check(response: httpx.Response, what: str) -> httpx.Response:
+    if response.status_code == 404:
+        raise NotFoundError(f"{what}: {error_message(response)}")
+    if response.status_code >= 400:
+        raise RemoteError(f"{what}: HTTP {response.status_code}: {error_message(response)}")
+    return response
+
+
+def _sse_data(line: str) -> dict[str, Any] | None:
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if not data or data == "[DONE]":
+        return None
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a Server-Sent Events stream (`[DONE]` ends nothing, it is skipped)."""
+    for line in lines:
+        event = _sse_data(line)
+        if event is not None:
+            yield event
+
+
+async def _asse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    async for line in lines:
+        event = _sse_data(line)
+        if event is not None:
+            yield event
+
+
+class HiveClient:
+    """Async client for one hive (used by the queen)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token), timeout=timeout)
+
+    async def __aenter__(self) -> HiveClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def _get(self, path: str, what: str) -> Any:
+        try:
+            response = await self._http.get(path)
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"hive at {self.url} is unreachable: {exc!r}") from exc
+        return _check(response, what).json()
+
+    async def health(self) -> Health:
+        return Health.model_validate(await self._get("/health", "hive health"))
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities.model_validate(await self._get("/v1/capabilities", "capabilities"))
+
+    async def models(self) -> list[ModelEntry]:
+        return [ModelEntry.model_validate(m) for m in await self._get("/v1/models", "models")]
+
+    async def processes(self) -> list[WorkerProcess]:
+        body = await self._get("/v1/worker-processes", "worker processes")
+        return [WorkerProcess.model_validate(p) for p in body]
+
+    async def add_model(self, request: AddModel) -> AsyncIterator[OperationEvent]:
+        """Start a model download and follow its progress events to the end."""
+        response = await self._http.post("/v1/models", json=request.model_dump())
+        started = OperationStarted.model_validate(_check(response, "add model").json())
+        path = f"/v1/operations/{started.operation_id}/events"
+        async with self._http.stream("GET", path, timeout=None) as stream:
+            _check(stream, "operation events")
+            async for event in _asse_events(stream.aiter_lines()):
+                yield OperationEvent.model_validate(event)
+
+    async def delete_model(self, name: str) -> None:
+        _check(await self._http.delete(f"/v1/models/{name}"), f"delete model {name}")
+
+    async def spawn(self, request: SpawnWorker) -> WorkerProcess:
+        response = await self._http.post("/v1/worker-processes", json=request.model_dump())
+        return WorkerProcess.model_validate(_check(response, "spawn worker").json())
+
+    async def kill(self, pid: int, grace_s: float = 5.0) -> None:
+        response = await self._http.delete(
+            f"/v1/worker-processes/{pid}", params={"grace": grace_s}, timeout=grace_s + 10
+        )
+        if response.status_code != 404:  # already gone is what we wanted
+            _check(response, f"stop worker pid {pid}")
+
+
+class QueenClient:
+    """Sync client for the queen (used by the keeper CLI)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {**_headers(token), "x-rbee-holder": _holder()}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise UnavailableError(
+                f"the queen at {self.url} is unreachable ({type(exc).__name__})",
+                hint="start it with `rbee queen start` or check queen.url",
+            ) from exc
+        return _check(response, what).json()
+
+    def health(self) -> Health | None:
+        """The queen's health, or None when nothing answers."""
+        try:
+            health = Health.model_validate(self._request("GET", "/health", "queen health"))
+        except (UnavailableError, RemoteError, NotFoundError, ValidationError):
+            return None
+        return health if health.service == "queen-rbee" else None
+
+    def plan(self, cluster: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST", "/v1/plan", "plan", json={"cluster": cluster}
+        )
+        return result
+
+    def apply(self, cluster: dict[str, Any], parallelism: int) -> Iterator[dict[str, Any]]:
+        """Run an apply in the queen and yield its progress events."""
+        body = {"cluster": cluster, "parallelism": parallelism}
+        try:
+            with self._http.stream("POST", "/v1/apply", json=body, timeout=None) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    _check(stream, "apply")
+                yield from sse_events(stream.iter_lines())
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"lost the queen at {self.url} during apply: {exc!r}") from exc
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/v1/status", "status")
+        return result
+
+    def down(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/v1/down", "down", timeout=120)
+        return result
+
+    def shutdown(self) -> None:
+        self._request("POST", "/v1/shutdown", "shutdown")
+
+    @contextlib.contextmanager
+    def chat_stream(self, body: dict[str, Any]) -> Iterator[ChatStream]:
+        """Stream a chat completion; the chunks arrive as the worker makes them."""
+        try:
+            with self._http.stream(
+                "POST", "/v1/chat/completions", json={**body, "stream": True}, timeout=None
+            ) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    _check(stream, "inference")
+                yield ChatStream(
+                    worker=stream.headers.get("x-rbee-worker", "?"),
+                    chunks=sse_events(stream.iter_lines()),
+                )
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"lost the queen at {self.url}: {exc!r}") from exc
+
+
+@dataclass
+class ChatStream:
+    """A streamed chat completion: which worker serves it, and its OpenAI chunks."""
+
+    worker: str
+    chunks: Iterator[dict[str, Any]]

@@ -1,0 +1,215 @@
+"""The hive's HTTP routes (DESIGN §4): health, capabilities, models, operations, workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import rbee
+from rbee.catalog import ArtifactCatalog, InvalidArtifactError
+from rbee.errors import NotFoundError, RbeeError
+from rbee.hive import capabilities
+from rbee.hive.operations import Operation, Operations
+from rbee.hive.processes import find_worker, list_workers, spawn_worker, stop_worker
+from rbee.paths import cache_dir
+from rbee.wire import AddModel, Health, OperationStarted, SpawnWorker, openai_error
+
+__all__ = ["SERVICE", "create_app"]
+
+SERVICE = "rbee-hive"
+_MAX_GRACE_S = 300.0
+_M = TypeVar("_M", bound=BaseModel)
+_log = logging.getLogger(__name__)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def create_app(name: str, token: str | None = None, catalog: ArtifactCatalog | None = None) -> Starlette:
+    """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's)."""
+    models = catalog or ArtifactCatalog(cache_dir("models"))
+    operations = Operations()
+    adding: dict[str, tuple[AddModel, Operation]] = {}
+
+    async def health(request: Request) -> Response:
+        body = Health(service=SERVICE, version=rbee.__version__, pid=os.getpid()).model_dump()
+        return JSONResponse({**body, "name": name})
+
+    async def get_capabilities(request: Request) -> Response:
+        return _json(await run_in_threadpool(capabilities.gather))
+
+    async def list_models(request: Request) -> Response:
+        return _json(await run_in_threadpool(models.list))
+
+    async def get_model(request: Request) -> Response:
+        return _json(await run_in_threadpool(models.get, request.path_params["name"]))
+
+    async def add_model(request: Request) -> Response:
+        wanted = await _parse(request, AddModel)
+        models.check(wanted.name, wanted.source, wanted.sha256)
+        running = adding.get(wanted.name)
+        if running is not None and not running[1].finished:
+            if running[0] != wanted:
+                raise _HTTPError(409, f"model {wanted.name} is being added from another source", "conflict")
+            operation = running[1]
+        elif (present := await run_in_threadpool(models.present, wanted.name, wanted.source, wanted.sha256)) is not None:
+            operation = operations.done(present.size_bytes)
+        else:
+
+            def work(op: Operation) -> int:
+                return models.add(wanted.name, wanted.source, wanted.sha256, op.progress).size_bytes
+
+            operation = operations.start(work, label=f"add-model:{wanted.name}")
+            adding[wanted.name] = (wanted, operation)
+        return JSONResponse(
+            OperationStarted(operation_id=operation.id).model_dump(),
+            status_code=202,
+            headers={"Location": f"/v1/operations/{operation.id}"},
+        )
+
+    async def remove_model(request: Request) -> Response:
+        return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
+
+    async def get_operation(request: Request) -> Response:
+        return _json(operations.get(request.path_params["operation_id"]).latest)
+
+    async def operation_events(request: Request) -> Response:
+        operation = operations.get(request.path_params["operation_id"])
+
+        async def stream() -> AsyncIterator[str]:
+            async for event in operation.events():
+                yield f"data: {event.model_dump_json()}\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def list_worker_processes(request: Request) -> Response:
+        return _json(await run_in_threadpool(list_workers))
+
+    async def spawn_worker_process(request: Request) -> Response:
+        wanted = await _parse(request, SpawnWorker)
+        try:
+            model = await run_in_threadpool(models.get, wanted.model)
+        except (NotFoundError, InvalidArtifactError):
+            raise _HTTPError(404, f"model {wanted.model!r} is not in this hive's catalog", "model_not_found") from None
+        try:
+            worker = await run_in_threadpool(spawn_worker, wanted, Path(model.path), token)
+        except ValueError as exc:
+            raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
+        return _json(worker, status=201)
+
+    async def get_worker_process(request: Request) -> Response:
+        return _json(await run_in_threadpool(find_worker, request.path_params["pid"]))
+
+    async def stop_worker_process(request: Request) -> Response:
+        grace = _grace(request.query_params.get("grace", "5"))
+        return _json(await run_in_threadpool(stop_worker, request.path_params["pid"], grace))
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/capabilities", get_capabilities),
+        Route("/v1/models", list_models),
+        Route("/v1/models", add_model, methods=["POST"]),
+        Route("/v1/models/{name}", get_model),
+        Route("/v1/models/{name}", remove_model, methods=["DELETE"]),
+        Route("/v1/operations/{operation_id}", get_operation),
+        Route("/v1/operations/{operation_id}/events", operation_events),
+        Route("/v1/worker-processes", list_worker_processes),
+        Route("/v1/worker-processes", spawn_worker_process, methods=["POST"]),
+        Route("/v1/worker-processes/{pid:int}", get_worker_process),
+        Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
+    ]
+    handlers: dict[Any, Any] = {
+        _HTTPError: _http_error,
+        HTTPException: _starlette_error,
+        NotFoundError: _not_found,
+        InvalidArtifactError: _invalid,
+        RbeeError: _rbee_error,
+        Exception: _internal_error,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _json(value: BaseModel | list[Any], status: int = 200) -> JSONResponse:
+    if isinstance(value, list):
+        return JSONResponse([item.model_dump() for item in value], status_code=status)
+    return JSONResponse(value.model_dump(), status_code=status)
+
+
+async def _parse(request: Request, model: type[_M]) -> _M:
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        raise _HTTPError(400, "request body is not valid JSON", "invalid_json") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise _HTTPError(422, problems, "validation_error") from None
+
+
+def _grace(raw: str) -> float:
+    try:
+        grace = float(raw)
+    except ValueError:
+        grace = -1.0
+    if not 0.0 <= grace <= _MAX_GRACE_S:
+        raise _HTTPError(422, f"grace: expected seconds between 0 and {_MAX_GRACE_S:g}, got {raw!r}", "validation_error")
+    return grace
+
+
+def _error(status: int, message: str, type_: str, code: str | None) -> JSONResponse:
+    return JSONResponse(openai_error(message, type_, code), status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _HTTPError)
+    return _error(exc.status, exc.message, "invalid_request_error", exc.code)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, exc.detail, "invalid_request_error", None)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NotFoundError)
+    return _error(404, exc.message, "invalid_request_error", "not_found")
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidArtifactError)
+    message = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return _error(422, message, "invalid_request_error", "validation_error")
+
+
+async def _rbee_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RbeeError)
+    _log.warning("request failed path=%s error=%s", request.url.path, exc)
+    return _error(500, exc.message, "server_error", None)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    _log.error("request crashed path=%s", request.url.path, exc_info=exc)
+    return _error(500, "internal error in rbee-hive (see its log)", "server_error", None)

@@ -1,0 +1,31 @@
+"""Resource addresses (`hive.gpu1`, `model.gpu1.gemma3-270m`, `worker.gpu1.gemma3-270m[0]`)."""
+
+from __future__ import annotations
+
+__all__ = ["hive_address", "model_address", "parse_worker_id", "worker_address", "worker_id"]
+
+
+def hive_address(hive: str) -> str:
+    return f"hive.{hive}"
+
+
+def model_address(hive: str, model: str) -> str:
+    return f"model.{hive}.{model}"
+
+
+def worker_address(hive: str, model: str, index: int) -> str:
+    return f"worker.{hive}.{model}[{index}]"
+
+
+def worker_id(hive: str, model: str, index: int) -> str:
+    """The id a worker is spawned with; it carries its address so plans can match it back."""
+    return f"{hive}.{model}.{index}"
+
+
+def parse_worker_id(hive: str, model: str, wid: str) -> int | None:
+    """The replica index in `wid`, or None when the id is not one rbee gave for (hive, model)."""
+    prefix = f"{hive}.{model}."
+    if not wid.startswith(prefix):
+        return None
+    tail = wid[len(prefix) :]
+    return int(tail) if tail.isdigit() else None

@@ -1,0 +1,195 @@
+"""queen-rbee's HTTP routes (DESIGN §4). Logic lives in registry, relay and control."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import rbee
+from rbee.config.models import Cluster, check_references
+from rbee.queen.control import ApplyLocked, Control
+from rbee.queen.registry import Registry
+from rbee.queen.relay import Relay
+from rbee.queen.store import Store
+from rbee.wire import Health, Heartbeat, openai_error
+
+__all__ = ["create_app"]
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(openai_error(message, type_, code), status_code=status)
+
+
+async def _json_body(request: Request) -> tuple[bytes, dict[str, Any] | JSONResponse]:
+    body = await request.body()
+    try:
+        parsed = json.loads(body)
+    except ValueError as exc:
+        return body, _error(400, f"malformed JSON body: {exc}", "invalid_request_error")
+    if not isinstance(parsed, dict):
+        return body, _error(400, "the JSON body must be an object", "invalid_request_error")
+    return body, parsed
+
+
+def _cluster(body: dict[str, Any]) -> Cluster | JSONResponse:
+    try:
+        cluster = Cluster.model_validate(body.get("cluster"))
+    except ValidationError as exc:
+        return _error(422, f"invalid cluster: {exc.errors()[0]['msg']}", "invalid_request_error")
+    problems = check_references(cluster)
+    if problems:
+        return _error(422, f"invalid cluster: {problems[0][1]}", "invalid_request_error")
+    return cluster
+
+
+def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
+    """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at."""
+    registry = Registry()
+    control = Control(registry, store, queen_url, token)
+    relay = Relay(registry, control.is_declared)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(
+            Health(service="queen-rbee", version=rbee.__version__, pid=os.getpid()).model_dump()
+        )
+
+    async def heartbeat(request: Request) -> Response:
+        _, body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            registry.beat(Heartbeat.model_validate(body))
+        except ValidationError as exc:
+            return _error(
+                422, f"invalid heartbeat: {exc.errors()[0]['msg']}", "invalid_request_error"
+            )
+        return Response(status_code=204)
+
+    async def list_workers(request: Request) -> JSONResponse:
+        return JSONResponse([registry.view(r).model_dump() for r in registry.live()])
+
+    async def get_worker(request: Request) -> JSONResponse:
+        record = registry.get(request.path_params["worker_id"])
+        if record is None:
+            return _error(404, "no such live worker", "not_found_error")
+        return JSONResponse(registry.view(record).model_dump())
+
+    async def list_models(request: Request) -> JSONResponse:
+        data = [{"id": m, "object": "model", "owned_by": "rbee"} for m in registry.models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def inference(request: Request) -> Response:
+        raw, body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "the request names no model", "invalid_request_error")
+        return await relay.forward(request.url.path, model, raw)
+
+    async def plan_route(request: Request) -> JSONResponse:
+        _, body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        cluster = _cluster(body)
+        if isinstance(cluster, JSONResponse):
+            return cluster
+        the_plan = await control.plan(cluster)
+        return JSONResponse({**the_plan.model_dump(mode="json"), "summary": the_plan.counts()})
+
+    async def apply_route(request: Request) -> Response:
+        _, body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        cluster = _cluster(body)
+        if isinstance(cluster, JSONResponse):
+            return cluster
+        if control.is_locked:
+            return _error(409, control.lock_message(), "conflict", "apply_locked")
+        holder = request.headers.get(
+            "x-rbee-holder", request.client.host if request.client else "?"
+        )
+        parallelism = int(body.get("parallelism", 10))
+        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                outcome = await control.apply(cluster, holder, events.put, parallelism)
+                await events.put(
+                    {
+                        "event": "summary",
+                        "ok": outcome.ok,
+                        "done": outcome.done,
+                        "failed": outcome.failed,
+                        "skipped": outcome.skipped,
+                    }
+                )
+            except ApplyLocked as exc:
+                await events.put({"event": "error", "error": exc.message})
+            finally:
+                await events.put(None)
+
+        # The apply runs on even if the keeper disconnects; the stream only reports it.
+        task = asyncio.create_task(run())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+        async def stream() -> AsyncIterator[bytes]:
+            while (event := await events.get()) is not None:
+                yield f"data: {json.dumps(event)}\n\n".encode()
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(await control.status())
+
+    async def down(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await control.down())
+        except ApplyLocked as exc:
+            return _error(409, exc.message, "conflict", "apply_locked")
+
+    async def shutdown(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {"stopping": os.getpid()},
+            background=BackgroundTask(os.kill, os.getpid(), signal.SIGTERM),
+        )
+
+    background: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await relay.start()
+        try:
+            yield
+        finally:
+            await relay.close()
+            store.close()
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
+        Route("/v1/workers", list_workers),
+        Route("/v1/workers/{worker_id}", get_worker),
+        Route("/v1/models", list_models),
+        Route("/v1/chat/completions", inference, methods=["POST"]),
+        Route("/v1/completions", inference, methods=["POST"]),
+        Route("/v1/plan", plan_route, methods=["POST"]),
+        Route("/v1/apply", apply_route, methods=["POST"]),
+        Route("/v1/status", status),
+        Route("/v1/down", down, methods=["POST"]),
+        Route("/v1/shutdown", shutdown, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

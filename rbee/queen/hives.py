@@ -1,0 +1,117 @@
+"""Local hives: the queen starts them as child processes and stops them by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from rbee.clients import HiveClient
+from rbee.config.models import Hive
+from rbee.errors import RbeeError, UnavailableError
+from rbee.paths import state_dir
+
+__all__ = ["LocalHives", "stop_pid"]
+
+log = logging.getLogger(__name__)
+
+
+class LocalHives:
+    """Starts and stops `rbee-hive` daemons on this machine."""
+
+    def __init__(self, queen_url: str, token: str | None) -> None:
+        self._queen_url = queen_url
+        self._token = token
+
+    async def start(self, hive: Hive, timeout_s: float = 30.0) -> int:
+        """Start the hive as a child process and wait for its /health; returns its pid."""
+        if hive.effective_mode != "local":
+            raise RbeeError(
+                f"hive {hive.name} is a network hive: starting it over SSH is not built yet",
+                hint="start rbee-hive on that machine yourself, or use a local hive",
+            )
+        log_path = state_dir() / f"hive-{hive.name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "rbee.hive.server",
+            "--host",
+            hive.host,
+            "--port",
+            str(hive.port),
+            "--name",
+            hive.name,
+            "--queen-url",
+            self._queen_url,
+        ]
+        env = dict(os.environ)
+        if self._token:
+            env["RBEE_TOKEN"] = self._token
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        threading.Thread(target=proc.wait, name=f"reap-hive-{hive.name}", daemon=True).start()
+        log.info("event=hive_spawned hive=%s pid=%s", hive.name, proc.pid)
+        deadline = time.monotonic() + timeout_s
+        async with HiveClient(hive.url, self._token, timeout=2.0) as client:
+            while True:
+                try:
+                    health = await client.health()
+                    if health.pid == proc.pid:
+                        return proc.pid
+                except UnavailableError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RbeeError(
+                        f"hive {hive.name} did not start: {_tail(log_path)}",
+                        hint=f"full log: {log_path}",
+                    )
+                await asyncio.sleep(0.1)
+
+    async def stop(self, hive: Hive) -> bool:
+        """Stop a local hive found by its /health pid; False when none was running."""
+        async with HiveClient(hive.url, self._token, timeout=2.0) as client:
+            try:
+                health = await client.health()
+            except RbeeError:
+                return False
+        await asyncio.to_thread(stop_pid, health.pid, "rbee.hive.server")
+        return True
+
+
+def stop_pid(pid: int, marker: str, grace_s: float = 5.0) -> None:
+    """SIGTERM `pid` if its command line holds `marker`, SIGKILL after `grace_s`."""
+    try:
+        proc = psutil.Process(pid)
+        if marker not in " ".join(proc.cmdline()):
+            raise RbeeError(f"pid {pid} is not an {marker} process; refusing to signal it")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_s)
+    except psutil.NoSuchProcess:
+        return
+
+
+def _tail(path: os.PathLike[str], lines: int = 3) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read().strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:]) or "no output"

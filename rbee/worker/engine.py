@@ -1,0 +1,281 @@
+"""Slots over llama-cpp-python: N contexts of one GGUF, each running one sequence in a thread.
+
+The weights are mmapped once and shared by every context; llama-cpp releases the GIL while it
+evaluates, so N threads generate in parallel. Chunks cross from a slot's thread to the event
+loop one at a time, as llama-cpp yields them: nothing buffers a whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import llama_cpp
+
+__all__ = ["Engine", "EngineConfig", "Generation", "Kind", "chat_format_for", "threads_per_slot"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+Kind = Literal["chat", "completion"]
+
+# Used only when the GGUF carries no chat template: llama-cpp would otherwise fall back to
+# "llama-2", and gemma answers that prompt with nothing at all.
+_ARCHITECTURE_FORMATS: tuple[tuple[str, str], ...] = (
+    ("gemma", "gemma"),
+    ("llama", "llama-2"),
+    ("mistral", "mistral-instruct"),
+    ("qwen", "qwen"),
+    ("chatglm", "chatglm3"),
+)
+
+
+def chat_format_for(metadata: Mapping[str, str], fallback: str | None) -> str | None:
+    """The chat format to force, or None to let llama-cpp use the GGUF's own template."""
+    if "tokenizer.chat_template" in metadata:
+        return None
+    architecture = metadata.get("general.architecture", "")
+    for prefix, name in _ARCHITECTURE_FORMATS:
+        if architecture.startswith(prefix):
+            return name
+    return fallback
+
+
+def threads_per_slot(threads: int | None, slots: int) -> int:
+    """`--threads` when given, else the machine's cores shared evenly between the slots."""
+    if threads is not None:
+        return max(1, threads)
+    return max(1, (os.cpu_count() or 1) // slots)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine loads and how: one GGUF, `slots` contexts of `ctx_size` tokens each."""
+
+    model_path: str
+    model_name: str
+    slots: int = 1
+    ctx_size: int = 4096
+    threads: int | None = None
+    chat_format: str | None = None
+    device: str = "cpu"
+
+
+class _Cancelled:
+    """A llama-cpp stopping criterion: true once the request's client has gone."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        return self.event.is_set()
+
+
+class _Context(llama_cpp.Llama):
+    """One slot's llama context: every completion it runs stops between tokens when cancelled.
+
+    The chat handlers call `create_completion` without passing a caller's stopping criteria
+    through, so the cancel check is added here, where both chat and plain completions pass.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancelled = _Cancelled()
+
+    def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+        criteria = llama_cpp.StoppingCriteriaList([self.cancelled])
+        criteria.extend(kwargs.get("stopping_criteria") or [])
+        kwargs["stopping_criteria"] = criteria
+        return super().create_completion(*args, **kwargs)
+
+
+_END = object()
+
+
+class Generation:
+    """One request running on one slot; iterate it for chunks (stream) or await `result()`."""
+
+    def __init__(self, context: _Context) -> None:
+        self._context = context
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.finished = False
+
+    def cancel(self) -> None:
+        """Stop generating after the current token (a no-op once finished)."""
+        self._context.cancelled.event.set()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is _END:
+            self.finished = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        assert isinstance(item, dict)
+        return item
+
+    async def result(self) -> dict[str, Any]:
+        """The whole response of a non-streamed request."""
+        response = await self.__anext__()
+        self.finished = True
+        return response
+
+
+class Engine:
+    """N llama contexts of one GGUF, handed out one request at a time, first come first served."""
+
+    def __init__(self, config: EngineConfig, on_change: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self._on_change = on_change
+        self._free: asyncio.Queue[_Context] = asyncio.Queue()
+        self._contexts: list[_Context] = []
+        self._busy = 0
+        self.loaded = False
+
+    @property
+    def slots_total(self) -> int:
+        """Slots this worker serves (the configured count, loaded or not)."""
+        return self.config.slots
+
+    @property
+    def slots_busy(self) -> int:
+        """Slots running a request right now."""
+        return self._busy
+
+    async def load(self) -> None:
+        """Load every context in a daemon thread (a stuck load must not hold up exit)."""
+        self._contexts = await _in_daemon_thread(self._load_contexts, name="rbee-load")
+        for context in self._contexts:
+            self._free.put_nowait(context)
+        self.loaded = True
+        self._on_change()
+
+    def _load_contexts(self) -> list[_Context]:
+        config = self.config
+        threads = threads_per_slot(config.threads, config.slots)
+        gpu_layers, main_gpu = _placement(config.device)
+        kwargs: dict[str, Any] = {
+            "model_path": config.model_path,
+            "n_ctx": config.ctx_size,
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            "n_gpu_layers": gpu_layers,
+            "main_gpu": main_gpu,
+            "verbose": False,
+        }
+        first = _Context(**kwargs)
+        chat_format = chat_format_for(first.metadata, config.chat_format)
+        if chat_format is not None:
+            first.chat_format = chat_format
+            kwargs["chat_format"] = chat_format
+        contexts = [first] + [_Context(**kwargs) for _ in range(config.slots - 1)]
+        log.info(
+            "loaded model=%s slots=%d threads_per_slot=%d chat_format=%s",
+            config.model_name,
+            config.slots,
+            threads,
+            first.chat_format,
+        )
+        return contexts
+
+    async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
+        """Wait for a free slot, then start generating on it in a thread."""
+        context = await self._free.get()
+        context.cancelled.event.clear()
+        self._busy += 1
+        self._on_change()
+        generation = Generation(context)
+        loop = asyncio.get_running_loop()
+        args = {**params, "model": self.config.model_name, "stream": stream}
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(generation._queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                if kind == "chat":
+                    output = context.create_chat_completion(**args)
+                else:
+                    output = context.create_completion(**args)
+                if stream:
+                    chunks: Iterator[dict[str, Any]] = output
+                    for chunk in chunks:
+                        put(chunk)
+                        if context.cancelled.event.is_set():
+                            break
+                else:
+                    put(output)
+                put(_END)
+            except Exception as exc:
+                put(exc)
+            finally:
+                loop.call_soon_threadsafe(self._release, context)
+
+        threading.Thread(target=_quiet_after_loop_closed(run), name="rbee-slot", daemon=True).start()
+        return generation
+
+    def _release(self, context: _Context) -> None:
+        self._busy -= 1
+        self._free.put_nowait(context)
+        self._on_change()
+
+    def cancel_all(self) -> None:
+        """Stop every running generation (shutdown)."""
+        for context in self._contexts:
+            context.cancelled.event.set()
+
+
+def _placement(device: str) -> tuple[int, int]:
+    """(n_gpu_layers, main_gpu) for a `--device` such as cpu, cuda:1 or metal."""
+    if device == "cpu":
+        return 0, 0
+    _, _, index = device.partition(":")
+    return -1, int(index) if index.isdigit() else 0
+
+
+def _quiet_after_loop_closed(work: Callable[[], None]) -> Callable[[], None]:
+    """A thread body that ends silently when the event loop it reports to has closed."""
+
+    def body() -> None:
+        try:
+            work()
+        except RuntimeError:
+            log.debug("event loop closed before a slot thread finished")
+
+    return body
+
+
+async def _in_daemon_thread(work: Callable[[], _T], *, name: str) -> _T:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def deliver(result: _T | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def body() -> None:
+        outcome: _T | BaseException
+        try:
+            outcome = work()
+        except BaseException as exc:
+            outcome = exc
+        loop.call_soon_threadsafe(deliver, outcome)
+
+    threading.Thread(target=_quiet_after_loop_closed(body), name=name, daemon=True).start()
+    return await future

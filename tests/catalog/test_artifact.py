@@ -1,0 +1,157 @@
+"""The artifact catalog on disk: whole artifacts or nothing, checked, contained."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from rbee.catalog import ArtifactCatalog, ChecksumMismatchError, InvalidArtifactError
+from rbee.catalog.artifact import METADATA, PAYLOAD
+from rbee.catalog.vendors import Progress, Sink
+from rbee.errors import NotFoundError
+
+DATA = b"weights" * 1000
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+class CountingVendor:
+    """A file:// stand-in that counts fetches and can fail halfway."""
+
+    def __init__(self, data: bytes = DATA, fail_halfway: bool = False) -> None:
+        self.data, self.fail_halfway, self.calls = data, fail_halfway, 0
+
+    def fetch(self, source: str, sink: Sink, progress: Progress) -> None:
+        self.calls += 1
+        half = len(self.data) // 2
+        sink(self.data[:half])
+        if self.fail_halfway:
+            raise OSError("connection dropped")
+        sink(self.data[half:])
+        progress(len(self.data), len(self.data))
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> str:
+    path = tmp_path / "src.gguf"
+    path.write_bytes(DATA)
+    return path.as_uri()
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> ArtifactCatalog:
+    return ArtifactCatalog(tmp_path / "models")
+
+
+def test_add_writes_payload_and_metadata(catalog: ArtifactCatalog, source: str) -> None:
+    entry = catalog.add("m", source, SHA)
+    directory = catalog.root / "m"
+    assert (directory / PAYLOAD).read_bytes() == DATA
+    assert json.loads((directory / METADATA).read_text()) == entry.model_dump()
+    assert entry.model_dump() == {
+        "name": "m",
+        "source": source,
+        "sha256": SHA,
+        "size_bytes": len(DATA),
+        "path": str(directory / PAYLOAD),
+    }
+    assert catalog.list() == [entry]
+    assert catalog.get("m") == entry
+
+
+def test_add_without_sha256_records_the_computed_one(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    assert catalog.add("m", source).sha256 == SHA
+
+
+def test_add_reports_progress_up_to_the_total(catalog: ArtifactCatalog, source: str) -> None:
+    seen: list[tuple[int, int | None]] = []
+    catalog.add("m", source, SHA, lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, len(DATA))
+    assert seen[-1] == (len(DATA), len(DATA))
+
+
+def test_a_wrong_sha256_leaves_nothing_under_the_name(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    with pytest.raises(ChecksumMismatchError, match="sha256 mismatch"):
+        catalog.add("m", source, "0" * 64)
+    assert list(catalog.root.iterdir()) == []
+    with pytest.raises(NotFoundError):
+        catalog.get("m")
+
+
+def test_a_failed_fetch_leaves_nothing_behind(tmp_path: Path) -> None:
+    catalog = ArtifactCatalog(tmp_path / "models", {"file": CountingVendor(fail_halfway=True)})
+    with pytest.raises(OSError, match="connection dropped"):
+        catalog.add("m", "file:///x", SHA)
+    assert list(catalog.root.iterdir()) == []
+
+
+def test_adding_the_same_artifact_twice_is_a_noop(tmp_path: Path) -> None:
+    vendor = CountingVendor()
+    catalog = ArtifactCatalog(tmp_path / "models", {"file": vendor})
+    first = catalog.add("m", "file:///x", SHA)
+    assert catalog.add("m", "file:///x", SHA.upper()) == first
+    assert catalog.add("m", "file:///x") == first
+    assert vendor.calls == 1
+
+
+def test_a_new_sha256_replaces_the_old_artifact(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    ArtifactCatalog(root, {"file": CountingVendor()}).add("m", "file:///x", SHA)
+    newer = b"newer weights"
+    catalog = ArtifactCatalog(root, {"file": CountingVendor(newer)})
+    entry = catalog.add("m", "file:///x", hashlib.sha256(newer).hexdigest())
+    assert Path(entry.path).read_bytes() == newer
+    assert [child.name for child in catalog.root.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/abs", ".hidden"])
+def test_names_that_escape_or_hide_are_refused(
+    catalog: ArtifactCatalog, source: str, tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(InvalidArtifactError, match="invalid name"):
+        catalog.add(name, source, SHA)
+    with pytest.raises(InvalidArtifactError):
+        catalog.get(name)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_scheme_is_not_supported_yet(catalog: ArtifactCatalog) -> None:
+    with pytest.raises(InvalidArtifactError, match="source scheme 'hf' is not supported yet"):
+        catalog.check("m", "hf://org/repo/file.gguf", None)
+
+
+def test_a_malformed_sha256_is_refused(catalog: ArtifactCatalog, source: str) -> None:
+    with pytest.raises(InvalidArtifactError, match="64 hex digits"):
+        catalog.check("m", source, "abc")
+
+
+def test_remove_deletes_and_unknown_names_are_not_found(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    entry = catalog.add("m", source, SHA)
+    assert catalog.remove("m") == entry
+    assert catalog.list() == []
+    with pytest.raises(NotFoundError):
+        catalog.remove("m")
+
+
+def test_list_skips_staging_directories_and_broken_metadata(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    entry = catalog.add("m", source, SHA)
+    (catalog.root / ".m.abc.partial").mkdir()
+    (catalog.root / ".m.abc.partial" / PAYLOAD).write_bytes(b"half")
+    broken = catalog.root / "broken"
+    broken.mkdir()
+    (broken / METADATA).write_text("{not json")
+    assert catalog.list() == [entry]
+
+
+def test_an_empty_catalog_lists_nothing(tmp_path: Path) -> None:
+    assert ArtifactCatalog(tmp_path / "never-created").list() == []

@@ -1,0 +1,38 @@
+"""The file:// vendor: chunked copy with progress, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rbee.catalog.vendors.file import CHUNK_BYTES, FileVendor, source_path
+from rbee.errors import NotFoundError, RbeeError
+
+
+def test_copies_in_chunks_reporting_done_and_total(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (CHUNK_BYTES * 5 // 2 // 256)
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    chunks: list[bytes] = []
+    progress: list[tuple[int, int | None]] = []
+    FileVendor().fetch(source.as_uri(), chunks.append, lambda d, t: progress.append((d, t)))
+    assert b"".join(chunks) == data
+    assert max(len(c) for c in chunks) == CHUNK_BYTES
+    total = len(data)
+    assert progress == [(0, total), (CHUNK_BYTES, total), (2 * CHUNK_BYTES, total), (total, total)]
+
+
+def test_a_missing_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"):
+        FileVendor().fetch((tmp_path / "nope").as_uri(), print, lambda d, t: None)
+
+
+@pytest.mark.parametrize("source", ["file://relative/path", "file://otherhost/x", "https://h/x"])
+def test_only_local_absolute_paths_are_sources(source: str) -> None:
+    with pytest.raises(RbeeError, match="invalid file source"):
+        source_path(source)
+
+
+def test_percent_escapes_are_decoded(tmp_path: Path) -> None:
+    assert source_path((tmp_path / "a b.gguf").as_uri()) == tmp_path / "a b.gguf"

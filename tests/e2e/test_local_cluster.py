@@ -1,0 +1,197 @@
+"""The walking skeleton end to end: YAML → rbee apply → a streamed answer → down.
+
+Real processes on real sockets: the rbee CLI, a detached queen, its child hive and
+llama-cpp-python workers on the real Gemma 3 270M model. The tests of this module run in
+order against one cluster, each checking one behaviour of the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.fixtures.cluster import LocalCluster, kill_strays
+from tests.fixtures.model import MODEL_SHA256
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+    env.update(HOME=str(home), RBEE_LOG_LEVEL="INFO")
+    the_cluster = LocalCluster(
+        home=home,
+        config=home / "cluster.yaml",
+        queen_port=_free_port(),
+        hive_port=_free_port(),
+        model_path=gguf,
+        model_sha256=MODEL_SHA256,
+        env=env,
+    )
+    the_cluster.write(replicas=1)
+    yield the_cluster
+    the_cluster.rbee("down", check=False, timeout=60)
+    kill_strays(the_cluster)
+
+
+def test_apply_from_nothing_brings_up_queen_hive_model_and_worker(cluster: LocalCluster) -> None:
+    result = cluster.rbee("apply", "--auto-approve")
+    assert "Apply complete!" in result.stdout
+    for address in ("hive.local", "model.local.gemma3-270m", "worker.local.gemma3-270m[0]"):
+        assert f"{address}: done" in result.stdout
+    [worker] = cluster.workers()
+    assert worker["worker_id"] == "local.gemma3-270m.0"
+    assert worker["state"] == "idle"
+    assert worker["slots_total"] == 2
+    assert (cluster.home / ".cache/rbee/models/gemma3-270m/metadata.json").exists()
+    assert (cluster.home / ".local/state/rbee/queen.log").exists()
+
+
+def test_answer_streams_through_the_queen_token_by_token(cluster: LocalCluster) -> None:
+    body = {
+        "model": "gemma3-270m",
+        "messages": [{"role": "user", "content": "Count from one to twenty."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": True,
+    }
+    arrivals: list[float] = []
+    text: list[str] = []
+    with httpx.stream(
+        "POST", f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-rbee-worker"] == "local.gemma3-270m.0"
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+            if delta:
+                arrivals.append(time.monotonic())
+                text.append(delta)
+    assert len(text) >= 5, text
+    assert "".join(text).strip()
+    # Relayed as it is made: the first token came well before the last one.
+    assert arrivals[-1] - arrivals[0] > 0.05
+
+
+def test_non_streamed_answer_is_one_openai_json(cluster: LocalCluster) -> None:
+    response = cluster.chat("Say hello.", max_tokens=8)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"].strip()
+
+
+def test_rbee_infer_streams_to_the_terminal_and_as_json(cluster: LocalCluster) -> None:
+    result = cluster.rbee("infer", "Name a colour.", "--max-tokens", "8", "--json")
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["worker"] == "local.gemma3-270m.0"
+    assert answer["content"].strip()
+    assert answer["time_to_first_token_s"] < answer["elapsed_s"]
+    plain = cluster.rbee("infer", "Name a fruit.", "--max-tokens", "8")
+    assert plain.stdout.strip()
+
+
+def test_second_plan_is_a_noop(cluster: LocalCluster) -> None:
+    result = cluster.rbee("plan", "--detailed-exitcode")
+    assert result.returncode == 0
+    assert "No changes." in result.stdout
+
+
+def test_scale_up_spawns_exactly_one_worker(cluster: LocalCluster) -> None:
+    cluster.write(replicas=2)
+    plan = cluster.rbee("plan", "--detailed-exitcode", check=False)
+    assert plan.returncode == 2
+    assert "+ worker.local.gemma3-270m[1]" in plan.stdout
+    assert "Plan: 1 to add, 0 to change, 0 to destroy." in plan.stdout
+    cluster.rbee("apply", "--auto-approve")
+    ids = sorted(w["worker_id"] for w in cluster.wait_workers(2))
+    assert ids == ["local.gemma3-270m.0", "local.gemma3-270m.1"]
+
+
+def test_scale_down_stops_exactly_one_worker(cluster: LocalCluster) -> None:
+    before = {w["worker_id"]: w["pid"] for w in cluster.workers()}
+    cluster.write(replicas=1)
+    cluster.rbee("apply", "--auto-approve")
+    after = {w["worker_id"]: w["pid"] for w in cluster.wait_workers(1)}
+    assert after == {"local.gemma3-270m.0": before["local.gemma3-270m.0"]}
+    assert not psutil.pid_exists(before["local.gemma3-270m.1"])
+    assert cluster.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+
+
+def test_status_shows_hive_and_worker(cluster: LocalCluster) -> None:
+    body = json.loads(cluster.rbee("status", "--json").stdout)
+    assert [h["state"] for h in body["hives"]] == ["online"]
+    assert [w["worker_id"] for w in body["workers"]] == ["local.gemma3-270m.0"]
+    text = cluster.rbee("status").stdout
+    assert "local.gemma3-270m.0" in text and "online" in text
+
+
+def test_unknown_model_is_an_openai_404(cluster: LocalCluster) -> None:
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_malformed_json_is_a_400(cluster: LocalCluster) -> None:
+    response = httpx.post(
+        f"{cluster.queen_url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert "malformed JSON" in response.json()["error"]["message"]
+
+
+def test_killed_worker_stops_being_routed_and_503_follows(cluster: LocalCluster) -> None:
+    [worker] = cluster.workers()
+    os.kill(worker["pid"], signal.SIGKILL)
+    started = time.monotonic()
+    response = cluster.chat("hello", max_tokens=4)
+    # The relay drops a worker that refuses connections at once; the TTL drops it anyway.
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "no_worker"
+    assert time.monotonic() - started < 5
+    assert cluster.wait_workers(0, timeout=8) == []
+
+
+def test_apply_after_a_killed_worker_converges(cluster: LocalCluster) -> None:
+    plan = cluster.rbee("plan", "--detailed-exitcode", check=False)
+    assert plan.returncode == 2
+    assert "+ worker.local.gemma3-270m[0]" in plan.stdout
+    cluster.rbee("apply", "--auto-approve")
+    assert [w["state"] for w in cluster.wait_workers(1)] == ["idle"]
+    assert cluster.chat("Say hi.", max_tokens=4).status_code == 200
+
+
+def test_down_leaves_no_process_behind(cluster: LocalCluster) -> None:
+    pids = [p.pid for p in cluster.processes()]
+    assert len(pids) == 3  # queen, hive, one worker
+    result = cluster.rbee("down", timeout=60)
+    assert "stopped 1 workers" in result.stdout
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in pids if psutil.pid_exists(pid)] == []
+    assert cluster.processes() == []

@@ -1,0 +1,177 @@
+"""Real hive daemons on free ports, each with its own temporary HOME; workers cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.fixtures.model import MODEL_SHA256
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Hive:
+    """A running `rbee-hive` process."""
+
+    name: str
+    port: int
+    home: Path
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def hive_env(home: Path) -> dict[str, str]:
+    """The test's environment with HOME moved and no token inherited."""
+    env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
+    env["HOME"] = str(home)
+    return env
+
+
+def hive_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rbee.hive.server", *args]
+
+
+def run_hive(home: Path, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run a hive that is expected to exit by itself (refused start)."""
+    return subprocess.run(
+        hive_command(*args), env=hive_env(home), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def answers_health(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def kill_workers_of(hive_name: str) -> None:
+    """Kill every process whose command line says `--hive <hive_name>` (the test's workers)."""
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(a == "--hive" and b == hive_name for a, b in zip(cmdline, cmdline[1:])):
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+
+
+def is_gone(pid: int) -> bool:
+    """The process is gone (or a zombie nobody reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+HiveFactory = Callable[..., Hive]
+
+
+@pytest.fixture
+def hive_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def start_hive(hive_home: Path, free_port: int) -> Iterator[HiveFactory]:
+    """Start hives (same HOME, same name); all of them and their workers die at teardown."""
+    name = f"test-hive-{uuid.uuid4().hex[:8]}"
+    started: list[Hive] = []
+
+    def start(*extra: str, port: int | None = None) -> Hive:
+        port = free_port if port is None else port
+        stderr = hive_home / f"hive-{len(started)}.stderr"
+        with stderr.open("wb") as err:
+            proc = subprocess.Popen(
+                hive_command("--port", str(port), "--name", name, *extra),
+                env=hive_env(hive_home),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        hive = Hive(name=name, port=port, home=hive_home, proc=proc, stderr=stderr)
+        started.append(hive)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"hive exited rc={proc.returncode}: {stderr.read_text()}")
+            return answers_health(hive.url)
+
+        wait_until(up, START_TIMEOUT_S, "the hive's /health")
+        return hive
+
+    yield start
+    for hive in started:
+        hive.stop()
+    kill_workers_of(name)
+
+
+@pytest.fixture
+def hive(start_hive: HiveFactory) -> Hive:
+    return start_hive()
+
+
+def operation_events(client: httpx.Client, operation_id: str) -> list[dict[str, Any]]:
+    """Every SSE event of an operation, until the server closes the stream."""
+    events = []
+    with client.stream("GET", f"/v1/operations/{operation_id}/events", timeout=120) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def add_model(
+    client: httpx.Client, name: str, path: Path, sha256: str | None = MODEL_SHA256
+) -> list[dict[str, Any]]:
+    """POST a file:// model and return its operation's events."""
+    body = {"name": name, "source": path.as_uri(), "sha256": sha256}
+    resp = client.post("/v1/models", json=body)
+    assert resp.status_code == 202, resp.text
+    return operation_events(client, resp.json()["operation_id"])

@@ -1,0 +1,127 @@
+"""Worker processes: spawned by the hive, listed from the process table, stopped by pid."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.hive.conftest import Hive, HiveFactory, add_model, answers_health, is_gone, wait_until
+
+MODEL = "gemma3-270m"
+WORKER_START_S = 60.0
+
+
+def workers_of(client: httpx.Client, hive: Hive) -> list[dict[str, Any]]:
+    """This hive's workers (other tests on the machine may run workers of their own)."""
+    listed = client.get("/v1/worker-processes").json()
+    return [w for w in listed if w["hive"] == hive.name]
+
+
+def spawn(client: httpx.Client, hive: Hive, worker_id: str = "w0") -> dict[str, Any]:
+    body = {
+        "worker_id": worker_id,
+        "hive": hive.name,
+        "model": MODEL,
+        "worker_binary": "cpu",
+        "slots": 2,
+        "ctx_size": 512,
+        "device": "cpu",
+        "chat_format": "gemma",
+        "queen_url": "http://127.0.0.1:9",
+    }
+    resp = client.post("/v1/worker-processes", json=body)
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+@pytest.fixture
+def hive_with_model(hive: Hive, gguf: Path) -> Iterator[Hive]:
+    with hive.client() as client:
+        assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"
+    yield hive
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_is_listed_and_serves_health(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        worker = spawn(client, hive)
+        listed = workers_of(client, hive)
+        one = client.get(f"/v1/worker-processes/{worker['pid']}").json()
+    assert listed == [worker]
+    assert one == worker
+    assert worker["worker_id"] == "w0"
+    assert worker["hive"] == hive.name
+    assert worker["model"] == MODEL
+    assert (worker["worker_binary"], worker["slots"], worker["ctx_size"]) == ("cpu", 2, 512)
+    assert worker["device"] == "cpu"
+    assert worker["url"] == f"http://127.0.0.1:{worker['port']}"
+    assert worker["started_at"] == psutil.Process(worker["pid"]).create_time()
+    wait_until(lambda: answers_health(worker["url"]), WORKER_START_S, "the worker's /health")
+    log = hive.home / ".local" / "state" / "rbee" / "workers" / "w0.log"
+    assert log.is_file()
+
+
+@pytest.mark.slow
+def test_delete_stops_the_worker(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        worker = spawn(client, hive)
+        wait_until(lambda: answers_health(worker["url"]), WORKER_START_S, "the worker's /health")
+        resp = client.delete(f"/v1/worker-processes/{worker['pid']}", params={"grace": 5})
+        assert resp.status_code == 200
+        assert resp.json()["pid"] == worker["pid"]
+        assert is_gone(worker["pid"])
+        assert workers_of(client, hive) == []
+        assert client.delete(f"/v1/worker-processes/{worker['pid']}").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_restarted_hive_still_lists_its_workers(
+    start_hive: HiveFactory, gguf: Path
+) -> None:
+    first = start_hive()
+    with first.client() as client:
+        assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"
+        worker = spawn(client, first)
+    first.stop()
+    assert not is_gone(worker["pid"]), "the worker died with its hive"
+    second = start_hive()
+    with second.client() as client:
+        assert workers_of(client, second) == [worker]
+        wait_until(lambda: answers_health(worker["url"]), WORKER_START_S, "the worker's /health")
+        assert client.delete(f"/v1/worker-processes/{worker['pid']}").status_code == 200
+    assert is_gone(worker["pid"])
+
+
+def test_deleting_a_pid_that_is_no_worker_is_404_and_kills_nothing(hive: Hive) -> None:
+    with hive.client() as client:
+        mine = client.delete(f"/v1/worker-processes/{os.getpid()}", params={"grace": 0})
+        theirs = client.delete(f"/v1/worker-processes/{hive.proc.pid}", params={"grace": 0})
+        assert client.get(f"/v1/worker-processes/{os.getpid()}").status_code == 404
+    assert mine.status_code == 404
+    assert "not a running rbee worker" in mine.json()["error"]["message"]
+    assert theirs.status_code == 404
+    assert hive.proc.poll() is None
+
+
+def test_spawning_a_model_not_in_the_catalog_is_404(hive: Hive) -> None:
+    with hive.client() as client:
+        resp = client.post(
+            "/v1/worker-processes",
+            json={"worker_id": "w", "hive": hive.name, "model": "nope", "queen_url": "http://q"},
+        )
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_bad_grace_is_422(hive: Hive) -> None:
+    with hive.client() as client:
+        resp = client.delete(f"/v1/worker-processes/{os.getpid()}", params={"grace": "soon"})
+    assert resp.status_code == 422
