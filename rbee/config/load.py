@@ -28,7 +28,8 @@ from rbee.errors import ConfigError
 
 __all__ = ["load_cluster", "load_cluster_text"]
 
-_HINT = "fix the lines above; `rbee schema` prints the JSON Schema of the cluster YAML"
+_HINT = "see cluster.example.yaml; `rbee schema` prints the JSON Schema"
+_YAML_HINT = "check the indentation and quoting around that line"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _FILE = "file://"
 
@@ -81,11 +82,10 @@ def _parse(text: str, filename: str) -> Any:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        if mark is None:
-            raise ConfigError(f"{filename}: {problem}") from None
-        raise ConfigError(f"{filename}:{mark.line + 1}:{mark.column + 1}: {problem}") from None
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        raise ConfigError(f"{where}: invalid YAML: {problem}", hint=_YAML_HINT) from None
     except YAMLError as exc:
-        raise ConfigError(f"{filename}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{filename}: invalid YAML: {exc}", hint=_YAML_HINT) from None
 
 
 def _interpolate(node: Any, loc: Loc, unset: list[_Error]) -> Any:
@@ -102,9 +102,13 @@ def _interpolate(node: Any, loc: Loc, unset: list[_Error]) -> Any:
             if m.group(2) is None and not os.environ.get(m.group(1))
         ]
         if missing:
-            names = " and ".join(missing)
-            verb = "is" if len(missing) == 1 else "are"
-            unset.append(_Error(loc, f"environment variable {names} {verb} not set"))
+            names = " and ".join(dict.fromkeys(missing))
+            subject = (
+                f"environment variable {names} is"
+                if len(missing) == 1
+                else (f"environment variables {names} are")
+            )
+            unset.append(_Error(loc, f"{subject} not set"))
             return text
         return _VARIABLE.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", text)
     # ruamel's ScalarBoolean/ScalarInt/ScalarFloat become plain builtins.
@@ -225,7 +229,7 @@ def _message(loc: Loc, detail: ErrorDetails) -> tuple[Loc, str]:
     if kind == "string_pattern_mismatch":
         field = _field_at(loc)
         wanted = field.description if field and field.description else ctx["pattern"]
-        return loc, f"expected {wanted}; got {_shown(value)}"
+        return loc, f"expected {wanted}, got {_shown(value)}"
     if kind == "value_error":
         reason = str(ctx.get("error", detail["msg"]))
         return loc, f"{reason}, got {_shown(value)}" if reason.startswith("expected") else reason
@@ -312,10 +316,7 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     candidates: list[Any] = [Cluster]
     for part in loc:
         candidates = [
-            inner
-            for outer in candidates
-            for inner in _children(outer, part)
-            if inner is not None
+            inner for outer in candidates for inner in _children(outer, part) if inner is not None
         ]
     models = [c for c in _flatten(candidates) if isinstance(c, type) and issubclass(c, BaseModel)]
     return models[0] if models else None

@@ -28,7 +28,7 @@ Name = Annotated[
     str,
     Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
-        description="letters, digits, '.', '_' and '-'; starts with a letter or digit",
+        description="a name of letters, digits, '.', '_' and '-', starting with a letter or digit",
     ),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]

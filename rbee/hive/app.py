@@ -40,9 +40,11 @@ class _HTTPError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def create_app(name: str, token: str | None = None, catalog: ArtifactCatalog | None = None) -> Starlette:
+def create_app(
+    name: str, token: str | None = None, catalog: ArtifactCatalog | None = None
+) -> Starlette:
     """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's)."""
-    models = catalog or ArtifactCatalog(cache_dir("models"))
+    models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
     operations = Operations()
     adding: dict[str, tuple[AddModel, Operation]] = {}
 
@@ -62,25 +64,31 @@ def create_app(name: str, token: str | None = None, catalog: ArtifactCatalog | N
     async def add_model(request: Request) -> Response:
         wanted = await _parse(request, AddModel)
         models.check(wanted.name, wanted.source, wanted.sha256)
-        running = adding.get(wanted.name)
-        if running is not None and not running[1].finished:
-            if running[0] != wanted:
-                raise _HTTPError(409, f"model {wanted.name} is being added from another source", "conflict")
-            operation = running[1]
-        elif (present := await run_in_threadpool(models.present, wanted.name, wanted.source, wanted.sha256)) is not None:
-            operation = operations.done(present.size_bytes)
-        else:
-
-            def work(op: Operation) -> int:
-                return models.add(wanted.name, wanted.source, wanted.sha256, op.progress).size_bytes
-
-            operation = operations.start(work, label=f"add-model:{wanted.name}")
-            adding[wanted.name] = (wanted, operation)
+        operation = await _add_operation(wanted)
         return JSONResponse(
             OperationStarted(operation_id=operation.id).model_dump(),
             status_code=202,
             headers={"Location": f"/v1/operations/{operation.id}"},
         )
+
+    async def _add_operation(wanted: AddModel) -> Operation:
+        """The operation that brings `wanted` in: one already running, done at once, or new."""
+        running = adding.get(wanted.name)
+        if running is not None and not running[1].finished:
+            if running[0] != wanted:
+                message = f"model {wanted.name} is being added from another source"
+                raise _HTTPError(409, message, "conflict")
+            return running[1]
+        present = await run_in_threadpool(models.present, wanted.name, wanted.source, wanted.sha256)
+        if present is not None:
+            return operations.done(present.size_bytes)
+
+        def work(op: Operation) -> int:
+            return models.add(wanted.name, wanted.source, wanted.sha256, op.progress).size_bytes
+
+        operation = operations.start(work, label=f"add-model:{wanted.name}")
+        adding[wanted.name] = (wanted, operation)
+        return operation
 
     async def remove_model(request: Request) -> Response:
         return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
@@ -109,7 +117,8 @@ def create_app(name: str, token: str | None = None, catalog: ArtifactCatalog | N
         try:
             model = await run_in_threadpool(models.get, wanted.model)
         except (NotFoundError, InvalidArtifactError):
-            raise _HTTPError(404, f"model {wanted.model!r} is not in this hive's catalog", "model_not_found") from None
+            message = f"model {wanted.model!r} is not in this hive's catalog"
+            raise _HTTPError(404, message, "model_not_found") from None
         try:
             worker = await run_in_threadpool(spawn_worker, wanted, Path(model.path), token)
         except ValueError as exc:
@@ -175,7 +184,8 @@ def _grace(raw: str) -> float:
     except ValueError:
         grace = -1.0
     if not 0.0 <= grace <= _MAX_GRACE_S:
-        raise _HTTPError(422, f"grace: expected seconds between 0 and {_MAX_GRACE_S:g}, got {raw!r}", "validation_error")
+        message = f"grace: expected seconds between 0 and {_MAX_GRACE_S:g}, got {raw!r}"
+        raise _HTTPError(422, message, "validation_error")
     return grace
 
 

@@ -179,7 +179,9 @@ def _plan_workers(
         address = worker_address(hive.name, deployment.model, index)
         existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
         for duplicate in existing[1:]:
-            actions.append(_delete_worker(hive, duplicate, "duplicate of the same replica"))
+            actions.append(
+                _delete_worker(hive, duplicate, "duplicate of the same replica", by_pid=True)
+            )
         if not existing:
             reason = (
                 f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, "
@@ -231,8 +233,8 @@ def _worker_action(
     )
 
 
-def _delete_worker(hive: Hive, proc: WorkerProcess, reason: str) -> Action:
-    index = parse_worker_id(hive.name, proc.model, proc.worker_id)
+def _delete_worker(hive: Hive, proc: WorkerProcess, reason: str, by_pid: bool = False) -> Action:
+    index = None if by_pid else parse_worker_id(hive.name, proc.model, proc.worker_id)
     address = (
         worker_address(hive.name, proc.model, index)
         if index is not None

@@ -68,10 +68,11 @@ class Relay:
                 tried.add(worker_id)
                 continue
             return _stream(upstream, record)
-        return self._no_worker(model)
+        return self._no_worker(model, had_workers=bool(tried))
 
-    def _no_worker(self, model: str) -> JSONResponse:
-        if self._is_declared(model) or model in {rec.beat.model for rec in self._registry.live()}:
+    def _no_worker(self, model: str, had_workers: bool) -> JSONResponse:
+        known = had_workers or self._is_declared(model)
+        if known or model in {rec.beat.model for rec in self._registry.live()}:
             return JSONResponse(
                 openai_error(
                     f"no live worker serves model {model!r}; try again when one is idle",

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -205,13 +205,13 @@ class Engine:
 
         def run() -> None:
             try:
+                output: Any
                 if kind == "chat":
                     output = context.create_chat_completion(**args)
                 else:
                     output = context.create_completion(**args)
                 if stream:
-                    chunks: Iterator[dict[str, Any]] = output
-                    for chunk in chunks:
+                    for chunk in output:
                         put(chunk)
                         if context.cancelled.event.is_set():
                             break
@@ -223,7 +223,9 @@ class Engine:
             finally:
                 loop.call_soon_threadsafe(self._release, context)
 
-        threading.Thread(target=_quiet_after_loop_closed(run), name="rbee-slot", daemon=True).start()
+        threading.Thread(
+            target=_quiet_after_loop_closed(run), name="rbee-slot", daemon=True
+        ).start()
         return generation
 
     def _release(self, context: _Context) -> None:

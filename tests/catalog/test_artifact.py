@@ -61,9 +61,7 @@ def test_add_writes_payload_and_metadata(catalog: ArtifactCatalog, source: str) 
     assert catalog.get("m") == entry
 
 
-def test_add_without_sha256_records_the_computed_one(
-    catalog: ArtifactCatalog, source: str
-) -> None:
+def test_add_without_sha256_records_the_computed_one(catalog: ArtifactCatalog, source: str) -> None:
     assert catalog.add("m", source).sha256 == SHA
 
 

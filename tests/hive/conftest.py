@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -89,13 +91,11 @@ def kill_workers_of(hive_name: str) -> None:
     victims = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if any(a == "--hive" and b == hive_name for a, b in zip(cmdline, cmdline[1:])):
+        if any(pair == ("--hive", hive_name) for pair in itertools.pairwise(cmdline)):
             victims.append(proc)
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=10)
 
 

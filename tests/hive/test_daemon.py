@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -87,3 +88,10 @@ def test_unknown_route_is_a_404_error_body(hive: Hive) -> None:
         resp = client.get("/v1/nothing-here")
     assert resp.status_code == 404
     assert "error" in resp.json()
+
+
+def test_sigterm_exits_cleanly(hive: Hive) -> None:
+    hive.stop()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process should.
+    assert hive.proc.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in hive.stderr.read_text()

@@ -83,9 +83,7 @@ def test_delete_stops_the_worker(hive_with_model: Hive) -> None:
 
 
 @pytest.mark.slow
-def test_a_restarted_hive_still_lists_its_workers(
-    start_hive: HiveFactory, gguf: Path
-) -> None:
+def test_a_restarted_hive_still_lists_its_workers(start_hive: HiveFactory, gguf: Path) -> None:
     first = start_hive()
     with first.client() as client:
         assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"

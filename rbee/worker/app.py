@@ -1,0 +1,425 @@
+"""The worker's HTTP face: /health, OpenAI-compatible completions, and its lifecycle.
+
+Lifecycle: `loading` while the model loads in the background (inference answers 503), then
+`idle` or `busy` by slot use, then `draining` after SIGTERM: new requests get 503, requests
+already accepted finish, and the server stops once none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from rbee import __version__
+from rbee.wire import Health, Heartbeat, WorkerState, openai_error
+from rbee.worker.engine import Engine, EngineConfig, Generation, Kind
+from rbee.worker.heartbeat import HeartbeatSender
+
+__all__ = ["SERVICE", "WorkerConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "llm-worker-rbee"
+# Accepted requests get this long to finish after SIGTERM; the hive's SIGKILL may come sooner.
+_DRAIN_TIMEOUT_S = 300.0
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Who this worker is and what it serves: its command line, parsed."""
+
+    worker_id: str
+    hive: str
+    model: str
+    model_path: str
+    worker_binary: str
+    host: str
+    port: int
+    queen_url: str
+    slots: int = 1
+    ctx_size: int = 4096
+    device: str = "cpu"
+    chat_format: str | None = None
+    threads: int | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the queen reaches this worker."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's share of the configuration."""
+        return EngineConfig(
+            model_path=self.model_path,
+            model_name=self.model,
+            slots=self.slots,
+            ctx_size=self.ctx_size,
+            threads=self.threads,
+            chat_format=self.chat_format,
+            device=self.device,
+        )
+
+
+class _Sampling(BaseModel):
+    """The request fields rbee passes to llama-cpp; any other OpenAI field is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None  # the queen routes by model; this worker serves its own regardless
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Keyword arguments for llama-cpp's create_(chat_)completion."""
+        params = self.model_dump(
+            exclude_none=True, exclude={"model", "stream", "max_completion_tokens"}
+        )
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            params["max_tokens"] = self.max_completion_tokens
+        return params
+
+
+class _ChatRequest(_Sampling):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class _CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise ValueError("prompt: this worker takes one prompt per request")
+            params["prompt"] = self.prompt[0]
+        return params
+
+
+class _Worker:
+    """The worker's state: engine, heartbeat, drain, and requests in flight."""
+
+    def __init__(self, config: WorkerConfig, token: str | None) -> None:
+        self.config = config
+        self.engine = Engine(config.engine_config(), on_change=self._state_may_have_changed)
+        self.heartbeat = HeartbeatSender(config.queen_url, token, self.snapshot)
+        self.draining = False
+        self.exit_code = 0
+        self.in_flight = 0
+        self._none_in_flight = asyncio.Event()
+        self._none_in_flight.set()
+        self._last_state: WorkerState = "loading"
+        self._stop_server: Callable[[], None] = lambda: None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> WorkerState:
+        """loading → idle/busy → draining (DESIGN §4)."""
+        if self.draining:
+            return "draining"
+        if not self.engine.loaded:
+            return "loading"
+        return "busy" if self.engine.slots_busy else "idle"
+
+    def snapshot(self) -> Heartbeat:
+        """This worker as the queen sees it."""
+        config = self.config
+        return Heartbeat(
+            worker_id=config.worker_id,
+            hive=config.hive,
+            model=config.model,
+            worker_binary=config.worker_binary,
+            url=config.url,
+            pid=os.getpid(),
+            device=config.device,
+            state=self.state,
+            slots_total=self.engine.slots_total,
+            slots_busy=self.engine.slots_busy,
+        )
+
+    def _state_may_have_changed(self) -> None:
+        state = self.state
+        if state != self._last_state:
+            log.info("state=%s previous=%s", state, self._last_state)
+            self._last_state = state
+            self.heartbeat.poke()
+
+    def refusal(self) -> Response | None:
+        """A 503 while the worker cannot take requests (loading, draining), else None."""
+        state = self.state
+        if state == "loading":
+            return _error(503, "the model is still loading", "server_error", "loading")
+        if state == "draining":
+            return _error(503, "this worker is shutting down", "server_error", "draining")
+        return None
+
+    def request_started(self) -> None:
+        """Count a request as accepted: draining waits for it."""
+        self.in_flight += 1
+        self._none_in_flight.clear()
+
+    def request_finished(self) -> None:
+        """The request's response has been sent (or its client has gone)."""
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._none_in_flight.set()
+
+    async def load(self) -> None:
+        """Load the model; if that fails the worker has nothing to serve and stops with 1."""
+        started = time.monotonic()
+        try:
+            await self.engine.load()
+        except Exception as exc:
+            log.error("cannot load model path=%s error=%s", self.config.model_path, exc)
+            self.exit_code = 1
+            self._stop_server()
+            return
+        log.info("model loaded model=%s load_s=%.2f", self.config.model, time.monotonic() - started)
+
+    def install_signal_handlers(self) -> None:
+        """Make SIGTERM drain instead of stopping at once; a second SIGTERM stops at once."""
+        server = _running_uvicorn_server()
+        if server is None:
+            return
+        self._stop_server = lambda: setattr(server, "should_exit", True)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self) -> None:
+        if self.draining:
+            log.info("second SIGTERM: stopping now in_flight=%d", self.in_flight)
+            self._stop_server()
+            return
+        self.draining = True
+        self._state_may_have_changed()
+        log.info("SIGTERM: draining in_flight=%d", self.in_flight)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self._none_in_flight.wait(), _DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("drain timed out in_flight=%d", self.in_flight)
+        self._stop_server()
+
+
+def _running_uvicorn_server() -> uvicorn.Server | None:
+    """The uvicorn server running this app, found through the SIGTERM handler it installed.
+
+    `rbee.daemon.run_daemon` keeps its `uvicorn.Server` to itself; uvicorn installs the bound
+    method `Server.handle_exit` for SIGTERM while it serves, and setting `should_exit` on that
+    server is uvicorn's own way to stop gracefully (without re-raising a signal at exit).
+    """
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return server if isinstance(server, uvicorn.Server) else None
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(openai_error(message, type_, code), status_code=status, headers=headers)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _or_disconnect(request: Request, awaitable: Awaitable[_T]) -> _T:
+    """Await `awaitable` unless the client disconnects first (then cancel it, raise _ClientGone)."""
+    work = asyncio.ensure_future(awaitable)
+    watch = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    raise _ClientGone
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _parse(request: Request, model: type[_Sampling]) -> _Sampling | Response:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object", "invalid_request_error")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return _error(400, f"{where}: {first['msg']}", "invalid_request_error", "invalid_value")
+
+
+async def _chat_completions(request: Request) -> Response:
+    return await _complete(request, "chat", _ChatRequest)
+
+
+async def _completions(request: Request) -> Response:
+    return await _complete(request, "completion", _CompletionRequest)
+
+
+async def _complete(request: Request, kind: Kind, model: type[_Sampling]) -> Response:
+    worker: _Worker = request.app.state.worker
+    body = await _parse(request, model)
+    if isinstance(body, Response):
+        return body
+    refusal = worker.refusal()
+    if refusal is not None:
+        return refusal
+    try:
+        params = body.params()
+    except ValueError as exc:
+        return _error(400, str(exc), "invalid_request_error", "invalid_value")
+    worker.request_started()
+    handed_off = False
+    try:
+        generation = await _or_disconnect(
+            request, worker.engine.start(kind, params, stream=body.stream)
+        )
+        try:
+            # The first chunk (or the whole answer) is awaited here, so a bad prompt is
+            # still an HTTP error rather than an error event inside a 200 stream.
+            first = await _or_disconnect(request, anext(generation))
+        except BaseException:
+            generation.cancel()
+            raise
+        if not body.stream:
+            return JSONResponse(first)
+        handed_off = True
+        return _EventStream(generation, first, on_close=worker.request_finished)
+    except _ClientGone:
+        return Response(status_code=499)
+    except (ValueError, TypeError, KeyError) as exc:
+        return _error(400, str(exc), "invalid_request_error")
+    except Exception as exc:
+        log.exception("generation failed")
+        return _error(500, f"generation failed: {exc}", "server_error")
+    finally:
+        if not handed_off:
+            worker.request_finished()
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _EventStream(Response):
+    """`text/event-stream` of OpenAI chunks ending in `data: [DONE]`; stops generating when the
+    client disconnects (uvicorn drops writes to a closed connection silently, so the
+    disconnect has to be watched for)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, generation: Generation, first: dict[str, Any], on_close: Callable[[], None]
+    ) -> None:
+        # No `super().__init__`: it would announce a Content-Length for an empty body.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._generation = generation
+        self._first = first
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = asyncio.ensure_future(_disconnected(receive))
+        watch.add_done_callback(lambda _: self._generation.cancel())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for event in self._events():
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watch.cancel()
+            self._generation.cancel()
+            self._on_close()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        yield _event(self._first)
+        try:
+            async for chunk in self._generation:
+                yield _event(chunk)
+        except Exception as exc:
+            # The status line is gone: report the failure in-band and end without [DONE].
+            log.exception("generation failed mid-stream")
+            yield _event(openai_error(f"generation failed: {exc}", "server_error"))
+            return
+        yield b"data: [DONE]\n\n"
+
+
+async def _health(request: Request) -> Response:
+    worker: _Worker = request.app.state.worker
+    health = Health(service=SERVICE, version=__version__, pid=os.getpid())
+    return JSONResponse(health.model_dump() | worker.snapshot().model_dump())
+
+
+async def _models(request: Request) -> Response:
+    worker: _Worker = request.app.state.worker
+    entry = {"id": worker.config.model, "object": "model", "created": 0, "owned_by": "rbee"}
+    return JSONResponse({"object": "list", "data": [entry]})
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    worker: _Worker = app.state.worker
+    worker.install_signal_handlers()
+    tasks = [
+        asyncio.create_task(worker.heartbeat.run(), name="heartbeat"),
+        asyncio.create_task(worker.load(), name="load"),
+    ]
+    try:
+        yield
+    finally:
+        worker.engine.cancel_all()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def create_app(config: WorkerConfig, token: str | None = None) -> Starlette:
+    """The worker's ASGI app; `app.state.worker.exit_code` says how the worker should exit."""
+    app = Starlette(
+        routes=[
+            Route("/health", _health, methods=["GET"]),
+            Route("/v1/models", _models, methods=["GET"]),
+            Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/v1/completions", _completions, methods=["POST"]),
+        ],
+        lifespan=_lifespan,
+    )
+    app.state.worker = _Worker(config, token)
+    return app

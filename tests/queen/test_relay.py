@@ -1,0 +1,133 @@
+"""The relay, isolated: a scripted worker (not a model) behind a real queen process.
+
+The scripted worker sends SSE chunks with pauses, so the test can tell relaying as bytes
+arrive from buffering the whole answer; a second, dead worker checks fail-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+CHUNKS = 5
+PAUSE_S = 0.3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _scripted_completion(request: Request) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for index in range(CHUNKS):
+            yield f'data: {{"choices":[{{"delta":{{"content":"t{index} "}}}}]}}\n\n'.encode()
+            await asyncio.sleep(PAUSE_S)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+@pytest.fixture
+def scripted_worker() -> Iterator[str]:
+    port = _free_port()
+    app = Starlette(routes=[Route("/v1/chat/completions", _scripted_completion, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture
+def queen(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rbee.queen.server", "--port", str(port)],
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "queen did not start"
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _heartbeat(queen: str, worker_id: str, url: str) -> None:
+    beat = {
+        "worker_id": worker_id,
+        "hive": "local",
+        "model": "scripted",
+        "worker_binary": "cpu",
+        "url": url,
+        "pid": 1,
+        "device": "cpu",
+        "state": "idle",
+        "slots_total": 1,
+        "slots_busy": 0,
+    }
+    assert httpx.post(f"{queen}/v1/workers/heartbeat", json=beat).status_code == 204
+
+
+def test_stream_is_relayed_as_it_arrives(queen: str, scripted_worker: str) -> None:
+    _heartbeat(queen, "w1", scripted_worker)
+    body = {"model": "scripted", "stream": True, "messages": []}
+    arrivals: list[float] = []
+    with httpx.stream("POST", f"{queen}/v1/chat/completions", json=body, timeout=10) as response:
+        assert response.headers["x-rbee-worker"] == "w1"
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == CHUNKS
+    # Each chunk arrived about when the worker sent it, not all at the end.
+    assert arrivals[-1] - arrivals[0] > (CHUNKS - 2) * PAUSE_S
+
+
+def test_a_refusing_worker_is_dropped_and_another_serves(queen: str, scripted_worker: str) -> None:
+    _heartbeat(queen, "a-dead", f"http://127.0.0.1:{_free_port()}")
+    _heartbeat(queen, "b-live", scripted_worker)
+    body = {"model": "scripted", "stream": False, "messages": []}
+    for _ in range(3):
+        response = httpx.post(f"{queen}/v1/chat/completions", json=body, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["x-rbee-worker"] == "b-live"
+    workers = [w["worker_id"] for w in httpx.get(f"{queen}/v1/workers").json()]
+    assert workers == ["b-live"]
+
+
+def test_model_without_live_worker_is_503_and_unknown_is_404(queen: str) -> None:
+    _heartbeat(queen, "dead", f"http://127.0.0.1:{_free_port()}")
+    body = {"model": "scripted", "messages": []}
+    response = httpx.post(f"{queen}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_worker"
+    response = httpx.post(
+        f"{queen}/v1/chat/completions", json={"model": "nope", "messages": []}, timeout=10
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
