@@ -66,10 +66,9 @@ def load_cluster_text(text: str, filename: str, base_dir: Path) -> Cluster:
         errors += [error for error in _pydantic_errors(exc, data) if error.loc not in skip]
     if cluster is not None and not errors:
         errors += [_Error(loc, message) for loc, message in check_references(cluster)]
-    if errors:
+    if errors or cluster is None:
         lines = sorted({_Located.at(error, root, filename) for error in errors})
         raise ConfigError("\n".join(line.text for line in lines), hint=_HINT)
-    assert cluster is not None
     return _resolve_files(cluster, base_dir)
 
 
@@ -99,17 +98,15 @@ def _interpolate(node: Any, loc: Loc, unset: list[_Error]) -> Any:
         missing = [
             m.group(1)
             for m in _VARIABLE.finditer(text)
-            if m.group(2) is None and not os.environ.get(m.group(1))
+            if m.group(2) is None and m.group(1) not in os.environ
         ]
         if missing:
             names = " and ".join(dict.fromkeys(missing))
-            subject = (
-                f"environment variable {names} is"
-                if len(missing) == 1
-                else (f"environment variables {names} are")
-            )
-            unset.append(_Error(loc, f"{subject} not set"))
+            plural = "s" if len(missing) > 1 else ""
+            verb = "are" if plural else "is"
+            unset.append(_Error(loc, f"environment variable{plural} {names} {verb} not set"))
             return text
+        # like the shell, `${VAR:-default}` also replaces a variable set to the empty string
         return _VARIABLE.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", text)
     # ruamel's ScalarBoolean/ScalarInt/ScalarFloat become plain builtins.
     if isinstance(node, ScalarBoolean):

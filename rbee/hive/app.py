@@ -110,7 +110,7 @@ def create_app(
         )
 
     async def list_worker_processes(request: Request) -> Response:
-        return _json(await run_in_threadpool(list_workers))
+        return _json(await run_in_threadpool(list_workers, models.root))
 
     async def spawn_worker_process(request: Request) -> Response:
         wanted = await _parse(request, SpawnWorker)
@@ -126,11 +126,12 @@ def create_app(
         return _json(worker, status=201)
 
     async def get_worker_process(request: Request) -> Response:
-        return _json(await run_in_threadpool(find_worker, request.path_params["pid"]))
+        return _json(await run_in_threadpool(find_worker, request.path_params["pid"], models.root))
 
     async def stop_worker_process(request: Request) -> Response:
         grace = _grace(request.query_params.get("grace", "5"))
-        return _json(await run_in_threadpool(stop_worker, request.path_params["pid"], grace))
+        pid = request.path_params["pid"]
+        return _json(await run_in_threadpool(stop_worker, pid, grace, models.root))
 
     routes = [
         Route("/health", health),

@@ -126,8 +126,13 @@ def parse_worker(pid: int, cmdline: Sequence[str], started_at: float) -> WorkerP
         return None
 
 
-def list_workers() -> list[WorkerProcess]:
-    """Every rbee worker process of this user, found by scanning the process table."""
+def list_workers(models_root: Path) -> list[WorkerProcess]:
+    """This hive's workers, found by scanning the process table.
+
+    A worker belongs to the hive whose model catalog (`models_root`) holds the file it serves:
+    so two hives of one user on one machine (tests, a benchmark beside a demo) never list or
+    stop each other's workers.
+    """
     uid = os.getuid()
     workers = []
     for proc in psutil.process_iter(["cmdline", "uids", "create_time"]):
@@ -135,19 +140,19 @@ def list_workers() -> list[WorkerProcess]:
         if not info["cmdline"] or info["uids"] is None or info["uids"].real != uid:
             continue
         worker = parse_worker(proc.pid, info["cmdline"], info["create_time"])
-        if worker is not None:
+        if worker is not None and _serves_from(info["cmdline"], models_root):
             workers.append(worker)
     return sorted(workers, key=lambda w: (w.started_at, w.pid))
 
 
-def find_worker(pid: int) -> WorkerProcess:
-    """The rbee worker with this pid; NotFoundError for any other pid."""
-    return _worker_process(pid)[1]
+def find_worker(pid: int, models_root: Path) -> WorkerProcess:
+    """This hive's rbee worker with this pid; NotFoundError for any other pid."""
+    return _worker_process(pid, models_root)[1]
 
 
-def stop_worker(pid: int, grace_s: float) -> WorkerProcess:
+def stop_worker(pid: int, grace_s: float, models_root: Path) -> WorkerProcess:
     """SIGTERM the worker, SIGKILL it after `grace_s`; refuses (NotFoundError) non-workers."""
-    proc, worker = _worker_process(pid)
+    proc, worker = _worker_process(pid, models_root)
     try:
         proc.terminate()
         if not _wait_gone(proc, grace_s):
@@ -160,16 +165,24 @@ def stop_worker(pid: int, grace_s: float) -> WorkerProcess:
     return worker
 
 
-def _worker_process(pid: int) -> tuple[psutil.Process, WorkerProcess]:
+def _worker_process(pid: int, models_root: Path) -> tuple[psutil.Process, WorkerProcess]:
     try:
         proc = psutil.Process(pid)
         if proc.uids().real == os.getuid():
-            worker = parse_worker(pid, proc.cmdline(), proc.create_time())
-            if worker is not None:
+            cmdline = proc.cmdline()
+            worker = parse_worker(pid, cmdline, proc.create_time())
+            if worker is not None and _serves_from(cmdline, models_root):
                 return proc, worker
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass
     raise NotFoundError(f"pid {pid} is not a running rbee worker")
+
+
+def _serves_from(cmdline: Sequence[str], models_root: Path) -> bool:
+    model_path = _flags(cmdline).get("model-path")
+    return model_path is not None and Path(model_path).resolve().is_relative_to(
+        models_root.resolve()
+    )
 
 
 def _is_worker(cmdline: Sequence[str]) -> bool:

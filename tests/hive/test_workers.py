@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,16 @@ import httpx
 import psutil
 import pytest
 
-from tests.hive.conftest import Hive, HiveFactory, add_model, answers_health, is_gone, wait_until
+from tests.hive.conftest import (
+    Hive,
+    HiveFactory,
+    add_model,
+    answers_health,
+    hive_command,
+    hive_env,
+    is_gone,
+    wait_until,
+)
 
 MODEL = "gemma3-270m"
 WORKER_START_S = 60.0
@@ -123,3 +134,31 @@ def test_a_bad_grace_is_422(hive: Hive) -> None:
     with hive.client() as client:
         resp = client.delete(f"/v1/worker-processes/{os.getpid()}", params={"grace": "soon"})
     assert resp.status_code == 422
+
+
+@pytest.mark.slow
+def test_a_hive_lists_and_stops_only_workers_of_its_own_catalog(
+    hive_with_model: Hive, tmp_path: Path
+) -> None:
+    other_home = tmp_path / "other-home"
+    other_home.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    other = subprocess.Popen(
+        hive_command("--port", str(port), "--name", hive_with_model.name),
+        env=hive_env(other_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: answers_health(f"http://127.0.0.1:{port}"), 30, "the other hive")
+        with hive_with_model.client() as client:
+            worker = spawn(client, hive_with_model)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as stranger:
+            assert stranger.get("/v1/worker-processes").json() == []
+            assert stranger.delete(f"/v1/worker-processes/{worker['pid']}").status_code == 404
+        assert not is_gone(worker["pid"])
+    finally:
+        other.terminate()
+        other.wait(10)

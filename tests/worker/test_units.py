@@ -1,0 +1,174 @@
+"""The worker's parts without the model: chat format choice, flags, refusals, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rbee.hive.processes import worker_argv
+from rbee.wire import Heartbeat, SpawnWorker
+from rbee.worker.app import WorkerConfig, create_app
+from rbee.worker.engine import chat_format_for, threads_per_slot
+from rbee.worker.heartbeat import HeartbeatSender
+from rbee.worker.server import parse_args
+
+CONFIG = WorkerConfig(
+    worker_id="w1",
+    hive="local",
+    model="gemma3-270m",
+    model_path="/nowhere/model.gguf",
+    worker_binary="cpu",
+    host="127.0.0.1",
+    port=9001,
+    queen_url="http://127.0.0.1:1",
+    slots=2,
+)
+
+
+def test_the_gguf_chat_template_wins_over_architecture_and_flag() -> None:
+    metadata = {"tokenizer.chat_template": "{{ messages }}", "general.architecture": "gemma3"}
+    assert chat_format_for(metadata, "chatml") is None
+
+
+def test_without_a_template_the_architecture_picks_the_chat_format() -> None:
+    assert chat_format_for({"general.architecture": "gemma3"}, None) == "gemma"
+    assert chat_format_for({"general.architecture": "llama"}, "chatml") == "llama-2"
+
+
+def test_an_unknown_architecture_falls_back_to_the_flag() -> None:
+    assert chat_format_for({"general.architecture": "rwkv7"}, "chatml") == "chatml"
+    assert chat_format_for({}, None) is None
+
+
+def test_cores_are_shared_between_slots_unless_threads_is_given() -> None:
+    assert threads_per_slot(3, slots=4) == 3
+    assert threads_per_slot(None, slots=10_000) == 1
+
+
+def test_the_command_line_a_hive_spawns_parses() -> None:
+    request = SpawnWorker(
+        worker_id="w9",
+        hive="gpu1",
+        model="gemma3-270m",
+        slots=3,
+        ctx_size=2048,
+        chat_format="gemma",
+        queen_url="http://10.0.0.1:7833",
+    )
+    argv = worker_argv(request, Path("/models/g.gguf"), 7001)
+    config = parse_args(argv[argv.index("--worker-id") :])
+    assert (config.worker_id, config.hive, config.model, config.worker_binary) == (
+        "w9",
+        "gpu1",
+        "gemma3-270m",
+        "cpu",
+    )
+    assert (config.model_path, config.port, config.slots, config.ctx_size) == (
+        "/models/g.gguf",
+        7001,
+        3,
+        2048,
+    )
+    assert (config.chat_format, config.queen_url, config.threads) == (
+        "gemma",
+        "http://10.0.0.1:7833",
+        None,
+    )
+
+
+def _client() -> httpx.AsyncClient:
+    # No lifespan: the model never starts loading, so the worker stays `loading`.
+    transport = httpx.ASGITransport(app=create_app(CONFIG))
+    return httpx.AsyncClient(transport=transport, base_url="http://worker")
+
+
+async def _health_and_refusal() -> tuple[dict[str, object], httpx.Response]:
+    async with _client() as client:
+        health = (await client.get("/health")).json()
+        refused = await client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
+    return health, refused
+
+
+def test_health_reports_loading_with_every_heartbeat_field() -> None:
+    health, _ = asyncio.run(_health_and_refusal())
+    assert health["status"] == "ok"
+    assert health["service"] == "llm-worker-rbee"
+    beat = Heartbeat.model_validate(health)
+    assert beat.state == "loading"
+    assert (beat.worker_id, beat.slots_total, beat.slots_busy) == ("w1", 2, 0)
+    assert beat.url == "http://127.0.0.1:9001"
+
+
+def test_inference_while_loading_is_a_503_openai_error() -> None:
+    _, refused = asyncio.run(_health_and_refusal())
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "loading"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"messages": []}', "messages"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', "max_tokens"),
+    ],
+)
+def test_a_bad_request_body_is_a_400_openai_error(body: bytes, message: str) -> None:
+    async def post() -> httpx.Response:
+        async with _client() as client:
+            return await client.post("/v1/chat/completions", content=body)
+
+    response = asyncio.run(post())
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert message in error["message"]
+
+
+def test_heartbeats_carry_the_token_and_survive_a_failing_queen() -> None:
+    seen: list[httpx.Request] = []
+
+    def queen(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(500 if len(seen) == 1 else 200)
+
+    beat = Heartbeat(
+        worker_id="w1",
+        hive="local",
+        model="m",
+        worker_binary="cpu",
+        url="http://127.0.0.1:9001",
+        pid=1,
+        device="cpu",
+        state="idle",
+        slots_total=1,
+        slots_busy=0,
+    )
+    sender = HeartbeatSender(
+        "http://queen/",
+        "s3cret",
+        lambda: beat,
+        interval_s=0.05,
+        transport=httpx.MockTransport(queen),
+    )
+
+    async def beat_three_times() -> None:
+        task = asyncio.create_task(sender.run())
+        while len(seen) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(beat_three_times(), 5))
+    assert str(seen[0].url) == "http://queen/v1/workers/heartbeat"
+    assert seen[0].headers["authorization"] == "Bearer s3cret"
+    assert json.loads(seen[2].content) == beat.model_dump()

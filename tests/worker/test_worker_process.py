@@ -1,0 +1,204 @@
+"""The real worker process with the real model: heartbeats, streaming, slots, drain."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from rbee.wire import Heartbeat
+from tests.worker.conftest import FakeQueen, Worker, WorkerFactory, wait_until
+
+pytestmark = pytest.mark.slow
+
+HELLO = [{"role": "user", "content": "Write one sentence about bees."}]
+
+
+def _stream(url: str, path: str, body: dict[str, Any]) -> list[tuple[float, str]]:
+    """Every SSE `data:` payload of a streamed request, with the time it arrived."""
+    events: list[tuple[float, str]] = []
+    with httpx.stream("POST", url + path, json={**body, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                assert line.startswith("data: "), line
+                events.append((time.monotonic(), line[len("data: ") :]))
+    return events
+
+
+def _texts(events: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    texts = []
+    for at, data in events:
+        if data != "[DONE]":
+            delta = json.loads(data)["choices"][0]["delta"]
+            if delta.get("content"):
+                texts.append((at, delta["content"]))
+    return texts
+
+
+def test_heartbeats_say_loading_then_idle_with_every_field(
+    queen: FakeQueen, two_slots: Worker
+) -> None:
+    wait_until(lambda: "idle" in queen.states(two_slots.worker_id), 5, "an idle heartbeat")
+    states = queen.states(two_slots.worker_id)
+    assert states[0] == "loading"
+    beats = queen.of(two_slots.worker_id)
+    idle = beats[states.index("idle")]
+    assert set(idle.body) == set(Heartbeat.model_fields)
+    assert Heartbeat.model_validate(idle.body) == Heartbeat(
+        worker_id=two_slots.worker_id,
+        hive="test-hive",
+        model="gemma3-270m",
+        worker_binary="cpu",
+        url=two_slots.url,
+        pid=two_slots.proc.pid,
+        device="cpu",
+        state="idle",
+        slots_total=2,
+        slots_busy=0,
+    )
+    assert idle.authorization == "Bearer s3cret"
+
+
+def test_a_streamed_chat_arrives_token_by_token_and_ends_with_done(two_slots: Worker) -> None:
+    events = _stream(
+        two_slots.url,
+        "/v1/chat/completions",
+        {"model": "another-name", "messages": HELLO, "max_tokens": 12, "seed": 1},
+    )
+    assert events[-1][1] == "[DONE]"
+    first = json.loads(events[0][1])
+    assert first["object"] == "chat.completion.chunk"
+    assert first["model"] == "gemma3-270m"
+    texts = _texts(events)
+    assert len(texts) >= 5
+    assert "".join(text for _, text in texts).strip()
+    # Streamed as generated, not buffered: ~30 ms per token separates the first from the last.
+    assert texts[-1][0] - texts[0][0] > 0.05
+
+
+def test_a_chat_without_stream_returns_the_whole_answer(two_slots: Worker) -> None:
+    response = httpx.post(
+        f"{two_slots.url}/v1/chat/completions",
+        json={"messages": HELLO, "max_tokens": 12, "temperature": 0.7, "top_p": 0.9},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"].strip()
+    assert 0 < answer["usage"]["completion_tokens"] <= 12
+
+
+def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
+    response = httpx.post(
+        f"{two_slots.url}/v1/completions",
+        json={"prompt": "One, two, three, four,", "max_tokens": 16, "stop": ["seven"], "seed": 3},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    text = response.json()["choices"][0]["text"]
+    assert text.strip()
+    assert "seven" not in text
+
+
+def test_models_lists_the_loaded_model(two_slots: Worker) -> None:
+    models = httpx.get(f"{two_slots.url}/v1/models", timeout=5).json()
+    assert [entry["id"] for entry in models["data"]] == ["gemma3-270m"]
+
+
+def test_malformed_json_is_a_400_openai_error(two_slots: Worker) -> None:
+    response = httpx.post(
+        f"{two_slots.url}/v1/chat/completions", content=b'{"messages": [', timeout=5
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_two_slots_generate_two_answers_at_once(queen: FakeQueen, two_slots: Worker) -> None:
+    results: list[list[tuple[float, str]]] = []
+    body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "seed": 1}
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(_stream(two_slots.url, "/v1/completions", body))
+        )
+        for _ in range(2)
+    ]
+    busy_seen: list[int] = []
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        busy_seen.append(two_slots.health()["slots_busy"])
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2
+    assert max(busy_seen) == 2
+    # Overlap: each stream's first chunk arrived before the other's last.
+    (a_first, a_last), (b_first, b_last) = ((r[0][0], r[-1][0]) for r in results)
+    assert a_first < b_last and b_first < a_last
+    assert "busy" in queen.states(two_slots.worker_id)
+
+
+def test_a_client_that_disconnects_frees_its_slot_at_once(two_slots: Worker) -> None:
+    body = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{two_slots.url}/v1/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        for _ in range(3):
+            next(line for line in lines if line)
+        assert two_slots.health()["slots_busy"] == 1
+    hung_up = time.monotonic()
+    wait_until(lambda: two_slots.health()["slots_busy"] == 0, 2, "the slot to be freed")
+    # 400 tokens at ~30 tokens/s would hold the slot for over 10 s.
+    assert time.monotonic() - hung_up < 1.0
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(
+    queen: FakeQueen, start_worker: WorkerFactory
+) -> None:
+    worker = start_worker()
+    worker.wait_ready()
+    events: list[tuple[float, str]] = []
+    body = {"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}
+    streaming = threading.Thread(
+        target=lambda: events.extend(_stream(worker.url, "/v1/completions", body))
+    )
+    streaming.start()
+    wait_until(lambda: worker.health()["slots_busy"] == 1, 10, "the request to start")
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: worker.health()["state"] == "draining", 2, "state draining")
+    refused = httpx.post(f"{worker.url}/v1/completions", json={"prompt": "Hi"}, timeout=5)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "draining"
+    streaming.join(timeout=30)
+    assert events[-1][1] == "[DONE]"
+    assert worker.proc.wait(timeout=5) == 0
+    assert "draining" in queen.states(worker.worker_id)
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(queen: FakeQueen) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [
+            sys.executable, "-m", "rbee.worker.server",
+            "--worker-id", "w", "--hive", "h", "--model", "m",
+            "--model-path", "/nowhere.gguf", "--worker-binary", "cpu",
+            "--port", str(port), "--queen-url", queen.url,
+        ]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use "
+        "(stop what listens there or choose another --port)"
+    ]
