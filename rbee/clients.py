@@ -196,8 +196,9 @@ class QueenClient:
         result: dict[str, Any] = self._request("GET", "/v1/status", "status")
         return result
 
-    def down(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/v1/down", "down", timeout=120)
+    def down(self, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"cluster": cluster}
+        result: dict[str, Any] = self._request("POST", "/v1/down", "down", json=body, timeout=120)
         return result
 
     def shutdown(self) -> None:

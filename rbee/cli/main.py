@@ -129,8 +129,9 @@ def apply(
             raise RbeeError("apply cancelled")
     started = time.monotonic()
     summary: dict[str, Any] = {}
+    shown: dict[str, int] = {}
     for event in client.apply(_desired(cluster), parallelism):
-        summary = _show_apply_event(event) or summary
+        summary = _show_apply_event(event, shown) or summary
     elapsed = time.monotonic() - started
     if not summary:
         raise RbeeError("the queen ended the apply without a summary")
@@ -141,7 +142,8 @@ def apply(
     out.print(f"[green]Apply complete![/green] {len(summary['done'])} actions in {elapsed:.1f} s.")
 
 
-def _show_apply_event(event: dict[str, Any]) -> dict[str, Any] | None:
+def _show_apply_event(event: dict[str, Any], shown: dict[str, int]) -> dict[str, Any] | None:
+    """Print one apply event; `shown` remembers the last quarter of progress per address."""
     kind = event.get("event")
     address = event.get("address", "")
     if kind == "plan":
@@ -156,10 +158,11 @@ def _show_apply_event(event: dict[str, Any]) -> dict[str, Any] | None:
     elif kind == "start":
         out.print(f"{address}: {event['op']}…")
     elif kind == "progress" and event.get("bytes_total"):
-        percent = 100 * event["bytes_done"] / event["bytes_total"]
-        out.print(
-            f"{address}: {percent:.0f}% of {event['bytes_total'] / 1e6:.0f} MB", highlight=False
-        )
+        quarter = 4 * event["bytes_done"] // event["bytes_total"]
+        if quarter > shown.get(address, 0):
+            shown[address] = quarter
+            size = event["bytes_total"] / 1e6
+            out.print(f"{address}: {25 * quarter}% of {size:.0f} MB", highlight=False)
     elif kind == "done":
         out.print(f"{address}: [green]done[/green] ({event['elapsed_s']} s)")
     elif kind == "failed":
@@ -261,11 +264,9 @@ def infer(
 def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop all workers and hives, then the local queen."""
     cluster = load_cluster(file)
-    client = QueenClient(cluster.queen.url, cluster.queen.token)
-    if client.health() is None:
-        out.print("queen is not running; nothing to stop")
-        return
-    result = client.down()
+    # A local queen is started if needed: it is the one that knows how to stop hives.
+    client = _connect(cluster)
+    result = client.down(_desired(cluster))
     out.print(
         f"stopped {result['stopped_workers']} workers and hives: "
         f"{', '.join(result['stopped_hives']) or 'none'}"

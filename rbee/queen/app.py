@@ -156,8 +156,14 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
         return JSONResponse(await control.status())
 
     async def down(request: Request) -> JSONResponse:
+        _, body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        cluster = _cluster(body) if body.get("cluster") is not None else None
+        if isinstance(cluster, JSONResponse):
+            return cluster
         try:
-            return JSONResponse(await control.down())
+            return JSONResponse(await control.down(cluster))
         except ApplyLocked as exc:
             return _error(409, exc.message, "conflict", "apply_locked")
 

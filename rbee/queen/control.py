@@ -134,11 +134,12 @@ class Control:
         workers = [self.registry.view(r).model_dump() for r in self.registry.live()]
         return {"queen": {"url": self.queen_url}, "hives": hives, "workers": workers}
 
-    async def down(self) -> dict[str, Any]:
-        """Stop every worker on every known hive, then the local hives."""
+    async def down(self, cluster: Cluster | None) -> dict[str, Any]:
+        """Stop every worker on the hives of `cluster` and of the last apply, then local hives."""
         if self._lock.locked():
             raise ApplyLocked("an apply is running; wait for it before `rbee down`")
-        hives = self._desired.hives if self._desired else []
+        known = {h.name: h for c in (self._desired, cluster) if c is not None for h in c.hives}
+        hives = list(known.values())
         stopped = await asyncio.gather(*(self._stop_workers(h) for h in hives))
         stopped_hives = [
             h.name for h in hives if h.effective_mode == "local" and await self.local_hives.stop(h)

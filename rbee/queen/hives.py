@@ -88,16 +88,17 @@ class LocalHives:
                 health = await client.health()
             except RbeeError:
                 return False
-        await asyncio.to_thread(stop_pid, health.pid, "rbee.hive.server")
+        await asyncio.to_thread(stop_pid, health.pid, ("rbee.hive.server", "rbee-hive"))
         return True
 
 
-def stop_pid(pid: int, marker: str, grace_s: float = 5.0) -> None:
-    """SIGTERM `pid` if its command line holds `marker`, SIGKILL after `grace_s`."""
+def stop_pid(pid: int, markers: tuple[str, ...], grace_s: float = 5.0) -> None:
+    """SIGTERM `pid` if its command line holds one of `markers`, SIGKILL after `grace_s`."""
     try:
         proc = psutil.Process(pid)
-        if marker not in " ".join(proc.cmdline()):
-            raise RbeeError(f"pid {pid} is not an {marker} process; refusing to signal it")
+        cmdline = " ".join(proc.cmdline())
+        if not any(marker in cmdline for marker in markers):
+            raise RbeeError(f"pid {pid} is not a {markers[0]} process; refusing to signal it")
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace_s)

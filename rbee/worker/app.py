@@ -248,19 +248,28 @@ class _ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-async def _or_disconnect(request: Request, awaitable: Awaitable[_T]) -> _T:
-    """Await `awaitable` unless the client disconnects first (then cancel it, raise _ClientGone)."""
+async def _or_disconnect(
+    request: Request,
+    awaitable: Awaitable[_T],
+    discard: Callable[[_T], object] = lambda _: None,
+) -> _T:
+    """Await `awaitable` unless the client disconnects first: then cancel it (or `discard` what
+    it produced in that same instant) and raise _ClientGone."""
     work = asyncio.ensure_future(awaitable)
     watch = asyncio.ensure_future(_disconnected(request.receive))
     try:
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()
+        raise
     finally:
         watch.cancel()
     if work in done:
         return work.result()
     work.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await work
+    await asyncio.wait({work})
+    if not work.cancelled() and work.exception() is None:
+        discard(work.result())
     raise _ClientGone
 
 
@@ -308,7 +317,7 @@ async def _complete(request: Request, kind: Kind, model: type[_Sampling]) -> Res
     handed_off = False
     try:
         generation = await _or_disconnect(
-            request, worker.engine.start(kind, params, stream=body.stream)
+            request, worker.engine.start(kind, params, stream=body.stream), Generation.cancel
         )
         try:
             # The first chunk (or the whole answer) is awaited here, so a bad prompt is

@@ -68,7 +68,11 @@ class EngineConfig:
 
 
 class _Cancelled:
-    """A llama-cpp stopping criterion: true once the request's client has gone."""
+    """A llama-cpp stopping criterion: true once the current request has been cancelled.
+
+    Each request brings its own event, so a late `cancel()` from a finished request can never
+    stop the next request on the same slot.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -99,38 +103,32 @@ _END = object()
 
 
 class Generation:
-    """One request running on one slot; iterate it for chunks (stream) or await `result()`."""
+    """One request running on one slot: iterate it for its chunks (stream) or its one answer."""
 
-    def __init__(self, context: _Context) -> None:
-        self._context = context
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self.finished = False
+        self._finished = False
 
     def cancel(self) -> None:
         """Stop generating after the current token (a no-op once finished)."""
-        self._context.cancelled.event.set()
+        self._cancel.set()
 
     def __aiter__(self) -> Generation:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        if self.finished:
+        if self._finished:
             raise StopAsyncIteration
         item = await self._queue.get()
         if item is _END:
-            self.finished = True
+            self._finished = True
             raise StopAsyncIteration
         if isinstance(item, BaseException):
-            self.finished = True
+            self._finished = True
             raise item
         assert isinstance(item, dict)
         return item
-
-    async def result(self) -> dict[str, Any]:
-        """The whole response of a non-streamed request."""
-        response = await self.__anext__()
-        self.finished = True
-        return response
 
 
 class Engine:
@@ -193,10 +191,10 @@ class Engine:
     async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
         """Wait for a free slot, then start generating on it in a thread."""
         context = await self._free.get()
-        context.cancelled.event.clear()
+        cancel = context.cancelled.event = threading.Event()
         self._busy += 1
         self._on_change()
-        generation = Generation(context)
+        generation = Generation(cancel)
         loop = asyncio.get_running_loop()
         args = {**params, "model": self.config.model_name, "stream": stream}
 
@@ -213,7 +211,7 @@ class Engine:
                 if stream:
                     for chunk in output:
                         put(chunk)
-                        if context.cancelled.event.is_set():
+                        if cancel.is_set():
                             break
                 else:
                     put(output)
