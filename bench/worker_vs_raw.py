@@ -1,13 +1,14 @@
 """Does the worker keep llama-cpp-python's speed? Raw in-process streaming vs. the worker over HTTP.
 
-Usage: .venv/bin/python bench/worker_vs_raw.py [--runs 3] [--tokens 128] [--threads 2]
+Usage: .venv/bin/python bench/worker_vs_raw.py [--runs 7] [--tokens 128] [--threads 2]
 
 Same GGUF (Gemma 3 270M Q4_K_M), same chat prompt, greedy decoding (so both produce the same
 tokens), one stream at a time. Raw: `Llama(n_threads=2).create_chat_completion(stream=True)`
 in this process. Worker: `llm-worker-rbee --slots 1 --threads 2` streaming the same request as
 SSE. Runs alternate between the two after one warm-up each. tokens/s counts content chunks
 after the first over the time from the first to the last; time to first token is measured from
-sending the request. Target (DESIGN §7): the worker within 5 % of raw.
+sending the request. Target (DESIGN §7): the worker within 5 % of raw. On a shared 2-core
+machine single runs swing by 10 % or more, so both the median and the best run are shown.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def raw_run(llm: llama_cpp.Llama, tokens: int) -> tuple[float, float, int]:
     return _measure(start, _content_stamps(chunks))
 
 
-def worker_run(url: str, tokens: int) -> tuple[float, float, int]:
+def worker_run(client: httpx.Client, tokens: int) -> tuple[float, float, int]:
     body = {
         "model": "gemma3-270m",
         "messages": MESSAGES,
@@ -78,7 +79,7 @@ def worker_run(url: str, tokens: int) -> tuple[float, float, int]:
     }
 
     def chunks() -> Iterable[dict[str, object]]:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             resp.raise_for_status()
             for line in resp.iter_lines():
                 if line.startswith("data: {"):
@@ -119,7 +120,7 @@ def start_worker(model: Path, threads: int, log: Path) -> tuple[subprocess.Popen
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -135,40 +136,39 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_worker(model, args.threads, Path(tmp) / "worker.log")
+        # One client, one kept-alive connection: what a relay does, and no client set-up
+        # counted in the time to first token.
+        client = httpx.Client(base_url=url, timeout=300)
         try:
             raw_run(llm, 16)
-            worker_run(url, 16)
+            worker_run(client, 16)
             raw, worker = [], []
             for _ in range(args.runs):
                 raw.append(raw_run(llm, args.tokens))
-                worker.append(worker_run(url, args.tokens))
+                worker.append(worker_run(client, args.tokens))
         finally:
+            client.close()
             proc.terminate()
             proc.wait(timeout=30)
 
-    def row(name: str, runs: list[tuple[float, float, int]]) -> tuple[str, float, float, int]:
-        return (
-            name,
-            statistics.median(r[0] for r in runs) * 1000,
-            statistics.median(r[1] for r in runs),
-            runs[0][2],
-        )
-
-    rows = [row("raw llama-cpp-python", raw), row("llm-worker-rbee (HTTP SSE)", worker)]
-    base = rows[0][2]
     print(
         f"gemma3-270m Q4_K_M, {args.threads} threads, 1 stream, max_tokens {args.tokens}, "
-        f"median of {args.runs} runs (cpu_count={os.cpu_count()})"
+        f"{args.runs} alternating runs each (cpu_count={os.cpu_count()})"
     )
-    print(f"{'':28} {'TTFT ms':>9} {'tokens/s':>9} {'tokens':>7} {'vs raw':>8}")
-    for name, ttft, rate, count in rows:
-        print(f"{name:28} {ttft:9.1f} {rate:9.2f} {count:7d} {rate / base:8.1%}")
-    print(
-        "per run tokens/s: raw",
-        [round(r[1], 2) for r in raw],
-        "worker",
-        [round(w[1], 2) for w in worker],
-    )
+    header = ("", "TTFT ms", "tok/s med", "tok/s best", "tokens", "med vs raw", "best vs raw")
+    print("{:28} {:>8} {:>10} {:>10} {:>7} {:>11} {:>11}".format(*header))
+    base_median = statistics.median(r[1] for r in raw)
+    base_best = max(r[1] for r in raw)
+    for name, runs in (("raw llama-cpp-python", raw), ("llm-worker-rbee (HTTP SSE)", worker)):
+        ttft = statistics.median(r[0] for r in runs) * 1000
+        median = statistics.median(r[1] for r in runs)
+        best = max(r[1] for r in runs)
+        print(
+            f"{name:28} {ttft:8.1f} {median:10.2f} {best:10.2f} {runs[0][2]:7d} "
+            f"{median / base_median:11.1%} {best / base_best:11.1%}"
+        )
+    print("tokens/s per run: raw", [round(r[1], 1) for r in raw])
+    print("                  worker", [round(r[1], 1) for r in worker])
 
 
 if __name__ == "__main__":

@@ -165,7 +165,9 @@ class _Worker:
     def _state_may_have_changed(self) -> None:
         state = self.state
         if state != self._last_state:
-            log.info("state=%s previous=%s", state, self._last_state)
+            # idle/busy flip on every request: only the lifecycle steps are worth INFO.
+            level = logging.DEBUG if {state, self._last_state} == {"idle", "busy"} else logging.INFO
+            log.log(level, "state=%s previous=%s", state, self._last_state)
             self._last_state = state
             self.heartbeat.poke()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,15 +83,34 @@ class _Cancelled:
 
 
 class _Context(llama_cpp.Llama):
-    """One slot's llama context: every completion it runs stops between tokens when cancelled.
+    """One slot's llama context and the one thread that runs its requests, in turn.
 
-    The chat handlers call `create_completion` without passing a caller's stopping criteria
-    through, so the cancel check is added here, where both chat and plain completions pass.
+    Every completion stops between tokens when cancelled: the chat handlers call
+    `create_completion` without passing a caller's stopping criteria through, so the cancel
+    check is added here, where both chat and plain completions pass. The thread lives as long
+    as the slot, so a request starts without a new thread (or a new OpenMP team for llama.cpp).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cancelled = _Cancelled()
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` on this slot's thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="rbee-slot", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:
+                log.exception("a slot's job failed")
 
     def create_completion(self, *args: Any, **kwargs: Any) -> Any:
         criteria = llama_cpp.StoppingCriteriaList([self.cancelled])
@@ -105,10 +125,15 @@ _END = object()
 class Generation:
     """One request running on one slot: iterate it for its chunks (stream) or its one answer."""
 
-    def __init__(self, cancel: threading.Event) -> None:
+    def __init__(self, cancel: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
         self._cancel = cancel
+        self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._finished = False
+
+    def push(self, item: object) -> None:
+        """Hand a chunk, the end marker or an exception over from the slot's thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def cancel(self) -> None:
         """Stop generating after the current token (a no-op once finished)."""
@@ -189,17 +214,15 @@ class Engine:
         return contexts
 
     async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
-        """Wait for a free slot, then start generating on it in a thread."""
+        """Wait for a free slot, then start generating on that slot's thread."""
         context = await self._free.get()
         cancel = context.cancelled.event = threading.Event()
         self._busy += 1
         self._on_change()
-        generation = Generation(cancel)
         loop = asyncio.get_running_loop()
+        generation = Generation(cancel, loop)
+        put = generation.push
         args = {**params, "model": self.config.model_name, "stream": stream}
-
-        def put(item: object) -> None:
-            loop.call_soon_threadsafe(generation._queue.put_nowait, item)
 
         def run() -> None:
             try:
@@ -221,9 +244,7 @@ class Engine:
             finally:
                 loop.call_soon_threadsafe(self._release, context)
 
-        threading.Thread(
-            target=_quiet_after_loop_closed(run), name="rbee-slot", daemon=True
-        ).start()
+        context.submit(_quiet_after_loop_closed(run))
         return generation
 
     def _release(self, context: _Context) -> None:

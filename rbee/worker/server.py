@@ -7,6 +7,7 @@ keep their names.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(exc)
     port = int(sock.getsockname()[1])
     if port != config.port:
-        config = WorkerConfig(**{**vars(config), "port": port})
+        config = dataclasses.replace(config, port=port)
     app = create_app(config, token)
     # On loopback the worker is reached only through this machine (the hive, a local queen);
     # anywhere else it demands the cluster token like every other rbee daemon.
