@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,7 +28,10 @@ __all__ = [
     "require_token_off_loopback",
     "run_daemon",
     "setup_logging",
+    "spawn_detached",
 ]
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -111,6 +117,35 @@ def run_daemon(app: ASGIApp, sock: socket.socket, log_level: str = "warning") ->
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
+
+
+def spawn_detached(
+    argv: list[str], log_path: Path, token: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session, output appended to `log_path`, reaped by a thread.
+
+    The token travels in the environment (RBEE_TOKEN), never on the command line where `ps`
+    would show it.
+    """
+    env = {**os.environ, "RBEE_TOKEN": token} if token else dict(os.environ)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    # Waiting in a thread keeps a dead child from lingering as a zombie.
+    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
+    return proc
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    returncode = proc.wait()
+    log.info("event=child_exited pid=%d rc=%d", proc.pid, returncode)
 
 
 def fail(exc: RbeeError) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ import psutil
 
 from rbee.clients import QueenClient
 from rbee.config.models import Queen
+from rbee.daemon import spawn_detached
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
 
@@ -46,16 +45,7 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
         "--port",
         str(parts.port or 7833),
     ]
-    env = {**os.environ, "RBEE_TOKEN": queen.token} if queen.token else None
-    with open(queen_log(), "ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
+    proc = spawn_detached(command, queen_log(), queen.token)
     deadline = time.monotonic() + timeout_s
     while client.health() is None:
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 
+from rbee.daemon import spawn_detached
 from rbee.errors import NotFoundError
 from rbee.paths import contained, state_dir
 from rbee.wire import SpawnWorker, WorkerProcess
@@ -75,19 +74,7 @@ def spawn_worker(request: SpawnWorker, model_path: Path, token: str | None) -> W
     """Start a worker in its own session, logging to its log file; the token goes by env only."""
     log = log_path(request.worker_id)
     argv = worker_argv(request, model_path, _free_port())
-    env = dict(os.environ)
-    if token:
-        env["RBEE_TOKEN"] = token
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    threading.Thread(target=_reap, args=(proc, request.worker_id), daemon=True).start()
+    proc = spawn_detached(argv, log, token)
     try:
         started_at = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
@@ -222,8 +209,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((_WORKER_HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def _reap(proc: subprocess.Popen[bytes], worker_id: str) -> None:
-    returncode = proc.wait()
-    _log.info("worker exited worker_id=%s pid=%d rc=%d", worker_id, proc.pid, returncode)

@@ -32,25 +32,41 @@ def _error(status: int, message: str, type_: str, code: str | None = None) -> JS
     return JSONResponse(openai_error(message, type_, code), status_code=status)
 
 
-async def _json_body(request: Request) -> tuple[bytes, dict[str, Any] | JSONResponse]:
-    body = await request.body()
+class _Refused(Exception):
+    """A request the queen refuses; the exception handler turns it into its JSON response."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.response = _error(status, message, type_, code)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Refused)
+    return exc.response
+
+
+async def _json_body(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its JSON object; malformed JSON is a 400."""
+    raw = await request.body()
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(raw)
     except ValueError as exc:
-        return body, _error(400, f"malformed JSON body: {exc}", "invalid_request_error")
+        raise _Refused(400, f"malformed JSON body: {exc}", "invalid_request_error") from None
     if not isinstance(parsed, dict):
-        return body, _error(400, "the JSON body must be an object", "invalid_request_error")
-    return body, parsed
+        raise _Refused(400, "the JSON body must be an object", "invalid_request_error")
+    return raw, parsed
 
 
-def _cluster(body: dict[str, Any]) -> Cluster | JSONResponse:
+def _cluster(body: dict[str, Any]) -> Cluster:
+    """The `cluster` of a request body, validated as the keeper validated it."""
     try:
         cluster = Cluster.model_validate(body.get("cluster"))
     except ValidationError as exc:
-        return _error(422, f"invalid cluster: {exc.errors()[0]['msg']}", "invalid_request_error")
+        message = f"invalid cluster: {exc.errors()[0]['msg']}"
+        raise _Refused(422, message, "invalid_request_error") from None
     problems = check_references(cluster)
     if problems:
-        return _error(422, f"invalid cluster: {problems[0][1]}", "invalid_request_error")
+        raise _Refused(422, f"invalid cluster: {problems[0][1]}", "invalid_request_error")
     return cluster
 
 
@@ -67,8 +83,6 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
     async def heartbeat(request: Request) -> Response:
         _, body = await _json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         try:
             registry.beat(Heartbeat.model_validate(body))
         except ValidationError as exc:
@@ -92,8 +106,6 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
     async def inference(request: Request) -> Response:
         raw, body = await _json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(400, "the request names no model", "invalid_request_error")
@@ -101,21 +113,13 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
     async def plan_route(request: Request) -> JSONResponse:
         _, body = await _json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         cluster = _cluster(body)
-        if isinstance(cluster, JSONResponse):
-            return cluster
         the_plan = await control.plan(cluster)
         return JSONResponse({**the_plan.model_dump(mode="json"), "summary": the_plan.counts()})
 
     async def apply_route(request: Request) -> Response:
         _, body = await _json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         cluster = _cluster(body)
-        if isinstance(cluster, JSONResponse):
-            return cluster
         if control.is_locked:
             return _error(409, control.lock_message(), "conflict", "apply_locked")
         holder = request.headers.get(
@@ -157,11 +161,7 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
     async def down(request: Request) -> JSONResponse:
         _, body = await _json_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         cluster = _cluster(body) if body.get("cluster") is not None else None
-        if isinstance(cluster, JSONResponse):
-            return cluster
         try:
             return JSONResponse(await control.down(cluster))
         except ApplyLocked as exc:
@@ -198,4 +198,4 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
         Route("/v1/down", down, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={_Refused: _refused})

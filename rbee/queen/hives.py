@@ -6,15 +6,14 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import psutil
 
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
+from rbee.daemon import spawn_detached
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
 
@@ -51,19 +50,7 @@ class LocalHives:
             "--queen-url",
             self._queen_url,
         ]
-        env = dict(os.environ)
-        if self._token:
-            env["RBEE_TOKEN"] = self._token
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        threading.Thread(target=proc.wait, name=f"reap-hive-{hive.name}", daemon=True).start()
+        proc = spawn_detached(command, log_path, self._token)
         log.info("event=hive_spawned hive=%s pid=%s", hive.name, proc.pid)
         deadline = time.monotonic() + timeout_s
         async with HiveClient(hive.url, self._token, timeout=2.0) as client:
