@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 
 from rbee.wire import ModelEntry, WorkerProcess, WorkerView
 
-__all__ = ["HiveFacts", "Observed"]
+__all__ = ["HiveFacts", "Observed", "SshError", "SshFacts"]
+
+SshError = Literal[
+    "host_key_unknown",
+    "host_key_changed",
+    "auth_failed",
+    "connection_refused",
+    "timeout",
+    "unreachable",
+    "command_failed",
+]
+
+
+class SshFacts(BaseModel):
+    """A network hive's machine as one SSH probe saw it."""
+
+    reachable: bool
+    error_kind: SshError | None = None
+    error: str | None = None
+    os: str | None = None
+    arch: str | None = None
+    python_version: str | None = None
+    rbee_version: str | None = None
+    hive_running: bool = False
+    hive_pid: int | None = None
+    hive_port: int | None = None
+    free_disk_bytes: int | None = None
 
 
 class HiveFacts(BaseModel):
@@ -17,6 +45,7 @@ class HiveFacts(BaseModel):
     error: str | None = None
     models: list[ModelEntry] = []
     workers: list[WorkerProcess] = []
+    ssh: SshFacts | None = None
 
 
 class Observed(BaseModel):
