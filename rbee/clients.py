@@ -174,15 +174,21 @@ class QueenClient:
             return None
         return health if health.service == "queen-rbee" else None
 
-    def plan(self, cluster: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request(
-            "POST", "/v1/plan", "plan", json={"cluster": cluster}
-        )
+    def plan(self, cluster: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """Ask the queen to observe and plan; `options`: targets, refresh_only, prune."""
+        body = {"cluster": cluster, **options}
+        result: dict[str, Any] = self._request("POST", "/v1/plan", "plan", json=body, timeout=120)
         return result
 
-    def apply(self, cluster: dict[str, Any], parallelism: int) -> Iterator[dict[str, Any]]:
-        """Run an apply in the queen and yield its progress events."""
-        body = {"cluster": cluster, "parallelism": parallelism}
+    def apply(
+        self,
+        cluster: dict[str, Any] | None,
+        parallelism: int,
+        saved_plan: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Run an apply in the queen (of `cluster`, or of a saved plan) and yield its events."""
+        body = {"cluster": cluster, "plan": saved_plan, "parallelism": parallelism, **options}
         try:
             with self._http.stream("POST", "/v1/apply", json=body, timeout=None) as stream:
                 if stream.status_code >= 400:
@@ -203,6 +209,28 @@ class QueenClient:
 
     def shutdown(self) -> None:
         self._request("POST", "/v1/shutdown", "shutdown")
+
+    def lock(self) -> dict[str, Any] | None:
+        """The apply lock (id, holder, since, apply_id, queen_pid, stale), None when free."""
+        body: dict[str, Any] = self._request("GET", "/v1/lock", "lock")
+        lock: dict[str, Any] | None = body["lock"]
+        return lock
+
+    def force_unlock(self, lock_id: str) -> dict[str, Any]:
+        """Remove the apply lock if `lock_id` is its ID (NotFoundError otherwise); returns it."""
+        body: dict[str, Any] = self._request(
+            "POST", "/v1/lock/force-unlock", "force-unlock", json={"id": lock_id}
+        )
+        unlocked: dict[str, Any] = body["unlocked"]
+        return unlocked
+
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` applies, newest first."""
+        body: dict[str, Any] = self._request(
+            "GET", "/v1/history", "history", params={"limit": limit}
+        )
+        applies: list[dict[str, Any]] = body["applies"]
+        return applies
 
     @contextlib.contextmanager
     def chat_stream(self, body: dict[str, Any]) -> Iterator[ChatStream]:

@@ -27,21 +27,30 @@ class ClusterEffects:
         *,
         token: str | None,
         start_hive: HiveStarter,
+        stop_hive: HiveStarter,
         worker_state: WorkerState,
         forget_worker: WorkerForget,
         ready_timeout_s: float = 180.0,
     ) -> None:
         self._token = token
         self._start_hive = start_hive
+        self._stop_hive = stop_hive
         self._worker_state = worker_state
         self._forget_worker = forget_worker
         self._ready_timeout_s = ready_timeout_s
 
     async def run(self, action: Action, emit: Emit) -> None:
         if action.kind == "hive":
-            await self._start_hive(action.hive)
+            if action.op == "delete":
+                await self._stop_hive(action.hive)
+            else:
+                await self._start_hive(action.hive)
         elif action.kind == "model":
-            await self._add_model(action, emit)
+            if action.op == "delete":
+                async with self._hive(action) as hive:
+                    await hive.delete_model(action.model or "")
+            else:
+                await self._add_model(action, emit)
         elif action.op == "delete":
             await self._stop_worker(action)
         else:

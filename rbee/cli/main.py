@@ -13,11 +13,13 @@ import typer
 from rich.console import Console
 
 from rbee.cli.local_queen import ensure_queen, stop_queen
+from rbee.cli.progress import ApplyView
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
-from rbee.config.models import Cluster
+from rbee.config.models import Cluster, Queen
 from rbee.config.schema import cluster_schema
 from rbee.errors import RbeeError
+from rbee.plan.digest import SENSITIVE
 from rbee.plan.planner import Plan
 from rbee.plan.render import plan_json, plan_text
 
@@ -70,10 +72,10 @@ def schema() -> None:
     sys.stdout.write(json.dumps(cluster_schema(), indent=2, sort_keys=True) + "\n")
 
 
-def _connect(cluster: Cluster) -> QueenClient:
-    client, started = ensure_queen(cluster.queen)
+def _connect(queen: Queen) -> QueenClient:
+    client, started = ensure_queen(queen)
     if started is not None:
-        err.print(f"[dim]started local queen (pid {started}) at {cluster.queen.url}[/dim]")
+        err.print(f"[dim]started local queen (pid {started}) at {queen.url}[/dim]")
     return client
 
 
@@ -81,27 +83,77 @@ def _desired(cluster: Cluster) -> dict[str, Any]:
     return cluster.model_dump(mode="json")
 
 
+Targets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="limit to this resource address (and what it depends on); repeatable, "
+        "a prefix such as worker.gpu1 selects everything under it",
+    ),
+]
+Prune = Annotated[
+    bool | None,
+    typer.Option(
+        "--prune/--no-prune",
+        help="remove (or keep) models and hives the YAML no longer lists; default: its `prune`",
+    ),
+]
+
+
 @app.command()
 def plan(
     file: ConfigFile = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="save the plan as JSON for `rbee apply FILE`"),
+    ] = None,
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
             "--detailed-exitcode", help="exit 0 when no changes, 2 when changes, 1 on error"
         ),
     ] = False,
+    target: Targets = None,
+    refresh_only: Annotated[
+        bool, typer.Option("--refresh-only", help="report drift from the YAML; plan no action")
+    ] = False,
+    prune: Prune = None,
 ) -> None:
-    """Observe the cluster and show the actions that would make it match the YAML."""
+    """Observe the cluster and show the actions that would make it match the YAML.
+
+    Exit codes: 0 success (with --detailed-exitcode: no changes), 2 changes present (only with
+    --detailed-exitcode), 1 error (bad YAML, queen unreachable, a hive that cannot be observed).
+    """
     cluster = load_cluster(file)
-    the_plan = Plan.model_validate(_connect(cluster).plan(_desired(cluster)))
-    sys.stdout.write(plan_json(the_plan) if as_json else plan_text(the_plan))
+    body = _connect(cluster.queen).plan(
+        _desired(cluster), targets=target or [], refresh_only=refresh_only, prune=prune
+    )
+    the_plan = Plan.model_validate(body)
+    if out_file is not None:
+        out_file.write_text(plan_json(the_plan))
+    if as_json:
+        sys.stdout.write(plan_json(the_plan))
+    else:
+        sys.stdout.write(plan_text(the_plan, colour=out.is_terminal))
+        if out_file is not None:
+            out.print(
+                f"\nSaved the plan to {out_file}; apply exactly it with `rbee apply {out_file}`."
+            )
+    if the_plan.errors:
+        raise RbeeError(f"{len(the_plan.errors)} hives could not be observed; see the errors above")
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
 
 
 @app.command()
 def apply(
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="a plan saved by `rbee plan --out`: applied exactly, or refused as stale"
+        ),
+    ] = None,
     file: ConfigFile = DEFAULT_CONFIG,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="apply without asking for confirmation")
@@ -109,71 +161,66 @@ def apply(
     parallelism: Annotated[
         int, typer.Option(min=1, help="how many independent actions run at once")
     ] = 10,
+    target: Targets = None,
+    prune: Prune = None,
 ) -> None:
-    """Make the cluster match the YAML: start hives, add models, spawn and stop workers."""
-    cluster = load_cluster(file)
-    client = _connect(cluster)
-    if not auto_approve:
-        the_plan = Plan.model_validate(client.plan(_desired(cluster)))
-        sys.stdout.write(plan_text(the_plan))
-        if not the_plan.has_changes:
-            return
-        if not sys.stdin.isatty():
-            raise RbeeError(
-                "apply needs confirmation", hint="pass --auto-approve when not interactive"
-            )
-        if (
-            typer.prompt("\nDo you want to perform these actions? Only 'yes' will be accepted")
-            != "yes"
-        ):
-            raise RbeeError("apply cancelled")
-    started = time.monotonic()
-    summary: dict[str, Any] = {}
-    shown: dict[str, int] = {}
-    for event in client.apply(_desired(cluster), parallelism):
-        summary = _show_apply_event(event, shown) or summary
-    elapsed = time.monotonic() - started
-    if not summary:
+    """Make the cluster match the YAML: start hives, add models, spawn and stop workers.
+
+    Runs in the queen; this command shows its progress. Exit 0 when every action succeeded,
+    1 otherwise (the summary lists what failed and why; a rerun converges).
+    """
+    options: dict[str, Any] = {"targets": target or [], "prune": prune}
+    if plan_file is not None:
+        saved = _read_plan(plan_file)
+        queen = Queen.model_validate(saved["cluster"]["queen"])
+        token = os.environ.get("RBEE_TOKEN") if queen.token == SENSITIVE else queen.token
+        client = _connect(queen.model_copy(update={"token": token}))
+        events = client.apply(None, parallelism, saved_plan=saved)
+    else:
+        cluster = load_cluster(file)
+        client = _connect(cluster.queen)
+        if not auto_approve:
+            _confirm(Plan.model_validate(client.plan(_desired(cluster), **options)))
+        events = client.apply(_desired(cluster), parallelism, **options)
+    started_at = time.monotonic()
+    with ApplyView(out) as view:
+        for event in events:
+            view.handle(event)
+    elapsed = time.monotonic() - started_at
+    summary = view.summary
+    if summary is None:
         raise RbeeError("the queen ended the apply without a summary")
     if not summary["ok"]:
         failed = "; ".join(f"{a}: {e}" for a, e in summary["failed"].items())
         skipped = f" ({len(summary['skipped'])} skipped)" if summary["skipped"] else ""
-        raise RbeeError(f"apply failed after {elapsed:.1f} s{skipped}: {failed}")
+        raise RbeeError(
+            f"apply failed after {elapsed:.1f} s{skipped}: {failed}",
+            hint="fix the cause and run apply again: it picks up where this one stopped",
+        )
     out.print(f"[green]Apply complete![/green] {len(summary['done'])} actions in {elapsed:.1f} s.")
 
 
-def _show_apply_event(event: dict[str, Any], shown: dict[str, int]) -> dict[str, Any] | None:
-    """Print one apply event; `shown` remembers the last quarter of progress per address."""
-    kind = event.get("event")
-    address = event.get("address", "")
-    if kind == "plan":
-        if not event["plan"]["actions"]:
-            out.print("No changes. The cluster matches the configuration.")
-        else:
-            counts = event["summary"]
-            out.print(
-                f"Plan: {counts['add']} to add, {counts['change']} to change, "
-                f"{counts['destroy']} to destroy."
-            )
-    elif kind == "start":
-        out.print(f"{address}: {event['op']}…")
-    elif kind == "progress" and event.get("bytes_total"):
-        quarter = 4 * event["bytes_done"] // event["bytes_total"]
-        if quarter > shown.get(address, 0):
-            shown[address] = quarter
-            size = event["bytes_total"] / 1e6
-            out.print(f"{address}: {25 * quarter}% of {size:.0f} MB", highlight=False)
-    elif kind == "done":
-        out.print(f"{address}: [green]done[/green] ({event['elapsed_s']} s)")
-    elif kind == "failed":
-        out.print(f"{address}: [red]failed[/red]: {event['error']}")
-    elif kind == "skipped":
-        out.print(f"{address}: [yellow]skipped[/yellow] (depends on {', '.join(event['because'])})")
-    elif kind == "error":
-        raise RbeeError(event["error"])
-    elif kind == "summary":
-        return event
-    return None
+def _read_plan(path: Path) -> dict[str, Any]:
+    try:
+        saved: dict[str, Any] = json.loads(path.read_text())
+    except OSError as exc:
+        raise RbeeError(f"cannot read saved plan {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RbeeError(f"{path} is not a saved plan (invalid JSON: {exc})") from None
+    if not isinstance(saved, dict) or "observed_digest" not in saved or "cluster" not in saved:
+        raise RbeeError(f"{path} is not a plan saved by `rbee plan --out`")
+    return saved
+
+
+def _confirm(the_plan: Plan) -> None:
+    sys.stdout.write(plan_text(the_plan, colour=out.is_terminal))
+    if not the_plan.has_changes:
+        raise typer.Exit(0)
+    if not sys.stdin.isatty():
+        raise RbeeError("apply needs confirmation", hint="pass --auto-approve when not interactive")
+    answer = typer.prompt("\nDo you want to perform these actions? Only 'yes' will be accepted")
+    if answer != "yes":
+        raise RbeeError("apply cancelled")
 
 
 @app.command()
@@ -265,7 +312,7 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop all workers and hives, then the local queen."""
     cluster = load_cluster(file)
     # A local queen is started if needed: it is the one that knows how to stop hives.
-    client = _connect(cluster)
+    client = _connect(cluster.queen)
     result = client.down(_desired(cluster))
     out.print(
         f"stopped {result['stopped_workers']} workers and hives: "

@@ -42,6 +42,8 @@ class HiveFacts(BaseModel):
 
     name: str
     running: bool
+    url: str | None = None
+    mode: Literal["local", "network"] = "local"
     error: str | None = None
     models: list[ModelEntry] = []
     workers: list[WorkerProcess] = []
@@ -49,7 +51,9 @@ class HiveFacts(BaseModel):
 
 
 class Observed(BaseModel):
-    """Every hive's facts plus the queen's heartbeat registry."""
+    """Every hive's facts (declared ones and ones the queen still knows) plus the heartbeat
+    registry, taken at time `at` (seconds since the epoch)."""
 
+    at: float = 0.0
     hives: dict[str, HiveFacts] = {}
     registry: list[WorkerView] = []

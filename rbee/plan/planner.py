@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from deepdiff import DeepDiff
+from pydantic import BaseModel, computed_field
 
+import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model
+from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.observed import HiveFacts, Observed
 from rbee.plan.resources import (
     hive_address,
@@ -17,11 +20,21 @@ from rbee.plan.resources import (
 )
 from rbee.wire import ModelEntry, SpawnWorker, WorkerProcess
 
-__all__ = ["PLAN_FORMAT_VERSION", "Action", "Plan", "plan"]
+__all__ = ["PLAN_FORMAT_VERSION", "SILENT_GRACE_S", "Action", "Change", "Note", "Plan", "plan"]
 
 PLAN_FORMAT_VERSION = 1
+# A worker process this old that never heartbeated is hung, not loading.
+SILENT_GRACE_S = 120.0
 
 Op = Literal["create", "update", "replace", "delete"]
+
+
+class Change(BaseModel):
+    """One field that differs between what runs and what is declared."""
+
+    field: str
+    old: Any = None
+    new: Any = None
 
 
 class Action(BaseModel):
@@ -32,8 +45,11 @@ class Action(BaseModel):
     op: Op
     hive: str
     reason: str
+    changes: list[Change] = []
     depends_on: list[str] = []
     hive_url: str | None = None
+    hive_mode: Literal["local", "network"] | None = None
+    install: bool = False
     model: str | None = None
     source: str | None = None
     sha256: str | None = None
@@ -41,15 +57,41 @@ class Action(BaseModel):
     spawn: SpawnWorker | None = None
 
 
+class Note(BaseModel):
+    """Something the plan says about a resource without acting on it."""
+
+    address: str
+    message: str
+
+
 class Plan(BaseModel):
-    """An ordered list of actions: a value that can be printed, saved and applied."""
+    """An ordered list of actions: a value that can be printed, saved and applied.
+
+    `observed_digest` fingerprints the facts the plan was made from: a saved plan is applied
+    only while a fresh observation gives the same digest.
+    """
 
     format_version: int = PLAN_FORMAT_VERSION
+    rbee_version: str = rbee.__version__
+    created_at: float = 0.0
+    refresh_only: bool = False
+    targets: list[str] = []
+    observed_digest: str = ""
+    cluster: dict[str, Any] = {}
     actions: list[Action] = []
+    drift: list[Note] = []
+    unmanaged: list[Note] = []
+    errors: list[Note] = []
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.actions)
+        return bool(self.actions or self.drift)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def summary(self) -> dict[str, int]:
+        """`add`, `change` and `destroy` counts, as in the summary line."""
+        return self.counts()
 
     def counts(self) -> dict[str, int]:
         """How many resources are added, changed and destroyed (a replace counts as a change)."""
@@ -61,153 +103,307 @@ class Plan(BaseModel):
         }
 
 
-def plan(desired: Cluster, observed: Observed, queen_url: str = "") -> Plan:
+def plan(
+    desired: Cluster,
+    observed: Observed,
+    queen_url: str = "",
+    *,
+    targets: list[str] | None = None,
+    refresh_only: bool = False,
+    prune: bool | None = None,
+    rbee_version: str = rbee.__version__,
+) -> Plan:
     """Diff the declared cluster against what was observed. Pure: no I/O."""
+    ctx = _Context(desired, observed, queen_url, rbee_version)
     actions: list[Action] = []
     for hive in desired.hives:
-        facts = observed.hives.get(hive.name) or HiveFacts(name=hive.name, running=False)
-        actions.extend(_plan_hive(desired, hive, facts, queen_url))
-    return Plan(actions=actions)
+        facts = observed.hives.get(hive.name) or HiveFacts(
+            name=hive.name, running=False, url=hive.url, mode=hive.effective_mode
+        )
+        actions.extend(ctx.plan_hive(hive, facts))
+    declared = {h.name for h in desired.hives}
+    pruning = desired.prune if prune is None else prune
+    for name, facts in sorted(observed.hives.items()):
+        if name not in declared:
+            actions.extend(ctx.plan_unlisted_hive(facts, pruning))
+    if not pruning:
+        ctx.unmanaged.extend(ctx.unlisted_models)
+    else:
+        actions.extend(ctx.prunable_models)
+    if targets:
+        actions = _targeted(actions, targets)
+    the_plan = Plan(
+        rbee_version=rbee_version,
+        created_at=observed.at,
+        refresh_only=refresh_only,
+        targets=list(targets or []),
+        observed_digest=observed_digest(observed),
+        cluster=redacted(desired),
+        actions=actions,
+        unmanaged=ctx.unmanaged,
+        errors=ctx.errors,
+    )
+    if refresh_only:
+        drift = [Note(address=a.address, message=a.reason) for a in actions]
+        the_plan = the_plan.model_copy(update={"actions": [], "drift": drift})
+    return the_plan
 
 
-def _plan_hive(desired: Cluster, hive: Hive, facts: HiveFacts, queen_url: str) -> list[Action]:
-    actions: list[Action] = []
-    hive_deps: list[str] = []
-    if not facts.running:
+class _Context:
+    """What one planning pass needs at hand, and the notes it collects on the way."""
+
+    def __init__(
+        self, desired: Cluster, observed: Observed, queen_url: str, rbee_version: str
+    ) -> None:
+        self.desired = desired
+        self.observed = observed
+        self.queen_url = queen_url
+        self.rbee_version = rbee_version
+        self.models = {m.name: m for m in desired.models}
+        self.heartbeats = {(w.worker_id, w.pid) for w in observed.registry}
+        self.unmanaged: list[Note] = []
+        self.errors: list[Note] = []
+        self.unlisted_models: list[Note] = []
+        self.prunable_models: list[Action] = []
+
+    def plan_hive(self, hive: Hive, facts: HiveFacts) -> list[Action]:
+        if facts.ssh is not None and not facts.ssh.reachable:
+            self.errors.append(
+                Note(address=hive_address(hive.name), message=facts.ssh.error or "unreachable")
+            )
+            return []
+        actions: list[Action] = []
+        hive_action = self._hive_action(hive, facts)
+        hive_deps: list[str] = []
+        if hive_action is not None:
+            actions.append(hive_action)
+            hive_deps = [hive_action.address]
+        restart_all = hive_action is not None and hive_action.op == "replace"
+
+        have_models = {m.name: m for m in facts.models}
+        deployments = [
+            d for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
+        ]
+        deployed = {d.model for d in deployments}
+        later: list[Action] = []
+        for deployment in deployments:
+            model = self.models[deployment.model]
+            model_action = self._model_action(hive, model, have_models.get(model.name), hive_deps)
+            deps = list(hive_deps)
+            if model_action is not None:
+                actions.append(model_action)
+                deps.append(model_action.address)
+            later.extend(
+                self._worker_actions(
+                    hive,
+                    deployment,
+                    model,
+                    [w for w in facts.workers if w.model == deployment.model],
+                    deps,
+                    restart=(
+                        "hive upgraded"
+                        if restart_all
+                        else "model file changed"
+                        if model_action is not None and model_action.op == "replace"
+                        else None
+                    ),
+                )
+            )
+        for proc in facts.workers:
+            if proc.model not in deployed:
+                later.append(
+                    _delete_worker(hive.name, hive.url, proc, "not declared for this hive")
+                )
+        for entry in facts.models:
+            if entry.name not in deployed:
+                self._unlisted_model(hive.name, hive.url, entry, later)
+        # Deletes first (frees slots and memory), then creates and replaces.
+        actions.extend(a for a in later if a.op == "delete")
+        actions.extend(a for a in later if a.op != "delete")
+        return actions
+
+    def plan_unlisted_hive(self, facts: HiveFacts, pruning: bool) -> list[Action]:
+        address = hive_address(facts.name)
+        if not pruning:
+            self.unmanaged.append(
+                Note(address=address, message="not in the configuration; kept (prune is off)")
+            )
+            return []
+        url = facts.url or ""
+        stops = [_delete_worker(facts.name, url, p, "its hive is removed") for p in facts.workers]
+        if not facts.running and not (facts.ssh and facts.ssh.rbee_version):
+            return stops
+        hive_delete = Action(
+            address=address,
+            kind="hive",
+            op="delete",
+            hive=facts.name,
+            reason="not in the configuration (prune)",
+            depends_on=[a.address for a in stops],
+            hive_url=url,
+            hive_mode=facts.mode,
+        )
+        return [*stops, hive_delete]
+
+    def _hive_action(self, hive: Hive, facts: HiveFacts) -> Action | None:
+        common: dict[str, Any] = {
+            "address": hive_address(hive.name),
+            "kind": "hive",
+            "hive": hive.name,
+            "hive_url": hive.url,
+            "hive_mode": hive.effective_mode,
+        }
+        ssh = facts.ssh
+        if ssh is not None:
+            installed = ssh.rbee_version
+            if installed is None:
+                reason = f"install rbee {self.rbee_version} and start the hive"
+                return Action(op="create", reason=reason, install=True, **common)
+            if installed != self.rbee_version:
+                change = Change(field="rbee_version", old=installed, new=self.rbee_version)
+                reason = f"upgrade rbee {installed} → {self.rbee_version}: hive and workers restart"
+                return Action(op="replace", reason=reason, install=True, changes=[change], **common)
+        if facts.running:
+            return None
+        mode = hive.effective_mode
         reason = "not running" if facts.error is None else f"not running ({facts.error})"
-        actions.append(
+        return Action(op="create", reason=f"start {mode} hive: {reason}", **common)
+
+    def _model_action(
+        self, hive: Hive, model: Model, have: ModelEntry | None, deps: list[str]
+    ) -> Action | None:
+        common: dict[str, Any] = {
+            "address": model_address(hive.name, model.name),
+            "kind": "model",
+            "hive": hive.name,
+            "depends_on": deps,
+            "hive_url": hive.url,
+            "model": model.name,
+            "source": model.source,
+            "sha256": model.sha256,
+        }
+        if have is None:
+            return Action(op="create", reason=f"add from {model.source}", **common)
+        if model.sha256 is not None and have.sha256 != model.sha256:
+            change = Change(field="sha256", old=have.sha256, new=model.sha256)
+            reason = f"sha256 changed {have.sha256[:12]}… → {model.sha256[:12]}…"
+            return Action(op="replace", reason=reason, changes=[change], **common)
+        return None
+
+    def _unlisted_model(self, hive: str, url: str, entry: ModelEntry, later: list[Action]) -> None:
+        address = model_address(hive, entry.name)
+        self.unlisted_models.append(
+            Note(address=address, message="not declared for this hive; kept (prune is off)")
+        )
+        stops = [a.address for a in later if a.op == "delete" and a.model == entry.name]
+        self.prunable_models.append(
             Action(
-                address=hive_address(hive.name),
-                kind="hive",
-                op="create",
+                address=address,
+                kind="model",
+                op="delete",
+                hive=hive,
+                reason="not declared for this hive (prune)",
+                depends_on=stops,
+                hive_url=url,
+                model=entry.name,
+            )
+        )
+
+    def _worker_actions(
+        self,
+        hive: Hive,
+        deployment: Deployment,
+        model: Model,
+        procs: list[WorkerProcess],
+        deps: list[str],
+        restart: str | None,
+    ) -> list[Action]:
+        actions: list[Action] = []
+        by_index: dict[int, list[WorkerProcess]] = {}
+        for proc in procs:
+            index = parse_worker_id(hive.name, deployment.model, proc.worker_id)
+            if index is None or index >= deployment.replicas:
+                why = (
+                    f"replicas → {deployment.replicas}"
+                    if index is not None
+                    else f"unknown worker id {proc.worker_id!r}"
+                )
+                actions.append(_delete_worker(hive.name, hive.url, proc, why))
+            else:
+                by_index.setdefault(index, []).append(proc)
+        previous_replace: str | None = None
+        for index in range(deployment.replicas):
+            spawn = SpawnWorker(
+                worker_id=worker_id(hive.name, deployment.model, index),
                 hive=hive.name,
-                reason=f"start {hive.effective_mode} hive: {reason}",
-                hive_url=hive.url,
+                model=deployment.model,
+                worker_binary=deployment.worker,
+                slots=deployment.slots,
+                ctx_size=deployment.ctx_size,
+                device=deployment.device,
+                chat_format=model.chat_format,
+                queen_url=self.queen_url,
             )
-        )
-        hive_deps = [hive_address(hive.name)]
-
-    models = {m.name: m for m in desired.models}
-    have_models = {m.name: m for m in facts.models}
-    deployments = [d for d in desired.deployments if hive.name in desired.hive_names(d)]
-    deployed_models = {d.model for d in deployments}
-    later: list[Action] = []
-    for deployment in deployments:
-        model = models[deployment.model]
-        model_action = _plan_model(hive, model, have_models.get(model.name), hive_deps)
-        deps = list(hive_deps)
-        if model_action is not None:
-            actions.append(model_action)
-            deps.append(model_action.address)
-        procs = [w for w in facts.workers if w.model == deployment.model]
-        later.extend(
-            _plan_workers(
+            address = worker_address(hive.name, deployment.model, index)
+            existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
+            for duplicate in existing[1:]:
+                actions.append(
+                    _delete_worker(
+                        hive.name, hive.url, duplicate, "duplicate of the same replica", by_pid=True
+                    )
+                )
+            if not existing:
+                reason = (
+                    f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, "
+                    f"{deployment.device})"
+                )
+                actions.append(_worker_action(address, "create", hive, reason, deps, spawn))
+                continue
+            current = existing[0]
+            changes = _spec_changes(current, spawn)
+            causes = [f"{c.field} {c.old} → {c.new}" for c in changes]
+            if restart is not None:
+                causes.append(restart)
+            elif self._silent(current):
+                causes.append("alive but silent: no heartbeat reached the queen")
+            if not causes:
+                continue
+            # Rolling: one replica of a deployment is replaced at a time, so the others serve.
+            rolling = [previous_replace] if previous_replace else []
+            action = _worker_action(
+                address,
+                "replace",
                 hive,
-                deployment,
-                model,
-                procs,
-                deps,
-                queen_url,
-                model_changed=model_action is not None and model_action.op == "replace",
+                ", ".join(causes) + ": worker restarts",
+                deps + rolling,
+                spawn,
+                pid=current.pid,
+                changes=changes,
             )
-        )
-    for proc in facts.workers:
-        if proc.model not in deployed_models:
-            later.append(_delete_worker(hive, proc, "not declared for this hive"))
-    # Deletes first (frees slots and memory), then creates and replaces.
-    actions.extend(a for a in later if a.op == "delete")
-    actions.extend(a for a in later if a.op != "delete")
-    return actions
+            actions.append(action)
+            previous_replace = action.address
+        return actions
+
+    def _silent(self, proc: WorkerProcess) -> bool:
+        if (proc.worker_id, proc.pid) in self.heartbeats or not self.observed.at:
+            return False
+        return self.observed.at - proc.started_at > SILENT_GRACE_S
 
 
-def _plan_model(
-    hive: Hive, model: Model, have: ModelEntry | None, deps: list[str]
-) -> Action | None:
-    common = {
-        "address": model_address(hive.name, model.name),
-        "kind": "model",
-        "hive": hive.name,
-        "depends_on": deps,
-        "hive_url": hive.url,
-        "model": model.name,
-        "source": model.source,
-        "sha256": model.sha256,
-    }
-    if have is None:
-        return Action(op="create", reason=f"add from {model.source}", **common)  # type: ignore[arg-type]
-    if model.sha256 is not None and have.sha256 != model.sha256:
-        reason = f"sha256 changed {have.sha256[:12]}… → {model.sha256[:12]}…"
-        return Action(op="replace", reason=reason, **common)  # type: ignore[arg-type]
-    return None
-
-
-def _plan_workers(
-    hive: Hive,
-    deployment: Deployment,
-    model: Model,
-    procs: list[WorkerProcess],
-    deps: list[str],
-    queen_url: str,
-    *,
-    model_changed: bool,
-) -> list[Action]:
-    actions: list[Action] = []
-    by_index: dict[int, list[WorkerProcess]] = {}
-    for proc in procs:
-        index = parse_worker_id(hive.name, deployment.model, proc.worker_id)
-        if index is None or index >= deployment.replicas:
-            why = (
-                f"replicas → {deployment.replicas}"
-                if index is not None
-                else f"unknown worker id {proc.worker_id!r}"
-            )
-            actions.append(_delete_worker(hive, proc, why))
-        else:
-            by_index.setdefault(index, []).append(proc)
-    for index in range(deployment.replicas):
-        spawn = SpawnWorker(
-            worker_id=worker_id(hive.name, deployment.model, index),
-            hive=hive.name,
-            model=deployment.model,
-            worker_binary=deployment.worker,
-            slots=deployment.slots,
-            ctx_size=deployment.ctx_size,
-            device=deployment.device,
-            chat_format=model.chat_format,
-            queen_url=queen_url,
-        )
-        address = worker_address(hive.name, deployment.model, index)
-        existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
-        for duplicate in existing[1:]:
-            actions.append(
-                _delete_worker(hive, duplicate, "duplicate of the same replica", by_pid=True)
-            )
-        if not existing:
-            reason = (
-                f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, "
-                f"{deployment.device})"
-            )
-            actions.append(_worker_action(address, "create", hive, reason, deps, spawn, None))
-            continue
-        changes = _spec_changes(existing[0], deployment)
-        if model_changed:
-            changes.append("model file changed")
-        if changes:
-            reason = ", ".join(changes) + ": worker restarts"
-            actions.append(
-                _worker_action(address, "replace", hive, reason, deps, spawn, existing[0].pid)
-            )
-    return actions
-
-
-def _spec_changes(proc: WorkerProcess, deployment: Deployment) -> list[str]:
-    pairs = [
-        ("slots", proc.slots, deployment.slots),
-        ("ctx_size", proc.ctx_size, deployment.ctx_size),
-        ("device", proc.device, deployment.device),
-        ("worker_binary", proc.worker_binary, deployment.worker),
+def _spec_changes(proc: WorkerProcess, spawn: SpawnWorker) -> list[Change]:
+    fields = ("slots", "ctx_size", "device", "worker_binary")
+    old = {f: getattr(proc, f) for f in fields}
+    new = {f: getattr(spawn, f) for f in fields}
+    diff = DeepDiff(old, new).get("values_changed", {})
+    changes = [
+        Change(field=path.removeprefix("root['").removesuffix("']"), **_old_new(values))
+        for path, values in diff.items()
     ]
-    return [f"{name} {old} → {new}" for name, old, new in pairs if old != new]
+    return sorted(changes, key=lambda c: fields.index(c.field))
+
+
+def _old_new(values: dict[str, Any]) -> dict[str, Any]:
+    return {"old": values["old_value"], "new": values["new_value"]}
 
 
 def _worker_action(
@@ -217,7 +413,8 @@ def _worker_action(
     reason: str,
     deps: list[str],
     spawn: SpawnWorker,
-    pid: int | None,
+    pid: int | None = None,
+    changes: list[Change] | None = None,
 ) -> Action:
     return Action(
         address=address,
@@ -225,6 +422,7 @@ def _worker_action(
         op=op,
         hive=hive.name,
         reason=reason,
+        changes=changes or [],
         depends_on=deps,
         hive_url=hive.url,
         model=spawn.model,
@@ -233,20 +431,42 @@ def _worker_action(
     )
 
 
-def _delete_worker(hive: Hive, proc: WorkerProcess, reason: str, by_pid: bool = False) -> Action:
-    index = None if by_pid else parse_worker_id(hive.name, proc.model, proc.worker_id)
+def _delete_worker(
+    hive: str, url: str, proc: WorkerProcess, reason: str, by_pid: bool = False
+) -> Action:
+    index = None if by_pid else parse_worker_id(hive, proc.model, proc.worker_id)
     address = (
-        worker_address(hive.name, proc.model, index)
+        worker_address(hive, proc.model, index)
         if index is not None
-        else f"worker.{hive.name}.{proc.model}[pid {proc.pid}]"
+        else f"worker.{hive}.{proc.model}[pid {proc.pid}]"
     )
     return Action(
         address=address,
         kind="worker",
         op="delete",
-        hive=hive.name,
+        hive=hive,
         reason=f"stop: {reason}",
-        hive_url=hive.url,
+        hive_url=url,
         model=proc.model,
         pid=proc.pid,
     )
+
+
+def _matches(address: str, target: str) -> bool:
+    """`target` names `address` itself or a resource that contains it (`worker.local`)."""
+    if address == target:
+        return True
+    return address.startswith(target) and address[len(target)] in ".["
+
+
+def _targeted(actions: list[Action], targets: list[str]) -> list[Action]:
+    """Only the targeted actions and, transitively, what they depend on."""
+    by_address = {a.address: a for a in actions}
+    keep = {a.address for a in actions if any(_matches(a.address, t) for t in targets)}
+    pending = list(keep)
+    while pending:
+        for dep in by_address[pending.pop()].depends_on:
+            if dep in by_address and dep not in keep:
+                keep.add(dep)
+                pending.append(dep)
+    return [a for a in actions if a.address in keep]

@@ -1,36 +1,74 @@
-"""Plans as people and programs read them: text with +/~/-, or JSON."""
+"""Plans as people and programs read them: text with + ~ -/+ -, or versioned JSON."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from rbee.plan.planner import Plan
 
 __all__ = ["plan_json", "plan_text"]
 
 _SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-"}
+_ANSI = {"create": "32", "update": "33", "replace": "33", "delete": "31"}
 
 
-def plan_text(plan: Plan) -> str:
-    """Terraform-style text: one line per action, then a summary line."""
-    if not plan.has_changes:
-        return "No changes. The cluster matches the configuration.\n"
-    width = max(len(a.address) for a in plan.actions)
-    lines = ["rbee will perform the following actions:", ""]
-    for action in plan.actions:
-        symbol = _SYMBOL[action.op]
-        lines.append(f"  {symbol:>3} {action.address:<{width}}  {action.reason}")
-    counts = plan.counts()
-    lines += [
-        "",
-        f"Plan: {counts['add']} to add, {counts['change']} to change, "
-        f"{counts['destroy']} to destroy.",
-    ]
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def plan_text(plan: Plan, colour: bool = False) -> str:
+    """Terraform-style text: one line per action, field changes under it, then a summary."""
+    lines: list[str] = []
+    for error in plan.errors:
+        lines.append(_paint(f"Error: {error.address}: {error.message}", "31", colour))
+    if plan.errors:
+        lines.append("")
+    if plan.refresh_only:
+        lines += _drift_lines(plan)
+    elif not plan.actions:
+        lines.append("No changes. The cluster matches the configuration.")
+    else:
+        width = max(len(a.address) for a in plan.actions)
+        lines += ["rbee will perform the following actions:", ""]
+        for action in plan.actions:
+            symbol = _paint(f"{_SYMBOL[action.op]:>3}", _ANSI[action.op], colour)
+            lines.append(f"  {symbol} {action.address:<{width}}  {action.reason}")
+            for change in action.changes:
+                lines.append(
+                    f"        ~ {change.field}: {_value(change.old)} → {_value(change.new)}"
+                )
+    if plan.unmanaged:
+        lines += ["", "Unmanaged, kept (set `prune: true` or pass --prune to remove):"]
+        lines += [f"  {note.address}: {note.message}" for note in plan.unmanaged]
+    if plan.targets:
+        lines += ["", f"Targeted: {', '.join(plan.targets)} (and what they depend on)."]
+    if plan.actions and not plan.refresh_only:
+        counts = plan.counts()
+        lines += [
+            "",
+            f"Plan: {counts['add']} to add, {counts['change']} to change, "
+            f"{counts['destroy']} to destroy.",
+        ]
     return "\n".join(lines) + "\n"
 
 
+def _drift_lines(plan: Plan) -> list[str]:
+    if not plan.drift:
+        return ["No drift. The cluster matches the configuration."]
+    lines = ["The cluster has drifted from the configuration:", ""]
+    width = max(len(note.address) for note in plan.drift)
+    lines += [f"  {note.address:<{width}}  {note.message}" for note in plan.drift]
+    lines += ["", f"Drift: {len(plan.drift)} resources differ. Nothing was changed."]
+    return lines
+
+
 def plan_json(plan: Plan) -> str:
-    """The plan as versioned JSON (`format_version`), with counts."""
+    """The plan as versioned JSON (`format_version`, schema in schemas/plan.schema.json)."""
     body = plan.model_dump(mode="json")
     body["summary"] = plan.counts()
     return json.dumps(body, indent=2) + "\n"

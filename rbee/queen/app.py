@@ -18,8 +18,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import rbee
+from rbee.apply.lock import LockNotFound
 from rbee.config.models import Cluster, check_references
-from rbee.queen.control import ApplyLocked, Control
+from rbee.errors import RbeeError
+from rbee.plan.planner import PLAN_FORMAT_VERSION, Plan
+from rbee.queen.control import ApplyLocked, Control, PlanOptions
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
@@ -70,6 +73,39 @@ def _cluster(body: dict[str, Any]) -> Cluster:
     return cluster
 
 
+def _options(body: dict[str, Any]) -> PlanOptions:
+    targets = body.get("targets") or []
+    prune = body.get("prune")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise _Refused(422, "targets must be a list of addresses", "invalid_request_error")
+    if prune is not None and not isinstance(prune, bool):
+        raise _Refused(422, "prune must be true, false or null", "invalid_request_error")
+    return PlanOptions(
+        targets=targets, refresh_only=bool(body.get("refresh_only", False)), prune=prune
+    )
+
+
+def _saved_plan(body: dict[str, Any]) -> Plan | None:
+    """A saved plan sent to apply, checked for a format this queen understands."""
+    if body.get("plan") is None:
+        return None
+    try:
+        saved = Plan.model_validate(body["plan"])
+    except ValidationError as exc:
+        raise _Refused(
+            422, f"invalid saved plan: {exc.errors()[0]['msg']}", "invalid_request_error"
+        ) from None
+    if saved.format_version != PLAN_FORMAT_VERSION:
+        message = (
+            f"saved plan has format_version {saved.format_version}; "
+            f"this queen reads {PLAN_FORMAT_VERSION}"
+        )
+        raise _Refused(422, message, "invalid_request_error")
+    if saved.refresh_only:
+        raise _Refused(422, "a refresh-only plan has no actions to apply", "invalid_request_error")
+    return saved
+
+
 def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
     """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at."""
     registry = Registry()
@@ -113,24 +149,32 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
     async def plan_route(request: Request) -> JSONResponse:
         _, body = await _json_body(request)
-        cluster = _cluster(body)
-        the_plan = await control.plan(cluster)
-        return JSONResponse({**the_plan.model_dump(mode="json"), "summary": the_plan.counts()})
+        the_plan = await control.plan(_cluster(body), _options(body))
+        return JSONResponse(the_plan.model_dump(mode="json"))
 
     async def apply_route(request: Request) -> Response:
         _, body = await _json_body(request)
-        cluster = _cluster(body)
-        if control.is_locked:
-            return _error(409, control.lock_message(), "conflict", "apply_locked")
+        saved = _saved_plan(body)
+        cluster = _cluster({"cluster": saved.cluster} if saved else body)
+        options = _options(body)
         holder = request.headers.get(
             "x-rbee-holder", request.client.host if request.client else "?"
         )
         parallelism = int(body.get("parallelism", 10))
+        try:
+            lock = await control.lock.acquire(holder, _lock_timeout(body))
+        except ApplyLocked as exc:
+            return _error(409, exc.message, "conflict", "apply_locked")
+        if await request.is_disconnected():  # the keeper gave up while waiting for the lock
+            control.lock.release(lock.id)
+            return Response(status_code=499)
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
         async def run() -> None:
             try:
-                outcome = await control.apply(cluster, holder, events.put, parallelism)
+                outcome = await control.apply(
+                    cluster, holder, events.put, parallelism, options, saved, lock=lock
+                )
                 await events.put(
                     {
                         "event": "summary",
@@ -140,8 +184,8 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
                         "skipped": outcome.skipped,
                     }
                 )
-            except ApplyLocked as exc:
-                await events.put({"event": "error", "error": exc.message})
+            except RbeeError as exc:
+                await events.put({"event": "error", "error": exc.message, "hint": exc.hint})
             finally:
                 await events.put(None)
 
@@ -173,6 +217,24 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
             background=BackgroundTask(os.kill, os.getpid(), signal.SIGTERM),
         )
 
+    async def get_lock(request: Request) -> JSONResponse:
+        lock = control.lock.current()
+        return JSONResponse({"lock": lock.to_json() if lock else None})
+
+    async def force_unlock(request: Request) -> JSONResponse:
+        _, body = await _json_body(request)
+        lock_id = body.get("id")
+        if not isinstance(lock_id, str) or not lock_id:
+            return _error(422, "force-unlock needs the lock's `id`", "invalid_request_error")
+        try:
+            unlocked = control.lock.force_unlock(lock_id)
+        except LockNotFound as exc:
+            return _error(404, exc.message, "not_found_error", "lock_not_found")
+        return JSONResponse({"unlocked": unlocked.to_json()})
+
+    async def history(request: Request) -> JSONResponse:
+        return JSONResponse({"applies": store.history(_limit(request))})
+
     background: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
@@ -197,5 +259,24 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
         Route("/v1/status", status),
         Route("/v1/down", down, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),
+        Route("/v1/lock", get_lock),
+        Route("/v1/lock/force-unlock", force_unlock, methods=["POST"]),
+        Route("/v1/history", history),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={_Refused: _refused})
+
+
+def _lock_timeout(body: dict[str, Any]) -> float:
+    """How long an apply waits for the lock: `lock_timeout_s`, 0 (fail at once) by default."""
+    value = body.get("lock_timeout_s") or 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _Refused(422, "lock_timeout_s must be a number ≥ 0", "invalid_request_error")
+    return float(value)
+
+
+def _limit(request: Request, default: int = 20) -> int:
+    """The `limit` query parameter: a count from 1 to 1000."""
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise _Refused(422, "limit must be a whole number from 1 to 1000", "invalid_request_error")
+    return int(raw)

@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from rbee.apply.actions import ClusterEffects
 from rbee.apply.executor import Emit, Outcome, execute
+from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
+from rbee.plan.digest import observed_digest
+from rbee.plan.observed import Observed
 from rbee.plan.planner import Plan, plan
 from rbee.queen.hives import LocalHives
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
 
-__all__ = ["ApplyLocked", "Control"]
+__all__ = ["ApplyLocked", "Control", "PlanOptions"]
 
 log = logging.getLogger(__name__)
 
 
-class ApplyLocked(RbeeError):
-    """Another apply holds the lock."""
+@dataclass(frozen=True)
+class PlanOptions:
+    """How to plan: limit to targets, only report drift, override the YAML's prune."""
+
+    targets: list[str] = field(default_factory=list)
+    refresh_only: bool = False
+    prune: bool | None = None
 
 
 class Control:
@@ -36,23 +44,24 @@ class Control:
         self.queen_url = queen_url
         self.token = token
         self.local_hives = LocalHives(queen_url, token)
-        self._lock = asyncio.Lock()
-        self._holder: tuple[str, float] | None = None
+        self.lock = ApplyLock(store.connection)
+        self._held: LockInfo | None = None
+        live = self.lock.live()
+        interrupted = store.interrupt_unfinished(live.apply_id if live else None)
+        if interrupted:
+            log.warning("event=applies_interrupted count=%s", interrupted)
         stored = store.desired()
         self._desired = Cluster.model_validate(stored) if stored else None
 
     @property
     def is_locked(self) -> bool:
-        return self._lock.locked()
+        """Whether a live apply holds the lock (a stale lock does not count)."""
+        return self.lock.live() is not None
 
     def lock_message(self) -> str:
-        if self._holder is None:
-            return "another apply is running"
-        who, since = self._holder
-        return (
-            f"another apply is running (held by {who} since "
-            f"{time.strftime('%H:%M:%S', time.localtime(since))})"
-        )
+        """The refusal a second apply gets right now, naming the holder."""
+        live = self.lock.live()
+        return ApplyLocked.held(live).message if live else "no apply is running"
 
     @property
     def desired(self) -> Cluster | None:
@@ -62,41 +71,96 @@ class Control:
     def is_declared(self, model: str) -> bool:
         return self._desired is not None and any(m.name == model for m in self._desired.models)
 
-    async def plan(self, cluster: Cluster) -> Plan:
+    async def observe(self, cluster: Cluster) -> Observed:
+        """Facts about the declared hives and the ones the last apply declared (for prune)."""
         views = [self.registry.view(r) for r in self.registry.live()]
-        observed = await observe(cluster, views, self.token)
-        return plan(cluster, observed, self.queen_url)
+        declared = {h.name for h in cluster.hives}
+        previous = [
+            h for h in (self._desired.hives if self._desired else []) if h.name not in declared
+        ]
+        return await observe([*cluster.hives, *previous], views, self.token)
 
-    async def apply(self, cluster: Cluster, holder: str, emit: Emit, parallelism: int) -> Outcome:
-        """Plan and execute under the apply lock; a second apply fails at once."""
-        if self._lock.locked():
-            raise ApplyLocked(self.lock_message())
-        async with self._lock:
-            self._holder = (holder, time.time())
-            try:
-                return await self._apply_locked(cluster, holder, emit, parallelism)
-            finally:
-                self._holder = None
+    async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
+        """Observe now and plan `cluster` against it."""
+        options = options or PlanOptions()
+        observed = await self.observe(cluster)
+        return plan(
+            cluster,
+            observed,
+            self.queen_url,
+            targets=options.targets,
+            refresh_only=options.refresh_only,
+            prune=options.prune,
+        )
+
+    async def apply(
+        self,
+        cluster: Cluster,
+        holder: str,
+        emit: Emit,
+        parallelism: int,
+        options: PlanOptions | None = None,
+        saved: Plan | None = None,
+        *,
+        lock: LockInfo | None = None,
+        lock_timeout_s: float = 0.0,
+    ) -> Outcome:
+        """Plan (or check a saved plan) and execute under the apply lock.
+
+        The lock is `lock` when the caller took it already, else taken here, waiting up to
+        `lock_timeout_s` (ApplyLocked after that). It is released when the apply ends.
+        """
+        held = lock or await self.lock.acquire(holder, lock_timeout_s)
+        self._held = held
+        try:
+            await emit({"event": "lock", **held.to_json()})
+            return await self._apply_locked(cluster, holder, emit, parallelism, options, saved)
+        except Exception as exc:
+            error = exc.message if isinstance(exc, RbeeError) else repr(exc)
+            self.store.fail_apply(held.id, holder, error)
+            raise
+        finally:
+            self._held = None
+            self.lock.release(held.id)
 
     async def _apply_locked(
-        self, cluster: Cluster, holder: str, emit: Emit, parallelism: int
+        self,
+        cluster: Cluster,
+        holder: str,
+        emit: Emit,
+        parallelism: int,
+        options: PlanOptions | None,
+        saved: Plan | None,
     ) -> Outcome:
-        the_plan = await self.plan(cluster)
-        await emit(
-            {
-                "event": "plan",
-                "plan": the_plan.model_dump(mode="json"),
-                "summary": the_plan.counts(),
-            }
-        )
-        self._desired = cluster
+        if saved is None:
+            the_plan = await self.plan(cluster, options)
+        else:
+            now = observed_digest(await self.observe(cluster))
+            if now != saved.observed_digest:
+                raise RbeeError(
+                    "saved plan is stale: the cluster changed since the plan was made",
+                    hint="run `rbee plan --out FILE` again and apply the new plan",
+                )
+            the_plan = saved
+        await emit({"event": "plan", "plan": the_plan.model_dump(mode="json")})
+        # A targeted apply changes part of the cluster: what the queen knows as declared grows
+        # only by a whole apply.
+        if not the_plan.targets:
+            self._desired = cluster
+        lock_id = self._held.id if self._held else None
         apply_id = self.store.begin_apply(
-            holder, the_plan.counts(), cluster.model_dump(mode="json")
+            holder, the_plan.counts(), cluster.model_dump(mode="json"), lock_id=lock_id
         )
-        hives = {h.name: h for h in cluster.hives}
+        if lock_id is not None:
+            self.lock.attach(lock_id, apply_id)
+        previous = self._desired.hives if self._desired else []
+        hives = {h.name: h for h in [*previous, *cluster.hives]}
 
         async def start_hive(name: str) -> None:
             await self.local_hives.start(hives[name])
+
+        async def stop_hive(name: str) -> None:
+            await self.local_hives.stop(hives[name])
 
         def worker_state(worker_id: str) -> str | None:
             record = self.registry.get(worker_id)
@@ -105,11 +169,18 @@ class Control:
         effects = ClusterEffects(
             token=self.token,
             start_hive=start_hive,
+            stop_hive=stop_hive,
             worker_state=worker_state,
             forget_worker=self.registry.drop,
         )
         outcome = await execute(the_plan, effects, emit, parallelism)
-        self.store.end_apply(apply_id, "ok" if outcome.ok else "failed")
+        self.store.end_apply(
+            apply_id,
+            "ok" if outcome.ok else "failed",
+            done=outcome.done,
+            failed=outcome.failed,
+            skipped=outcome.skipped,
+        )
         return outcome
 
     async def status(self) -> dict[str, Any]:
@@ -136,8 +207,10 @@ class Control:
 
     async def down(self, cluster: Cluster | None) -> dict[str, Any]:
         """Stop every worker on the hives of `cluster` and of the last apply, then local hives."""
-        if self._lock.locked():
-            raise ApplyLocked("an apply is running; wait for it before `rbee down`")
+        if (live := self.lock.live()) is not None:
+            raise ApplyLocked(
+                f"an apply is running ({live.describe()}); wait for it before `rbee down`"
+            )
         known = {h.name: h for c in (self._desired, cluster) if c is not None for h in c.hives}
         hives = list(known.values())
         stopped = await asyncio.gather(*(self._stop_workers(h) for h in hives))

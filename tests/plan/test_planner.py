@@ -1,117 +1,53 @@
-"""The planner is a pure function: (desired, observed) fixtures in, plan text and JSON out."""
+"""The planner is a pure function: one case file (desired, observed, options) per scenario in
+tests/plan/cases/, its text and JSON plans pinned as snapshots."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 from syrupy.assertion import SnapshotAssertion
 
 from rbee.config.models import Cluster
-from rbee.plan.observed import HiveFacts, Observed
-from rbee.plan.planner import plan
+from rbee.plan.observed import Observed
+from rbee.plan.planner import Plan, plan
 from rbee.plan.render import plan_json, plan_text
-from rbee.wire import ModelEntry, WorkerProcess
 
-SHA = "a" * 64
-OTHER_SHA = "b" * 64
+CASES = Path(__file__).parent / "cases"
+NAMES = sorted(p.stem for p in CASES.glob("*.yaml"))
 QUEEN = "http://127.0.0.1:7833"
 
 
-def _cluster(replicas: int = 1, slots: int = 2, ctx_size: int = 2048, sha: str = SHA) -> Cluster:
-    return Cluster.model_validate(
-        {
-            "hives": [{"name": "local", "host": "localhost"}],
-            "models": [{"name": "gemma3-270m", "source": "file:///m/gemma.gguf", "sha256": sha}],
-            "worker_binaries": [{"name": "cpu"}],
-            "deployments": [
-                {
-                    "model": "gemma3-270m",
-                    "worker": "cpu",
-                    "hives": ["local"],
-                    "replicas": replicas,
-                    "slots": slots,
-                    "ctx_size": ctx_size,
-                }
-            ],
-        }
-    )
+def _case(name: str) -> Plan:
+    doc: dict[str, Any] = YAML(typ="safe").load((CASES / f"{name}.yaml").read_text())
+    desired = Cluster.model_validate(doc["desired"])
+    observed = Observed.model_validate(doc["observed"])
+    return plan(desired, observed, QUEEN, rbee_version="0.1.0", **doc.get("options", {}))
 
 
-def _model(sha: str = SHA) -> ModelEntry:
-    return ModelEntry(
-        name="gemma3-270m", source="file:///m/gemma.gguf", sha256=sha, size_bytes=1, path="/p"
-    )
+def test_there_are_at_least_25_scenarios() -> None:
+    assert len(NAMES) >= 25
 
 
-def _worker(index: int, pid: int, **spec: Any) -> WorkerProcess:
-    fields: dict[str, Any] = {
-        "pid": pid,
-        "worker_id": f"local.gemma3-270m.{index}",
-        "hive": "local",
-        "model": "gemma3-270m",
-        "worker_binary": "cpu",
-        "port": 9000 + index,
-        "url": f"http://127.0.0.1:{9000 + index}",
-        "slots": 2,
-        "ctx_size": 2048,
-        "device": "cpu",
-        "started_at": 1000.0 + pid,
-    }
-    fields.update(spec)
-    return WorkerProcess(**fields)
-
-
-def _up(*workers: WorkerProcess, sha: str = SHA) -> Observed:
-    facts = HiveFacts(name="local", running=True, models=[_model(sha)], workers=list(workers))
-    return Observed(hives={"local": facts})
-
-
-SCENARIOS: dict[str, tuple[Cluster, Observed]] = {
-    "empty_cluster": (_cluster(), Observed()),
-    "hive_up_without_model": (
-        _cluster(),
-        Observed(hives={"local": HiveFacts(name="local", running=True)}),
-    ),
-    "in_sync": (_cluster(), _up(_worker(0, 100))),
-    "scale_up_1_to_3": (_cluster(replicas=3), _up(_worker(0, 100))),
-    "scale_down_2_to_1": (_cluster(replicas=1), _up(_worker(0, 100), _worker(1, 101))),
-    "scale_to_zero": (_cluster(replicas=0), _up(_worker(0, 100))),
-    "ctx_size_change_restarts_worker": (_cluster(ctx_size=4096), _up(_worker(0, 100))),
-    "model_sha_change_replaces_model_and_worker": (_cluster(sha=OTHER_SHA), _up(_worker(0, 100))),
-    "dead_worker_respawned": (_cluster(replicas=2), _up(_worker(1, 101))),
-    "duplicate_replica_stopped": (_cluster(), _up(_worker(0, 100), _worker(0, 105))),
-    "unknown_worker_stopped": (
-        _cluster(),
-        _up(_worker(0, 100), _worker(0, 300, worker_id="handmade", model="other")),
-    ),
-    "hive_down_with_error": (
-        _cluster(),
-        Observed(hives={"local": HiveFacts(name="local", running=False, error="HTTP 500")}),
-    ),
-}
-
-
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", NAMES)
 def test_plan_text(name: str, snapshot: SnapshotAssertion) -> None:
-    desired, observed = SCENARIOS[name]
-    assert plan_text(plan(desired, observed, QUEEN)) == snapshot
+    assert plan_text(_case(name)) == snapshot
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", NAMES)
 def test_plan_json(name: str, snapshot: SnapshotAssertion) -> None:
-    desired, observed = SCENARIOS[name]
-    assert plan_json(plan(desired, observed, QUEEN)) == snapshot
+    assert json.loads(plan_json(_case(name))) == snapshot
 
 
 def test_in_sync_cluster_has_no_changes() -> None:
-    desired, observed = SCENARIOS["in_sync"]
-    assert not plan(desired, observed).has_changes
+    assert not _case("in_sync").has_changes
 
 
 def test_workers_wait_for_their_model_and_hive() -> None:
-    desired, observed = SCENARIOS["empty_cluster"]
-    actions = {a.address: a for a in plan(desired, observed).actions}
+    actions = {a.address: a for a in _case("empty_cluster").actions}
     assert actions["model.local.gemma3-270m"].depends_on == ["hive.local"]
     assert actions["worker.local.gemma3-270m[0]"].depends_on == [
         "hive.local",
@@ -120,6 +56,55 @@ def test_workers_wait_for_their_model_and_hive() -> None:
 
 
 def test_scale_down_stops_the_highest_replica() -> None:
-    desired, observed = SCENARIOS["scale_down_2_to_1"]
-    [action] = plan(desired, observed).actions
+    [action] = _case("scale_down_2_to_1").actions
     assert (action.op, action.pid) == ("delete", 101)
+
+
+def test_rolling_replace_chains_replicas_one_after_another() -> None:
+    actions = _case("rolling_replace_of_three_replicas").actions
+    assert [a.depends_on for a in actions] == [
+        [],
+        ["worker.local.gemma3-270m[0]"],
+        ["worker.local.gemma3-270m[1]"],
+    ]
+
+
+def test_prune_deletes_a_removed_hive_after_its_workers() -> None:
+    actions = {a.address: a for a in _case("hive_removed_with_prune_is_stopped").actions}
+    assert actions["hive.old"].op == "delete"
+    assert actions["hive.old"].depends_on == ["worker.old.gemma3-270m[0]"]
+
+
+def test_target_keeps_only_the_target_and_its_dependencies() -> None:
+    addresses = [a.address for a in _case("target_one_worker_brings_its_dependencies").actions]
+    assert addresses == ["hive.local", "model.local.gemma3-270m", "worker.local.gemma3-270m[1]"]
+
+
+def test_refresh_only_plans_no_action() -> None:
+    drifted = _case("refresh_only_reports_drift")
+    assert drifted.actions == [] and len(drifted.drift) == 2
+    assert drifted.has_changes
+
+
+def test_unreachable_hive_is_an_error_and_other_hives_are_planned() -> None:
+    the_plan = _case("network_hive_unreachable_others_proceed")
+    assert [e.address for e in the_plan.errors] == ["hive.gpu1"]
+    assert {a.hive for a in the_plan.actions} == {"a"}
+
+
+def test_secrets_never_reach_a_plan() -> None:
+    desired = Cluster.model_validate({"queen": {"token": "s3cret-value"}})
+    the_plan = plan(desired, Observed())
+    assert "s3cret-value" not in plan_json(the_plan)
+    assert the_plan.cluster["queen"]["token"] == "(sensitive)"
+
+
+def test_digest_ignores_heartbeat_timing_but_not_workers() -> None:
+    base = _case("worker_heartbeating_is_kept")
+    doc = YAML(typ="safe").load((CASES / "worker_heartbeating_is_kept.yaml").read_text())
+    doc["observed"]["registry"][0]["last_seen_s"] = 1.7
+    again = plan(Cluster.model_validate(doc["desired"]), Observed.model_validate(doc["observed"]))
+    assert again.observed_digest == base.observed_digest
+    doc["observed"]["hives"]["local"]["workers"][0]["pid"] = 999
+    moved = plan(Cluster.model_validate(doc["desired"]), Observed.model_validate(doc["observed"]))
+    assert moved.observed_digest != base.observed_digest

@@ -1,0 +1,158 @@
+"""The SSH probe: what a network hive's machine has, in one connection and one command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Iterable
+
+import asyncssh
+
+from rbee.config.models import Hive
+from rbee.plan.observed import SshFacts
+from rbee.remote import (
+    REMOTE_CACHE,
+    REMOTE_HIVE_PID,
+    REMOTE_HIVE_PORT,
+    REMOTE_VENV,
+)
+from rbee.remote.connect import SshConnections, SshFailure, connect, run_remote
+
+__all__ = ["PROBE_COMMAND", "parse_probe", "probe", "probe_all"]
+
+log = logging.getLogger(__name__)
+
+_BEGIN = "rbee_probe=1"
+_END = "rbee_probe_end=1"
+
+# POSIX sh, run from the user's home. Paths are quoted constants; nothing comes from the YAML.
+_SCRIPT = f"""\
+cd || exit 1
+echo {_BEGIN}
+echo "kernel=$(uname -s)"
+echo "arch=$(uname -m)"
+if [ -r /etc/os-release ]; then
+  ( . /etc/os-release && echo "distro=${{ID:-}}" && echo "distro_version=${{VERSION_ID:-}}" )
+fi
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import sys; print("python=%d.%d.%d" % sys.version_info[:3])' 2>/dev/null
+fi
+v={shlex.quote(REMOTE_VENV + "/bin/python")}
+if [ -x "$v" ]; then
+  "$v" -c 'import rbee; print("rbee=" + rbee.__version__)' 2>/dev/null || echo rbee_broken=1
+fi
+p={shlex.quote(REMOTE_HIVE_PID)}
+if [ -r "$p" ]; then
+  pid=$(head -n 1 "$p")
+  case "$pid" in ''|*[!0-9]*) pid= ;; esac
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    if [ ! -r "/proc/$pid/cmdline" ] || tr '\\000' ' ' <"/proc/$pid/cmdline" | grep -q rbee-hive
+    then
+      echo "hive_pid=$pid"
+      q={shlex.quote(REMOTE_HIVE_PORT)}
+      [ -r "$q" ] && echo "hive_port=$(head -n 1 "$q")"
+    fi
+  fi
+fi
+d={shlex.quote(REMOTE_CACHE)}
+[ -d "$d" ] || d=.
+df -Pk "$d" 2>/dev/null | awk 'NR == 2 {{ print "disk_free_kb=" $4 }}'
+echo {_END}
+"""
+PROBE_COMMAND = shlex.join(["sh", "-c", _SCRIPT])
+
+
+def parse_probe(output: str) -> SshFacts:
+    """SshFacts from the probe command's key=value output (pure: tested on recorded outputs)."""
+    values: dict[str, str] = {}
+    lines = output.splitlines()
+    for line in lines:
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            values.setdefault(key, value.strip())
+    if _BEGIN not in lines or _END not in lines:
+        return SshFacts(
+            reachable=True,
+            error_kind="command_failed",
+            error=f"the probe's output is incomplete: {output.strip()[-300:]!r}",
+        )
+    os_name = " ".join(
+        v for v in (values.get("kernel"), values.get("distro"), values.get("distro_version")) if v
+    )
+    pid = _int(values.get("hive_pid"))
+    free_kb = _int(values.get("disk_free_kb"))
+    return SshFacts(
+        reachable=True,
+        os=os_name or None,
+        arch=values.get("arch") or None,
+        python_version=values.get("python") or None,
+        rbee_version=values.get("rbee") or None,
+        hive_running=pid is not None,
+        hive_pid=pid,
+        hive_port=_int(values.get("hive_port")) if pid is not None else None,
+        free_disk_bytes=free_kb * 1024 if free_kb is not None else None,
+    )
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+async def probe(
+    hive: Hive, *, timeout_s: float = 5.0, connections: SshConnections | None = None
+) -> SshFacts:
+    """Probe one network hive's machine; expected failures come back as unreachable facts.
+
+    With `connections`, the connection is taken from (and left in) that run's cache;
+    without, one is opened and closed here.
+    """
+    started = time.monotonic()
+    try:
+        if connections is not None:
+            conn = await connections.get(hive)
+            facts = await _probe_on(conn, hive, timeout_s)
+        else:
+            async with await connect(hive, timeout_s=timeout_s) as conn:
+                facts = await _probe_on(conn, hive, timeout_s)
+    except SshFailure as exc:
+        log.info("event=ssh_probe hive=%s ok=false kind=%s", hive.name, exc.kind)
+        error = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        # A command that failed ran on a reachable machine; every other kind never got there.
+        reachable = exc.kind == "command_failed"
+        return SshFacts(reachable=reachable, error_kind=exc.kind, error=error)
+    log.info(
+        "event=ssh_probe hive=%s ok=true seconds=%.3f", hive.name, time.monotonic() - started
+    )
+    return facts
+
+
+async def _probe_on(
+    conn: asyncssh.SSHClientConnection, hive: Hive, timeout_s: float
+) -> SshFacts:
+    result = await run_remote(conn, PROBE_COMMAND, hive=hive.name, timeout_s=timeout_s)
+    stdout = result.stdout
+    text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else str(stdout or "")
+    return parse_probe(text)
+
+
+async def probe_all(
+    hives: Iterable[Hive],
+    *,
+    concurrency: int = 10,
+    timeout_s: float = 5.0,
+    connections: SshConnections | None = None,
+) -> dict[str, SshFacts]:
+    """Probe many hives concurrently, at most `concurrency` at a time; keyed by hive name."""
+    semaphore = asyncio.Semaphore(concurrency)
+    hives = list(hives)
+
+    async def one(hive: Hive) -> SshFacts:
+        async with semaphore:
+            return await probe(hive, timeout_s=timeout_s, connections=connections)
+
+    facts = await asyncio.gather(*(one(h) for h in hives))
+    return {hive.name: fact for hive, fact in zip(hives, facts, strict=True)}

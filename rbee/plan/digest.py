@@ -1,0 +1,45 @@
+"""Fingerprints of observations (for stale saved plans) and clusters with secrets hidden."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from rbee.config.models import Cluster
+from rbee.plan.observed import Observed
+
+__all__ = ["SENSITIVE", "observed_digest", "redacted"]
+
+SENSITIVE = "(sensitive)"
+
+
+def observed_digest(observed: Observed) -> str:
+    """A sha256 over the facts a plan acts on: which hives run, their models and workers.
+
+    Heartbeat timings and load are left out: they change every second without changing
+    what a plan would do.
+    """
+    facts: dict[str, Any] = {}
+    for name, hive in sorted(observed.hives.items()):
+        facts[name] = {
+            "running": hive.running,
+            "models": sorted((m.name, m.sha256) for m in hive.models),
+            "workers": sorted(
+                (w.worker_id, w.pid, w.slots, w.ctx_size, w.device, w.worker_binary)
+                for w in hive.workers
+            ),
+            "ssh": None
+            if hive.ssh is None
+            else (hive.ssh.reachable, hive.ssh.rbee_version, hive.ssh.hive_running),
+        }
+    canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def redacted(cluster: Cluster) -> dict[str, Any]:
+    """The cluster as JSON data with every secret replaced by "(sensitive)"."""
+    data = cluster.model_dump(mode="json")
+    if data["queen"].get("token"):
+        data["queen"]["token"] = SENSITIVE
+    return data
