@@ -17,11 +17,12 @@ from rbee.cli.progress import ApplyView
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 from rbee.config.models import Cluster, Queen
-from rbee.config.schema import cluster_schema
+from rbee.config.schema import schema_text
 from rbee.errors import RbeeError
 from rbee.plan.digest import SENSITIVE
 from rbee.plan.planner import Plan
 from rbee.plan.render import plan_json, plan_text
+from rbee.plan.schema import plan_schema_text
 
 __all__ = ["app", "main"]
 
@@ -67,9 +68,18 @@ def validate(file: ConfigFile = DEFAULT_CONFIG) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the cluster YAML (for editors and CI)."""
-    sys.stdout.write(json.dumps(cluster_schema(), indent=2, sort_keys=True) + "\n")
+def schema(
+    what: Annotated[
+        str, typer.Argument(help="cluster (the YAML) or plan (`rbee plan --json`)")
+    ] = "cluster",
+) -> None:
+    """Print a JSON Schema: of the cluster YAML (for editors and CI) or of JSON plans."""
+    if what == "cluster":
+        sys.stdout.write(schema_text())
+    elif what == "plan":
+        sys.stdout.write(plan_schema_text())
+    else:
+        raise RbeeError(f"unknown schema {what!r}", hint="choose cluster or plan")
 
 
 def _connect(queen: Queen) -> QueenClient:

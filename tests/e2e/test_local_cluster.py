@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,33 +18,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.fixtures.cluster import LocalCluster, kill_strays
-from tests.fixtures.model import MODEL_SHA256
+from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
-    env.update(HOME=str(home), RBEE_LOG_LEVEL="INFO")
-    the_cluster = LocalCluster(
-        home=home,
-        config=home / "cluster.yaml",
-        queen_port=_free_port(),
-        hive_port=_free_port(),
-        model_path=gguf,
-        model_sha256=MODEL_SHA256,
-        env=env,
-    )
-    the_cluster.write(replicas=1)
+    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf)
     yield the_cluster
     the_cluster.rbee("down", check=False, timeout=60)
     kill_strays(the_cluster)

@@ -1,0 +1,84 @@
+"""Saved plans, targets and drift reports against a real local cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
+    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf)
+    the_cluster.write(replicas=1)
+    the_cluster.rbee("apply", "--auto-approve")
+    yield the_cluster
+    the_cluster.rbee("down", check=False, timeout=60)
+    kill_strays(the_cluster)
+
+
+def test_saved_plan_is_applied_exactly(cluster: LocalCluster) -> None:
+    saved = cluster.home / "scale-up.json"
+    cluster.write(replicas=2)
+    cluster.rbee("plan", "--out", str(saved))
+    body = json.loads(saved.read_text())
+    assert [a["address"] for a in body["actions"]] == ["worker.local.gemma3-270m[1]"]
+    # The YAML moves on; the saved plan is still what gets applied.
+    cluster.write(replicas=3)
+    result = cluster.rbee("apply", str(saved))
+    assert "worker.local.gemma3-270m[1]: done" in result.stdout
+    assert sorted(w["worker_id"] for w in cluster.wait_workers(2)) == [
+        "local.gemma3-270m.0",
+        "local.gemma3-270m.1",
+    ]
+
+
+def test_saved_plan_is_refused_as_stale_after_the_cluster_changed(
+    cluster: LocalCluster,
+) -> None:
+    saved = cluster.home / "scale-down.json"
+    cluster.write(replicas=1)
+    cluster.rbee("plan", "--out", str(saved))
+    victim = next(w for w in cluster.workers() if w["worker_id"] == "local.gemma3-270m.0")
+    os.kill(victim["pid"], signal.SIGKILL)
+    cluster.wait_workers(1)
+    result = cluster.rbee("apply", str(saved), check=False)
+    assert result.returncode == 1
+    assert "saved plan is stale" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was done: the other worker still runs.
+    assert [w["worker_id"] for w in cluster.workers()] == ["local.gemma3-270m.1"]
+
+
+def test_target_limits_the_apply_to_one_resource(cluster: LocalCluster) -> None:
+    cluster.write(replicas=3)
+    plan = cluster.rbee("plan", "--target", "worker.local.gemma3-270m[2]")
+    assert "+ worker.local.gemma3-270m[2]" in plan.stdout
+    assert "worker.local.gemma3-270m[0]" not in plan.stdout
+    cluster.rbee("apply", "--auto-approve", "--target", "worker.local.gemma3-270m[2]")
+    ids = sorted(w["worker_id"] for w in cluster.wait_workers(2))
+    assert ids == ["local.gemma3-270m.1", "local.gemma3-270m.2"]
+
+
+def test_refresh_only_reports_drift_and_changes_nothing(cluster: LocalCluster) -> None:
+    before = sorted(w["pid"] for w in cluster.workers())
+    result = cluster.rbee("plan", "--refresh-only", "--detailed-exitcode", check=False)
+    assert result.returncode == 2
+    assert "worker.local.gemma3-270m[0]" in result.stdout
+    assert "Nothing was changed." in result.stdout
+    assert sorted(w["pid"] for w in cluster.workers()) == before
+
+
+def test_json_plan_is_machine_readable(cluster: LocalCluster) -> None:
+    body = json.loads(cluster.rbee("plan", "--json").stdout)
+    assert body["format_version"] == 1
+    assert body["summary"] == {"add": 1, "change": 0, "destroy": 0}
+    assert body["cluster"]["queen"]["url"] == cluster.queen_url
