@@ -198,6 +198,17 @@ class QueenClient:
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url} during apply: {exc!r}") from exc
 
+    def hives(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/v1/hives", "hives")
+        return result
+
+    def hive(self, name: str, refresh: bool = False) -> dict[str, Any]:
+        params = {"refresh": "1"} if refresh else {}
+        result: dict[str, Any] = self._request(
+            "GET", f"/v1/hives/{name}", f"hive {name}", params=params
+        )
+        return result
+
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/v1/status", "status")
         return result

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from rbee.cli.hive import hive_app
 from rbee.cli.local_queen import ensure_queen, stop_queen
 from rbee.cli.progress import ApplyView
 from rbee.clients import QueenClient
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 queen_app = typer.Typer(help="Run the queen on this machine.", no_args_is_help=True)
 app.add_typer(queen_app, name="queen")
+app.add_typer(hive_app, name="hive")
 
 err = Console(stderr=True)
 out = Console()

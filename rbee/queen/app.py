@@ -23,6 +23,7 @@ from rbee.config.models import Cluster, check_references
 from rbee.errors import RbeeError
 from rbee.plan.planner import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
+from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
@@ -106,10 +107,16 @@ def _saved_plan(body: dict[str, Any]) -> Plan | None:
     return saved
 
 
-def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
+def create_app(
+    store: Store,
+    hive_registry: HiveRegistry,
+    queen_url: str,
+    token: str | None,
+    hive_check_interval_s: float = HIVE_CHECK_INTERVAL_S,
+) -> Starlette:
     """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at."""
     registry = Registry()
-    control = Control(registry, store, queen_url, token)
+    control = Control(registry, store, hive_registry, queen_url, token)
     relay = Relay(registry, control.is_declared)
 
     async def health(request: Request) -> JSONResponse:
@@ -200,6 +207,22 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def list_hives(request: Request) -> JSONResponse:
+        return JSONResponse([r.model_dump(mode="json") for r in hive_registry.records()])
+
+    async def get_hive(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        hive = next((h for h in hive_registry.hives() if h.name == name), None)
+        if hive is None:
+            raise _Refused(404, f"no hive named {name!r} is registered", "not_found_error")
+        record = (
+            await hive_registry.check(hive, token)
+            if request.query_params.get("refresh")
+            else hive_registry.get(name)
+        )
+        assert record is not None
+        return JSONResponse(record.model_dump(mode="json"))
+
     async def status(request: Request) -> JSONResponse:
         return JSONResponse(await control.status())
 
@@ -240,9 +263,12 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await relay.start()
+        monitor = asyncio.create_task(monitor_hives(hive_registry, token, hive_check_interval_s))
         try:
             yield
         finally:
+            monitor.cancel()
+            hive_registry.close()
             await relay.close()
             store.close()
 
@@ -256,6 +282,8 @@ def create_app(store: Store, queen_url: str, token: str | None) -> Starlette:
         Route("/v1/completions", inference, methods=["POST"]),
         Route("/v1/plan", plan_route, methods=["POST"]),
         Route("/v1/apply", apply_route, methods=["POST"]),
+        Route("/v1/hives", list_hives),
+        Route("/v1/hives/{name}", get_hive),
         Route("/v1/status", status),
         Route("/v1/down", down, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),

@@ -17,6 +17,7 @@ from rbee.observe.hive import observe, observe_hive
 from rbee.plan.digest import observed_digest
 from rbee.plan.observed import Observed
 from rbee.plan.planner import Plan, plan
+from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.hives import LocalHives
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
@@ -38,9 +39,17 @@ class PlanOptions:
 class Control:
     """Plans and applies clusters against the world, holding the one apply lock."""
 
-    def __init__(self, registry: Registry, store: Store, queen_url: str, token: str | None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        hive_registry: HiveRegistry,
+        queen_url: str,
+        token: str | None,
+    ) -> None:
         self.registry = registry
         self.store = store
+        self.hive_registry = hive_registry
         self.queen_url = queen_url
         self.token = token
         self.local_hives = LocalHives(queen_url, token)
@@ -147,6 +156,7 @@ class Control:
         # only by a whole apply.
         if not the_plan.targets:
             self._desired = cluster
+            self.hive_registry.register(cluster.hives)
         lock_id = self._held.id if self._held else None
         apply_id = self.store.begin_apply(
             holder, the_plan.counts(), cluster.model_dump(mode="json"), lock_id=lock_id
@@ -174,6 +184,10 @@ class Control:
             forget_worker=self.registry.drop,
         )
         outcome = await execute(the_plan, effects, emit, parallelism)
+        for action in the_plan.actions:
+            if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
+                self.hive_registry.remove(action.hive)
+        await asyncio.gather(*(self.hive_registry.check(h, self.token) for h in cluster.hives))
         self.store.end_apply(
             apply_id,
             "ok" if outcome.ok else "failed",

@@ -16,6 +16,7 @@ from rbee.daemon import (
 from rbee.errors import RbeeError
 from rbee.paths import state_dir
 from rbee.queen.app import create_app
+from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.store import Store
 
 __all__ = ["main"]
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> None:
         help="URL hives and workers reach the queen at (default http://HOST:PORT)",
     )
     parser.add_argument("--db", help="SQLite file (default ~/.local/state/rbee/queen.db)")
+    parser.add_argument(
+        "--hive-check-interval",
+        type=float,
+        default=15.0,
+        help="seconds between health checks of every hive (default 15)",
+    )
     args = parser.parse_args(argv)
     setup_logging("queen-rbee")
     try:
@@ -46,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc)
     host = f"[{args.host}]" if ":" in args.host else args.host
     public_url = args.public_url or f"http://{host}:{args.port}"
-    store = Store(args.db or state_dir() / "queen.db")
-    app = create_app(store, public_url, args.token)
+    db = args.db or state_dir() / "queen.db"
+    app = create_app(Store(db), HiveRegistry(db), public_url, args.token, args.hive_check_interval)
     run_daemon(BearerAuth(app, args.token), sock)
 
 

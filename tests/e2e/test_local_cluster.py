@@ -126,6 +126,17 @@ def test_status_shows_hive_and_worker(cluster: LocalCluster) -> None:
     assert "local.gemma3-270m.0" in text and "online" in text
 
 
+def test_hive_registry_lists_the_local_hive_online(cluster: LocalCluster) -> None:
+    [record] = json.loads(cluster.rbee("hive", "list", "--json").stdout)
+    assert (record["name"], record["mode"], record["state"]) == ("local", "local", "online")
+    assert record["version"] == "0.1.0"
+    status = cluster.rbee("hive", "status", "local")
+    assert "online" in status.stdout
+    missing = cluster.rbee("hive", "get", "nope", check=False)
+    assert missing.returncode == 1
+    assert "no hive named 'nope'" in missing.stderr
+
+
 def test_unknown_model_is_an_openai_404(cluster: LocalCluster) -> None:
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
     response = httpx.post(f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=10)

@@ -1,0 +1,156 @@
+"""The queen's hive registry (SQLite) and the monitor that checks every hive's /health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from rbee.clients import HiveClient
+from rbee.config.models import Hive
+from rbee.errors import RbeeError
+
+__all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives"]
+
+log = logging.getLogger(__name__)
+
+HIVE_CHECK_INTERVAL_S = 15.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hives (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    version TEXT,
+    pid INTEGER,
+    error TEXT,
+    checked_at REAL,
+    online_at REAL
+);
+"""
+
+
+class HiveRecord(BaseModel):
+    """A hive as the queen last saw it."""
+
+    name: str
+    mode: Literal["local", "network"]
+    host: str
+    url: str
+    state: Literal["unknown", "online", "offline"]
+    version: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    checked_at: float | None = None
+    online_at: float | None = None
+    spec: dict[str, Any]
+
+
+class HiveRegistry:
+    """Hives the queen manages, with their last health check, in the queen's SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def register(self, hives: list[Hive]) -> None:
+        """Add or update these hives (their health state is kept)."""
+        with self._db:
+            for hive in hives:
+                self._db.execute(
+                    "INSERT INTO hives (name, spec) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec",
+                    (hive.name, hive.model_dump_json()),
+                )
+
+    def remove(self, name: str) -> None:
+        self._db.execute("DELETE FROM hives WHERE name = ?", (name,))
+
+    def hives(self) -> list[Hive]:
+        rows = self._db.execute("SELECT spec FROM hives ORDER BY name").fetchall()
+        return [Hive.model_validate_json(row[0]) for row in rows]
+
+    def records(self) -> list[HiveRecord]:
+        rows = self._db.execute(
+            "SELECT spec, state, version, pid, error, checked_at, online_at "
+            "FROM hives ORDER BY name"
+        ).fetchall()
+        return [_record(*row) for row in rows]
+
+    def get(self, name: str) -> HiveRecord | None:
+        return next((r for r in self.records() if r.name == name), None)
+
+    def mark(
+        self,
+        name: str,
+        online: bool,
+        *,
+        version: str | None = None,
+        pid: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        now = time.time()
+        self._db.execute(
+            "UPDATE hives SET state = ?, version = ?, pid = ?, error = ?, checked_at = ?, "
+            "online_at = CASE WHEN ? THEN ? ELSE online_at END WHERE name = ?",
+            ("online" if online else "offline", version, pid, error, now, online, now, name),
+        )
+
+    async def check(self, hive: Hive, token: str | None) -> HiveRecord | None:
+        """Check one hive's /health now and record the result."""
+        async with HiveClient(hive.url, token, timeout=3.0) as client:
+            try:
+                health = await client.health()
+            except RbeeError as exc:
+                previous = self.get(hive.name)
+                if previous is not None and previous.state == "online":
+                    log.warning("event=hive_offline hive=%s error=%r", hive.name, exc.message)
+                self.mark(hive.name, False, error=exc.message)
+            else:
+                self.mark(hive.name, True, version=health.version, pid=health.pid)
+        return self.get(hive.name)
+
+
+async def monitor_hives(
+    registry: HiveRegistry, token: str | None, interval_s: float = HIVE_CHECK_INTERVAL_S
+) -> None:
+    """Check every registered hive's /health every `interval_s`, forever."""
+    while True:
+        hives = registry.hives()
+        await asyncio.gather(*(registry.check(h, token) for h in hives))
+        await asyncio.sleep(interval_s)
+
+
+def _record(
+    spec: str,
+    state: Any,
+    version: str | None,
+    pid: int | None,
+    error: str | None,
+    checked_at: float | None,
+    online_at: float | None,
+) -> HiveRecord:
+    hive = Hive.model_validate_json(spec)
+    return HiveRecord(
+        name=hive.name,
+        mode=hive.effective_mode,
+        host=hive.host,
+        url=hive.url,
+        state=state,
+        version=version,
+        pid=pid,
+        error=error,
+        checked_at=checked_at,
+        online_at=online_at,
+        spec=json.loads(spec),
+    )

@@ -1,0 +1,49 @@
+"""The hive registry lives in the queen's SQLite and records each health check."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from rbee.config.models import Hive
+from rbee.queen.hive_registry import HiveRegistry
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
+    db = tmp_path / "queen.db"
+    first = HiveRegistry(db)
+    first.register([Hive(name="gpu1", host="10.0.0.11", port=7835)])
+    first.close()
+    again = HiveRegistry(db)
+    [record] = again.records()
+    assert (record.name, record.mode, record.url, record.state) == (
+        "gpu1",
+        "network",
+        "http://10.0.0.11:7835",
+        "unknown",
+    )
+
+
+def test_a_hive_that_does_not_answer_is_marked_offline(tmp_path: Path) -> None:
+    registry = HiveRegistry(tmp_path / "queen.db")
+    hive = Hive(name="local", host="127.0.0.1", port=_closed_port())
+    registry.register([hive])
+    record = asyncio.run(registry.check(hive, None))
+    assert record is not None
+    assert record.state == "offline"
+    assert record.error and "unreachable" in record.error
+    assert record.checked_at is not None and record.online_at is None
+
+
+def test_removed_hives_are_forgotten(tmp_path: Path) -> None:
+    registry = HiveRegistry(tmp_path / "queen.db")
+    registry.register([Hive(name="a", host="localhost"), Hive(name="b", host="localhost")])
+    registry.remove("a")
+    assert [h.name for h in registry.hives()] == ["b"]
