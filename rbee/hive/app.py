@@ -41,9 +41,13 @@ class _HTTPError(Exception):
 
 
 def create_app(
-    name: str, token: str | None = None, catalog: ArtifactCatalog | None = None
+    name: str,
+    token: str | None = None,
+    catalog: ArtifactCatalog | None = None,
+    worker_host: str = "127.0.0.1",
 ) -> Starlette:
-    """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's)."""
+    """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's),
+    which listen on `worker_host`."""
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
     operations = Operations()
     adding: dict[str, tuple[AddModel, Operation]] = {}
@@ -120,7 +124,9 @@ def create_app(
             message = f"model {wanted.model!r} is not in this hive's catalog"
             raise _HTTPError(404, message, "model_not_found") from None
         try:
-            worker = await run_in_threadpool(spawn_worker, wanted, Path(model.path), token)
+            worker = await run_in_threadpool(
+                spawn_worker, wanted, Path(model.path), token, worker_host
+            )
         except ValueError as exc:
             raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
         return _json(worker, status=201)

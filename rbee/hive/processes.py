@@ -49,7 +49,9 @@ def log_path(worker_id: str) -> Path:
     return contained(directory, f"{worker_id}.log")
 
 
-def worker_argv(request: SpawnWorker, model_path: Path, port: int) -> list[str]:
+def worker_argv(
+    request: SpawnWorker, model_path: Path, port: int, host: str = _WORKER_HOST
+) -> list[str]:
     """The worker's command line: every fact the hive lists later is a flag here."""
     argv = [
         sys.executable, "-m", WORKER_MODULE,
@@ -58,7 +60,7 @@ def worker_argv(request: SpawnWorker, model_path: Path, port: int) -> list[str]:
         "--model", request.model,
         "--model-path", str(model_path),
         "--worker-binary", request.worker_binary,
-        "--host", _WORKER_HOST,
+        "--host", host,
         "--port", str(port),
         "--slots", str(request.slots),
         "--ctx-size", str(request.ctx_size),
@@ -70,10 +72,16 @@ def worker_argv(request: SpawnWorker, model_path: Path, port: int) -> list[str]:
     return argv
 
 
-def spawn_worker(request: SpawnWorker, model_path: Path, token: str | None) -> WorkerProcess:
-    """Start a worker in its own session, logging to its log file; the token goes by env only."""
+def spawn_worker(
+    request: SpawnWorker, model_path: Path, token: str | None, host: str = _WORKER_HOST
+) -> WorkerProcess:
+    """Start a worker in its own session, logging to its log file; the token goes by env only.
+
+    The worker listens on the hive's own address, so the queen reaches a network hive's
+    workers (with the token) where the hive itself is reached.
+    """
     log = log_path(request.worker_id)
-    argv = worker_argv(request, model_path, _free_port())
+    argv = worker_argv(request, model_path, _free_port(host), host)
     proc = spawn_detached(argv, log, token)
     try:
         started_at = psutil.Process(proc.pid).create_time()
@@ -205,7 +213,7 @@ def _wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
         time.sleep(_POLL_S)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((_WORKER_HOST, 0))
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "listening host=%s port=%d name=%s queen_url=%s auth=%s",
         args.host, port, args.name, args.queen_url, "bearer" if token else "off",
     )  # fmt: skip
-    app = create_app(args.name, token=token)
+    # Workers listen where the hive listens; a wildcard bind gives them loopback only.
+    worker_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    app = create_app(args.name, token=token, worker_host=worker_host)
     run_daemon(BearerAuth(app, token) if token else app, sock)
 
 

@@ -117,7 +117,7 @@ def create_app(
     """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at."""
     registry = Registry()
     control = Control(registry, store, hive_registry, queen_url, token)
-    relay = Relay(registry, control.is_declared)
+    relay = Relay(registry, control.is_declared, token)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(

@@ -26,8 +26,14 @@ _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "
 class Relay:
     """Relays OpenAI requests to the least loaded worker of a model."""
 
-    def __init__(self, registry: Registry, is_declared: Callable[[str], bool]) -> None:
+    def __init__(
+        self, registry: Registry, is_declared: Callable[[str], bool], token: str | None = None
+    ) -> None:
         self._registry = registry
+        self._headers = {"content-type": "application/json"}
+        if token:
+            # Workers off loopback (on network hives) check the cluster's token.
+            self._headers["authorization"] = f"Bearer {token}"
         self._is_declared = is_declared
         self._session: aiohttp.ClientSession | None = None
 
@@ -53,7 +59,7 @@ class Relay:
                 upstream = await self._session.post(
                     record.beat.url + path,
                     data=body,
-                    headers={"content-type": "application/json"},
+                    headers=self._headers,
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 record.in_flight -= 1
