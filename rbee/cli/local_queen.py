@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,12 +31,12 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
     client = QueenClient(queen.url, queen.token)
     if client.health() is not None:
         return client, None
-    if not queen.is_loopback:
+    parts = urlsplit(queen.url)
+    if not queen.is_loopback and parts.hostname not in _local_addresses():
         raise UnavailableError(
             f"the queen at {queen.url} is not answering",
             hint="rbee only starts a queen on this machine; start it on its host",
         )
-    parts = urlsplit(queen.url)
     command = [
         sys.executable,
         "-m",
@@ -71,6 +72,16 @@ def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
             f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s"
         ) from exc
     return health.pid
+
+
+def _local_addresses() -> set[str]:
+    """Every IP address of this machine's interfaces."""
+    return {
+        address.address.split("%")[0]
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family in (socket.AF_INET, socket.AF_INET6)
+    }
 
 
 def _last_line(path: Path) -> str:
