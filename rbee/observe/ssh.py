@@ -12,13 +12,9 @@ import asyncssh
 
 from rbee.config.models import Hive
 from rbee.plan.observed import SshFacts
-from rbee.remote import (
-    REMOTE_CACHE,
-    REMOTE_HIVE_PID,
-    REMOTE_HIVE_PORT,
-    REMOTE_VENV,
-)
+from rbee.remote import REMOTE_CACHE, REMOTE_HIVE_PID, REMOTE_HIVE_PORT, REMOTE_VENV
 from rbee.remote.connect import SshConnections, SshFailure, connect, run_remote
+from rbee.remote.daemon import HIVE_PID_SHELL
 
 __all__ = ["PROBE_COMMAND", "parse_probe", "probe", "probe_all"]
 
@@ -36,25 +32,17 @@ echo "arch=$(uname -m)"
 if [ -r /etc/os-release ]; then
   ( . /etc/os-release && echo "distro=${{ID:-}}" && echo "distro_version=${{VERSION_ID:-}}" )
 fi
-if command -v python3 >/dev/null 2>&1; then
-  python3 -c 'import sys; print("python=%d.%d.%d" % sys.version_info[:3])' 2>/dev/null
-fi
+if py=$(python3 -V 2>&1); then echo "python=${{py#Python }}"; fi
 v={shlex.quote(REMOTE_VENV + "/bin/python")}
 if [ -x "$v" ]; then
   "$v" -c 'import rbee; print("rbee=" + rbee.__version__)' 2>/dev/null || echo rbee_broken=1
 fi
-p={shlex.quote(REMOTE_HIVE_PID)}
-if [ -r "$p" ]; then
-  pid=$(head -n 1 "$p")
-  case "$pid" in ''|*[!0-9]*) pid= ;; esac
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    if [ ! -r "/proc/$pid/cmdline" ] || tr '\\000' ' ' <"/proc/$pid/cmdline" | grep -q rbee-hive
-    then
-      echo "hive_pid=$pid"
-      q={shlex.quote(REMOTE_HIVE_PORT)}
-      [ -r "$q" ] && echo "hive_port=$(head -n 1 "$q")"
-    fi
-  fi
+PIDFILE={shlex.quote(REMOTE_HIVE_PID)}
+{HIVE_PID_SHELL}
+if pid=$(hive_pid); then
+  echo "hive_pid=$pid"
+  q={shlex.quote(REMOTE_HIVE_PORT)}
+  [ -r "$q" ] && echo "hive_port=$(head -n 1 "$q")"
 fi
 d={shlex.quote(REMOTE_CACHE)}
 [ -d "$d" ] || d=.
@@ -124,15 +112,11 @@ async def probe(
         # A command that failed ran on a reachable machine; every other kind never got there.
         reachable = exc.kind == "command_failed"
         return SshFacts(reachable=reachable, error_kind=exc.kind, error=error)
-    log.info(
-        "event=ssh_probe hive=%s ok=true seconds=%.3f", hive.name, time.monotonic() - started
-    )
+    log.info("event=ssh_probe hive=%s ok=true seconds=%.3f", hive.name, time.monotonic() - started)
     return facts
 
 
-async def _probe_on(
-    conn: asyncssh.SSHClientConnection, hive: Hive, timeout_s: float
-) -> SshFacts:
+async def _probe_on(conn: asyncssh.SSHClientConnection, hive: Hive, timeout_s: float) -> SshFacts:
     result = await run_remote(conn, PROBE_COMMAND, hive=hive.name, timeout_s=timeout_s)
     stdout = result.stdout
     text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else str(stdout or "")

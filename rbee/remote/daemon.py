@@ -1,0 +1,183 @@
+"""Start and stop a remote machine's hive daemon over SSH (detached, outliving the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+
+import asyncssh
+
+from rbee.clients import HiveClient
+from rbee.config.models import Hive
+from rbee.errors import RbeeError, UnavailableError
+from rbee.remote import (
+    REMOTE_HIVE_LOG,
+    REMOTE_HIVE_PID,
+    REMOTE_HIVE_PORT,
+    REMOTE_STATE,
+    REMOTE_VENV,
+)
+from rbee.remote.connect import SshFailure, run_remote
+
+__all__ = ["HIVE_EXECUTABLE", "HIVE_PID_SHELL", "hive_log_tail", "start_hive", "stop_hive"]
+
+log = logging.getLogger(__name__)
+
+HIVE_EXECUTABLE = f"{REMOTE_VENV}/bin/rbee-hive"
+_HEALTH_POLL_S = 0.2
+_ALIVE_CHECK_S = 1.0
+
+# Shell functions shared by the scripts here and the probe: `is_hive PID` (alive, not a
+# zombie, not a reused pid) and `hive_pid` (the live hive's pid from $PIDFILE).
+HIVE_PID_SHELL = """\
+is_hive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ -r "/proc/$1/stat" ] || return 0
+  state=$(sed 's/.*) //' "/proc/$1/stat" | cut -d ' ' -f 1)
+  [ "$state" != Z ] || return 1
+  tr '\\000' ' ' <"/proc/$1/cmdline" | grep -q rbee-hive
+}
+hive_pid() {
+  pid=$(head -n 1 "$PIDFILE" 2>/dev/null) || return 1
+  case "$pid" in ''|*[!0-9]*) return 1 ;; esac
+  is_hive "$pid" && echo "$pid"
+}
+"""
+
+# argv: sh -c SCRIPT STATE PIDFILE PORTFILE LOG PORT EXECUTABLE ARGS...; the token on stdin.
+_START = f"""\
+cd || exit 1
+STATE=$1 PIDFILE=$2 PORTFILE=$3 LOG=$4 PORT=$5
+shift 5
+{HIVE_PID_SHELL}
+if pid=$(hive_pid); then echo "already=$pid"; exit 0; fi
+mkdir -p "$STATE"
+IFS= read -r RBEE_TOKEN || true
+if [ -n "$RBEE_TOKEN" ]; then export RBEE_TOKEN; else unset RBEE_TOKEN; fi
+setsid nohup "$@" >>"$LOG" 2>&1 </dev/null &
+echo $! >"$PIDFILE"
+echo "$PORT" >"$PORTFILE"
+echo "pid=$!"
+"""
+
+# argv: sh -c SCRIPT PIDFILE PORTFILE GRACE_TENTHS
+_STOP = f"""\
+cd || exit 1
+PIDFILE=$1 PORTFILE=$2 GRACE=$3
+{HIVE_PID_SHELL}
+if ! pid=$(hive_pid); then rm -f "$PIDFILE" "$PORTFILE"; echo stopped=none; exit 0; fi
+kill -TERM "$pid" 2>/dev/null
+i=0
+while is_hive "$pid" && [ "$i" -lt "$GRACE" ]; do sleep 0.1; i=$((i + 1)); done
+if is_hive "$pid"; then kill -KILL "$pid" 2>/dev/null; echo stopped=kill; else echo stopped=term; fi
+rm -f "$PIDFILE" "$PORTFILE"
+"""
+
+# argv: sh -c SCRIPT PID
+_ALIVE = f"""\
+{HIVE_PID_SHELL}
+is_hive "$1"
+"""
+
+
+async def start_hive(
+    conn: asyncssh.SSHClientConnection,
+    hive: Hive,
+    queen_url: str,
+    token: str | None,
+    *,
+    timeout_s: float = 30.0,
+) -> int:
+    """Start the hive daemon detached on the remote machine; wait for its /health. Returns its pid.
+
+    The token reaches the daemon through its environment (sent over the SSH channel's stdin,
+    so neither `ps` nor the remote shell's command line shows it). A hive already running is
+    left alone and its pid returned. A daemon that exits or never answers is an error
+    carrying the tail of `~/.local/state/rbee/hive.log`.
+    """
+    argv = [
+        HIVE_EXECUTABLE,
+        "--host", hive.host,
+        "--port", str(hive.port),
+        "--name", hive.name,
+        "--queen-url", queen_url,
+    ]  # fmt: skip
+    files = [REMOTE_STATE, REMOTE_HIVE_PID, REMOTE_HIVE_PORT, REMOTE_HIVE_LOG, str(hive.port)]
+    command = shlex.join(["sh", "-c", _START, "sh", *files, *argv])
+    started = time.monotonic()
+    result = await run_remote(
+        conn, command, hive=hive.name, input=(token or "") + "\n", check=False
+    )
+    output = dict(
+        line.partition("=")[::2] for line in str(result.stdout or "").splitlines() if "=" in line
+    )
+    if result.exit_status != 0 or not (output.get("pid") or output.get("already")):
+        raise SshFailure(
+            "command_failed",
+            f"hive {hive.name}: starting rbee-hive failed: {str(result.stderr or '').strip()}",
+            hint="is rbee installed there? (`rbee apply` installs it)",
+        )
+    if "already" in output:
+        log.info("event=hive_already_running hive=%s pid=%s", hive.name, output["already"])
+        return int(output["already"])
+    pid = int(output["pid"])
+    await _wait_healthy(conn, hive, token, pid, started + timeout_s)
+    log.info(
+        "event=hive_started hive=%s pid=%d seconds=%.2f",
+        hive.name, pid, time.monotonic() - started,
+    )  # fmt: skip
+    return pid
+
+
+async def _wait_healthy(
+    conn: asyncssh.SSHClientConnection, hive: Hive, token: str | None, pid: int, deadline: float
+) -> None:
+    alive_check = time.monotonic() + _ALIVE_CHECK_S
+    async with HiveClient(hive.url, token, timeout=2.0) as client:
+        while True:
+            try:
+                health = await client.health()
+            except RbeeError:
+                health = None
+            if health is not None and health.service == "rbee-hive":
+                return
+            now = time.monotonic()
+            if now >= alive_check:
+                alive_check = now + _ALIVE_CHECK_S
+                check = shlex.join(["sh", "-c", _ALIVE, "sh", str(pid)])
+                if (await run_remote(conn, check, hive=hive.name, check=False)).exit_status != 0:
+                    raise UnavailableError(
+                        f"hive {hive.name}: rbee-hive exited right after start; its log ends:\n"
+                        f"{await hive_log_tail(conn, hive=hive.name)}"
+                    )
+            if now >= deadline:
+                raise UnavailableError(
+                    f"hive {hive.name}: rbee-hive (pid {pid}) does not answer on {hive.url}/health;"
+                    f" its log ends:\n{await hive_log_tail(conn, hive=hive.name)}",
+                    hint="is the hive's port reachable from the queen's machine (firewall)?",
+                )
+            await asyncio.sleep(_HEALTH_POLL_S)
+
+
+async def stop_hive(
+    conn: asyncssh.SSHClientConnection, grace_s: float = 5.0, *, hive: str | None = None
+) -> bool:
+    """Stop the remote hive daemon: SIGTERM, then SIGKILL after `grace_s`. False if none ran."""
+    tenths = str(max(1, round(grace_s * 10)))
+    command = shlex.join(["sh", "-c", _STOP, "sh", REMOTE_HIVE_PID, REMOTE_HIVE_PORT, tenths])
+    label = hive or "?"
+    result = await run_remote(conn, command, hive=label, timeout_s=grace_s + 30.0)
+    outcome = str(result.stdout or "").strip().rpartition("stopped=")[2]
+    log.info("event=hive_stopped hive=%s how=%s", label, outcome)
+    return outcome in {"term", "kill"}
+
+
+async def hive_log_tail(
+    conn: asyncssh.SSHClientConnection, lines: int = 20, *, hive: str | None = None
+) -> str:
+    """The last lines of the remote hive's log (empty when there is none)."""
+    command = shlex.join(["tail", "-n", str(lines), REMOTE_HIVE_LOG])
+    result = await run_remote(conn, command, hive=hive or "?", check=False)
+    return str(result.stdout or "").rstrip()
