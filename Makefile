@@ -18,8 +18,9 @@ install: $(VENV)/.installed
 
 # Debian packages the tests use (real sshd, network namespaces); needs root, skipped if present.
 system-deps:
-	@if ! command -v ip >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2; \
 	fi
 
 demo: install

@@ -163,3 +163,6 @@ def setup_logging(service: str) -> None:
         level=os.environ.get("RBEE_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s level=%(levelname)s service={service} logger=%(name)s %(message)s",
     )
+    # asyncssh logs every command it runs at INFO; httpx every request.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
