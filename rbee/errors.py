@@ -16,6 +16,8 @@ class RbeeError(Exception):
     """An expected failure: the CLI prints `message` (and `hint`) as one red line, no traceback."""
 
     exit_code = 1
+    #: Whether trying the same thing again later may succeed (the executor retries those).
+    transient: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -37,9 +39,17 @@ class NotFoundError(RbeeError):
 class UnavailableError(RbeeError):
     """A process rbee needs (queen, hive, worker) cannot be reached or has no capacity."""
 
+    transient = True
+
 
 class RemoteError(RbeeError):
-    """A queen or hive answered with an error."""
+    """A queen or hive answered with an error; `status` is its HTTP status when known."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        # A 5xx means the server failed and the same request may succeed; a 4xx will not.
+        self.transient = status is not None and status >= 500
 
 
 class PortInUseError(RbeeError):

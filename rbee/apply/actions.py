@@ -15,7 +15,7 @@ from rbee.wire import AddModel
 __all__ = ["ClusterEffects"]
 
 WorkerState = Callable[[str], str | None]
-HiveStarter = Callable[[str], Awaitable[None]]
+HiveStarter = Callable[[Action], Awaitable[None]]
 WorkerForget = Callable[[str], None]
 
 
@@ -42,9 +42,9 @@ class ClusterEffects:
     async def run(self, action: Action, emit: Emit) -> None:
         if action.kind == "hive":
             if action.op == "delete":
-                await self._stop_hive(action.hive)
+                await self._stop_hive(action)
             else:
-                await self._start_hive(action.hive)
+                await self._start_hive(action)
         elif action.kind == "model":
             if action.op == "delete":
                 async with self._hive(action) as hive:

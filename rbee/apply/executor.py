@@ -10,20 +10,48 @@ from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from typing import Any, Protocol
 
+import httpx
+
 from rbee.errors import RbeeError
 from rbee.plan.planner import Action, Plan
 
-__all__ = ["Effects", "Emit", "Outcome", "execute"]
+__all__ = ["Effects", "Emit", "Outcome", "RetryPolicy", "execute", "is_transient"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Events that report a side effect a retry would repeat (a second worker process, say): once
+# an attempt emitted one, its failure is final and the next apply converges from what it left.
+_UNREPEATABLE = frozenset({"spawned"})
 
 
 class Effects(Protocol):
     """What the executor does to the world, one method per kind of action."""
 
     async def run(self, action: Action, emit: Emit) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a transiently failing action is tried again."""
+
+    retries: int = 3
+    first_delay_s: float = 0.5
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+
+    def delay_s(self, retry: int) -> float:
+        """The wait before retry number `retry` (1-based): 0.5 s, 1 s, 2 s, … by default."""
+        return min(self.max_delay_s, self.first_delay_s * self.factor ** (retry - 1))
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` may go away by itself: an unreachable daemon, a 5xx, a timeout."""
+    if isinstance(error, RbeeError):
+        return error.transient
+    # Clients wrap most transport failures, but not every call: the raw ones count too.
+    return isinstance(error, httpx.TransportError | ConnectionError | TimeoutError)
 
 
 @dataclass
@@ -39,8 +67,19 @@ class Outcome:
         return not self.failed and not self.skipped
 
 
-async def execute(plan: Plan, effects: Effects, emit: Emit, parallelism: int = 10) -> Outcome:
-    """Run every action once its dependencies succeeded; a failure skips its dependents."""
+async def execute(
+    plan: Plan,
+    effects: Effects,
+    emit: Emit,
+    parallelism: int = 10,
+    retry: RetryPolicy = RetryPolicy(),
+) -> Outcome:
+    """Run every action once its dependencies succeeded; a failure skips its dependents.
+
+    At most `parallelism` actions run at once. An action failing with a transient error is
+    tried again after a growing delay (`retry`), without holding its slot while it waits,
+    unless it already did something a retry would repeat (it emitted a `spawned` event).
+    """
     actions = {a.address: a for a in plan.actions}
     graph = TopologicalSorter(
         {a.address: [d for d in a.depends_on if d in actions] for a in plan.actions}
@@ -49,14 +88,41 @@ async def execute(plan: Plan, effects: Effects, emit: Emit, parallelism: int = 1
     outcome = Outcome()
     gate = asyncio.Semaphore(max(1, parallelism))
     running: dict[asyncio.Task[None], str] = {}
+    attempts: dict[str, int] = {}
 
     async def run_one(action: Action) -> None:
-        async with gate:
-            started = time.monotonic()
-            await emit({"event": "start", "address": action.address, "op": action.op})
-            await effects.run(action, emit)
-            elapsed = round(time.monotonic() - started, 2)
-            await emit({"event": "done", "address": action.address, "elapsed_s": elapsed})
+        started = time.monotonic()
+        await emit({"event": "start", "address": action.address, "op": action.op})
+        for attempt in range(1, retry.retries + 2):
+            attempts[action.address] = attempt
+            watch = _Watch(emit)
+            try:
+                async with gate:
+                    await effects.run(action, watch)
+                break
+            except Exception as error:
+                if attempt > retry.retries or not is_transient(error) or watch.unrepeatable:
+                    raise
+                delay = retry.delay_s(attempt)
+                log.warning(
+                    "event=action_retry address=%s attempt=%s delay_s=%s error=%s",
+                    action.address,
+                    attempt,
+                    delay,
+                    _message(error),
+                )
+                await emit(
+                    {
+                        "event": "retry",
+                        "address": action.address,
+                        "attempt": attempt,
+                        "error": _message(error),
+                        "delay_s": delay,
+                    }
+                )
+                await asyncio.sleep(delay)
+        elapsed = round(time.monotonic() - started, 2)
+        await emit({"event": "done", "address": action.address, "elapsed_s": elapsed})
 
     while graph.is_active():
         for address in graph.get_ready():
@@ -77,10 +143,28 @@ async def execute(plan: Plan, effects: Effects, emit: Emit, parallelism: int = 1
             if error is None:
                 outcome.done.append(address)
             else:
-                message = error.message if isinstance(error, RbeeError) else repr(error)
+                message = _message(error)
+                if attempts[address] > 1:
+                    message += f" (gave up after {attempts[address]} attempts)"
                 if not isinstance(error, RbeeError):
                     log.error("event=action_crashed address=%s", address, exc_info=error)
                 outcome.failed[address] = message
                 await emit({"event": "failed", "address": address, "error": message})
             graph.done(address)
     return outcome
+
+
+class _Watch:
+    """An Emit that passes events on and notes whether one reported an unrepeatable effect."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self.unrepeatable = False
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        self.unrepeatable = self.unrepeatable or event.get("event") in _UNREPEATABLE
+        await self._emit(event)
+
+
+def _message(error: BaseException) -> str:
+    return error.message if isinstance(error, RbeeError) else repr(error)

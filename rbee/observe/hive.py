@@ -8,7 +8,9 @@ import time
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
 from rbee.errors import RbeeError, UnavailableError
-from rbee.plan.observed import HiveFacts, Observed
+from rbee.observe.ssh import probe
+from rbee.plan.observed import HiveFacts, Observed, SshFacts
+from rbee.remote.connect import SshConnections
 from rbee.wire import WorkerView
 
 __all__ = ["observe", "observe_hive"]
@@ -34,8 +36,31 @@ async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
     return down.model_copy(update={"running": True, "models": models, "workers": workers})
 
 
-async def observe(hives: list[Hive], registry: list[WorkerView], token: str | None) -> Observed:
-    """Observe these hives concurrently, stamped with the time of observation."""
+async def observe(
+    hives: list[Hive],
+    registry: list[WorkerView],
+    token: str | None,
+    connections: SshConnections | None = None,
+    ssh_concurrency: int = 10,
+) -> Observed:
+    """Observe these hives concurrently, stamped with the time of observation.
+
+    With `connections`, network hives are also probed over SSH (at most `ssh_concurrency`
+    at a time), reusing the run's connections.
+    """
     at = time.time()
-    facts = await asyncio.gather(*(observe_hive(h, token) for h in hives))
+    gate = asyncio.Semaphore(ssh_concurrency)
+
+    async def one(hive: Hive) -> HiveFacts:
+        if connections is None or hive.effective_mode != "network":
+            return await observe_hive(hive, token)
+
+        async def probed() -> SshFacts:
+            async with gate:
+                return await probe(hive, connections=connections)
+
+        ssh, facts = await asyncio.gather(probed(), observe_hive(hive, token))
+        return facts.model_copy(update={"ssh": ssh})
+
+    facts = await asyncio.gather(*(one(h) for h in hives))
     return Observed(at=at, hives={f.name: f for f in facts}, registry=registry)

@@ -16,11 +16,12 @@ from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
 from rbee.plan.digest import observed_digest
 from rbee.plan.observed import Observed
-from rbee.plan.planner import Plan, plan
+from rbee.plan.planner import Action, Plan, plan
 from rbee.queen.hive_registry import HiveRegistry
-from rbee.queen.hives import LocalHives
+from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
+from rbee.remote.connect import SshConnections
 
 __all__ = ["ApplyLocked", "Control", "PlanOptions"]
 
@@ -52,7 +53,7 @@ class Control:
         self.hive_registry = hive_registry
         self.queen_url = queen_url
         self.token = token
-        self.local_hives = LocalHives(queen_url, token)
+        self.hive_lifecycle = HiveLifecycle(queen_url, token)
         self.lock = ApplyLock(store.connection)
         self._held: LockInfo | None = None
         live = self.lock.live()
@@ -80,19 +81,25 @@ class Control:
     def is_declared(self, model: str) -> bool:
         return self._desired is not None and any(m.name == model for m in self._desired.models)
 
-    async def observe(self, cluster: Cluster) -> Observed:
-        """Facts about the declared hives and the ones the last apply declared (for prune)."""
+    async def observe(self, cluster: Cluster, connections: SshConnections) -> Observed:
+        """Facts about the declared hives and the ones the last apply declared (for prune);
+        network hives are probed over SSH on `connections`."""
         views = [self.registry.view(r) for r in self.registry.live()]
         declared = {h.name for h in cluster.hives}
         previous = [
             h for h in (self._desired.hives if self._desired else []) if h.name not in declared
         ]
-        return await observe([*cluster.hives, *previous], views, self.token)
+        return await observe([*cluster.hives, *previous], views, self.token, connections)
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
         """Observe now and plan `cluster` against it."""
-        options = options or PlanOptions()
-        observed = await self.observe(cluster)
+        async with SshConnections() as connections:
+            return await self._plan(cluster, options or PlanOptions(), connections)
+
+    async def _plan(
+        self, cluster: Cluster, options: PlanOptions, connections: SshConnections
+    ) -> Plan:
+        observed = await self.observe(cluster, connections)
         return plan(
             cluster,
             observed,
@@ -123,7 +130,10 @@ class Control:
         self._held = held
         try:
             await emit({"event": "lock", **held.to_json()})
-            return await self._apply_locked(cluster, holder, emit, parallelism, options, saved)
+            async with SshConnections() as connections:
+                return await self._apply_locked(
+                    cluster, holder, emit, parallelism, options, saved, connections
+                )
         except Exception as exc:
             error = exc.message if isinstance(exc, RbeeError) else repr(exc)
             self.store.fail_apply(held.id, holder, error)
@@ -140,11 +150,12 @@ class Control:
         parallelism: int,
         options: PlanOptions | None,
         saved: Plan | None,
+        connections: SshConnections,
     ) -> Outcome:
         if saved is None:
-            the_plan = await self.plan(cluster, options)
+            the_plan = await self._plan(cluster, options or PlanOptions(), connections)
         else:
-            now = observed_digest(await self.observe(cluster))
+            now = observed_digest(await self.observe(cluster, connections))
             if now != saved.observed_digest:
                 raise RbeeError(
                     "saved plan is stale: the cluster changed since the plan was made",
@@ -152,6 +163,8 @@ class Control:
                 )
             the_plan = saved
         await emit({"event": "plan", "plan": the_plan.model_dump(mode="json")})
+        previous = self._desired.hives if self._desired else []
+        hives = {h.name: h for h in [*previous, *cluster.hives]}
         # A targeted apply changes part of the cluster: what the queen knows as declared grows
         # only by a whole apply.
         if not the_plan.targets:
@@ -163,14 +176,19 @@ class Control:
         )
         if lock_id is not None:
             self.lock.attach(lock_id, apply_id)
-        previous = self._desired.hives if self._desired else []
-        hives = {h.name: h for h in [*previous, *cluster.hives]}
 
-        async def start_hive(name: str) -> None:
-            await self.local_hives.start(hives[name])
+        async def start_hive(action: Action) -> None:
+            await self.hive_lifecycle.start(
+                hives[action.hive],
+                install=action.install,
+                upgrade=action.op == "replace",
+                connections=connections,
+            )
 
-        async def stop_hive(name: str) -> None:
-            await self.local_hives.stop(hives[name])
+        async def stop_hive(action: Action) -> None:
+            await self.hive_lifecycle.stop(
+                hives[action.hive], uninstall=True, connections=connections
+            )
 
         def worker_state(worker_id: str) -> str | None:
             record = self.registry.get(worker_id)
@@ -228,9 +246,15 @@ class Control:
         known = {h.name: h for c in (self._desired, cluster) if c is not None for h in c.hives}
         hives = list(known.values())
         stopped = await asyncio.gather(*(self._stop_workers(h) for h in hives))
-        stopped_hives = [
-            h.name for h in hives if h.effective_mode == "local" and await self.local_hives.stop(h)
-        ]
+        async with SshConnections() as connections:
+            results = await asyncio.gather(
+                *(self.hive_lifecycle.stop(h, connections=connections) for h in hives),
+                return_exceptions=True,
+            )
+        stopped_hives = [h.name for h, ok in zip(hives, results, strict=True) if ok is True]
+        for hive, result in zip(hives, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("event=hive_stop_failed hive=%s error=%r", hive.name, result)
         return {"stopped_workers": sum(stopped), "stopped_hives": stopped_hives}
 
     async def _stop_workers(self, hive: Hive) -> int:

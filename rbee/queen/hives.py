@@ -1,4 +1,5 @@
-"""Local hives: the queen starts them as child processes and stops them by pid."""
+"""Hive lifecycles: local hives are the queen's child processes; network hives are installed,
+started and stopped over SSH."""
 
 from __future__ import annotations
 
@@ -16,26 +17,59 @@ from rbee.config.models import Hive
 from rbee.daemon import spawn_detached
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
+from rbee.remote import daemon as remote_daemon
+from rbee.remote import install as remote_install
+from rbee.remote.connect import SshConnections
+from rbee.remote.wheelhouse import build_wheelhouse
 
-__all__ = ["LocalHives", "stop_pid"]
+__all__ = ["HiveLifecycle", "stop_pid"]
 
 log = logging.getLogger(__name__)
 
 
-class LocalHives:
-    """Starts and stops `rbee-hive` daemons on this machine."""
+class HiveLifecycle:
+    """Installs, starts and stops `rbee-hive` daemons, here or over SSH."""
 
     def __init__(self, queen_url: str, token: str | None) -> None:
         self._queen_url = queen_url
         self._token = token
+        self._wheelhouse_lock = asyncio.Lock()
 
-    async def start(self, hive: Hive, timeout_s: float = 30.0) -> int:
+    async def start(
+        self,
+        hive: Hive,
+        *,
+        install: bool = False,
+        upgrade: bool = False,
+        connections: SshConnections | None = None,
+    ) -> int:
+        """Start the hive (installing or upgrading rbee first on a network hive); its pid."""
+        if hive.effective_mode == "local":
+            return await self._start_local(hive)
+        conn = await (connections or SshConnections()).get(hive)
+        if upgrade:
+            await remote_daemon.stop_hive(conn, hive=hive.name)
+        if install:
+            async with self._wheelhouse_lock:
+                # Built once per source change and cached; a thread, as pip runs inside.
+                wheels = await asyncio.to_thread(build_wheelhouse)
+            await remote_install.install(conn, wheels, hive=hive.name)
+        return await remote_daemon.start_hive(conn, hive, self._queen_url, self._token)
+
+    async def stop(
+        self, hive: Hive, *, uninstall: bool = False, connections: SshConnections | None = None
+    ) -> bool:
+        """Stop the hive; `uninstall` also removes rbee and the caches of a network hive."""
+        if hive.effective_mode == "local":
+            return await self._stop_local(hive)
+        conn = await (connections or SshConnections()).get(hive)
+        if uninstall:
+            await remote_install.uninstall(conn, purge_caches=True, hive=hive.name)
+            return True
+        return await remote_daemon.stop_hive(conn, hive=hive.name)
+
+    async def _start_local(self, hive: Hive, timeout_s: float = 30.0) -> int:
         """Start the hive as a child process and wait for its /health; returns its pid."""
-        if hive.effective_mode != "local":
-            raise RbeeError(
-                f"hive {hive.name} is a network hive: starting it over SSH is not built yet",
-                hint="start rbee-hive on that machine yourself, or use a local hive",
-            )
         log_path = state_dir() / f"hive-{hive.name}.log"
         command = [
             sys.executable,
@@ -68,7 +102,7 @@ class LocalHives:
                     )
                 await asyncio.sleep(0.1)
 
-    async def stop(self, hive: Hive) -> bool:
+    async def _stop_local(self, hive: Hive) -> bool:
         """Stop a local hive found by its /health pid; False when none was running."""
         async with HiveClient(hive.url, self._token, timeout=2.0) as client:
             try:

@@ -19,6 +19,7 @@ class WorkerRecord:
     beat: Heartbeat
     last_seen: float
     in_flight: int = 0
+    picked_at: float = 0.0
 
     @property
     def load(self) -> float:
@@ -79,7 +80,10 @@ class Registry:
         ]
         if not candidates:
             return None
-        return min(candidates, key=lambda rec: (rec.load, rec.in_flight, rec.beat.worker_id))
+        # Among equally loaded workers the one picked longest ago wins: requests spread evenly.
+        chosen = min(candidates, key=lambda rec: (rec.load, rec.in_flight, rec.picked_at))
+        chosen.picked_at = self._clock()
+        return chosen
 
     def view(self, record: WorkerRecord) -> WorkerView:
         return WorkerView(

@@ -1,10 +1,15 @@
-"""The queen's SQLite: the last applied cluster and apply history. Never on the hot path."""
+"""The queen's SQLite: the last applied cluster, apply history and the apply lock's row.
+
+Never on the hot path. The `lock` table belongs to `rbee.apply.lock`, which shares this
+connection (`Store.connection`).
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,17 @@ CREATE TABLE IF NOT EXISTS desired (
     updated_at REAL NOT NULL
 );
 """
+# Columns added after the first release: added to an older database when it is opened.
+_APPLIES_ADDED = {
+    "lock_id": "TEXT",
+    "done": "TEXT",  # JSON list of addresses
+    "failed": "TEXT",  # JSON object address → cause
+    "skipped": "TEXT",  # JSON list of addresses
+    "error": "TEXT",  # why the apply as a whole stopped, when it did
+}
+_HISTORY_COLUMNS = (
+    "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error"
+)
 
 
 class Store:
@@ -34,6 +50,15 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(applies)")}
+        for column, kind in _APPLIES_ADDED.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE applies ADD COLUMN {column} {kind}")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The autocommit connection, for the apply lock's table."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -43,7 +68,15 @@ class Store:
         row = self._db.execute("SELECT cluster FROM desired WHERE id = 1").fetchone()
         return json.loads(row[0]) if row else None
 
-    def begin_apply(self, holder: str, summary: dict[str, int], cluster: dict[str, Any]) -> int:
+    def begin_apply(
+        self,
+        holder: str,
+        summary: dict[str, int],
+        cluster: dict[str, Any],
+        *,
+        lock_id: str | None = None,
+    ) -> int:
+        """Remember `cluster` as the desired one and open a history entry; returns its id."""
         now = time.time()
         with self._db:
             self._db.execute(
@@ -53,13 +86,93 @@ class Store:
                 (json.dumps(cluster), now),
             )
             cursor = self._db.execute(
-                "INSERT INTO applies (started_at, holder, summary) VALUES (?, ?, ?)",
-                (now, holder, json.dumps(summary)),
+                "INSERT INTO applies (started_at, holder, summary, lock_id) VALUES (?, ?, ?, ?)",
+                (now, holder, json.dumps(summary), lock_id),
             )
         return int(cursor.lastrowid or 0)
 
-    def end_apply(self, apply_id: int, result: str) -> None:
+    def end_apply(
+        self,
+        apply_id: int,
+        result: str,
+        *,
+        done: Iterable[str] = (),
+        failed: Mapping[str, str] | None = None,
+        skipped: Iterable[str] = (),
+        error: str | None = None,
+    ) -> None:
+        """Close a history entry: `result` is ok or failed, `failed` maps address → cause."""
         self._db.execute(
-            "UPDATE applies SET finished_at = ?, result = ? WHERE id = ?",
-            (time.time(), result, apply_id),
+            "UPDATE applies SET finished_at = ?, result = ?, done = ?, failed = ?, skipped = ?, "
+            "error = ? WHERE id = ?",
+            (
+                time.time(),
+                result,
+                json.dumps(list(done)),
+                json.dumps(dict(failed or {})),
+                json.dumps(list(skipped)),
+                error,
+                apply_id,
+            ),
         )
+
+    def fail_apply(self, lock_id: str, holder: str, error: str) -> None:
+        """Record that the apply under `lock_id` stopped on `error`, opened entry or not."""
+        now = time.time()
+        closed = self._db.execute(
+            "UPDATE applies SET finished_at = ?, result = 'failed', error = ? "
+            "WHERE lock_id = ? AND finished_at IS NULL",
+            (now, error, lock_id),
+        ).rowcount
+        if not closed:  # it stopped before its plan was known (a stale saved plan, say)
+            self._db.execute(
+                "INSERT INTO applies (started_at, finished_at, holder, summary, result, lock_id, "
+                "error) VALUES (?, ?, ?, '{}', 'failed', ?, ?)",
+                (now, now, holder, lock_id, error),
+            )
+
+    def interrupt_unfinished(self, running: int | None) -> int:
+        """Mark open entries as interrupted (their queen died), all but apply `running`."""
+        cursor = self._db.execute(
+            "UPDATE applies SET finished_at = ?, result = 'interrupted', "
+            "error = 'the queen stopped before the apply finished' "
+            "WHERE finished_at IS NULL AND id IS NOT ?",
+            (time.time(), running),
+        )
+        return cursor.rowcount
+
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` applies, newest first, as JSON-ready data."""
+        rows = self._db.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM applies ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_entry(*row) for row in rows]
+
+
+def _entry(
+    apply_id: int,
+    holder: str,
+    started_at: float,
+    finished_at: float | None,
+    summary: str,
+    result: str | None,
+    lock_id: str | None,
+    done: str | None,
+    failed: str | None,
+    skipped: str | None,
+    error: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": apply_id,
+        "holder": holder,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_s": None if finished_at is None else round(finished_at - started_at, 2),
+        "summary": json.loads(summary),
+        "result": result or "running",
+        "lock_id": lock_id,
+        "done": json.loads(done) if done else [],
+        "failed": json.loads(failed) if failed else {},
+        "skipped": json.loads(skipped) if skipped else [],
+        "error": error,
+    }

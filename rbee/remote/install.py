@@ -85,10 +85,10 @@ async def install(
         f"[ -x {shlex.quote(_PYTHON)} ] || {shlex.join(['python3', '-m', 'venv', REMOTE_VENV])}",
         shlex.join([*pip, *offline, "--quiet", f"rbee[worker]=={_wheel_version(rbee_wheel)}"]),
     ]
-    if any(path.name == rbee_wheel for path in missing):
-        # Same version, new build (a development tree): pip would keep the old one.
-        force = ["--no-deps", "--force-reinstall", f"{REMOTE_WHEELHOUSE}/{rbee_wheel}"]
-        steps.append(shlex.join([*pip, *offline, "--quiet", *force]))
+    # The install differs from this wheelhouse (a new build of the same version, or files
+    # changed by hand): pip would keep what it sees as installed, so rbee itself is reinstalled.
+    force = ["--no-deps", "--force-reinstall", f"{REMOTE_WHEELHOUSE}/{rbee_wheel}"]
+    steps.append(shlex.join([*pip, *offline, "--quiet", *force]))
     await run_remote(conn, " && ".join(steps), hive=label, timeout_s=_PIP_TIMEOUT_S)
     version = await installed_version(conn, hive=label)
     if version is None:

@@ -83,3 +83,18 @@ def test_heartbeat_keeps_the_queens_in_flight_count() -> None:
     registry.beat(_beat("a", busy=1, state="busy"))
     again = registry.get("a")
     assert again is not None and again.in_flight == 1
+
+
+def test_equally_idle_workers_take_turns() -> None:
+    clock = Clock()
+    registry = Registry(clock=clock)
+    for wid in ("a", "b", "c"):
+        registry.beat(_beat(wid))
+    picked = []
+    for _ in range(6):
+        clock.now += 0.01
+        record = registry.pick("m")
+        assert record is not None
+        picked.append(record.beat.worker_id)
+    assert sorted(picked[:3]) == ["a", "b", "c"]
+    assert picked[3:] == picked[:3]
