@@ -58,7 +58,10 @@ def _check(response: httpx.Response, what: str) -> httpx.Response:
     if response.status_code == 404:
         raise NotFoundError(f"{what}: {error_message(response)}")
     if response.status_code >= 400:
-        raise RemoteError(f"{what}: HTTP {response.status_code}: {error_message(response)}")
+        raise RemoteError(
+            f"{what}: HTTP {response.status_code}: {error_message(response)}",
+            status=response.status_code,
+        )
     return response
 
 
@@ -131,7 +134,9 @@ class HiveClient:
                 yield OperationEvent.model_validate(event)
 
     async def delete_model(self, name: str) -> None:
-        _check(await self._http.delete(f"/v1/models/{name}"), f"delete model {name}")
+        response = await self._http.delete(f"/v1/models/{name}")
+        if response.status_code != 404:  # already gone is what we wanted
+            _check(response, f"delete model {name}")
 
     async def spawn(self, request: SpawnWorker) -> WorkerProcess:
         response = await self._http.post("/v1/worker-processes", json=request.model_dump())

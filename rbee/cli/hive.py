@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 
@@ -20,10 +21,6 @@ __all__ = ["hive_app"]
 hive_app = typer.Typer(help="The hives the queen manages.", no_args_is_help=True)
 out = Console()
 
-ConfigFile = Annotated[
-    Path,
-    typer.Option("--file", "-f", envvar="RBEE_CONFIG", help="cluster YAML (env RBEE_CONFIG)"),
-]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
@@ -57,7 +54,7 @@ def _show(records: list[dict[str, Any]]) -> None:
 
 
 @hive_app.command("list")
-def list_hives(file: ConfigFile = Path("cluster.yaml"), as_json: AsJson = False) -> None:
+def list_hives(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> None:
     """List registered hives with their last health check (every 15 s)."""
     records = _client(file).hives()
     if as_json:
@@ -71,7 +68,7 @@ def list_hives(file: ConfigFile = Path("cluster.yaml"), as_json: AsJson = False)
 @hive_app.command("get")
 def get_hive(
     name: Annotated[str, typer.Argument(help="hive name")],
-    file: ConfigFile = Path("cluster.yaml"),
+    file: ConfigFile = DEFAULT_CONFIG,
     as_json: AsJson = False,
 ) -> None:
     """Show one hive as the queen last saw it."""
@@ -85,7 +82,7 @@ def get_hive(
 @hive_app.command("status")
 def hive_status(
     name: Annotated[str, typer.Argument(help="hive name")],
-    file: ConfigFile = Path("cluster.yaml"),
+    file: ConfigFile = DEFAULT_CONFIG,
     as_json: AsJson = False,
 ) -> None:
     """Check one hive's health now; exit 1 when it is offline."""

@@ -12,8 +12,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from rbee.cli import ops
 from rbee.cli.hive import hive_app
 from rbee.cli.local_queen import ensure_queen, stop_queen
+from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.cli.progress import ApplyView
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
@@ -43,11 +45,6 @@ app.add_typer(hive_app, name="hive")
 err = Console(stderr=True)
 out = Console()
 
-ConfigFile = Annotated[
-    Path,
-    typer.Option("--file", "-f", envvar="RBEE_CONFIG", help="cluster YAML (env RBEE_CONFIG)"),
-]
-DEFAULT_CONFIG = Path("cluster.yaml")
 _debug = False
 
 
@@ -175,6 +172,15 @@ def apply(
     ] = 10,
     target: Targets = None,
     prune: Prune = None,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            "--lock-timeout",
+            parser=ops.parse_duration,
+            metavar="DURATION",
+            help="wait this long for another apply's lock (30s, 2m)",
+        ),
+    ] = 0.0,
 ) -> None:
     """Make the cluster match the YAML: start hives, add models, spawn and stop workers.
 
@@ -182,18 +188,19 @@ def apply(
     1 otherwise (the summary lists what failed and why; a rerun converges).
     """
     options: dict[str, Any] = {"targets": target or [], "prune": prune}
+    lock: dict[str, Any] = {"lock_timeout_s": lock_timeout}
     if plan_file is not None:
         saved = _read_plan(plan_file)
         queen = Queen.model_validate(saved["cluster"]["queen"])
         token = os.environ.get("RBEE_TOKEN") if queen.token == SENSITIVE else queen.token
         client = _connect(queen.model_copy(update={"token": token}))
-        events = client.apply(None, parallelism, saved_plan=saved)
+        events = client.apply(None, parallelism, saved_plan=saved, **lock)
     else:
         cluster = load_cluster(file)
         client = _connect(cluster.queen)
         if not auto_approve:
             _confirm(Plan.model_validate(client.plan(_desired(cluster), **options)))
-        events = client.apply(_desired(cluster), parallelism, **options)
+        events = client.apply(_desired(cluster), parallelism, **options, **lock)
     started_at = time.monotonic()
     with ApplyView(out) as view:
         for event in events:
@@ -365,6 +372,9 @@ def queen_status(file: ConfigFile = DEFAULT_CONFIG) -> None:
     out.print(
         f"queen at {cluster.queen.url}: [green]up[/green] (pid {health.pid}, v{health.version})"
     )
+
+
+ops.register(app)
 
 
 def main() -> None:
