@@ -34,8 +34,10 @@ _PIPE_WIDTH = 1000
 _RESULT_STYLE = {"ok": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds in `30s`, `2m`, `500ms`, `1h` or a bare number of seconds (for --lock-timeout)."""
+    if isinstance(text, int | float):  # the option's default arrives already parsed
+        return float(text)
     match = _DURATION.match(text)
     if match is None:
         raise typer.BadParameter(f"{text!r} is not a duration like 30s, 2m or 500ms")

@@ -199,9 +199,12 @@ class Control:
             start_hive=start_hive,
             stop_hive=stop_hive,
             worker_state=worker_state,
-            forget_worker=self.registry.drop,
+            forget_worker=self.registry.retire,
         )
         outcome = await execute(the_plan, effects, emit, parallelism)
+        # Hives that could not be observed were not planned: the apply did not converge.
+        for error in the_plan.errors:
+            outcome.failed[error.address] = error.message
         for action in the_plan.actions:
             if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
                 self.hive_registry.remove(action.hive)
@@ -264,6 +267,6 @@ class Control:
             except RbeeError:
                 return 0
             for proc in procs:
-                self.registry.drop(proc.worker_id)
+                self.registry.retire(proc.worker_id)
             await asyncio.gather(*(client.kill(p.pid) for p in procs))
             return len(procs)

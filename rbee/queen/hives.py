@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
+import asyncssh
 import psutil
 
 from rbee.clients import HiveClient
@@ -46,15 +48,23 @@ class HiveLifecycle:
         """Start the hive (installing or upgrading rbee first on a network hive); its pid."""
         if hive.effective_mode == "local":
             return await self._start_local(hive)
-        conn = await (connections or SshConnections()).get(hive)
-        if upgrade:
-            await remote_daemon.stop_hive(conn, hive=hive.name)
+        wheels: list[Path] = []
         if install:
             async with self._wheelhouse_lock:
                 # Built once per source change and cached; a thread, as pip runs inside.
                 wheels = await asyncio.to_thread(build_wheelhouse)
-            await remote_install.install(conn, wheels, hive=hive.name)
-        return await remote_daemon.start_hive(conn, hive, self._queen_url, self._token)
+        connections = connections or SshConnections()
+        try:
+            conn = await connections.get(hive)
+            if upgrade:
+                await remote_daemon.stop_hive(conn, hive=hive.name)
+            if install:
+                await remote_install.install(conn, wheels, hive=hive.name)
+            return await remote_daemon.start_hive(conn, hive, self._queen_url, self._token)
+        except (asyncssh.Error, OSError) as exc:
+            # The connection dropped mid-way: a retry reconnects and picks up where it stopped.
+            await connections.forget(hive)
+            raise UnavailableError(f"hive {hive.name}: SSH connection lost: {exc!r}") from exc
 
     async def stop(
         self, hive: Hive, *, uninstall: bool = False, connections: SshConnections | None = None

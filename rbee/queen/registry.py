@@ -40,9 +40,13 @@ class Registry:
         self._ttl = interval_s * missed
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
+        # Workers dropped on purpose, by id → pid: a stopping worker's last beats are ignored.
+        self._retired: dict[str, int] = {}
 
     def beat(self, heartbeat: Heartbeat) -> None:
         """Record a heartbeat; the queen's own in-flight count survives it."""
+        if self._retired.get(heartbeat.worker_id) == heartbeat.pid:
+            return
         record = self._workers.get(heartbeat.worker_id)
         if record is None or record.beat.pid != heartbeat.pid:
             self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
@@ -62,8 +66,15 @@ class Registry:
         return next((rec for rec in self.live() if rec.beat.worker_id == worker_id), None)
 
     def drop(self, worker_id: str) -> None:
-        """Forget a worker now (it was stopped, or refused a connection)."""
+        """Forget a worker until its next heartbeat (it refused a connection)."""
         self._workers.pop(worker_id, None)
+
+    def retire(self, worker_id: str) -> None:
+        """Forget a worker that is being stopped: beats still coming from that process are
+        ignored; a new process with the same id (a replacement) registers as usual."""
+        record = self._workers.pop(worker_id, None)
+        if record is not None:
+            self._retired[worker_id] = record.beat.pid
 
     def models(self) -> list[str]:
         """Models with at least one routable worker."""

@@ -70,7 +70,7 @@ async def install(
     _check_python(label, remote_python, list(local))
     if installed_from == digest.hexdigest() and not set(remote) ^ set(local):
         version = await installed_version(conn, hive=label)
-        if version is not None:
+        if version == _wheel_version(rbee_wheel):
             log.info("event=hive_install_current hive=%s version=%s", label, version)
             return version
 

@@ -58,11 +58,12 @@ def wheelhouse_tag() -> str:
 def build_wheelhouse(dest: Path | None = None) -> list[Path]:
     """Build (or reuse) the wheelhouse under `dest/<tag>/`; returns its wheel files.
 
-    `dest` defaults to `~/.cache/rbee/wheelhouse`. Rebuilds only what changed: rbee's wheel
-    when its source changed, the dependencies when the pinned set changed.
+    `dest` defaults to `$RBEE_WHEELHOUSE`, else `~/.cache/rbee/wheelhouse`. Rebuilds only what
+    changed: rbee's wheel when its source changed, the dependencies when the pinned set changed.
     """
     root = project_dir()
-    house = (dest or cache_dir("wheelhouse")) / wheelhouse_tag()
+    default = Path(os.environ.get("RBEE_WHEELHOUSE") or cache_dir("wheelhouse"))
+    house = (dest or default) / wheelhouse_tag()
     source = _source_digest(root)
     pins = _pins()
     deps = hashlib.sha256((pins + (root / "pyproject.toml").read_text()).encode()).hexdigest()

@@ -27,3 +27,7 @@ def test_register_adds_both_commands_once() -> None:
     register(app)
     register(app)
     assert sorted(str(c.name) for c in app.registered_commands) == ["force-unlock", "history"]
+
+
+def test_the_default_lock_timeout_passes_through_the_parser() -> None:
+    assert parse_duration(0.0) == 0.0

@@ -98,3 +98,23 @@ def test_equally_idle_workers_take_turns() -> None:
         picked.append(record.beat.worker_id)
     assert sorted(picked[:3]) == ["a", "b", "c"]
     assert picked[3:] == picked[:3]
+
+
+def test_a_dropped_worker_stays_dropped_while_its_process_drains() -> None:
+    registry = Registry()
+    registry.beat(_beat("a"))
+    registry.retire("a")
+    registry.beat(_beat("a", state="draining"))
+    assert registry.live() == []
+    replacement = _beat("a").model_copy(update={"pid": 2})
+    registry.beat(replacement)
+    assert [r.beat.pid for r in registry.live()] == [2]
+
+
+def test_a_worker_dropped_for_refusing_a_connection_returns_with_its_next_beat() -> None:
+    registry = Registry()
+    registry.beat(_beat("a"))
+    registry.drop("a")
+    assert registry.live() == []
+    registry.beat(_beat("a"))
+    assert [r.beat.worker_id for r in registry.live()] == ["a"]

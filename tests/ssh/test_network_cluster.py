@@ -1,0 +1,280 @@
+"""Three network hives over real SSH: from nothing to serving, no-op, errors, upgrade.
+
+Each hive is a network namespace with its own user, home and sshd; the queen listens on the
+bridge's address with a token; the keeper is the real `rbee` CLI. The tests of this module
+run in order against one cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+
+from tests.fixtures.netns import SshHost, netns_hosts
+
+pytestmark = pytest.mark.slow
+
+APPLY_TIMEOUT_S = 600
+
+
+@dataclass
+class NetworkCluster:
+    hosts: list[SshHost]
+    home: Path
+    config: Path
+    queen_url: str
+    token: str
+    model: Path
+    env: dict[str, str]
+
+    def write(self, hives: list[dict[str, Any]], replicas: int = 1) -> None:
+        body = {
+            "version": 1,
+            "queen": {"url": self.queen_url, "token": "${RBEE_TOKEN}"},
+            "hives": hives,
+            "models": [{"name": "gemma3-270m", "source": f"file://{self.model}"}],
+            "worker_binaries": [{"name": "cpu"}],
+            "deployments": [
+                {
+                    "model": "gemma3-270m",
+                    "worker": "cpu",
+                    "hives": "all",
+                    "replicas": replicas,
+                    "slots": 1,
+                    "ctx_size": 512,
+                }
+            ],
+        }
+        self.config.write_text(json.dumps(body, indent=2))  # JSON is YAML
+
+    def good_hives(self) -> list[dict[str, Any]]:
+        return [_hive_yaml(h) for h in self.hosts]
+
+    def rbee(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "rbee.cli", *args, "-f", str(self.config)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=APPLY_TIMEOUT_S,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"rbee {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def get(self, path: str) -> Any:
+        headers = {"authorization": f"Bearer {self.token}"}
+        return httpx.get(f"{self.queen_url}{path}", headers=headers, timeout=10).json()
+
+    def chat(self) -> httpx.Response:
+        body = {
+            "model": "gemma3-270m",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+        }
+        headers = {"authorization": f"Bearer {self.token}"}
+        return httpx.post(
+            f"{self.queen_url}/v1/chat/completions", json=body, headers=headers, timeout=60
+        )
+
+
+def _hive_yaml(host: SshHost, **ssh: Any) -> dict[str, Any]:
+    return {
+        "name": f"h{host.index}",
+        "host": host.address,
+        "mode": "network",
+        "ssh": {
+            "user": host.user,
+            "port": host.port,
+            "key": str(host.key),
+            "known_hosts": str(host.known_hosts),
+            **ssh,
+        },
+    }
+
+
+def _gateway(host: SshHost) -> str:
+    return str(ipaddress.ip_interface(f"{host.address}/24").network.network_address + 1)
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[NetworkCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, useradd and sshd")
+    home = tmp_path_factory.mktemp("keeper")
+    # Every hive user reads the model through file://, so it lies where all of them can read.
+    shared = Path(tempfile.mkdtemp(prefix="rbee-netns-model-"))
+    shared.chmod(0o755)
+    model = shared / "gemma-3-270m-q4_k_m.gguf"
+    shutil.copyfile(gguf, model)
+    model.chmod(0o644)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, shared, ignore_errors=True)
+        hosts = cleanup.enter_context(netns_hosts(3))
+        gateway = _gateway(hosts[0])
+        token = secrets.token_hex(16)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+        env.update(HOME=str(home), RBEE_TOKEN=token)
+        # The queen builds the hives' wheelhouse: share the tests' cache of it, and pip's
+        # cache (where llama-cpp-python's compiled wheel is) from the real home.
+        env.setdefault("RBEE_WHEELHOUSE", str(Path.home() / ".cache" / "rbee-test" / "wheelhouse"))
+        env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+        cluster = NetworkCluster(
+            hosts=hosts,
+            home=home,
+            config=home / "cluster.yaml",
+            queen_url=f"http://{gateway}:{_free_port(gateway)}",
+            token=token,
+            model=model,
+            env=env,
+        )
+        cluster.write(cluster.good_hives())
+        try:
+            yield cluster
+        finally:
+            cluster.write(cluster.good_hives())
+            cluster.rbee("down", check=False)
+
+
+def test_apply_installs_three_network_hives_and_their_workers(net: NetworkCluster) -> None:
+    plan = net.rbee("plan")
+    for host in net.hosts:
+        assert f"+ hive.h{host.index}" in plan.stdout
+        assert "install rbee 0.1.0 and start the hive" in plan.stdout
+    net.rbee("apply", "--auto-approve")
+    workers = net.get("/v1/workers")
+    assert sorted(w["hive"] for w in workers) == ["h0", "h1", "h2"]
+    by_hive = {w["hive"]: w for w in workers}
+    for host in net.hosts:
+        worker = by_hive[f"h{host.index}"]
+        assert worker["state"] == "idle"
+        assert worker["url"].startswith(f"http://{host.address}:")
+    records = net.get("/v1/hives")
+    assert {(r["name"], r["state"]) for r in records} == {
+        ("h0", "online"),
+        ("h1", "online"),
+        ("h2", "online"),
+    }
+
+
+def test_inference_through_the_queen_reaches_every_hive(net: NetworkCluster) -> None:
+    served = set()
+    for _ in range(6):
+        response = net.chat()
+        assert response.status_code == 200, response.text
+        served.add(response.headers["x-rbee-worker"])
+    assert served == {"h0.gemma3-270m.0", "h1.gemma3-270m.0", "h2.gemma3-270m.0"}
+
+
+def test_second_apply_is_a_noop(net: NetworkCluster) -> None:
+    result = net.rbee("plan", "--detailed-exitcode", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes." in result.stdout
+
+
+def test_broken_hives_each_fail_clearly_and_the_good_one_proceeds(
+    net: NetworkCluster, tmp_path: Path
+) -> None:
+    good, other, third = net.hosts
+    stranger = tmp_path / "stranger_key"
+    stranger.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    stranger.chmod(0o600)
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    down_address = str(ipaddress.ip_interface(f"{good.address}/24").network.network_address + 250)
+    hives = [
+        _hive_yaml(good),
+        {**_hive_yaml(other), "name": "unknown-key"}
+        | {"ssh": {**_hive_yaml(other)["ssh"], "known_hosts": str(empty_known_hosts)}},
+        {**_hive_yaml(other), "name": "wrong-key"}
+        | {"ssh": {**_hive_yaml(other)["ssh"], "key": str(stranger)}},
+        {**_hive_yaml(third), "name": "wrong-user"}
+        | {"ssh": {**_hive_yaml(third)["ssh"], "user": "nobody"}},
+        {**_hive_yaml(third), "name": "port-closed"}
+        | {"ssh": {**_hive_yaml(third)["ssh"], "port": 2},
+           "port": 7836},
+        {**_hive_yaml(third), "name": "host-down", "host": down_address},
+    ]  # fmt: skip
+    net.write(hives, replicas=2)
+
+    plan = net.rbee("plan", check=False)
+    assert plan.returncode == 1
+    expected = {
+        "unknown-key": "is not in",
+        "wrong-key": f"refused the key {stranger}",
+        "wrong-user": f"nobody@{third.address} refused the key",
+        "port-closed": "refused",
+        "host-down": "cannot reach",
+    }
+    errors = {
+        line.split(":", 2)[1].strip().removeprefix("hive."): line
+        for line in plan.stdout.splitlines()
+        if line.startswith("Error: hive.")
+    }
+    assert set(errors) == set(expected), plan.stdout
+    for name, words in expected.items():
+        assert words in errors[name], errors[name]
+    assert "+ worker.h0.gemma3-270m[1]" in plan.stdout
+
+    apply = net.rbee("apply", "--auto-approve", check=False)
+    assert apply.returncode == 1
+    assert "worker.h0.gemma3-270m[1]: done" in apply.stdout
+    for name in expected:
+        assert f"hive.{name}" in apply.stderr
+    assert sum(w["hive"] == "h0" for w in net.get("/v1/workers")) == 2
+
+
+def test_an_old_install_is_upgraded_and_its_workers_restored(net: NetworkCluster) -> None:
+    net.write(net.good_hives())
+    net.rbee("apply", "--auto-approve")
+    host = net.hosts[2]
+    before = {w["worker_id"]: w["pid"] for w in net.get("/v1/workers")}
+    # Make h2 look like an install of rbee 0.0.9, as an older keeper would have left it.
+    site = ".local/share/rbee/venv/lib/python3.11/site-packages"
+    host.run(
+        "sh",
+        "-c",
+        f"cd ~/{site} && sed -i 's/^__version__ = .*/__version__ = \"0.0.9\"/' rbee/__init__.py"
+        " && sed -i 's/^Version: .*/Version: 0.0.9/' rbee-*.dist-info/METADATA",
+    )
+    plan = net.rbee("plan")
+    assert "-/+ hive.h2" in plan.stdout and "upgrade rbee 0.0.9 → 0.1.0" in plan.stdout
+    assert "-/+ worker.h2.gemma3-270m[0]" in plan.stdout
+    assert "hive.h0" not in plan.stdout and "hive.h1" not in plan.stdout
+    net.rbee("apply", "--auto-approve")
+    after = {w["worker_id"]: w["pid"] for w in net.get("/v1/workers")}
+    assert set(after) == set(before)
+    assert after["h2.gemma3-270m.0"] != before["h2.gemma3-270m.0"]
+    assert after["h0.gemma3-270m.0"] == before["h0.gemma3-270m.0"]
+    version = host.run(
+        f"{host.home}/.local/share/rbee/venv/bin/python",
+        "-c",
+        "import rbee; print(rbee.__version__)",
+    )
+    assert version.stdout.strip() == "0.1.0"
+    assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
