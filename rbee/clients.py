@@ -214,6 +214,20 @@ class QueenClient:
         )
         return result
 
+    def refresh_capabilities(self, name: str) -> dict[str, Any]:
+        path = f"/v1/hives/{name}/refresh-capabilities"
+        result: dict[str, Any] = self._request("POST", path, f"capabilities of hive {name}")
+        return result
+
+    def ssh_test(self, hive: dict[str, Any]) -> dict[str, Any]:
+        body = {"hive": hive}
+        result: dict[str, Any] = self._request("POST", "/v1/ssh-test", "ssh test", json=body)
+        return result
+
+    def import_ssh(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/v1/hives/import-ssh", "import ssh")
+        return result
+
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/v1/status", "status")
         return result

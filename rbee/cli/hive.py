@@ -11,10 +11,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from ruamel.yaml import YAML
 
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
+from rbee.errors import RbeeError
 
 __all__ = ["hive_app"]
 
@@ -93,3 +95,69 @@ def hive_status(
         _show([record])
     if record["state"] != "online":
         raise typer.Exit(1)
+
+
+@hive_app.command("refresh-capabilities")
+def refresh_capabilities(
+    name: Annotated[str, typer.Argument(help="hive name")],
+    file: ConfigFile = DEFAULT_CONFIG,
+    as_json: AsJson = False,
+) -> None:
+    """Ask the hive for its CPUs, RAM, GPUs and backends now, and keep them in the registry."""
+    record = _client(file).refresh_capabilities(name)
+    caps = record["capabilities"]
+    if as_json:
+        sys.stdout.write(json.dumps(caps, indent=2) + "\n")
+        return
+    out.print(f"hive {name}: {caps['hostname']} ({caps['os']} {caps['arch']})")
+    out.print(
+        f"  cpus {caps['cpu_count']}, ram {caps['ram_total_bytes'] / 2**30:.1f} GiB "
+        f"({caps['ram_available_bytes'] / 2**30:.1f} GiB free), "
+        f"backends {', '.join(caps['backends'])}"
+    )
+    for gpu in caps["gpus"]:
+        out.print(f"  gpu {gpu['index']}: {gpu['name']}, {gpu['memory_total_mib']} MiB")
+
+
+@hive_app.command("ssh-test")
+def ssh_test(
+    name: Annotated[str, typer.Argument(help="hive name in the YAML")],
+    file: ConfigFile = DEFAULT_CONFIG,
+    as_json: AsJson = False,
+) -> None:
+    """Have the queen connect to a network hive over SSH and report what it finds.
+
+    Exit 1 when the host cannot be reached (unknown or changed host key, refused key, port
+    closed, host down); the message says which.
+    """
+    cluster = load_cluster(file)
+    hive = next((h for h in cluster.hives if h.name == name), None)
+    if hive is None:
+        known = ", ".join(h.name for h in cluster.hives) or "none"
+        raise RbeeError(f"no hive named {name!r} in {file}", hint=f"declared: {known}")
+    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    facts = client.ssh_test(hive.model_dump(mode="json"))
+    if as_json:
+        sys.stdout.write(json.dumps(facts, indent=2) + "\n")
+    elif facts["reachable"] and facts["error_kind"] is None:
+        installed = facts["rbee_version"] or "not installed"
+        running = f"running (pid {facts['hive_pid']})" if facts["hive_running"] else "not running"
+        free = facts["free_disk_bytes"]
+        out.print(f"[green]ok[/green] {hive.name} ({hive.host}): {facts['os']} {facts['arch']}")
+        out.print(f"  python {facts['python_version']}, rbee {installed}, hive {running}")
+        if free is not None:
+            out.print(f"  free disk in the cache: {free / 2**30:.1f} GiB")
+    if not facts["reachable"] or facts["error_kind"] is not None:
+        raise RbeeError(f"{facts['error_kind']}: {facts['error']}")
+
+
+@hive_app.command("import-ssh")
+def import_ssh(file: ConfigFile = DEFAULT_CONFIG) -> None:
+    """Print the queen's ~/.ssh/config Host entries as YAML hive stanzas to paste."""
+    body = _client(file).import_ssh()
+    if not body["hives"]:
+        raise RbeeError(f"no concrete Host entries in {body['path']}")
+    yaml = YAML()
+    yaml.default_flow_style = False
+    sys.stdout.write(f"# from {body['path']}; review before adding to the cluster YAML\n")
+    yaml.dump({"hives": body["hives"]}, sys.stdout)

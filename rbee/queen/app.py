@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,14 +20,17 @@ from starlette.routing import Route
 
 import rbee
 from rbee.apply.lock import LockNotFound
-from rbee.config.models import Cluster, check_references
+from rbee.clients import HiveClient
+from rbee.config.models import Cluster, Hive, check_references
 from rbee.errors import RbeeError
+from rbee.observe.ssh import probe
 from rbee.plan.planner import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
+from rbee.remote.ssh_config import hives_from_ssh_config
 from rbee.wire import Health, Heartbeat, openai_error
 
 __all__ = ["create_app"]
@@ -212,9 +216,7 @@ def create_app(
 
     async def get_hive(request: Request) -> JSONResponse:
         name = request.path_params["name"]
-        hive = next((h for h in hive_registry.hives() if h.name == name), None)
-        if hive is None:
-            raise _Refused(404, f"no hive named {name!r} is registered", "not_found_error")
+        hive = _registered(name)
         record = (
             await hive_registry.check(hive, token)
             if request.query_params.get("refresh")
@@ -222,6 +224,44 @@ def create_app(
         )
         assert record is not None
         return JSONResponse(record.model_dump(mode="json"))
+
+    def _registered(name: str) -> Hive:
+        hive = next((h for h in hive_registry.hives() if h.name == name), None)
+        if hive is None:
+            raise _Refused(404, f"no hive named {name!r} is registered", "not_found_error")
+        return hive
+
+    async def refresh_capabilities(request: Request) -> JSONResponse:
+        hive = _registered(request.path_params["name"])
+        async with HiveClient(hive.url, token, timeout=15.0) as client:
+            try:
+                capabilities = await client.capabilities()
+            except RbeeError as exc:
+                raise _Refused(502, exc.message, "bad_gateway", "hive_unreachable") from None
+        hive_registry.set_capabilities(hive.name, capabilities)
+        record = hive_registry.get(hive.name)
+        assert record is not None
+        return JSONResponse(record.model_dump(mode="json"))
+
+    async def ssh_test(request: Request) -> JSONResponse:
+        _, body = await _json_body(request)
+        try:
+            hive = Hive.model_validate(body.get("hive"))
+        except ValidationError as exc:
+            message = f"invalid hive: {exc.errors()[0]['msg']}"
+            raise _Refused(422, message, "invalid_request_error") from None
+        if hive.effective_mode != "network":
+            raise _Refused(422, f"hive {hive.name} is local: no SSH", "invalid_request_error")
+        return JSONResponse((await probe(hive)).model_dump(mode="json"))
+
+    async def import_ssh(request: Request) -> JSONResponse:
+        # Only the queen's own ~/.ssh/config: the queen is who connects, with its keys.
+        path = Path.home() / ".ssh" / "config"
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise _Refused(404, f"cannot read {path}: {exc.strerror}", "not_found_error") from None
+        return JSONResponse({"path": str(path), "hives": hives_from_ssh_config(text)})
 
     async def status(request: Request) -> JSONResponse:
         return JSONResponse(await control.status())
@@ -283,7 +323,10 @@ def create_app(
         Route("/v1/plan", plan_route, methods=["POST"]),
         Route("/v1/apply", apply_route, methods=["POST"]),
         Route("/v1/hives", list_hives),
+        Route("/v1/hives/import-ssh", import_ssh, methods=["POST"]),
         Route("/v1/hives/{name}", get_hive),
+        Route("/v1/hives/{name}/refresh-capabilities", refresh_capabilities, methods=["POST"]),
+        Route("/v1/ssh-test", ssh_test, methods=["POST"]),
         Route("/v1/status", status),
         Route("/v1/down", down, methods=["POST"]),
         Route("/v1/shutdown", shutdown, methods=["POST"]),

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
 from rbee.errors import RbeeError
+from rbee.wire import Capabilities
 
 __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives"]
 
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS hives (
     pid INTEGER,
     error TEXT,
     checked_at REAL,
-    online_at REAL
+    online_at REAL,
+    capabilities TEXT
 );
 """
 
@@ -49,6 +51,7 @@ class HiveRecord(BaseModel):
     error: str | None = None
     checked_at: float | None = None
     online_at: float | None = None
+    capabilities: Capabilities | None = None
     spec: dict[str, Any]
 
 
@@ -59,6 +62,9 @@ class HiveRegistry:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(hives)")}
+        if "capabilities" not in columns:  # a database from before capabilities were kept
+            self._db.execute("ALTER TABLE hives ADD COLUMN capabilities TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -82,13 +88,19 @@ class HiveRegistry:
 
     def records(self) -> list[HiveRecord]:
         rows = self._db.execute(
-            "SELECT spec, state, version, pid, error, checked_at, online_at "
+            "SELECT spec, state, version, pid, error, checked_at, online_at, capabilities "
             "FROM hives ORDER BY name"
         ).fetchall()
         return [_record(*row) for row in rows]
 
     def get(self, name: str) -> HiveRecord | None:
         return next((r for r in self.records() if r.name == name), None)
+
+    def set_capabilities(self, name: str, capabilities: Capabilities) -> None:
+        self._db.execute(
+            "UPDATE hives SET capabilities = ? WHERE name = ?",
+            (capabilities.model_dump_json(), name),
+        )
 
     def mark(
         self,
@@ -139,6 +151,7 @@ def _record(
     error: str | None,
     checked_at: float | None,
     online_at: float | None,
+    capabilities: str | None,
 ) -> HiveRecord:
     hive = Hive.model_validate_json(spec)
     return HiveRecord(
@@ -152,5 +165,6 @@ def _record(
         error=error,
         checked_at=checked_at,
         online_at=online_at,
+        capabilities=Capabilities.model_validate_json(capabilities) if capabilities else None,
         spec=json.loads(spec),
     )

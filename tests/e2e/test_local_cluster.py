@@ -137,6 +137,14 @@ def test_hive_registry_lists_the_local_hive_online(cluster: LocalCluster) -> Non
     assert "no hive named 'nope'" in missing.stderr
 
 
+def test_refresh_capabilities_reports_this_machine(cluster: LocalCluster) -> None:
+    caps = json.loads(cluster.rbee("hive", "refresh-capabilities", "local", "--json").stdout)
+    assert caps["cpu_count"] == os.cpu_count()
+    assert caps["ram_total_bytes"] > 0 and "cpu" in caps["backends"]
+    [record] = json.loads(cluster.rbee("hive", "list", "--json").stdout)
+    assert record["capabilities"] == caps
+
+
 def test_unknown_model_is_an_openai_404(cluster: LocalCluster) -> None:
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
     response = httpx.post(f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=10)

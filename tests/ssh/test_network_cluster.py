@@ -25,6 +25,7 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
+from ruamel.yaml import YAML
 
 from tests.fixtures.netns import SshHost, netns_hosts
 
@@ -197,6 +198,34 @@ def test_second_apply_is_a_noop(net: NetworkCluster) -> None:
     assert "No changes." in result.stdout
 
 
+def test_ssh_test_reports_the_machine(net: NetworkCluster) -> None:
+    result = net.rbee("hive", "ssh-test", "h1")
+    assert "ok h1" in result.stdout
+    assert "rbee 0.1.0" in result.stdout and "hive running (pid" in result.stdout
+    facts = json.loads(net.rbee("hive", "ssh-test", "h1", "--json").stdout)
+    assert facts["python_version"].startswith("3.11") and facts["arch"]
+
+
+def test_import_ssh_prints_hive_stanzas_from_the_queens_ssh_config(net: NetworkCluster) -> None:
+    host = net.hosts[0]
+    ssh_dir = net.home / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    (ssh_dir / "config").write_text(
+        f"Host lab-{host.index}\n  HostName {host.address}\n  User {host.user}\n"
+        f"  IdentityFile {host.key}\nHost *\n  ServerAliveInterval 30\n"
+    )
+    result = net.rbee("hive", "import-ssh")
+    stanzas = YAML(typ="safe").load(result.stdout)["hives"]
+    assert stanzas == [
+        {
+            "name": f"lab-{host.index}",
+            "host": host.address,
+            "mode": "network",
+            "ssh": {"user": host.user, "key": str(host.key)},
+        }
+    ]
+
+
 def test_broken_hives_each_fail_clearly_and_the_good_one_proceeds(
     net: NetworkCluster, tmp_path: Path
 ) -> None:
@@ -240,6 +269,10 @@ def test_broken_hives_each_fail_clearly_and_the_good_one_proceeds(
     for name, words in expected.items():
         assert words in errors[name], errors[name]
     assert "+ worker.h0.gemma3-270m[1]" in plan.stdout
+
+    ssh_test = net.rbee("hive", "ssh-test", "wrong-key", check=False)
+    assert ssh_test.returncode == 1
+    assert "auth_failed" in ssh_test.stderr and "Traceback" not in ssh_test.stderr
 
     apply = net.rbee("apply", "--auto-approve", check=False)
     assert apply.returncode == 1
