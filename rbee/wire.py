@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AddModel",
+    "AddWorkerBinary",
     "Capabilities",
     "Gpu",
     "Health",
@@ -19,6 +20,7 @@ __all__ = [
     "OperationEvent",
     "OperationStarted",
     "SpawnWorker",
+    "WorkerBinaryEntry",
     "WorkerProcess",
     "WorkerState",
     "WorkerView",
@@ -112,6 +114,30 @@ class OperationEvent(_Wire):
     bytes_done: int = 0
     bytes_total: int | None = None
     error: str | None = None
+
+
+class AddWorkerBinary(_Wire):
+    """`POST /v1/worker-binaries` of a hive: provision an inference runtime.
+
+    `spec` is the worker binary as declared in the cluster YAML; the hive stores it so a plan
+    can tell when the declaration changed.
+    """
+
+    name: str
+    backend: Literal["cpu", "cuda", "metal"] = "cpu"
+    path: str | None = Field(default=None, description="an existing Python runtime to use")
+    cmake_args: str | None = Field(default=None, description="CMAKE_ARGS of a build")
+    spec: dict[str, Any] = {}
+
+
+class WorkerBinaryEntry(_Wire):
+    """A worker binary in a hive's catalog: the Python that runs `llm-worker-rbee`."""
+
+    name: str
+    backend: Literal["cpu", "cuda", "metal"]
+    python: str
+    llama_cpp_version: str
+    spec: dict[str, Any] = {}
 
 
 class SpawnWorker(_Wire):
