@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from rbee.errors import NotFoundError, RemoteError, UnavailableError
 from rbee.wire import (
     AddModel,
+    AddWorkerBinary,
     Capabilities,
     Health,
     ModelEntry,
     OperationEvent,
     OperationStarted,
     SpawnWorker,
+    WorkerBinaryEntry,
     WorkerProcess,
 )
 
@@ -119,6 +121,29 @@ class HiveClient:
     async def models(self) -> list[ModelEntry]:
         return [ModelEntry.model_validate(m) for m in await self._get("/v1/models", "models")]
 
+    async def worker_binaries(self) -> list[WorkerBinaryEntry]:
+        body = await self._get("/v1/worker-binaries", "worker binaries")
+        return [WorkerBinaryEntry.model_validate(b) for b in body]
+
+    async def add_worker_binary(self, request: AddWorkerBinary) -> AsyncIterator[OperationEvent]:
+        """Provision a worker binary and follow the operation's events to the end."""
+        response = await self._http.post("/v1/worker-binaries", json=request.model_dump())
+        async for event in self._follow(_check(response, "add worker binary")):
+            yield event
+
+    async def delete_worker_binary(self, name: str) -> None:
+        response = await self._http.delete(f"/v1/worker-binaries/{name}")
+        if response.status_code != 404:  # already gone is what we wanted
+            _check(response, f"delete worker binary {name}")
+
+    async def _follow(self, response: httpx.Response) -> AsyncIterator[OperationEvent]:
+        started = OperationStarted.model_validate(response.json())
+        path = f"/v1/operations/{started.operation_id}/events"
+        async with self._http.stream("GET", path, timeout=None) as stream:
+            _check(stream, "operation events")
+            async for event in _asse_events(stream.aiter_lines()):
+                yield OperationEvent.model_validate(event)
+
     async def processes(self) -> list[WorkerProcess]:
         body = await self._get("/v1/worker-processes", "worker processes")
         return [WorkerProcess.model_validate(p) for p in body]
@@ -126,12 +151,8 @@ class HiveClient:
     async def add_model(self, request: AddModel) -> AsyncIterator[OperationEvent]:
         """Start a model download and follow its progress events to the end."""
         response = await self._http.post("/v1/models", json=request.model_dump())
-        started = OperationStarted.model_validate(_check(response, "add model").json())
-        path = f"/v1/operations/{started.operation_id}/events"
-        async with self._http.stream("GET", path, timeout=None) as stream:
-            _check(stream, "operation events")
-            async for event in _asse_events(stream.aiter_lines()):
-                yield OperationEvent.model_validate(event)
+        async for event in self._follow(_check(response, "add model")):
+            yield event
 
     async def delete_model(self, name: str) -> None:
         response = await self._http.delete(f"/v1/models/{name}")

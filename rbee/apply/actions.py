@@ -45,6 +45,8 @@ class ClusterEffects:
                 await self._stop_hive(action)
             else:
                 await self._start_hive(action)
+        elif action.kind == "worker_binary":
+            await self._worker_binary(action)
         elif action.kind == "model":
             if action.op == "delete":
                 async with self._hive(action) as hive:
@@ -83,6 +85,21 @@ class ClusterEffects:
         if last is None or last.state != "succeeded":
             cause = last.error if last is not None else "the hive closed the operation stream"
             raise RbeeError(f"adding model {action.model} failed: {cause}")
+
+    async def _worker_binary(self, action: Action) -> None:
+        assert action.binary is not None
+        async with self._hive(action) as hive:
+            if action.op == "delete":
+                await hive.delete_worker_binary(action.binary.name)
+                return
+            # Provisioning again replaces the entry: running workers keep their runtime until
+            # the plan restarts them.
+            last = None
+            async for event in hive.add_worker_binary(action.binary):
+                last = event
+        if last is None or last.state != "succeeded":
+            cause = last.error if last is not None else "the hive closed the operation stream"
+            raise RbeeError(f"provisioning worker binary {action.binary.name} failed: {cause}")
 
     async def _stop_worker(self, action: Action) -> None:
         assert action.pid is not None

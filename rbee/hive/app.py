@@ -1,7 +1,9 @@
-"""The hive's HTTP routes (DESIGN §4): health, capabilities, models, operations, workers."""
+"""The hive's HTTP routes (DESIGN §4): health, capabilities, models, worker binaries,
+operations, workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,10 +23,18 @@ import rbee
 from rbee.catalog import ArtifactCatalog, InvalidArtifactError
 from rbee.errors import NotFoundError, RbeeError
 from rbee.hive import capabilities
+from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.hive.operations import Operation, Operations
 from rbee.hive.processes import find_worker, list_workers, spawn_worker, stop_worker
 from rbee.paths import cache_dir
-from rbee.wire import AddModel, Health, OperationStarted, SpawnWorker, openai_error
+from rbee.wire import (
+    AddModel,
+    AddWorkerBinary,
+    Health,
+    OperationStarted,
+    SpawnWorker,
+    openai_error,
+)
 
 __all__ = ["SERVICE", "create_app"]
 
@@ -45,12 +55,16 @@ def create_app(
     token: str | None = None,
     catalog: ArtifactCatalog | None = None,
     worker_host: str = "127.0.0.1",
+    binaries: WorkerBinaryCatalog | None = None,
 ) -> Starlette:
     """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's),
     which listen on `worker_host`."""
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
+    worker_binaries = WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries
     operations = Operations()
     adding: dict[str, tuple[AddModel, Operation]] = {}
+    # Held from "is this binary in use / provisioned" to the spawn or removal that relies on it.
+    binaries_in_use = asyncio.Lock()
 
     async def health(request: Request) -> Response:
         body = Health(service=SERVICE, version=rbee.__version__, pid=os.getpid()).model_dump()
@@ -68,12 +82,7 @@ def create_app(
     async def add_model(request: Request) -> Response:
         wanted = await _parse(request, AddModel)
         models.check(wanted.name, wanted.source, wanted.sha256)
-        operation = await _add_operation(wanted)
-        return JSONResponse(
-            OperationStarted(operation_id=operation.id).model_dump(),
-            status_code=202,
-            headers={"Location": f"/v1/operations/{operation.id}"},
-        )
+        return _started(await _add_operation(wanted))
 
     async def _add_operation(wanted: AddModel) -> Operation:
         """The operation that brings `wanted` in: one already running, done at once, or new."""
@@ -96,6 +105,38 @@ def create_app(
 
     async def remove_model(request: Request) -> Response:
         return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
+
+    async def list_worker_binaries(request: Request) -> Response:
+        return _json(await run_in_threadpool(worker_binaries.list))
+
+    async def get_worker_binary(request: Request) -> Response:
+        return _json(await run_in_threadpool(worker_binaries.get, request.path_params["name"]))
+
+    async def add_worker_binary(request: Request) -> Response:
+        wanted = await _parse(request, AddWorkerBinary)
+        worker_binaries.check(wanted.name)
+
+        def work(op: Operation) -> int:
+            worker_binaries.provision(wanted)
+            return 0
+
+        operation = operations.start(work, label=f"add-worker-binary:{wanted.name}")
+        return _started(operation)
+
+    async def remove_worker_binary(request: Request) -> Response:
+        name = request.path_params["name"]
+        async with binaries_in_use:
+            await run_in_threadpool(worker_binaries.get, name)
+            users = [
+                worker
+                for worker in await run_in_threadpool(list_workers, models.root)
+                if worker.worker_binary == name
+            ]
+            if users:
+                pids = ", ".join(str(worker.pid) for worker in users)
+                message = f"worker binary {name!r} is in use by worker processes (pid {pids})"
+                raise _HTTPError(409, message, "in_use")
+            return _json(await run_in_threadpool(worker_binaries.remove, name))
 
     async def get_operation(request: Request) -> Response:
         return _json(operations.get(request.path_params["operation_id"]).latest)
@@ -123,12 +164,18 @@ def create_app(
         except (NotFoundError, InvalidArtifactError):
             message = f"model {wanted.model!r} is not in this hive's catalog"
             raise _HTTPError(404, message, "model_not_found") from None
-        try:
-            worker = await run_in_threadpool(
-                spawn_worker, wanted, Path(model.path), token, worker_host
-            )
-        except ValueError as exc:
-            raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
+        async with binaries_in_use:
+            try:
+                binary = await run_in_threadpool(worker_binaries.get, wanted.worker_binary)
+            except (NotFoundError, InvalidArtifactError):
+                message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
+                raise _HTTPError(404, message, "worker_binary_not_found") from None
+            try:
+                worker = await run_in_threadpool(
+                    spawn_worker, wanted, binary.python, Path(model.path), token, worker_host
+                )
+            except ValueError as exc:
+                raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
         return _json(worker, status=201)
 
     async def get_worker_process(request: Request) -> Response:
@@ -146,6 +193,10 @@ def create_app(
         Route("/v1/models", add_model, methods=["POST"]),
         Route("/v1/models/{name}", get_model),
         Route("/v1/models/{name}", remove_model, methods=["DELETE"]),
+        Route("/v1/worker-binaries", list_worker_binaries),
+        Route("/v1/worker-binaries", add_worker_binary, methods=["POST"]),
+        Route("/v1/worker-binaries/{name}", get_worker_binary),
+        Route("/v1/worker-binaries/{name}", remove_worker_binary, methods=["DELETE"]),
         Route("/v1/operations/{operation_id}", get_operation),
         Route("/v1/operations/{operation_id}/events", operation_events),
         Route("/v1/worker-processes", list_worker_processes),
@@ -162,6 +213,15 @@ def create_app(
         Exception: _internal_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _started(operation: Operation) -> JSONResponse:
+    """202 with the operation to watch."""
+    return JSONResponse(
+        OperationStarted(operation_id=operation.id).model_dump(),
+        status_code=202,
+        headers={"Location": f"/v1/operations/{operation.id}"},
+    )
 
 
 def _json(value: BaseModel | list[Any], status: int = 200) -> JSONResponse:

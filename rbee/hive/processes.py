@@ -50,11 +50,17 @@ def log_path(worker_id: str) -> Path:
 
 
 def worker_argv(
-    request: SpawnWorker, model_path: Path, port: int, host: str = _WORKER_HOST
+    request: SpawnWorker,
+    model_path: Path,
+    port: int,
+    host: str = _WORKER_HOST,
+    *,
+    python: str = sys.executable,
 ) -> list[str]:
-    """The worker's command line: every fact the hive lists later is a flag here."""
+    """The worker's command line, run by its worker binary's `python`: every fact the hive
+    lists later is a flag here."""
     argv = [
-        sys.executable, "-m", WORKER_MODULE,
+        python, "-m", WORKER_MODULE,
         "--worker-id", request.worker_id,
         "--hive", request.hive,
         "--model", request.model,
@@ -73,15 +79,20 @@ def worker_argv(
 
 
 def spawn_worker(
-    request: SpawnWorker, model_path: Path, token: str | None, host: str = _WORKER_HOST
+    request: SpawnWorker,
+    python: str,
+    model_path: Path,
+    token: str | None,
+    host: str = _WORKER_HOST,
 ) -> WorkerProcess:
-    """Start a worker in its own session, logging to its log file; the token goes by env only.
+    """Start a worker with its worker binary's `python` in its own session, logging to its log
+    file; the token goes by env only.
 
     The worker listens on the hive's own address, so the queen reaches a network hive's
     workers (with the token) where the hive itself is reached.
     """
     log = log_path(request.worker_id)
-    argv = worker_argv(request, model_path, _free_port(host), host)
+    argv = worker_argv(request, model_path, _free_port(host), host, python=python)
     proc = spawn_detached(argv, log, token)
     try:
         started_at = psutil.Process(proc.pid).create_time()

@@ -30,10 +30,19 @@ async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
             error = f"{hive.url} answers as {health.service!r}, not rbee-hive"
             return down.model_copy(update={"error": error})
         try:
-            models, workers = await asyncio.gather(client.models(), client.processes())
+            models, binaries, workers = await asyncio.gather(
+                client.models(), client.worker_binaries(), client.processes()
+            )
         except RbeeError as exc:
             return down.model_copy(update={"error": exc.message})
-    return down.model_copy(update={"running": True, "models": models, "workers": workers})
+    return down.model_copy(
+        update={
+            "running": True,
+            "models": models,
+            "worker_binaries": binaries,
+            "workers": workers,
+        }
+    )
 
 
 async def observe(

@@ -25,6 +25,9 @@ def observed_digest(observed: Observed) -> str:
         facts[name] = {
             "running": hive.running,
             "models": sorted((m.name, m.sha256) for m in hive.models),
+            "worker_binaries": sorted(
+                (b.name, json.dumps(b.spec, sort_keys=True)) for b in hive.worker_binaries
+            ),
             "workers": sorted(
                 (w.worker_id, w.pid, w.slots, w.ctx_size, w.device, w.worker_binary)
                 for w in hive.workers

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from rbee.wire import ModelEntry, WorkerProcess, WorkerView
+from rbee.wire import ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
 
 __all__ = ["HiveFacts", "Observed", "SshError", "SshFacts"]
 
@@ -46,6 +46,7 @@ class HiveFacts(BaseModel):
     mode: Literal["local", "network"] = "local"
     error: str | None = None
     models: list[ModelEntry] = []
+    worker_binaries: list[WorkerBinaryEntry] = []
     workers: list[WorkerProcess] = []
     ssh: SshFacts | None = None
 

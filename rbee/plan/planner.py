@@ -8,7 +8,7 @@ from deepdiff import DeepDiff
 from pydantic import BaseModel, computed_field
 
 import rbee
-from rbee.config.models import Cluster, Deployment, Hive, Model
+from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.observed import HiveFacts, Observed
 from rbee.plan.resources import (
@@ -16,9 +16,10 @@ from rbee.plan.resources import (
     model_address,
     parse_worker_id,
     worker_address,
+    worker_binary_address,
     worker_id,
 )
-from rbee.wire import ModelEntry, SpawnWorker, WorkerProcess
+from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
 
 __all__ = ["PLAN_FORMAT_VERSION", "SILENT_GRACE_S", "Action", "Change", "Note", "Plan", "plan"]
 
@@ -41,7 +42,7 @@ class Action(BaseModel):
     """One change to one resource, with why and what it waits for."""
 
     address: str
-    kind: Literal["hive", "model", "worker"]
+    kind: Literal["hive", "worker_binary", "model", "worker"]
     op: Op
     hive: str
     reason: str
@@ -54,6 +55,7 @@ class Action(BaseModel):
     source: str | None = None
     sha256: str | None = None
     pid: int | None = None
+    binary: AddWorkerBinary | None = None
     spawn: SpawnWorker | None = None
 
 
@@ -127,9 +129,9 @@ def plan(
         if name not in declared:
             actions.extend(ctx.plan_unlisted_hive(facts, pruning))
     if not pruning:
-        ctx.unmanaged.extend(ctx.unlisted_models)
+        ctx.unmanaged.extend(ctx.unlisted)
     else:
-        actions.extend(ctx.prunable_models)
+        actions.extend(ctx.prunable)
     if targets:
         actions = _targeted(actions, targets)
     the_plan = Plan(
@@ -160,11 +162,12 @@ class _Context:
         self.queen_url = queen_url
         self.rbee_version = rbee_version
         self.models = {m.name: m for m in desired.models}
+        self.binaries = {b.name: b for b in desired.worker_binaries}
         self.heartbeats = {(w.worker_id, w.pid) for w in observed.registry}
         self.unmanaged: list[Note] = []
         self.errors: list[Note] = []
-        self.unlisted_models: list[Note] = []
-        self.prunable_models: list[Action] = []
+        self.unlisted: list[Note] = []
+        self.prunable: list[Action] = []
 
     def plan_hive(self, hive: Hive, facts: HiveFacts) -> list[Action]:
         if facts.ssh is not None and not facts.ssh.reachable:
@@ -185,11 +188,24 @@ class _Context:
             d for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
         ]
         deployed = {d.model for d in deployments}
+        used_binaries = {d.worker for d in deployments}
+        have_binaries = {b.name: b for b in facts.worker_binaries}
+        binary_actions: dict[str, Action] = {}
+        for name in sorted(used_binaries):
+            binary_action = self._binary_action(
+                hive, self.binaries[name], have_binaries.get(name), hive_deps
+            )
+            if binary_action is not None:
+                actions.append(binary_action)
+                binary_actions[name] = binary_action
         later: list[Action] = []
         for deployment in deployments:
             model = self.models[deployment.model]
             model_action = self._model_action(hive, model, have_models.get(model.name), hive_deps)
             deps = list(hive_deps)
+            binary_action = binary_actions.get(deployment.worker)
+            if binary_action is not None:
+                deps.append(binary_action.address)
             if model_action is not None:
                 actions.append(model_action)
                 deps.append(model_action.address)
@@ -205,6 +221,8 @@ class _Context:
                         if restart_all
                         else "model file changed"
                         if model_action is not None and model_action.op == "replace"
+                        else "worker binary changed"
+                        if binary_action is not None and binary_action.op == "replace"
                         else None
                     ),
                 )
@@ -217,6 +235,9 @@ class _Context:
         for entry in facts.models:
             if entry.name not in deployed:
                 self._unlisted_model(hive.name, hive.url, entry, later)
+        for binary in facts.worker_binaries:
+            if binary.name not in used_binaries:
+                self._unlisted_binary(hive.name, hive.url, binary, facts.workers, later)
         # Deletes first (frees slots and memory), then creates and replaces.
         actions.extend(a for a in later if a.op == "delete")
         actions.extend(a for a in later if a.op != "delete")
@@ -269,6 +290,61 @@ class _Context:
         reason = "not running" if facts.error is None else f"not running ({facts.error})"
         return Action(op="create", reason=f"start {mode} hive: {reason}", **common)
 
+    def _binary_action(
+        self, hive: Hive, binary: WorkerBinary, have: WorkerBinaryEntry | None, deps: list[str]
+    ) -> Action | None:
+        spec = binary.model_dump(mode="json")
+        request = AddWorkerBinary(
+            name=binary.name,
+            backend=binary.backend,
+            path=binary.path,
+            cmake_args=binary.build.cmake_args if binary.build else None,
+            spec=spec,
+        )
+        common: dict[str, Any] = {
+            "address": worker_binary_address(hive.name, binary.name),
+            "kind": "worker_binary",
+            "hive": hive.name,
+            "depends_on": deps,
+            "hive_url": hive.url,
+            "binary": request,
+        }
+        if have is None:
+            how = f"use {binary.path}" if binary.path else "provision"
+            return Action(op="create", reason=f"{how} ({binary.backend})", **common)
+        if have.spec != spec:
+            changes = _changes(have.spec, spec)
+            reason = ", ".join(f"{c.field} {c.old} → {c.new}" for c in changes)
+            return Action(op="replace", reason=f"{reason}: re-provision", changes=changes, **common)
+        return None
+
+    def _unlisted_binary(
+        self,
+        hive: str,
+        url: str,
+        entry: WorkerBinaryEntry,
+        workers: list[WorkerProcess],
+        later: list[Action],
+    ) -> None:
+        address = worker_binary_address(hive, entry.name)
+        self.unlisted.append(
+            Note(address=address, message="not used on this hive; kept (prune is off)")
+        )
+        users = {w.pid for w in workers if w.worker_binary == entry.name}
+        stops = [a.address for a in later if a.op == "delete" and a.pid in users]
+        self.prunable.append(
+            Action(
+                address=address,
+                kind="worker_binary",
+                op="delete",
+                hive=hive,
+                reason="not used on this hive (prune)",
+                depends_on=stops,
+                hive_url=url,
+                binary=AddWorkerBinary(name=entry.name, backend=entry.backend),
+            )
+        )
+
     def _model_action(
         self, hive: Hive, model: Model, have: ModelEntry | None, deps: list[str]
     ) -> Action | None:
@@ -292,11 +368,11 @@ class _Context:
 
     def _unlisted_model(self, hive: str, url: str, entry: ModelEntry, later: list[Action]) -> None:
         address = model_address(hive, entry.name)
-        self.unlisted_models.append(
+        self.unlisted.append(
             Note(address=address, message="not declared for this hive; kept (prune is off)")
         )
         stops = [a.address for a in later if a.op == "delete" and a.model == entry.name]
-        self.prunable_models.append(
+        self.prunable.append(
             Action(
                 address=address,
                 kind="model",
@@ -394,16 +470,30 @@ def _spec_changes(proc: WorkerProcess, spawn: SpawnWorker) -> list[Change]:
     fields = ("slots", "ctx_size", "device", "worker_binary")
     old = {f: getattr(proc, f) for f in fields}
     new = {f: getattr(spawn, f) for f in fields}
-    diff = DeepDiff(old, new).get("values_changed", {})
-    changes = [
-        Change(field=path.removeprefix("root['").removesuffix("']"), **_old_new(values))
-        for path, values in diff.items()
-    ]
-    return sorted(changes, key=lambda c: fields.index(c.field))
+    return sorted(_changes(old, new), key=lambda c: fields.index(c.field))
 
 
-def _old_new(values: dict[str, Any]) -> dict[str, Any]:
-    return {"old": values["old_value"], "new": values["new_value"]}
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """Field-level differences (deepdiff), as dotted paths: `build.cmake_args`."""
+    diff = DeepDiff(old, new, verbose_level=2)
+    changes: list[Change] = []
+    for kind in ("values_changed", "type_changes"):
+        for path, values in diff.get(kind, {}).items():
+            changes.append(
+                Change(field=_field(path), old=values["old_value"], new=values["new_value"])
+            )
+    for path, value in diff.get("dictionary_item_added", {}).items():
+        changes.append(Change(field=_field(path), old=None, new=value))
+    for path, value in diff.get("dictionary_item_removed", {}).items():
+        changes.append(Change(field=_field(path), old=value, new=None))
+    return changes
+
+
+def _field(path: str) -> str:
+    """deepdiff's `root['build']['cmake_args']` as `build.cmake_args`."""
+    return ".".join(
+        part.strip("'\"") for part in path.removeprefix("root[").rstrip("]").split("][")
+    )
 
 
 def _worker_action(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["hive_address", "model_address", "parse_worker_id", "worker_address", "worker_id"]
+__all__ = [
+    "hive_address",
+    "model_address",
+    "parse_worker_id",
+    "worker_address",
+    "worker_binary_address",
+    "worker_id",
+]
 
 
 def hive_address(hive: str) -> str:
@@ -11,6 +18,10 @@ def hive_address(hive: str) -> str:
 
 def model_address(hive: str, model: str) -> str:
     return f"model.{hive}.{model}"
+
+
+def worker_binary_address(hive: str, name: str) -> str:
+    return f"worker_binary.{hive}.{name}"
 
 
 def worker_address(hive: str, model: str, index: int) -> str:

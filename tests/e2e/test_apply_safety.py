@@ -232,7 +232,7 @@ def test_history_lists_every_apply_with_its_result_and_what_failed(cluster: Loca
 
     newest, broken, first = _history(cluster)
     assert [newest["result"], broken["result"], first["result"]] == ["ok", "failed", "ok"]
-    assert first["summary"] == {"add": 3, "change": 0, "destroy": 0}
+    assert first["summary"] == {"add": 4, "change": 0, "destroy": 0}
     assert newest["summary"] == {"add": 0, "change": 0, "destroy": 0}
     assert list(broken["failed"]) == ["model.local.ghost"]
     assert "/nonexistent/ghost.gguf" in broken["failed"]["model.local.ghost"]

@@ -34,7 +34,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Lo
 def test_apply_from_nothing_brings_up_queen_hive_model_and_worker(cluster: LocalCluster) -> None:
     result = cluster.rbee("apply", "--auto-approve")
     assert "Apply complete!" in result.stdout
-    for address in ("hive.local", "model.local.gemma3-270m", "worker.local.gemma3-270m[0]"):
+    for address in (
+        "hive.local",
+        "worker_binary.local.cpu",
+        "model.local.gemma3-270m",
+        "worker.local.gemma3-270m[0]",
+    ):
         assert f"{address}: done" in result.stdout
     [worker] = cluster.workers()
     assert worker["worker_id"] == "local.gemma3-270m.0"

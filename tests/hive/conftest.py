@@ -23,6 +23,8 @@ import pytest
 from tests.fixtures.model import MODEL_SHA256
 
 START_TIMEOUT_S = 30.0
+WORKER_START_S = 60.0
+MODEL = "gemma3-270m"
 
 
 @dataclass
@@ -155,6 +157,15 @@ def hive(start_hive: HiveFactory) -> Hive:
     return start_hive()
 
 
+@pytest.fixture
+def hive_with_model(hive: Hive, gguf: Path) -> Hive:
+    """A hive with the real model and the default `cpu` worker binary: ready to spawn."""
+    with hive.client() as client:
+        assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"
+        assert add_worker_binary(client, "cpu")[-1]["state"] == "succeeded"
+    return hive
+
+
 def operation_events(client: httpx.Client, operation_id: str) -> list[dict[str, Any]]:
     """Every SSE event of an operation, until the server closes the stream."""
     events = []
@@ -175,3 +186,39 @@ def add_model(
     resp = client.post("/v1/models", json=body)
     assert resp.status_code == 202, resp.text
     return operation_events(client, resp.json()["operation_id"])
+
+
+def add_worker_binary(client: httpx.Client, name: str, **fields: Any) -> list[dict[str, Any]]:
+    """POST a worker binary and return its operation's events."""
+    resp = client.post("/v1/worker-binaries", json={"name": name, **fields})
+    assert resp.status_code == 202, resp.text
+    return operation_events(client, resp.json()["operation_id"])
+
+
+def workers_of(client: httpx.Client, hive: Hive) -> list[dict[str, Any]]:
+    """This hive's workers (other tests on the machine may run workers of their own)."""
+    listed = client.get("/v1/worker-processes").json()
+    return [w for w in listed if w["hive"] == hive.name]
+
+
+def spawn_body(hive: Hive, worker_id: str = "w0", **fields: Any) -> dict[str, Any]:
+    """A `POST /v1/worker-processes` body for `MODEL` on the cpu worker binary."""
+    body = {
+        "worker_id": worker_id,
+        "hive": hive.name,
+        "model": MODEL,
+        "worker_binary": "cpu",
+        "slots": 2,
+        "ctx_size": 512,
+        "device": "cpu",
+        "chat_format": "gemma",
+        "queen_url": "http://127.0.0.1:9",
+    }
+    return {**body, **fields}
+
+
+def spawn(client: httpx.Client, hive: Hive, worker_id: str = "w0", **fields: Any) -> dict[str, Any]:
+    """Spawn a worker and return it as the hive lists it (201 expected)."""
+    resp = client.post("/v1/worker-processes", json=spawn_body(hive, worker_id, **fields))
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())

@@ -5,57 +5,27 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from tests.hive.conftest import (
+    MODEL,
+    WORKER_START_S,
     Hive,
     HiveFactory,
     add_model,
+    add_worker_binary,
     answers_health,
     hive_command,
     hive_env,
     is_gone,
+    spawn,
     wait_until,
+    workers_of,
 )
-
-MODEL = "gemma3-270m"
-WORKER_START_S = 60.0
-
-
-def workers_of(client: httpx.Client, hive: Hive) -> list[dict[str, Any]]:
-    """This hive's workers (other tests on the machine may run workers of their own)."""
-    listed = client.get("/v1/worker-processes").json()
-    return [w for w in listed if w["hive"] == hive.name]
-
-
-def spawn(client: httpx.Client, hive: Hive, worker_id: str = "w0") -> dict[str, Any]:
-    body = {
-        "worker_id": worker_id,
-        "hive": hive.name,
-        "model": MODEL,
-        "worker_binary": "cpu",
-        "slots": 2,
-        "ctx_size": 512,
-        "device": "cpu",
-        "chat_format": "gemma",
-        "queen_url": "http://127.0.0.1:9",
-    }
-    resp = client.post("/v1/worker-processes", json=body)
-    assert resp.status_code == 201, resp.text
-    return dict(resp.json())
-
-
-@pytest.fixture
-def hive_with_model(hive: Hive, gguf: Path) -> Iterator[Hive]:
-    with hive.client() as client:
-        assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"
-    yield hive
 
 
 @pytest.mark.slow
@@ -98,6 +68,7 @@ def test_a_restarted_hive_still_lists_its_workers(start_hive: HiveFactory, gguf:
     first = start_hive()
     with first.client() as client:
         assert add_model(client, MODEL, gguf)[-1]["state"] == "succeeded"
+        assert add_worker_binary(client, "cpu")[-1]["state"] == "succeeded"
         worker = spawn(client, first)
     first.stop()
     assert not is_gone(worker["pid"]), "the worker died with its hive"

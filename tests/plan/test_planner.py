@@ -49,8 +49,10 @@ def test_in_sync_cluster_has_no_changes() -> None:
 def test_workers_wait_for_their_model_and_hive() -> None:
     actions = {a.address: a for a in _case("empty_cluster").actions}
     assert actions["model.local.gemma3-270m"].depends_on == ["hive.local"]
+    assert actions["worker_binary.local.cpu"].depends_on == ["hive.local"]
     assert actions["worker.local.gemma3-270m[0]"].depends_on == [
         "hive.local",
+        "worker_binary.local.cpu",
         "model.local.gemma3-270m",
     ]
 
@@ -77,7 +79,12 @@ def test_prune_deletes_a_removed_hive_after_its_workers() -> None:
 
 def test_target_keeps_only_the_target_and_its_dependencies() -> None:
     addresses = [a.address for a in _case("target_one_worker_brings_its_dependencies").actions]
-    assert addresses == ["hive.local", "model.local.gemma3-270m", "worker.local.gemma3-270m[1]"]
+    assert addresses == [
+        "hive.local",
+        "worker_binary.local.cpu",
+        "model.local.gemma3-270m",
+        "worker.local.gemma3-270m[1]",
+    ]
 
 
 def test_refresh_only_plans_no_action() -> None:

@@ -1,0 +1,168 @@
+"""The hive's worker-binary catalog: `<root>/<name>/metadata.json`, one Python runtime each.
+
+A worker binary is the Python that runs `llm-worker-rbee` with llama-cpp-python built for a
+backend. This version provisions existing runtimes only (`path`, or the hive's own for the
+default cpu binary); builds with CMAKE_ARGS come later and will put their venv beside the
+metadata, which is why each binary has a directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rbee.catalog import InvalidArtifactError
+from rbee.errors import NotFoundError, RbeeError
+from rbee.paths import contained
+from rbee.wire import AddWorkerBinary, WorkerBinaryEntry
+
+__all__ = ["METADATA", "ProvisionError", "WorkerBinaryCatalog"]
+
+METADATA = "metadata.json"
+_CHECK_TIMEOUT_S = 120.0
+# What a worker needs from its runtime; prints the version the entry records.
+_CHECK = "import llama_cpp, rbee.worker.server; print(llama_cpp.__version__)"
+_DEFAULT_CMAKE_ARGS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
+_log = logging.getLogger(__name__)
+
+
+class ProvisionError(RbeeError):
+    """A worker binary could not be provisioned; `message` says why and what to do."""
+
+
+class WorkerBinaryCatalog:
+    """Worker binaries under `root` (`~/.cache/rbee/workers`), one directory per name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check(self, name: str) -> None:
+        """Refuse at once a name that `provision` would refuse (InvalidArtifactError)."""
+        self._dir(name)
+
+    def provision(self, request: AddWorkerBinary) -> WorkerBinaryEntry:
+        """Check the requested runtime and record it, replacing any entry of the same name."""
+        directory = self._dir(request.name)
+        python = _runtime(request)
+        entry = WorkerBinaryEntry(
+            name=request.name,
+            backend=request.backend,
+            python=python,
+            llama_cpp_version=_llama_cpp_version(python),
+            spec=request.spec,
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=f".{METADATA}.", suffix=".partial", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(entry.model_dump_json(indent=2) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(staging, directory / METADATA)
+        finally:
+            Path(staging).unlink(missing_ok=True)
+        _log.info(
+            "worker binary provisioned name=%s backend=%s python=%s llama_cpp=%s",
+            entry.name, entry.backend, entry.python, entry.llama_cpp_version,
+        )  # fmt: skip
+        return entry
+
+    def list(self) -> list[WorkerBinaryEntry]:
+        """Every provisioned worker binary, sorted by name."""
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for child in sorted(self.root.iterdir()):
+            if child.name.startswith("."):
+                continue
+            entry = _read(child)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def get(self, name: str) -> WorkerBinaryEntry:
+        """The worker binary called `name`; NotFoundError when it is not provisioned."""
+        entry = _read(self._dir(name))
+        if entry is None:
+            raise NotFoundError(f"worker binary {name!r} is not provisioned on this hive")
+        return entry
+
+    def remove(self, name: str) -> WorkerBinaryEntry:
+        """Forget the worker binary called `name` and return what it was (NotFoundError)."""
+        entry = self.get(name)
+        # Renamed aside first, so a reader never sees a half-deleted binary under its name.
+        aside = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=self.root))
+        os.rename(self._dir(name), aside / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        _log.info("worker binary removed name=%s", name)
+        return entry
+
+    def _dir(self, name: str) -> Path:
+        try:
+            path = contained(self.root, name)
+        except ValueError as exc:
+            raise InvalidArtifactError(str(exc)) from None
+        if name.startswith("."):
+            raise InvalidArtifactError(f"invalid name {name!r}: must not start with '.'")
+        return path
+
+
+def _runtime(request: AddWorkerBinary) -> str:
+    """The Python to run workers with: the given path, or the hive's own for plain cpu."""
+    if request.path is not None:
+        if not os.path.isabs(request.path):
+            raise ProvisionError(f"path {request.path!r} of worker binary is not absolute")
+        return request.path
+    if request.backend == "cpu" and not request.cmake_args:
+        return sys.executable
+    cmake_args = request.cmake_args or _DEFAULT_CMAKE_ARGS[request.backend]
+    raise ProvisionError(
+        f"building a {request.backend} worker binary (CMAKE_ARGS={cmake_args}) is not supported "
+        "yet; set `path:` to a Python that has llama-cpp-python built for it"
+    )
+
+
+def _llama_cpp_version(python: str) -> str:
+    """llama-cpp-python's version in `python`, which must also import the rbee worker."""
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        raise ProvisionError(f"python {python} does not exist or is not executable")
+    try:
+        result = subprocess.run(
+            [python, "-c", _CHECK],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_CHECK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ProvisionError(
+            f"python {python} did not import llama_cpp within {_CHECK_TIMEOUT_S:.0f} s"
+        ) from None
+    except OSError as exc:
+        raise ProvisionError(f"python {python} cannot be run: {exc.strerror or exc}") from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        errors = result.stderr.strip().splitlines()
+        cause = errors[-1] if errors else f"exit status {result.returncode}"
+        raise ProvisionError(
+            f"python {python} cannot run a worker: {cause} "
+            "(install llama-cpp-python and rbee into it)"
+        )
+    return lines[-1]
+
+
+def _read(directory: Path) -> WorkerBinaryEntry | None:
+    try:
+        return WorkerBinaryEntry.model_validate_json((directory / METADATA).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as exc:
+        _log.warning("unreadable worker binary metadata dir=%s error=%s", directory, exc)
+        return None

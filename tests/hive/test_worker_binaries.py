@@ -1,0 +1,182 @@
+"""The hive's worker-binary catalog over HTTP: provision by operation, list, spawn with, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.hive.conftest import (
+    Hive,
+    add_model,
+    add_worker_binary,
+    spawn,
+    spawn_body,
+    workers_of,
+)
+
+# Another name for this venv's interpreter than the one the hive runs with (sys.executable).
+VENV_PYTHON = str(Path(sys.prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+def catalog_dir(hive: Hive) -> Path:
+    return hive.home / ".cache" / "rbee" / "workers"
+
+
+def test_the_default_cpu_binary_is_the_hives_own_python(hive: Hive) -> None:
+    with hive.client() as client:
+        events = add_worker_binary(client, "cpu", spec={"name": "cpu"})
+        listed = client.get("/v1/worker-binaries").json()
+        one = client.get("/v1/worker-binaries/cpu").json()
+    assert events[0]["state"] == "running"
+    assert events[-1]["state"] == "succeeded", events
+    assert listed == [
+        {
+            "name": "cpu",
+            "backend": "cpu",
+            "python": sys.executable,
+            "llama_cpp_version": version("llama_cpp_python"),
+            "spec": {"name": "cpu"},
+        }
+    ]
+    assert one == listed[0]
+    assert [p.name for p in (catalog_dir(hive) / "cpu").iterdir()] == ["metadata.json"]
+
+
+def test_a_path_to_a_python_with_llama_cpp_is_used_as_is(hive: Hive) -> None:
+    spec = {"name": "venv", "backend": "cuda", "path": VENV_PYTHON}
+    with hive.client() as client:
+        events = add_worker_binary(client, "venv", backend="cuda", path=VENV_PYTHON, spec=spec)
+        entry = client.get("/v1/worker-binaries/venv").json()
+    assert events[-1]["state"] == "succeeded", events
+    assert entry["python"] == VENV_PYTHON
+    assert entry["backend"] == "cuda"
+    assert entry["spec"] == spec
+
+
+def test_provisioning_again_replaces_the_entry(hive: Hive) -> None:
+    with hive.client() as client:
+        add_worker_binary(client, "cpu", spec={"generation": 1})
+        events = add_worker_binary(client, "cpu", path=VENV_PYTHON, spec={"generation": 2})
+        listed = client.get("/v1/worker-binaries").json()
+    assert events[-1]["state"] == "succeeded", events
+    assert [(e["python"], e["spec"]) for e in listed] == [(VENV_PYTHON, {"generation": 2})]
+    assert [p.name for p in (catalog_dir(hive) / "cpu").iterdir()] == ["metadata.json"]
+
+
+def test_a_python_without_llama_cpp_fails_and_leaves_nothing_listed(hive: Hive) -> None:
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    if Path(sys.prefix) == Path(sys.base_prefix) or not bare.is_file():
+        pytest.fail("this test needs to run in a venv whose base Python lacks llama_cpp")
+    with hive.client() as client:
+        events = add_worker_binary(client, "bare", path=str(bare))
+        assert client.get("/v1/worker-binaries").json() == []
+        missing = client.get("/v1/worker-binaries/bare")
+    assert events[-1]["state"] == "failed"
+    error = events[-1]["error"]
+    assert f"python {bare} cannot run a worker" in error
+    assert "No module named 'llama_cpp'" in error
+    assert "install llama-cpp-python and rbee into it" in error
+    assert missing.status_code == 404
+    assert (
+        missing.json()["error"]["message"] == "worker binary 'bare' is not provisioned on this hive"
+    )
+    assert not (catalog_dir(hive) / "bare").exists()
+
+
+def test_a_path_that_does_not_exist_fails_with_a_clear_error(hive: Hive, tmp_path: Path) -> None:
+    with hive.client() as client:
+        events = add_worker_binary(client, "ghost", path=str(tmp_path / "no-python"))
+    assert events[-1]["state"] == "failed"
+    assert (
+        events[-1]["error"]
+        == f"python {tmp_path / 'no-python'} does not exist or is not executable"
+    )
+
+
+def test_cuda_without_path_is_not_supported_yet(hive: Hive) -> None:
+    with hive.client() as client:
+        events = add_worker_binary(client, "cuda", backend="cuda")
+        assert client.get("/v1/worker-binaries").json() == []
+    assert events[-1]["state"] == "failed"
+    assert events[-1]["error"] == (
+        "building a cuda worker binary (CMAKE_ARGS=-DGGML_CUDA=on) is not supported yet; "
+        "set `path:` to a Python that has llama-cpp-python built for it"
+    )
+
+
+def test_cpu_with_cmake_args_is_a_build_and_not_supported_yet(hive: Hive) -> None:
+    with hive.client() as client:
+        events = add_worker_binary(client, "cpu-blas", cmake_args="-DGGML_BLAS=ON")
+    assert events[-1]["state"] == "failed"
+    assert "building a cpu worker binary (CMAKE_ARGS=-DGGML_BLAS=ON)" in events[-1]["error"]
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "a/b", ".hidden"])
+def test_a_name_escaping_the_catalog_is_refused(hive: Hive, name: str) -> None:
+    with hive.client() as client:
+        resp = client.post("/v1/worker-binaries", json={"name": name})
+    assert resp.status_code == 422
+    assert "invalid name" in resp.json()["error"]["message"]
+    assert not (hive.home / ".cache" / "rbee" / "x").exists()
+
+
+def test_deleting_an_unknown_binary_is_404(hive: Hive) -> None:
+    with hive.client() as client:
+        resp = client.delete("/v1/worker-binaries/nope")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_spawning_with_an_unprovisioned_binary_is_404(hive: Hive, tmp_path: Path) -> None:
+    source = tmp_path / "tiny.gguf"
+    source.write_bytes(b"tiny")
+    with hive.client() as client:
+        assert add_model(client, "tiny", source, hashlib.sha256(b"tiny").hexdigest())
+        resp = client.post(
+            "/v1/worker-processes", json=spawn_body(hive, model="tiny", worker_binary="cuda")
+        )
+        assert workers_of(client, hive) == []
+    assert resp.status_code == 404
+    assert resp.json()["error"] == {
+        "message": "worker binary 'cuda' is not provisioned on this hive",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "worker_binary_not_found",
+    }
+
+
+@pytest.mark.slow
+def test_a_worker_runs_with_its_binarys_python(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        assert add_worker_binary(client, "venv", path=VENV_PYTHON)[-1]["state"] == "succeeded"
+        worker = spawn(client, hive, worker_binary="venv")
+        assert workers_of(client, hive) == [worker]
+    cmdline = psutil.Process(worker["pid"]).cmdline()
+    assert cmdline[:3] == [VENV_PYTHON, "-m", "rbee.worker.server"]
+    assert worker["worker_binary"] == "venv"
+
+
+@pytest.mark.slow
+def test_a_binary_in_use_is_kept_until_its_worker_stops(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        worker = spawn(client, hive)
+        refused = client.delete("/v1/worker-binaries/cpu")
+        still = client.get("/v1/worker-binaries/cpu")
+        assert client.delete(f"/v1/worker-processes/{worker['pid']}").status_code == 200
+        deleted = client.delete("/v1/worker-binaries/cpu")
+        after = client.get("/v1/worker-binaries").json()
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "in_use"
+    assert str(worker["pid"]) in refused.json()["error"]["message"]
+    assert still.status_code == 200
+    assert deleted.status_code == 200
+    assert deleted.json()["name"] == "cpu"
+    assert after == []
+    assert list(catalog_dir(hive).iterdir()) == []
