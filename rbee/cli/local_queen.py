@@ -16,7 +16,7 @@ from rbee.daemon import spawn_detached
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
 
-__all__ = ["ensure_queen", "queen_log", "stop_queen"]
+__all__ = ["ensure_queen", "is_local", "queen_log", "stop_queen"]
 
 
 def queen_log() -> Path:
@@ -32,7 +32,7 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
     if client.health() is not None:
         return client, None
     parts = urlsplit(queen.url)
-    if not queen.is_loopback and parts.hostname not in _local_addresses():
+    if not is_local(queen):
         raise UnavailableError(
             f"the queen at {queen.url} is not answering",
             hint="rbee only starts a queen on this machine; start it on its host",
@@ -72,6 +72,11 @@ def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
             f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s"
         ) from exc
     return health.pid
+
+
+def is_local(queen: Queen) -> bool:
+    """Whether the queen's URL names this machine (loopback or one of its addresses)."""
+    return queen.is_loopback or urlsplit(queen.url).hostname in _local_addresses()
 
 
 def _local_addresses() -> set[str]:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from rbee.cli import ops
 from rbee.cli.hive import hive_app
-from rbee.cli.local_queen import ensure_queen, stop_queen
+from rbee.cli.local_queen import ensure_queen, is_local, stop_queen
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.cli.progress import ApplyView
 from rbee.clients import QueenClient
@@ -337,7 +337,7 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
         f"stopped {result['stopped_workers']} workers and hives: "
         f"{', '.join(result['stopped_hives']) or 'none'}"
     )
-    if cluster.queen.is_loopback:
+    if is_local(cluster.queen):
         pid = stop_queen(client)
         out.print(f"stopped queen (pid {pid})")
 

@@ -159,7 +159,8 @@ def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Networ
             yield cluster
         finally:
             cluster.write(cluster.good_hives())
-            cluster.rbee("down", check=False)
+            down = cluster.rbee("down", check=False)
+            assert "stopped queen" in down.stdout, down.stdout + down.stderr
 
 
 def test_apply_installs_three_network_hives_and_their_workers(net: NetworkCluster) -> None:
