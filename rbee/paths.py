@@ -21,8 +21,11 @@ def state_dir() -> Path:
 
 
 def contained(root: Path, name: str) -> Path:
-    """`root/name`, refusing a name that would escape `root` (`..`, absolute paths, `/`)."""
+    """`root/name`, refusing a name that would escape `root` (`..`, absolute paths, `/`) or
+    that is hidden (a leading `.` is kept for rbee's own staging files)."""
     candidate = (root / name).resolve()
     if candidate.parent != root.resolve() or name in {"", ".", ".."}:
         raise ValueError(f"invalid name {name!r}: must be a single path component")
+    if name.startswith("."):
+        raise ValueError(f"invalid name {name!r}: must not start with '.'")
     return candidate

@@ -164,8 +164,6 @@ class ArtifactCatalog:
             path = contained(self.root, name)
         except ValueError as exc:
             raise InvalidArtifactError(str(exc)) from None
-        if name.startswith("."):
-            raise InvalidArtifactError(f"invalid name {name!r}: must not start with '.'")
         return path
 
     def _vendor(self, source: str) -> Vendor:

@@ -109,8 +109,6 @@ class WorkerBinaryCatalog:
             path = contained(self.root, name)
         except ValueError as exc:
             raise InvalidArtifactError(str(exc)) from None
-        if name.startswith("."):
-            raise InvalidArtifactError(f"invalid name {name!r}: must not start with '.'")
         return path
 
 
