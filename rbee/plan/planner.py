@@ -232,12 +232,35 @@ class _Context:
                 later.append(
                     _delete_worker(hive.name, hive.url, proc, "not declared for this hive")
                 )
+        stopping = [a for a in later if a.op == "delete"]
         for entry in facts.models:
             if entry.name not in deployed:
-                self._unlisted_model(hive.name, hive.url, entry, later)
+                stops = [a.address for a in stopping if a.model == entry.name]
+                delete = Action(
+                    address=model_address(hive.name, entry.name),
+                    kind="model",
+                    op="delete",
+                    hive=hive.name,
+                    reason="",
+                    depends_on=stops,
+                    hive_url=hive.url,
+                    model=entry.name,
+                )
+                self._unlisted(delete, "not declared for this hive")
         for binary in facts.worker_binaries:
             if binary.name not in used_binaries:
-                self._unlisted_binary(hive.name, hive.url, binary, facts.workers, later)
+                users = {w.pid for w in facts.workers if w.worker_binary == binary.name}
+                delete = Action(
+                    address=worker_binary_address(hive.name, binary.name),
+                    kind="worker_binary",
+                    op="delete",
+                    hive=hive.name,
+                    reason="",
+                    depends_on=[a.address for a in stopping if a.pid in users],
+                    hive_url=hive.url,
+                    binary=AddWorkerBinary(name=binary.name, backend=binary.backend),
+                )
+                self._unlisted(delete, "not used on this hive")
         # Deletes first (frees slots and memory), then creates and replaces.
         actions.extend(a for a in later if a.op == "delete")
         actions.extend(a for a in later if a.op != "delete")
@@ -318,32 +341,10 @@ class _Context:
             return Action(op="replace", reason=f"{reason}: re-provision", changes=changes, **common)
         return None
 
-    def _unlisted_binary(
-        self,
-        hive: str,
-        url: str,
-        entry: WorkerBinaryEntry,
-        workers: list[WorkerProcess],
-        later: list[Action],
-    ) -> None:
-        address = worker_binary_address(hive, entry.name)
-        self.unlisted.append(
-            Note(address=address, message="not used on this hive; kept (prune is off)")
-        )
-        users = {w.pid for w in workers if w.worker_binary == entry.name}
-        stops = [a.address for a in later if a.op == "delete" and a.pid in users]
-        self.prunable.append(
-            Action(
-                address=address,
-                kind="worker_binary",
-                op="delete",
-                hive=hive,
-                reason="not used on this hive (prune)",
-                depends_on=stops,
-                hive_url=url,
-                binary=AddWorkerBinary(name=entry.name, backend=entry.backend),
-            )
-        )
+    def _unlisted(self, delete: Action, why: str) -> None:
+        """A resource the YAML no longer lists: kept and noted, or deleted with prune."""
+        self.unlisted.append(Note(address=delete.address, message=f"{why}; kept (prune is off)"))
+        self.prunable.append(delete.model_copy(update={"reason": f"{why} (prune)"}))
 
     def _model_action(
         self, hive: Hive, model: Model, have: ModelEntry | None, deps: list[str]
@@ -365,25 +366,6 @@ class _Context:
             reason = f"sha256 changed {have.sha256[:12]}… → {model.sha256[:12]}…"
             return Action(op="replace", reason=reason, changes=[change], **common)
         return None
-
-    def _unlisted_model(self, hive: str, url: str, entry: ModelEntry, later: list[Action]) -> None:
-        address = model_address(hive, entry.name)
-        self.unlisted.append(
-            Note(address=address, message="not declared for this hive; kept (prune is off)")
-        )
-        stops = [a.address for a in later if a.op == "delete" and a.model == entry.name]
-        self.prunable.append(
-            Action(
-                address=address,
-                kind="model",
-                op="delete",
-                hive=hive,
-                reason="not declared for this hive (prune)",
-                depends_on=stops,
-                hive_url=url,
-                model=entry.name,
-            )
-        )
 
     def _worker_actions(
         self,
