@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from rbee.apply.executor import Emit
 from rbee.clients import HiveClient
 from rbee.errors import RbeeError
-from rbee.plan.planner import Action
+from rbee.plan.model import Action
 from rbee.wire import AddModel
 
 __all__ = ["ClusterEffects"]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import httpx
 
 from rbee.errors import RbeeError
-from rbee.plan.planner import Action, Plan
+from rbee.plan.model import Action, Plan
 
 __all__ = ["Effects", "Emit", "Outcome", "RetryPolicy", "execute", "is_transient"]
 

@@ -23,7 +23,7 @@ from rbee.config.models import Cluster, Queen
 from rbee.config.schema import schema_text
 from rbee.errors import RbeeError
 from rbee.plan.digest import SENSITIVE
-from rbee.plan.planner import Plan
+from rbee.plan.model import Plan
 from rbee.plan.render import plan_json, plan_text
 from rbee.plan.schema import plan_schema_text
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from deepdiff import DeepDiff
-from pydantic import BaseModel, computed_field
 
 import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.plan.digest import observed_digest, redacted
+from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed
 from rbee.plan.resources import (
     hive_address,
@@ -21,88 +21,10 @@ from rbee.plan.resources import (
 )
 from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
 
-__all__ = ["PLAN_FORMAT_VERSION", "SILENT_GRACE_S", "Action", "Change", "Note", "Plan", "plan"]
+__all__ = ["SILENT_GRACE_S", "plan"]
 
-PLAN_FORMAT_VERSION = 1
 # A worker process this old that never heartbeated is hung, not loading.
 SILENT_GRACE_S = 120.0
-
-Op = Literal["create", "update", "replace", "delete"]
-
-
-class Change(BaseModel):
-    """One field that differs between what runs and what is declared."""
-
-    field: str
-    old: Any = None
-    new: Any = None
-
-
-class Action(BaseModel):
-    """One change to one resource, with why and what it waits for."""
-
-    address: str
-    kind: Literal["hive", "worker_binary", "model", "worker"]
-    op: Op
-    hive: str
-    reason: str
-    changes: list[Change] = []
-    depends_on: list[str] = []
-    hive_url: str | None = None
-    hive_mode: Literal["local", "network"] | None = None
-    install: bool = False
-    model: str | None = None
-    source: str | None = None
-    sha256: str | None = None
-    pid: int | None = None
-    binary: AddWorkerBinary | None = None
-    spawn: SpawnWorker | None = None
-
-
-class Note(BaseModel):
-    """Something the plan says about a resource without acting on it."""
-
-    address: str
-    message: str
-
-
-class Plan(BaseModel):
-    """An ordered list of actions: a value that can be printed, saved and applied.
-
-    `observed_digest` fingerprints the facts the plan was made from: a saved plan is applied
-    only while a fresh observation gives the same digest.
-    """
-
-    format_version: int = PLAN_FORMAT_VERSION
-    rbee_version: str = rbee.__version__
-    created_at: float = 0.0
-    refresh_only: bool = False
-    targets: list[str] = []
-    observed_digest: str = ""
-    cluster: dict[str, Any] = {}
-    actions: list[Action] = []
-    drift: list[Note] = []
-    unmanaged: list[Note] = []
-    errors: list[Note] = []
-
-    @property
-    def has_changes(self) -> bool:
-        return bool(self.actions or self.drift)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def summary(self) -> dict[str, int]:
-        """`add`, `change` and `destroy` counts, as in the summary line."""
-        return self.counts()
-
-    def counts(self) -> dict[str, int]:
-        """How many resources are added, changed and destroyed (a replace counts as a change)."""
-        ops = [a.op for a in self.actions]
-        return {
-            "add": ops.count("create"),
-            "change": ops.count("update") + ops.count("replace"),
-            "destroy": ops.count("delete"),
-        }
 
 
 def plan(

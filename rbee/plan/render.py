@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rbee.plan.planner import Plan
+from rbee.plan.model import Plan
 
 __all__ = ["plan_json", "plan_text"]
 

@@ -24,7 +24,7 @@ from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive, check_references
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
-from rbee.plan.planner import PLAN_FORMAT_VERSION, Plan
+from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
 from rbee.queen.registry import Registry

@@ -15,8 +15,9 @@ from rbee.config.models import Cluster, Hive
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
 from rbee.plan.digest import observed_digest
+from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
-from rbee.plan.planner import Action, Plan, plan
+from rbee.plan.planner import plan
 from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry

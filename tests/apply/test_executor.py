@@ -11,7 +11,7 @@ import pytest
 
 from rbee.apply.executor import Emit, Outcome, RetryPolicy, execute, is_transient
 from rbee.errors import NotFoundError, RbeeError, RemoteError, UnavailableError
-from rbee.plan.planner import Action, Plan
+from rbee.plan.model import Action, Plan
 
 FAST = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0)
 

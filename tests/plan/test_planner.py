@@ -12,8 +12,9 @@ from ruamel.yaml import YAML
 from syrupy.assertion import SnapshotAssertion
 
 from rbee.config.models import Cluster
+from rbee.plan.model import Plan
 from rbee.plan.observed import Observed
-from rbee.plan.planner import Plan, plan
+from rbee.plan.planner import plan
 from rbee.plan.render import plan_json, plan_text
 
 CASES = Path(__file__).parent / "cases"

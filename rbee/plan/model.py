@@ -1,0 +1,91 @@
+"""The plan as a value: actions with reasons and field changes, notes, the summary."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, computed_field
+
+import rbee
+from rbee.wire import AddWorkerBinary, SpawnWorker
+
+__all__ = ["PLAN_FORMAT_VERSION", "Action", "Change", "Note", "Op", "Plan"]
+
+PLAN_FORMAT_VERSION = 1
+
+Op = Literal["create", "update", "replace", "delete"]
+
+
+class Change(BaseModel):
+    """One field that differs between what runs and what is declared."""
+
+    field: str
+    old: Any = None
+    new: Any = None
+
+
+class Action(BaseModel):
+    """One change to one resource, with why and what it waits for."""
+
+    address: str
+    kind: Literal["hive", "worker_binary", "model", "worker"]
+    op: Op
+    hive: str
+    reason: str
+    changes: list[Change] = []
+    depends_on: list[str] = []
+    hive_url: str | None = None
+    hive_mode: Literal["local", "network"] | None = None
+    install: bool = False
+    model: str | None = None
+    source: str | None = None
+    sha256: str | None = None
+    pid: int | None = None
+    binary: AddWorkerBinary | None = None
+    spawn: SpawnWorker | None = None
+
+
+class Note(BaseModel):
+    """Something the plan says about a resource without acting on it."""
+
+    address: str
+    message: str
+
+
+class Plan(BaseModel):
+    """An ordered list of actions: a value that can be printed, saved and applied.
+
+    `observed_digest` fingerprints the facts the plan was made from: a saved plan is applied
+    only while a fresh observation gives the same digest.
+    """
+
+    format_version: int = PLAN_FORMAT_VERSION
+    rbee_version: str = rbee.__version__
+    created_at: float = 0.0
+    refresh_only: bool = False
+    targets: list[str] = []
+    observed_digest: str = ""
+    cluster: dict[str, Any] = {}
+    actions: list[Action] = []
+    drift: list[Note] = []
+    unmanaged: list[Note] = []
+    errors: list[Note] = []
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions or self.drift)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def summary(self) -> dict[str, int]:
+        """`add`, `change` and `destroy` counts, as in the summary line."""
+        return self.counts()
+
+    def counts(self) -> dict[str, int]:
+        """How many resources are added, changed and destroyed (a replace counts as a change)."""
+        ops = [a.op for a in self.actions]
+        return {
+            "add": ops.count("create"),
+            "change": ops.count("update") + ops.count("replace"),
+            "destroy": ops.count("delete"),
+        }
