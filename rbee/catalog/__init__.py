@@ -7,6 +7,7 @@ from rbee.catalog.artifact import (
     ChecksumMismatchError,
     InvalidArtifactError,
     default_vendors,
+    entry_dir,
 )
 from rbee.catalog.vendors import Progress, Sink, Vendor
 from rbee.catalog.vendors.file import FileVendor
@@ -20,4 +21,5 @@ __all__ = [
     "Sink",
     "Vendor",
     "default_vendors",
+    "entry_dir",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "ChecksumMismatchError",
     "InvalidArtifactError",
     "default_vendors",
+    "entry_dir",
 ]
 
 METADATA = "metadata.json"
@@ -160,11 +161,7 @@ class ArtifactCatalog:
         return entry
 
     def _dir(self, name: str) -> Path:
-        try:
-            path = contained(self.root, name)
-        except ValueError as exc:
-            raise InvalidArtifactError(str(exc)) from None
-        return path
+        return entry_dir(self.root, name)
 
     def _vendor(self, source: str) -> Vendor:
         scheme = urlsplit(source).scheme
@@ -212,3 +209,12 @@ def _normalized(sha256: str | None) -> str | None:
     if not _SHA256.match(value):
         raise InvalidArtifactError(f"invalid sha256 {sha256!r}: expected 64 hex digits")
     return value
+
+
+def entry_dir(root: Path, name: str) -> Path:
+    """The directory of catalog entry `name` under `root`; InvalidArtifactError for a name
+    that would escape it or is hidden (shared by the model and worker-binary catalogs)."""
+    try:
+        return contained(root, name)
+    except ValueError as exc:
+        raise InvalidArtifactError(str(exc)) from None

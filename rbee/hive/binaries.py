@@ -18,9 +18,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rbee.catalog import InvalidArtifactError
+from rbee.catalog import entry_dir
 from rbee.errors import NotFoundError, RbeeError
-from rbee.paths import contained
 from rbee.wire import AddWorkerBinary, WorkerBinaryEntry
 
 __all__ = ["METADATA", "ProvisionError", "WorkerBinaryCatalog"]
@@ -105,11 +104,7 @@ class WorkerBinaryCatalog:
         return entry
 
     def _dir(self, name: str) -> Path:
-        try:
-            path = contained(self.root, name)
-        except ValueError as exc:
-            raise InvalidArtifactError(str(exc)) from None
-        return path
+        return entry_dir(self.root, name)
 
 
 def _runtime(request: AddWorkerBinary) -> str:
