@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     MODEL,
     WORKER_START_S,
@@ -113,9 +113,7 @@ def test_a_hive_lists_and_stops_only_workers_of_its_own_catalog(
 ) -> None:
     other_home = tmp_path / "other-home"
     other_home.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     other = subprocess.Popen(
         hive_command("--port", str(port), "--name", hive_with_model.name),
         env=hive_env(other_home),

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from rbee.config.models import Hive
 from rbee.queen.hive_registry import HiveRegistry
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.fixtures.ports import free_port
 
 
 def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
@@ -33,7 +27,7 @@ def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
 
 def test_a_hive_that_does_not_answer_is_marked_offline(tmp_path: Path) -> None:
     registry = HiveRegistry(tmp_path / "queen.db")
-    hive = Hive(name="local", host="127.0.0.1", port=_closed_port())
+    hive = Hive(name="local", host="127.0.0.1", port=free_port())
     registry.register([hive])
     record = asyncio.run(registry.check(hive, None))
     assert record is not None

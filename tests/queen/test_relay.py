@@ -7,7 +7,6 @@ arrive from buffering the whole answer; a second, dead worker checks fail-over.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import threading
@@ -23,14 +22,10 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from tests.fixtures.ports import free_port
+
 CHUNKS = 5
 PAUSE_S = 0.3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _scripted_completion(request: Request) -> StreamingResponse:
@@ -45,7 +40,7 @@ async def _scripted_completion(request: Request) -> StreamingResponse:
 
 @pytest.fixture
 def scripted_worker() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     app = Starlette(routes=[Route("/v1/chat/completions", _scripted_completion, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,7 +54,7 @@ def scripted_worker() -> Iterator[str]:
 
 @pytest.fixture
 def queen(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "rbee.queen.server", "--port", str(port)],
         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
@@ -109,7 +104,7 @@ def test_stream_is_relayed_as_it_arrives(queen: str, scripted_worker: str) -> No
 
 
 def test_a_refusing_worker_is_dropped_and_another_serves(queen: str, scripted_worker: str) -> None:
-    _heartbeat(queen, "a-dead", f"http://127.0.0.1:{_free_port()}")
+    _heartbeat(queen, "a-dead", f"http://127.0.0.1:{free_port()}")
     _heartbeat(queen, "b-live", scripted_worker)
     body = {"model": "scripted", "stream": False, "messages": []}
     for _ in range(3):
@@ -121,7 +116,7 @@ def test_a_refusing_worker_is_dropped_and_another_serves(queen: str, scripted_wo
 
 
 def test_model_without_live_worker_is_503_and_unknown_is_404(queen: str) -> None:
-    _heartbeat(queen, "dead", f"http://127.0.0.1:{_free_port()}")
+    _heartbeat(queen, "dead", f"http://127.0.0.1:{free_port()}")
     body = {"model": "scripted", "messages": []}
     response = httpx.post(f"{queen}/v1/chat/completions", json=body, timeout=10)
     assert response.status_code == 503

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.fixtures.netns import SshHost, netns_hosts
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -117,12 +117,6 @@ def _gateway(host: SshHost) -> str:
     return str(ipaddress.ip_interface(f"{host.address}/24").network.network_address + 1)
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[NetworkCluster]:
     if os.geteuid() != 0:
@@ -149,7 +143,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Networ
             hosts=hosts,
             home=home,
             config=home / "cluster.yaml",
-            queen_url=f"http://{gateway}:{_free_port(gateway)}",
+            queen_url=f"http://{gateway}:{free_port(gateway)}",
             token=token,
             model=model,
             env=env,

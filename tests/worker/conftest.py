@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fixtures.ports import free_port
 
 START_TIMEOUT_S = 30.0
 
@@ -58,12 +59,6 @@ class FakeQueen:
         return [beat.body["state"] for beat in self.of(worker_id)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def queen() -> Iterator[FakeQueen]:
     """A queen stand-in (uvicorn in a thread) recording `POST /v1/workers/heartbeat`."""
@@ -75,7 +70,7 @@ def queen() -> Iterator[FakeQueen]:
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[Route("/v1/workers/heartbeat", heartbeat, methods=["POST"])])
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -133,7 +128,7 @@ def launch_worker(
 ) -> Worker:
     """Spawn `python -m rbee.worker.server` the way a hive does (flags, token by env only)."""
     worker_id = f"w-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
     if token:
         env["RBEE_TOKEN"] = token
