@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
+from tests.fixtures.cluster import run_rbee
 from tests.fixtures.netns import SshHost, netns_hosts
 from tests.fixtures.ports import free_port
 
@@ -68,19 +68,7 @@ class NetworkCluster:
         return [_hive_yaml(h) for h in self.hosts]
 
     def rbee(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "rbee.cli", *args, "-f", str(self.config)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=APPLY_TIMEOUT_S,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"rbee {' '.join(args)} exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result
+        return run_rbee(self.config, self.env, *args, check=check, timeout=APPLY_TIMEOUT_S)
 
     def get(self, path: str) -> Any:
         headers = {"authorization": f"Bearer {self.token}"}
