@@ -67,6 +67,12 @@ def _check(response: httpx.Response, what: str) -> httpx.Response:
     return response
 
 
+def _check_unless_gone(response: httpx.Response, what: str) -> None:
+    """For deletes: a 404 means already gone, which is what was wanted."""
+    if response.status_code != 404:
+        _check(response, what)
+
+
 def _sse_data(line: str) -> dict[str, Any] | None:
     if not line.startswith("data:"):
         return None
@@ -133,8 +139,7 @@ class HiveClient:
 
     async def delete_worker_binary(self, name: str) -> None:
         response = await self._http.delete(f"/v1/worker-binaries/{name}")
-        if response.status_code != 404:  # already gone is what we wanted
-            _check(response, f"delete worker binary {name}")
+        _check_unless_gone(response, f"delete worker binary {name}")
 
     async def _follow(self, response: httpx.Response) -> AsyncIterator[OperationEvent]:
         started = OperationStarted.model_validate(response.json())
@@ -156,8 +161,7 @@ class HiveClient:
 
     async def delete_model(self, name: str) -> None:
         response = await self._http.delete(f"/v1/models/{name}")
-        if response.status_code != 404:  # already gone is what we wanted
-            _check(response, f"delete model {name}")
+        _check_unless_gone(response, f"delete model {name}")
 
     async def spawn(self, request: SpawnWorker) -> WorkerProcess:
         response = await self._http.post("/v1/worker-processes", json=request.model_dump())
@@ -167,8 +171,7 @@ class HiveClient:
         response = await self._http.delete(
             f"/v1/worker-processes/{pid}", params={"grace": grace_s}, timeout=grace_s + 10
         )
-        if response.status_code != 404:  # already gone is what we wanted
-            _check(response, f"stop worker pid {pid}")
+        _check_unless_gone(response, f"stop worker pid {pid}")
 
 
 class QueenClient:

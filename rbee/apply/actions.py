@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from rbee.apply.executor import Emit
 from rbee.clients import HiveClient
 from rbee.errors import RbeeError
 from rbee.plan.model import Action
-from rbee.wire import AddModel
+from rbee.wire import AddModel, OperationEvent
 
 __all__ = ["ClusterEffects"]
 
@@ -70,21 +70,9 @@ class ClusterEffects:
         async with self._hive(action) as hive:
             if action.op == "replace":
                 await hive.delete_model(action.model)
-            last = None
-            async for event in hive.add_model(request):
-                last = event
-                if event.state == "running":
-                    await emit(
-                        {
-                            "event": "progress",
-                            "address": action.address,
-                            "bytes_done": event.bytes_done,
-                            "bytes_total": event.bytes_total,
-                        }
-                    )
-        if last is None or last.state != "succeeded":
-            cause = last.error if last is not None else "the hive closed the operation stream"
-            raise RbeeError(f"adding model {action.model} failed: {cause}")
+            await _follow(
+                hive.add_model(request), f"adding model {action.model}", action.address, emit
+            )
 
     async def _worker_binary(self, action: Action) -> None:
         assert action.binary is not None
@@ -94,12 +82,8 @@ class ClusterEffects:
                 return
             # Provisioning again replaces the entry: running workers keep their runtime until
             # the plan restarts them.
-            last = None
-            async for event in hive.add_worker_binary(action.binary):
-                last = event
-        if last is None or last.state != "succeeded":
-            cause = last.error if last is not None else "the hive closed the operation stream"
-            raise RbeeError(f"provisioning worker binary {action.binary.name} failed: {cause}")
+            what = f"provisioning worker binary {action.binary.name}"
+            await _follow(hive.add_worker_binary(action.binary), what)
 
     async def _stop_worker(self, action: Action) -> None:
         assert action.pid is not None
@@ -133,3 +117,28 @@ class ClusterEffects:
                         f"{action.hive}",
                     )
                 await asyncio.sleep(0.1)
+
+
+async def _follow(
+    events: AsyncIterator[OperationEvent],
+    what: str,
+    address: str = "",
+    emit: Emit | None = None,
+) -> None:
+    """Follow a hive operation to its end, relaying progress to `emit`; fail unless it
+    succeeded."""
+    last = None
+    async for event in events:
+        last = event
+        if emit is not None and event.state == "running":
+            await emit(
+                {
+                    "event": "progress",
+                    "address": address,
+                    "bytes_done": event.bytes_done,
+                    "bytes_total": event.bytes_total,
+                }
+            )
+    if last is None or last.state != "succeeded":
+        cause = last.error if last is not None else "the hive closed the operation stream"
+        raise RbeeError(f"{what} failed: {cause}")
