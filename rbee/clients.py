@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 from pydantic import ValidationError
 
 from rbee.errors import NotFoundError, RemoteError, UnavailableError
@@ -23,12 +24,13 @@ from rbee.wire import (
     ModelEntry,
     OperationEvent,
     OperationStarted,
+    QueenArgs,
     SpawnWorker,
     WorkerBinaryEntry,
     WorkerProcess,
 )
 
-__all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message", "sse_events"]
+__all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message"]
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -73,29 +75,17 @@ def _check_unless_gone(response: httpx.Response, what: str) -> None:
         _check(response, what)
 
 
-def _sse_data(line: str) -> dict[str, Any] | None:
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if not data or data == "[DONE]":
-        return None
-    parsed: dict[str, Any] = json.loads(data)
-    return parsed
+def _sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a Server-Sent Events response (OpenAI's `[DONE]` is skipped)."""
+    for event in EventSource(response).iter_sse():
+        if event.data and event.data != "[DONE]":
+            yield json.loads(event.data)
 
 
-def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """The JSON payloads of a Server-Sent Events stream (`[DONE]` ends nothing, it is skipped)."""
-    for line in lines:
-        event = _sse_data(line)
-        if event is not None:
-            yield event
-
-
-async def _asse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    async for line in lines:
-        event = _sse_data(line)
-        if event is not None:
-            yield event
+async def _asse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async for event in EventSource(response).aiter_sse():
+        if event.data and event.data != "[DONE]":
+            yield json.loads(event.data)
 
 
 class HiveClient:
@@ -146,7 +136,7 @@ class HiveClient:
         path = f"/v1/operations/{started.operation_id}/events"
         async with self._http.stream("GET", path, timeout=None) as stream:
             _check(stream, "operation events")
-            async for event in _asse_events(stream.aiter_lines()):
+            async for event in _asse_events(stream):
                 yield OperationEvent.model_validate(event)
 
     async def processes(self) -> list[WorkerProcess]:
@@ -201,7 +191,7 @@ class QueenClient:
             health = Health.model_validate(self._request("GET", "/health", "queen health"))
         except (UnavailableError, RemoteError, NotFoundError, ValidationError):
             return None
-        return health if health.service == "queen-rbee" else None
+        return health if health.service == QueenArgs.SCRIPT else None
 
     def plan(self, cluster: dict[str, Any], **options: Any) -> dict[str, Any]:
         """Ask the queen to observe and plan; `options`: targets, refresh_only, prune."""
@@ -223,7 +213,7 @@ class QueenClient:
                 if stream.status_code >= 400:
                     stream.read()
                     _check(stream, "apply")
-                yield from sse_events(stream.iter_lines())
+                yield from _sse_events(stream)
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url} during apply: {exc!r}") from exc
 
@@ -298,7 +288,7 @@ class QueenClient:
                     _check(stream, "inference")
                 yield ChatStream(
                     worker=stream.headers.get("x-rbee-worker", "?"),
-                    chunks=sse_events(stream.iter_lines()),
+                    chunks=_sse_events(stream),
                 )
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url}: {exc!r}") from exc

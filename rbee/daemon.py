@@ -8,27 +8,25 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
-from rbee.config.models import LOCAL_HOSTS
 from rbee.errors import PortInUseError, RbeeError
+from rbee.net import LOCAL_HOSTS
 from rbee.wire import openai_error
 
 __all__ = [
     "BearerAuth",
     "bind",
+    "env_token",
     "fail",
+    "listen",
     "require_token_off_loopback",
     "run_daemon",
     "setup_logging",
-    "spawn_detached",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +75,22 @@ class BearerAuth:
         return False
 
 
+def env_token(flag: str | None) -> str | None:
+    """The daemon's token: its `--token` flag, else $RBEE_TOKEN; None when neither is set."""
+    return flag or os.environ.get("RBEE_TOKEN") or None
+
+
+def listen(service: str, host: str, port: int, token: str | None) -> socket.socket:
+    """A daemon's start: logging set up and its port bound. A non-loopback address without a
+    token, or a port in use, ends the process with one line on stderr (exit 1)."""
+    setup_logging(service)
+    try:
+        require_token_off_loopback(host, token, service)
+        return bind(host, port)
+    except RbeeError as exc:
+        fail(exc)
+
+
 def require_token_off_loopback(host: str, token: str | None, service: str) -> None:
     """Refuse to serve on a non-loopback address without a token."""
     if host not in LOCAL_HOSTS and not token:
@@ -119,36 +133,7 @@ def run_daemon(app: ASGIApp, sock: socket.socket, log_level: str = "warning") ->
     server.run(sockets=[sock])
 
 
-def spawn_detached(
-    argv: list[str], log_path: Path, token: str | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a daemon in its own session, output appended to `log_path`, reaped by a thread.
-
-    The token travels in the environment (RBEE_TOKEN), never on the command line where `ps`
-    would show it.
-    """
-    env = {**os.environ, "RBEE_TOKEN": token} if token else dict(os.environ)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    # Waiting in a thread keeps a dead child from lingering as a zombie.
-    threading.Thread(target=_reap, args=(proc,), name=f"reap-{proc.pid}", daemon=True).start()
-    return proc
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    returncode = proc.wait()
-    log.info("event=child_exited pid=%d rc=%d", proc.pid, returncode)
-
-
-def fail(exc: RbeeError) -> None:
+def fail(exc: RbeeError) -> NoReturn:
     """Print an expected failure as one line on stderr and exit 1 (daemon entry points)."""
     line = f"error: {exc.message}"
     if exc.hint:

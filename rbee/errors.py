@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
     "ConfigError",
     "NotFoundError",
     "PortInUseError",
     "RbeeError",
     "RemoteError",
+    "SshErrorKind",
     "UnavailableError",
+]
+
+#: How an SSH action on a network hive failed; each kind has its own hint (rbee.remote.connect).
+SshErrorKind = Literal[
+    "host_key_unknown",
+    "host_key_changed",
+    "auth_failed",
+    "connection_refused",
+    "timeout",
+    "unreachable",
+    "command_failed",
 ]
 
 

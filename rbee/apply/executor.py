@@ -11,6 +11,7 @@ from graphlib import TopologicalSorter
 from typing import Any, Protocol
 
 import httpx
+import tenacity
 
 from rbee.errors import RbeeError
 from rbee.plan.model import Action, Plan
@@ -34,16 +35,26 @@ class Effects(Protocol):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a transiently failing action is tried again."""
+    """How often and how patiently a transiently failing action is tried again.
+
+    The delays grow exponentially (0.5 s, 1 s, 2 s, … by default) plus a random jitter of up
+    to `jitter_s`, so the actions of many hives that failed together do not retry in lockstep.
+    """
 
     retries: int = 3
     first_delay_s: float = 0.5
     factor: float = 2.0
     max_delay_s: float = 30.0
+    jitter_s: float = 0.5
 
-    def delay_s(self, retry: int) -> float:
-        """The wait before retry number `retry` (1-based): 0.5 s, 1 s, 2 s, … by default."""
-        return min(self.max_delay_s, self.first_delay_s * self.factor ** (retry - 1))
+    def wait(self) -> tenacity.wait.wait_base:
+        """tenacity's wait strategy for these delays."""
+        return tenacity.wait_exponential_jitter(
+            multiplier=self.first_delay_s,
+            exp_base=self.factor,
+            max=self.max_delay_s,
+            jitter=self.jitter_s,
+        )
 
 
 def is_transient(error: BaseException) -> bool:
@@ -93,34 +104,47 @@ async def execute(
     async def run_one(action: Action) -> None:
         started = time.monotonic()
         await emit({"event": "start", "address": action.address, "op": action.op})
-        for attempt in range(1, retry.retries + 2):
-            attempts[action.address] = attempt
-            watch = _Watch(emit)
-            try:
+        watch = _Watch(emit)
+
+        def worth_retrying(error: BaseException) -> bool:
+            return is_transient(error) and not watch.unrepeatable
+
+        async def announce(state: tenacity.RetryCallState) -> None:
+            assert state.outcome is not None and state.next_action is not None
+            error = state.outcome.exception()
+            assert error is not None
+            delay = round(state.next_action.sleep, 3)
+            log.warning(
+                "event=action_retry address=%s attempt=%s delay_s=%s error=%s",
+                action.address,
+                state.attempt_number,
+                delay,
+                _message(error),
+            )
+            await emit(
+                {
+                    "event": "retry",
+                    "address": action.address,
+                    "attempt": state.attempt_number,
+                    "error": _message(error),
+                    "delay_s": delay,
+                }
+            )
+
+        # The wait happens outside the gate: an action waiting to retry holds no slot.
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(retry.retries + 1),
+            wait=retry.wait(),
+            retry=tenacity.retry_if_exception(worth_retrying),
+            before_sleep=announce,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                attempts[action.address] = attempt.retry_state.attempt_number
+                watch = _Watch(emit)
                 async with gate:
                     await effects.run(action, watch)
-                break
-            except Exception as error:
-                if attempt > retry.retries or not is_transient(error) or watch.unrepeatable:
-                    raise
-                delay = retry.delay_s(attempt)
-                log.warning(
-                    "event=action_retry address=%s attempt=%s delay_s=%s error=%s",
-                    action.address,
-                    attempt,
-                    delay,
-                    _message(error),
-                )
-                await emit(
-                    {
-                        "event": "retry",
-                        "address": action.address,
-                        "attempt": attempt,
-                        "error": _message(error),
-                        "delay_s": delay,
-                    }
-                )
-                await asyncio.sleep(delay)
         elapsed = round(time.monotonic() - started, 2)
         await emit({"event": "done", "address": action.address, "elapsed_s": elapsed})
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,9 +11,12 @@ import psutil
 
 from rbee.clients import QueenClient
 from rbee.config.models import Queen
-from rbee.daemon import spawn_detached
+from rbee.defaults import QUEEN_PORT
 from rbee.errors import RbeeError, UnavailableError
+from rbee.net import LOOPBACK
 from rbee.paths import state_dir
+from rbee.process import start_daemon
+from rbee.wire import QueenArgs
 
 __all__ = ["ensure_queen", "is_local", "queen_log", "stop_queen"]
 
@@ -31,30 +33,26 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
     client = QueenClient(queen.url, queen.token)
     if client.health() is not None:
         return client, None
-    parts = urlsplit(queen.url)
     if not is_local(queen):
         raise UnavailableError(
             f"the queen at {queen.url} is not answering",
             hint="rbee only starts a queen on this machine; start it on its host",
         )
-    command = [
-        sys.executable,
-        "-m",
-        "rbee.queen.server",
-        "--host",
-        parts.hostname or "127.0.0.1",
-        "--port",
-        str(parts.port or 7833),
-    ]
-    proc = spawn_detached(command, queen_log(), queen.token)
-    deadline = time.monotonic() + timeout_s
-    while client.health() is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RbeeError(
-                f"the queen did not start: {_last_line(queen_log())}", hint=f"log: {queen_log()}"
-            )
-        time.sleep(0.1)
-    return client, proc.pid
+    parts = urlsplit(queen.url)
+    args = QueenArgs(host=parts.hostname or LOOPBACK, port=parts.port or QUEEN_PORT)
+    pid = asyncio.run(
+        start_daemon(
+            "the queen",
+            args.command(),
+            queen_log(),
+            queen.url,
+            token=queen.token,
+            # Any queen will do: one started by a concurrent `rbee` call answers as well.
+            accept=lambda health, pid: health.service == QueenArgs.SCRIPT,
+            timeout_s=timeout_s,
+        )
+    )
+    return client, pid
 
 
 def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
@@ -87,11 +85,3 @@ def _local_addresses() -> set[str]:
         for address in addresses
         if address.family in (socket.AF_INET, socket.AF_INET6)
     }
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return lines[-1] if lines else "no output"

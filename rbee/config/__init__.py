@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rbee.config.load import load_cluster, load_cluster_text
 from rbee.config.models import (
-    LOCAL_HOSTS,
     Build,
     Cluster,
     Deployment,
@@ -18,7 +17,6 @@ from rbee.config.models import (
 from rbee.config.schema import cluster_schema, schema_text, write_schema
 
 __all__ = [
-    "LOCAL_HOSTS",
     "Build",
     "Cluster",
     "Deployment",

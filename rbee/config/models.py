@@ -8,8 +8,21 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rbee.defaults import (
+    BACKEND,
+    CTX_SIZE,
+    DEVICE,
+    HIVE_PORT,
+    QUEEN_PORT,
+    SLOTS,
+    Backend,
+    CtxSize,
+    Device,
+    Slots,
+)
+from rbee.net import LOCAL_HOSTS, LOOPBACK, http_url
+
 __all__ = [
-    "LOCAL_HOSTS",
     "Build",
     "Cluster",
     "Deployment",
@@ -21,7 +34,6 @@ __all__ = [
     "check_references",
 ]
 
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://")
 
 Name = Annotated[
@@ -41,7 +53,7 @@ class _Strict(BaseModel):
 class Queen(_Strict):
     """Where the keeper finds the queen, and the token it sends."""
 
-    url: str = Field(default="http://127.0.0.1:7833", description="the queen's base URL")
+    url: str = Field(default=http_url(LOOPBACK, QUEEN_PORT), description="the queen's base URL")
     token: str | None = Field(default=None, description="bearer token; required off-loopback")
 
     @field_validator("url")
@@ -74,7 +86,7 @@ class Hive(_Strict):
     mode: Literal["local", "network"] | None = Field(
         default=None, description="local: child of the queen; network: reached over SSH"
     )
-    port: Port = 7835
+    port: Port = HIVE_PORT
     ssh: Ssh | None = None
 
     @property
@@ -85,8 +97,7 @@ class Hive(_Strict):
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
 
 class Model(_Strict):
@@ -126,7 +137,7 @@ class WorkerBinary(_Strict):
     """An inference runtime (a llama-cpp-python build) for one backend."""
 
     name: Name
-    backend: Literal["cpu", "cuda", "metal"] = "cpu"
+    backend: Backend = BACKEND
     build: Build | None = None
     path: str | None = Field(default=None, description="an existing Python runtime to use as is")
 
@@ -138,11 +149,9 @@ class Deployment(_Strict):
     worker: str
     hives: list[str] | Literal["all"] = "all"
     replicas: int = Field(default=1, ge=0, description="workers per hive")
-    slots: int = Field(default=1, ge=1, le=64, description="parallel sequences per worker")
-    device: str = Field(
-        default="cpu", pattern=r"^(cpu|cuda:\d+|metal)$", description="cpu, cuda:N or metal"
-    )
-    ctx_size: int = Field(default=4096, ge=128, le=1_048_576)
+    slots: Slots = SLOTS
+    device: Device = DEVICE
+    ctx_size: CtxSize = CTX_SIZE
 
 
 class Cluster(_Strict):

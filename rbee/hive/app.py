@@ -26,19 +26,22 @@ from rbee.hive import capabilities
 from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.hive.operations import Operation, Operations
 from rbee.hive.processes import find_worker, list_workers, spawn_worker, stop_worker
+from rbee.net import LOOPBACK
 from rbee.paths import cache_dir
 from rbee.wire import (
     AddModel,
     AddWorkerBinary,
     Health,
+    HiveArgs,
     OperationStarted,
     SpawnWorker,
     openai_error,
+    sse,
 )
 
 __all__ = ["SERVICE", "create_app"]
 
-SERVICE = "rbee-hive"
+SERVICE = HiveArgs.SCRIPT
 _MAX_GRACE_S = 300.0
 _M = TypeVar("_M", bound=BaseModel)
 _log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ def create_app(
     name: str,
     token: str | None = None,
     catalog: ArtifactCatalog | None = None,
-    worker_host: str = "127.0.0.1",
+    worker_host: str = LOOPBACK,
     binaries: WorkerBinaryCatalog | None = None,
 ) -> Starlette:
     """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's),
@@ -144,15 +147,11 @@ def create_app(
     async def operation_events(request: Request) -> Response:
         operation = operations.get(request.path_params["operation_id"])
 
-        async def stream() -> AsyncIterator[str]:
+        async def stream() -> AsyncIterator[bytes]:
             async for event in operation.events():
-                yield f"data: {event.model_dump_json()}\n\n"
+                yield sse.event(event.model_dump_json())
 
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
     async def list_worker_processes(request: Request) -> Response:
         return _json(await run_in_threadpool(list_workers, models.root))

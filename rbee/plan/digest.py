@@ -28,10 +28,7 @@ def observed_digest(observed: Observed) -> str:
             "worker_binaries": sorted(
                 (b.name, json.dumps(b.spec, sort_keys=True)) for b in hive.worker_binaries
             ),
-            "workers": sorted(
-                (w.worker_id, w.pid, w.slots, w.ctx_size, w.device, w.worker_binary)
-                for w in hive.workers
-            ),
+            "workers": sorted((w.worker_id, w.pid, *w.spec().values()) for w in hive.workers),
             "ssh": None
             if hive.ssh is None
             else (hive.ssh.reachable, hive.ssh.rbee_version, hive.ssh.hive_running),

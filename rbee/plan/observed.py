@@ -6,26 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from rbee.errors import SshErrorKind
 from rbee.wire import ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
 
-__all__ = ["HiveFacts", "Observed", "SshError", "SshFacts"]
-
-SshError = Literal[
-    "host_key_unknown",
-    "host_key_changed",
-    "auth_failed",
-    "connection_refused",
-    "timeout",
-    "unreachable",
-    "command_failed",
-]
+__all__ = ["HiveFacts", "Observed", "SshFacts"]
 
 
 class SshFacts(BaseModel):
     """A network hive's machine as one SSH probe saw it."""
 
     reachable: bool
-    error_kind: SshError | None = None
+    error_kind: SshErrorKind | None = None
     error: str | None = None
     os: str | None = None
     arch: str | None = None

@@ -371,9 +371,9 @@ class _Context:
 
 
 def _spec_changes(proc: WorkerProcess, spawn: SpawnWorker) -> list[Change]:
-    fields = ("slots", "ctx_size", "device", "worker_binary")
-    old = {f: getattr(proc, f) for f in fields}
-    new = {f: getattr(spawn, f) for f in fields}
+    """What a running worker runs that differs from what is declared (SpawnWorker.spec)."""
+    old, new = proc.spec(), spawn.spec()
+    fields = list(new)
     return sorted(_changes(old, new), key=lambda c: fields.index(c.field))
 
 

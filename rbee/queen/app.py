@@ -31,7 +31,7 @@ from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
 from rbee.remote.ssh_config import hives_from_ssh_config
-from rbee.wire import Health, Heartbeat, openai_error
+from rbee.wire import Health, Heartbeat, QueenArgs, openai_error, sse
 
 __all__ = ["create_app"]
 
@@ -125,7 +125,7 @@ def create_app(
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(
-            Health(service="queen-rbee", version=rbee.__version__, pid=os.getpid()).model_dump()
+            Health(service=QueenArgs.SCRIPT, version=rbee.__version__, pid=os.getpid()).model_dump()
         )
 
     async def heartbeat(request: Request) -> Response:
@@ -207,9 +207,9 @@ def create_app(
 
         async def stream() -> AsyncIterator[bytes]:
             while (event := await events.get()) is not None:
-                yield f"data: {json.dumps(event)}\n\n".encode()
+                yield sse.json_event(event)
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
     async def list_hives(request: Request) -> JSONResponse:
         return JSONResponse([r.model_dump(mode="json") for r in hive_registry.records()])

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import sys
-import time
 from pathlib import Path
 
 import asyncssh
@@ -16,15 +12,16 @@ import psutil
 
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
-from rbee.daemon import spawn_detached
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
+from rbee.process import start_daemon, terminate
 from rbee.remote import daemon as remote_daemon
 from rbee.remote import install as remote_install
 from rbee.remote.connect import SshConnections
 from rbee.remote.wheelhouse import build_wheelhouse
+from rbee.wire import HiveArgs
 
-__all__ = ["HiveLifecycle", "stop_pid"]
+__all__ = ["HiveLifecycle"]
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +77,17 @@ class HiveLifecycle:
 
     async def _start_local(self, hive: Hive, timeout_s: float = 30.0) -> int:
         """Start the hive as a child process and wait for its /health; returns its pid."""
-        log_path = state_dir() / f"hive-{hive.name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "rbee.hive.server",
-            "--host",
-            hive.host,
-            "--port",
-            str(hive.port),
-            "--name",
-            hive.name,
-            "--queen-url",
-            self._queen_url,
-        ]
-        proc = spawn_detached(command, log_path, self._token)
-        log.info("event=hive_spawned hive=%s pid=%s", hive.name, proc.pid)
-        deadline = time.monotonic() + timeout_s
-        async with HiveClient(hive.url, self._token, timeout=2.0) as client:
-            while True:
-                try:
-                    health = await client.health()
-                    if health.pid == proc.pid:
-                        return proc.pid
-                except UnavailableError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RbeeError(
-                        f"hive {hive.name} did not start: {_tail(log_path)}",
-                        hint=f"full log: {log_path}",
-                    )
-                await asyncio.sleep(0.1)
+        args = HiveArgs(host=hive.host, port=hive.port, name=hive.name, queen_url=self._queen_url)
+        return await start_daemon(
+            f"hive {hive.name}",
+            args.command(),
+            state_dir() / f"hive-{hive.name}.log",
+            hive.url,
+            token=self._token,
+            # Another hive still answering on the port is not the one just started.
+            accept=lambda health, pid: health.pid == pid,
+            timeout_s=timeout_s,
+        )
 
     async def _stop_local(self, hive: Hive) -> bool:
         """Stop a local hive found by its /health pid; False when none was running."""
@@ -119,31 +96,16 @@ class HiveLifecycle:
                 health = await client.health()
             except RbeeError:
                 return False
-        await asyncio.to_thread(stop_pid, health.pid, ("rbee.hive.server", "rbee-hive"))
+        await asyncio.to_thread(_stop_hive_process, health.pid)
         return True
 
 
-def stop_pid(pid: int, markers: tuple[str, ...], grace_s: float = 5.0) -> None:
-    """SIGTERM `pid` if its command line holds one of `markers`, SIGKILL after `grace_s`."""
+def _stop_hive_process(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM the hive `pid`, SIGKILL it after `grace_s`; refuses a pid that runs no hive."""
     try:
         proc = psutil.Process(pid)
-        cmdline = " ".join(proc.cmdline())
-        if not any(marker in cmdline for marker in markers):
-            raise RbeeError(f"pid {pid} is not a {markers[0]} process; refusing to signal it")
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace_s)
+        if not HiveArgs.runs_in(proc.cmdline()):
+            raise RbeeError(f"pid {pid} is not an rbee-hive process; refusing to signal it")
     except psutil.NoSuchProcess:
         return
-
-
-def _tail(path: os.PathLike[str], lines: int = 3) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read().strip().splitlines()
-    except OSError:
-        return "no log"
-    return " | ".join(text[-lines:]) or "no output"
+    terminate(proc, grace_s)

@@ -13,8 +13,7 @@ from types import TracebackType
 import asyncssh
 
 from rbee.config.models import Hive
-from rbee.errors import RbeeError
-from rbee.plan.observed import SshError
+from rbee.errors import RbeeError, SshErrorKind
 
 __all__ = [
     "DEFAULT_KNOWN_HOSTS",
@@ -29,16 +28,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _SSH_PORT = 22
-_TRANSIENT: frozenset[SshError] = frozenset({"timeout", "unreachable"})
+_TRANSIENT: frozenset[SshErrorKind] = frozenset({"timeout", "unreachable"})
 _DOWN_HINT = "is the host up, and reachable from the queen's machine?"
 
 
 class SshFailure(RbeeError):
     """Connecting to (or running a command on) a hive over SSH failed; `kind` says how."""
 
-    def __init__(self, kind: SshError, message: str, hint: str | None = None) -> None:
+    def __init__(self, kind: SshErrorKind, message: str, hint: str | None = None) -> None:
         super().__init__(message, hint)
-        self.kind: SshError = kind
+        self.kind: SshErrorKind = kind
         # A host that is down or unreachable may be back soon; a key or auth problem won't fix
         # itself.
         self.transient = kind in _TRANSIENT
@@ -82,7 +81,7 @@ class SshTarget:
         port = "" if self.port == _SSH_PORT else f":{self.port}"
         return f"{self.user}@{self.host}{port}"
 
-    def fail(self, kind: SshError, what: str, hint: str | None = None) -> SshFailure:
+    def fail(self, kind: SshErrorKind, what: str, hint: str | None = None) -> SshFailure:
         return SshFailure(kind, f"hive {self.hive}: {what}", hint)
 
 

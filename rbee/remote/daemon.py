@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shlex
 import time
 
 import asyncssh
 
-from rbee.clients import HiveClient
 from rbee.config.models import Hive
-from rbee.errors import RbeeError, UnavailableError
+from rbee.process import wait_healthy
 from rbee.remote import (
     REMOTE_HIVE_LOG,
     REMOTE_HIVE_PID,
@@ -20,13 +18,13 @@ from rbee.remote import (
     REMOTE_VENV,
 )
 from rbee.remote.connect import SshFailure, run_remote
+from rbee.wire import HiveArgs
 
 __all__ = ["HIVE_EXECUTABLE", "HIVE_PID_SHELL", "hive_log_tail", "start_hive", "stop_hive"]
 
 log = logging.getLogger(__name__)
 
 HIVE_EXECUTABLE = f"{REMOTE_VENV}/bin/rbee-hive"
-_HEALTH_POLL_S = 0.2
 _ALIVE_CHECK_S = 1.0
 
 # Shell functions shared by the scripts here and the probe: `is_hive PID` (alive, not a
@@ -97,13 +95,8 @@ async def start_hive(
     left alone and its pid returned. A daemon that exits or never answers is an error
     carrying the tail of `~/.local/state/rbee/hive.log`.
     """
-    argv = [
-        HIVE_EXECUTABLE,
-        "--host", hive.host,
-        "--port", str(hive.port),
-        "--name", hive.name,
-        "--queen-url", queen_url,
-    ]  # fmt: skip
+    args = HiveArgs(host=hive.host, port=hive.port, name=hive.name, queen_url=queen_url)
+    argv = [HIVE_EXECUTABLE, *args.to_argv()]
     files = [REMOTE_STATE, REMOTE_HIVE_PID, REMOTE_HIVE_PORT, REMOTE_HIVE_LOG, str(hive.port)]
     command = shlex.join(["sh", "-c", _START, "sh", *files, *argv])
     started = time.monotonic()
@@ -123,42 +116,27 @@ async def start_hive(
         log.info("event=hive_already_running hive=%s pid=%s", hive.name, output["already"])
         return int(output["already"])
     pid = int(output["pid"])
-    await _wait_healthy(conn, hive, token, pid, started + timeout_s)
+
+    async def exited() -> bool:
+        check = shlex.join(["sh", "-c", _ALIVE, "sh", str(pid)])
+        return (await run_remote(conn, check, hive=hive.name, check=False)).exit_status != 0
+
+    await wait_healthy(
+        f"hive {hive.name}: rbee-hive (pid {pid})",
+        hive.url,
+        accept=lambda health: health.service == HiveArgs.SCRIPT,
+        exited=exited,
+        log_tail=lambda: hive_log_tail(conn, hive=hive.name),
+        timeout_s=timeout_s - (time.monotonic() - started),
+        token=token,
+        exit_check_s=_ALIVE_CHECK_S,
+        timeout_hint="is the hive's port reachable from the queen's machine (firewall)?",
+    )
     log.info(
         "event=hive_started hive=%s pid=%d seconds=%.2f",
         hive.name, pid, time.monotonic() - started,
     )  # fmt: skip
     return pid
-
-
-async def _wait_healthy(
-    conn: asyncssh.SSHClientConnection, hive: Hive, token: str | None, pid: int, deadline: float
-) -> None:
-    alive_check = time.monotonic() + _ALIVE_CHECK_S
-    async with HiveClient(hive.url, token, timeout=2.0) as client:
-        while True:
-            try:
-                health = await client.health()
-            except RbeeError:
-                health = None
-            if health is not None and health.service == "rbee-hive":
-                return
-            now = time.monotonic()
-            if now >= alive_check:
-                alive_check = now + _ALIVE_CHECK_S
-                check = shlex.join(["sh", "-c", _ALIVE, "sh", str(pid)])
-                if (await run_remote(conn, check, hive=hive.name, check=False)).exit_status != 0:
-                    raise UnavailableError(
-                        f"hive {hive.name}: rbee-hive exited right after start; its log ends:\n"
-                        f"{await hive_log_tail(conn, hive=hive.name)}"
-                    )
-            if now >= deadline:
-                raise UnavailableError(
-                    f"hive {hive.name}: rbee-hive (pid {pid}) does not answer on {hive.url}/health;"
-                    f" its log ends:\n{await hive_log_tail(conn, hive=hive.name)}",
-                    hint="is the hive's port reachable from the queen's machine (firewall)?",
-                )
-            await asyncio.sleep(_HEALTH_POLL_S)
 
 
 async def stop_hive(

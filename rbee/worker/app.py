@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import uvicorn
@@ -27,56 +26,19 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rbee import __version__
-from rbee.wire import Health, Heartbeat, WorkerState, openai_error
-from rbee.worker.engine import Engine, EngineConfig, Generation, Kind
+from rbee.wire import Health, Heartbeat, WorkerArgs, WorkerState, openai_error, sse
+from rbee.worker.engine import Engine, Generation, Kind
 from rbee.worker.heartbeat import HeartbeatSender
 
-__all__ = ["SERVICE", "WorkerConfig", "create_app"]
+__all__ = ["SERVICE", "create_app"]
 
 log = logging.getLogger(__name__)
 
-SERVICE = "llm-worker-rbee"
+SERVICE = WorkerArgs.SCRIPT
 # Accepted requests get this long to finish after SIGTERM; the hive's SIGKILL may come sooner.
 _DRAIN_TIMEOUT_S = 300.0
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Who this worker is and what it serves: its command line, parsed."""
-
-    worker_id: str
-    hive: str
-    model: str
-    model_path: str
-    worker_binary: str
-    host: str
-    port: int
-    queen_url: str
-    slots: int = 1
-    ctx_size: int = 4096
-    device: str = "cpu"
-    chat_format: str | None = None
-    threads: int | None = None
-
-    @property
-    def url(self) -> str:
-        """Where the queen reaches this worker."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def engine_config(self) -> EngineConfig:
-        """The engine's share of the configuration."""
-        return EngineConfig(
-            model_path=self.model_path,
-            model_name=self.model,
-            slots=self.slots,
-            ctx_size=self.ctx_size,
-            threads=self.threads,
-            chat_format=self.chat_format,
-            device=self.device,
-        )
 
 
 class _Sampling(BaseModel):
@@ -124,9 +86,9 @@ class _CompletionRequest(_Sampling):
 class _Worker:
     """The worker's state: engine, heartbeat, drain, and requests in flight."""
 
-    def __init__(self, config: WorkerConfig, token: str | None) -> None:
+    def __init__(self, config: WorkerArgs, token: str | None) -> None:
         self.config = config
-        self.engine = Engine(config.engine_config(), on_change=self._state_may_have_changed)
+        self.engine = Engine(config, on_change=self._state_may_have_changed)
         self.heartbeat = HeartbeatSender(config.queen_url, token, self.snapshot)
         self.draining = False
         self.exit_code = 0
@@ -344,16 +306,12 @@ async def _complete(request: Request, kind: Kind, model: type[_Sampling]) -> Res
             worker.request_finished()
 
 
-def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
 class _EventStream(Response):
     """`text/event-stream` of OpenAI chunks ending in `data: [DONE]`; stops generating when the
     client disconnects (uvicorn drops writes to a closed connection silently, so the
     disconnect has to be watched for)."""
 
-    media_type = "text/event-stream"
+    media_type = sse.MEDIA_TYPE
 
     def __init__(
         self, generation: Generation, first: dict[str, Any], on_close: Callable[[], None]
@@ -361,7 +319,7 @@ class _EventStream(Response):
         # No `super().__init__`: it would announce a Content-Length for an empty body.
         self.status_code = 200
         self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.init_headers(sse.HEADERS)
         self._generation = generation
         self._first = first
         self._on_close = on_close
@@ -380,16 +338,16 @@ class _EventStream(Response):
             self._on_close()
 
     async def _events(self) -> AsyncIterator[bytes]:
-        yield _event(self._first)
+        yield sse.json_event(self._first)
         try:
             async for chunk in self._generation:
-                yield _event(chunk)
+                yield sse.json_event(chunk)
         except Exception as exc:
             # The status line is gone: report the failure in-band and end without [DONE].
             log.exception("generation failed mid-stream")
-            yield _event(openai_error(f"generation failed: {exc}", "server_error"))
+            yield sse.json_event(openai_error(f"generation failed: {exc}", "server_error"))
             return
-        yield b"data: [DONE]\n\n"
+        yield sse.DONE
 
 
 async def _health(request: Request) -> Response:
@@ -421,7 +379,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def create_app(config: WorkerConfig, token: str | None = None) -> Starlette:
+def create_app(config: WorkerArgs, token: str | None = None) -> Starlette:
     """The worker's ASGI app; `app.state.worker.exit_code` says how the worker should exit."""
     app = Starlette(
         routes=[

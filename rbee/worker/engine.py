@@ -13,12 +13,13 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import llama_cpp
 
-__all__ = ["Engine", "EngineConfig", "Generation", "Kind", "chat_format_for", "threads_per_slot"]
+from rbee.wire import WorkerArgs
+
+__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "threads_per_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,6 @@ def threads_per_slot(threads: int | None, slots: int) -> int:
     if threads is not None:
         return max(1, threads)
     return max(1, (os.cpu_count() or 1) // slots)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What the engine loads and how: one GGUF, `slots` contexts of `ctx_size` tokens each."""
-
-    model_path: str
-    model_name: str
-    slots: int = 1
-    ctx_size: int = 4096
-    threads: int | None = None
-    chat_format: str | None = None
-    device: str = "cpu"
 
 
 class _Cancelled:
@@ -159,7 +147,7 @@ class Generation:
 class Engine:
     """N llama contexts of one GGUF, handed out one request at a time, first come first served."""
 
-    def __init__(self, config: EngineConfig, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: WorkerArgs, on_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self._on_change = on_change
         self._free: asyncio.Queue[_Context] = asyncio.Queue()
@@ -206,7 +194,7 @@ class Engine:
         contexts = [first] + [_Context(**kwargs) for _ in range(config.slots - 1)]
         log.info(
             "loaded model=%s slots=%d threads_per_slot=%d chat_format=%s",
-            config.model_name,
+            config.model,
             config.slots,
             threads,
             first.chat_format,
@@ -222,7 +210,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         generation = Generation(cancel, loop)
         put = generation.push
-        args = {**params, "model": self.config.model_name, "stream": stream}
+        args = {**params, "model": self.config.model, "stream": stream}
 
         def run() -> None:
             try:

@@ -13,7 +13,7 @@ from rbee.apply.executor import Emit, Outcome, RetryPolicy, execute, is_transien
 from rbee.errors import NotFoundError, RbeeError, RemoteError, UnavailableError
 from rbee.plan.model import Action, Plan
 
-FAST = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0)
+FAST = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0, jitter_s=0.0)
 
 
 def _action(address: str, *depends_on: str) -> Action:
@@ -201,9 +201,23 @@ def test_no_retries_when_the_policy_allows_none() -> None:
     assert outcome.failed == {"model.a": "down"}
 
 
+def _retry_delays(policy: RetryPolicy) -> list[float]:
+    effects = Scripted(failures={"model.a": [UnavailableError("down") for _ in range(10)]})
+    _, events = _run(_plan(_action("model.a")), effects, retry=policy)
+    return [event["delay_s"] for event in _of(events, "retry")]
+
+
 def test_retry_delays_grow_exponentially_up_to_a_cap() -> None:
-    policy = RetryPolicy(retries=5, first_delay_s=0.5, factor=2.0, max_delay_s=3.0)
-    assert [policy.delay_s(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    policy = RetryPolicy(retries=4, first_delay_s=0.01, factor=2.0, max_delay_s=0.03, jitter_s=0)
+    assert _retry_delays(policy) == [0.01, 0.02, 0.03, 0.03]
+
+
+def test_retry_delays_are_jittered_so_failed_actions_do_not_retry_in_lockstep() -> None:
+    policy = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0, jitter_s=0.05)
+    delays = _retry_delays(policy)
+    bases = [0.01, 0.02, 0.04]
+    assert all(base <= delay <= base + 0.05 for base, delay in zip(bases, delays, strict=True))
+    assert delays != bases
 
 
 def test_a_waiting_retry_does_not_hold_a_parallelism_slot() -> None:

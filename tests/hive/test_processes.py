@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from rbee.hive.processes import parse_worker, worker_argv
-from rbee.wire import SpawnWorker, WorkerProcess
+from rbee.hive.processes import parse_worker
+from rbee.wire import SpawnWorker, WorkerArgs, WorkerProcess
 
 REQUEST = SpawnWorker(
     worker_id="w7",
@@ -21,27 +19,17 @@ REQUEST = SpawnWorker(
 
 
 def test_the_spawn_command_line_parses_back_to_the_worker() -> None:
-    argv = worker_argv(REQUEST, Path("/m/payload"), 41234)
-    assert argv[1:3] == ["-m", "rbee.worker.server"]
-    assert argv[-2:] == ["--chat-format", "gemma"]
-    assert parse_worker(99, argv, 1700000000.5) == WorkerProcess(
-        pid=99,
-        worker_id="w7",
-        hive="gpu1",
-        model="gemma3-270m",
-        worker_binary="cuda",
-        port=41234,
-        url="http://127.0.0.1:41234",
-        slots=4,
-        ctx_size=2048,
-        device="cuda:1",
-        started_at=1700000000.5,
-    )
+    args = WorkerArgs(**REQUEST.model_dump(), model_path="/m/payload", port=41234)
+    worker = parse_worker(99, args.command(), 1700000000.5)
+    assert worker == WorkerProcess(**args.model_dump(), pid=99, started_at=1700000000.5)
+    assert worker.url == "http://127.0.0.1:41234"
+    # Everything the planner compares survives the trip, chat_format included.
+    assert worker.spec() == REQUEST.spec()
 
 
 def test_the_console_script_with_equals_flags_is_a_worker_too() -> None:
     argv = ["/venv/bin/python", "/venv/bin/llm-worker-rbee", "--worker-id=a", "--hive=h"]
-    argv += ["--model=m", "--port=5000", "--host=::1"]
+    argv += ["--model=m", "--model-path=/m", "--queen-url=http://q", "--port=5000", "--host=::1"]
     worker = parse_worker(5, argv, 0.0)
     assert worker is not None
     assert (worker.worker_id, worker.port, worker.url) == ("a", 5000, "http://[::1]:5000")

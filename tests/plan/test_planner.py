@@ -116,3 +116,9 @@ def test_digest_ignores_heartbeat_timing_but_not_workers() -> None:
     doc["observed"]["hives"]["local"]["workers"][0]["pid"] = 999
     moved = plan(Cluster.model_validate(doc["desired"]), Observed.model_validate(doc["observed"]))
     assert moved.observed_digest != base.observed_digest
+
+
+def test_a_chat_format_change_replaces_the_worker() -> None:
+    [action] = _case("chat_format_change_restarts_worker").actions
+    assert (action.op, action.pid) == ("replace", 100)
+    assert [(c.field, c.old, c.new) for c in action.changes] == [("chat_format", None, "chatml")]

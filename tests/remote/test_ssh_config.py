@@ -46,8 +46,12 @@ def test_concrete_hosts_become_network_hives() -> None:
 
 
 def test_every_imported_stanza_is_a_valid_hive() -> None:
-    for stanza in hives_from_ssh_config(CONFIG):
-        Hive.model_validate(stanza)
+    hives = [Hive.model_validate(stanza) for stanza in hives_from_ssh_config(CONFIG)]
+    assert [(h.name, h.effective_mode) for h in hives] == [
+        ("gpu1", "network"),
+        ("gpu1.lab", "network"),
+        ("mac-mini", "network"),
+    ]
 
 
 def test_an_empty_config_imports_nothing() -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.netns import SshHost, netns_hosts, write_known_hosts
+from tests.fixtures.netns import SshHost, netns_hosts, require_lab, write_known_hosts
 
 # Hosts 0-2 are probed in every test (and briefly broken by some, always restored); host 3 is
 # the one rbee gets installed on, so the others keep "nothing installed".
@@ -18,8 +17,7 @@ N_HOSTS = 4
 @pytest.fixture(scope="session")
 def ssh_hosts() -> Iterator[list[SshHost]]:
     """Four namespace hosts with sshd, torn down at the end of the session (also on failure)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces, useradd and sshd")
+    require_lab()
     with netns_hosts(N_HOSTS) as hosts:
         yield hosts
 

@@ -26,7 +26,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.fixtures.cluster import run_rbee
-from tests.fixtures.netns import SshHost, netns_hosts
+from tests.fixtures.netns import SshHost, netns_hosts, require_lab
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -107,8 +107,7 @@ def _gateway(host: SshHost) -> str:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[NetworkCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces, useradd and sshd")
+    require_lab()
     home = tmp_path_factory.mktemp("keeper")
     # Every hive user reads the model through file://, so it lies where all of them can read.
     shared = Path(tempfile.mkdtemp(prefix="rbee-netns-model-"))

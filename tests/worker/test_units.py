@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
-from rbee.hive.processes import worker_argv
-from rbee.wire import Heartbeat, SpawnWorker
-from rbee.worker.app import WorkerConfig, create_app
+from rbee.wire import Heartbeat, WorkerArgs
+from rbee.worker.app import create_app
 from rbee.worker.engine import chat_format_for, threads_per_slot
 from rbee.worker.heartbeat import HeartbeatSender
-from rbee.worker.server import parse_args
 
-CONFIG = WorkerConfig(
+CONFIG = WorkerArgs(
     worker_id="w1",
     hive="local",
     model="gemma3-270m",
@@ -48,37 +45,6 @@ def test_an_unknown_architecture_falls_back_to_the_flag() -> None:
 def test_cores_are_shared_between_slots_unless_threads_is_given() -> None:
     assert threads_per_slot(3, slots=4) == 3
     assert threads_per_slot(None, slots=10_000) == 1
-
-
-def test_the_command_line_a_hive_spawns_parses() -> None:
-    request = SpawnWorker(
-        worker_id="w9",
-        hive="gpu1",
-        model="gemma3-270m",
-        slots=3,
-        ctx_size=2048,
-        chat_format="gemma",
-        queen_url="http://10.0.0.1:7833",
-    )
-    argv = worker_argv(request, Path("/models/g.gguf"), 7001)
-    config = parse_args(argv[argv.index("--worker-id") :])
-    assert (config.worker_id, config.hive, config.model, config.worker_binary) == (
-        "w9",
-        "gpu1",
-        "gemma3-270m",
-        "cpu",
-    )
-    assert (config.model_path, config.port, config.slots, config.ctx_size) == (
-        "/models/g.gguf",
-        7001,
-        3,
-        2048,
-    )
-    assert (config.chat_format, config.queen_url, config.threads) == (
-        "gemma",
-        "http://10.0.0.1:7833",
-        None,
-    )
 
 
 def _client() -> httpx.AsyncClient:

@@ -1,4 +1,4 @@
-"""Request and response bodies shared by the keeper, queen, hive and worker (DESIGN §4).
+"""HTTP bodies shared by the keeper, queen, hive and worker (DESIGN §4).
 
 Field names here are contracts between processes: keep them stable.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rbee.defaults import BACKEND, Backend
 
 __all__ = [
     "AddModel",
@@ -19,9 +21,7 @@ __all__ = [
     "ModelEntry",
     "OperationEvent",
     "OperationStarted",
-    "SpawnWorker",
     "WorkerBinaryEntry",
-    "WorkerProcess",
     "WorkerState",
     "WorkerView",
     "openai_error",
@@ -124,7 +124,7 @@ class AddWorkerBinary(_Wire):
     """
 
     name: str
-    backend: Literal["cpu", "cuda", "metal"] = "cpu"
+    backend: Backend = BACKEND
     path: str | None = Field(default=None, description="an existing Python runtime to use")
     cmake_args: str | None = Field(default=None, description="CMAKE_ARGS of a build")
     spec: dict[str, Any] = {}
@@ -134,40 +134,10 @@ class WorkerBinaryEntry(_Wire):
     """A worker binary in a hive's catalog: the Python that runs `llm-worker-rbee`."""
 
     name: str
-    backend: Literal["cpu", "cuda", "metal"]
+    backend: Backend
     python: str
     llama_cpp_version: str
     spec: dict[str, Any] = {}
-
-
-class SpawnWorker(_Wire):
-    """`POST /v1/worker-processes` of a hive."""
-
-    worker_id: str
-    hive: str
-    model: str
-    worker_binary: str = "cpu"
-    slots: int = Field(default=1, ge=1)
-    ctx_size: int = Field(default=4096, ge=128)
-    device: str = "cpu"
-    chat_format: str | None = None
-    queen_url: str
-
-
-class WorkerProcess(_Wire):
-    """A worker process as a hive lists it, read back from the process itself."""
-
-    pid: int
-    worker_id: str
-    hive: str
-    model: str
-    worker_binary: str
-    port: int
-    url: str
-    slots: int
-    ctx_size: int
-    device: str
-    started_at: float = Field(description="process start time, seconds since the epoch")
 
 
 def openai_error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:

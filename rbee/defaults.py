@@ -1,0 +1,43 @@
+"""Defaults and bounds that the cluster YAML and the processes' command lines share.
+
+Each is written here once: the YAML's fields, the hive's spawn request and the worker's flags
+all take them from this module, so a worker started by hand and one started by `rbee apply`
+get the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+__all__ = [
+    "BACKEND",
+    "CTX_SIZE",
+    "DEVICE",
+    "HIVE_PORT",
+    "QUEEN_PORT",
+    "SLOTS",
+    "WORKER_BINARY",
+    "Backend",
+    "CtxSize",
+    "Device",
+    "Slots",
+]
+
+QUEEN_PORT = 7833
+HIVE_PORT = 7835
+SLOTS = 1
+CTX_SIZE = 4096
+DEVICE = "cpu"
+WORKER_BINARY = "cpu"
+
+#: The inference backends a worker binary can be built for.
+Backend = Literal["cpu", "cuda", "metal"]
+BACKEND: Backend = "cpu"
+
+Slots = Annotated[int, Field(ge=1, le=64, description="parallel sequences per worker")]
+CtxSize = Annotated[int, Field(ge=128, le=1_048_576, description="context tokens per slot")]
+Device = Annotated[
+    str, Field(pattern=r"^(cpu|cuda:\d+|metal)$", description="cpu, cuda:N or metal")
+]

@@ -1,0 +1,269 @@
+"""Process contracts: each daemon's command line as one typed value (DESIGN §8).
+
+Whoever starts a process writes its flags with `to_argv()`; whoever reads them back (the
+daemon itself, or a hive listing its workers from the process table) uses `from_argv()`. Both
+sides share one definition and one set of defaults, so a field cannot get lost on the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic_core import PydanticUndefined
+
+from rbee.defaults import (
+    CTX_SIZE,
+    DEVICE,
+    HIVE_PORT,
+    QUEEN_PORT,
+    SLOTS,
+    WORKER_BINARY,
+    CtxSize,
+    Device,
+    Slots,
+)
+from rbee.net import LOOPBACK, http_url
+
+__all__ = [
+    "CommandLine",
+    "HiveArgs",
+    "QueenArgs",
+    "SpawnWorker",
+    "WorkerArgs",
+    "WorkerProcess",
+]
+
+
+class CommandLine(BaseModel):
+    """A daemon's command line: every field is a flag (`worker_id` → `--worker-id`).
+
+    A field marked `exclude=True` is a secret: the daemon accepts it as a flag, but
+    `to_argv()` never writes it, because `ps` shows a command line to every user of the
+    machine. Secrets travel in the environment (RBEE_TOKEN) instead.
+    """
+
+    # A process started by another rbee version may carry flags this one does not know:
+    # reading it back must still work, so its hive can list and stop it.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    SCRIPT: ClassVar[str]
+    MODULE: ClassVar[str]
+    DESCRIPTION: ClassVar[str]
+
+    @classmethod
+    def flags(cls) -> list[str]:
+        """The fields that are flags: those of the class that names the program."""
+        owner = next(k for k in cls.__mro__ if "SCRIPT" in vars(k))
+        assert issubclass(owner, CommandLine)
+        return list(owner.model_fields)
+
+    def to_argv(self) -> list[str]:
+        """The flags of every field that is set and not secret, in field order."""
+        argv: list[str] = []
+        for name in self.flags():
+            value = getattr(self, name)
+            if value is not None and not type(self).model_fields[name].exclude:
+                argv += [_flag(name), str(value)]
+        return argv
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The whole command line: `python -m MODULE` and the flags."""
+        return [python, "-m", self.MODULE, *self.to_argv()]
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> Self:
+        """Read flags (`--name value` or `--name=value`) back; ValidationError when they do not
+        describe a valid command line. Anything that is not a known flag is ignored."""
+        known = set(cls.flags())
+        values: dict[str, str] = {}
+        args = iter(argv)
+        for arg in args:
+            if not arg.startswith("--"):
+                continue
+            key, eq, value = arg[2:].partition("=")
+            name = key.replace("-", "_")
+            value = value if eq else next(args, "")
+            if name in known:
+                values[name] = value
+        return cls.model_validate(values)
+
+    @classmethod
+    def runs_in(cls, cmdline: Sequence[str]) -> bool:
+        """Whether a process's command line runs this program (its script or `-m MODULE`)."""
+        return _program_end(cls, cmdline) is not None
+
+    @classmethod
+    def from_cmdline(cls, cmdline: Sequence[str]) -> Self | None:
+        """This program's command line read from a process's, or None when the process runs
+        something else or its flags do not parse."""
+        end = _program_end(cls, cmdline)
+        if end is None:
+            return None
+        try:
+            return cls.from_argv(cmdline[end:])
+        except ValidationError:
+            return None
+
+    @classmethod
+    def parse_cli(cls, argv: Sequence[str] | None = None) -> Self:
+        """The daemon's own command line, with `--help` and usage errors from argparse."""
+        parser = argparse.ArgumentParser(prog=cls.SCRIPT, description=cls.DESCRIPTION)
+        for name, field in cls.model_fields.items():
+            if name not in cls.flags():
+                continue
+            help_text = field.description or ""
+            if field.default is not None and field.default is not PydanticUndefined:
+                help_text += f" (default: {field.default})"
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                required=field.is_required(),
+                metavar=name.upper(),
+                help=help_text,
+            )
+        given = vars(parser.parse_args(argv))
+        try:
+            return cls.model_validate({k: v for k, v in given.items() if v is not None})
+        except ValidationError as exc:
+            _usage_error(parser, exc)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _program_end(cls: type[CommandLine], cmdline: Sequence[str]) -> int | None:
+    """The index of the first flag after the program (`.../SCRIPT` or `-m MODULE`)."""
+    for index, arg in enumerate(cmdline[:2]):
+        if Path(arg).name == cls.SCRIPT:
+            return index + 1
+    for index in range(len(cmdline) - 1):
+        if cmdline[index] == "-m" and cmdline[index + 1] == cls.MODULE:
+            return index + 2
+    return None
+
+
+def _usage_error(parser: argparse.ArgumentParser, exc: ValidationError) -> NoReturn:
+    problems = [
+        f"{_flag(str(error['loc'][0])) if error['loc'] else 'arguments'}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    parser.error("; ".join(problems))
+
+
+class SpawnWorker(BaseModel):
+    """`POST /v1/worker-processes` of a hive: the worker the queen wants.
+
+    The hive adds where it runs (model path, address, port) to make the worker's command line,
+    `WorkerArgs`.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: Who the worker is and where it reports; every other field is what it runs.
+    IDENTITY: ClassVar[frozenset[str]] = frozenset({"worker_id", "hive", "model", "queen_url"})
+
+    worker_id: str = Field(description="this worker's id, as the queen knows it")
+    hive: str = Field(description="name of the hive that spawned this worker")
+    model: str = Field(description="model name, as in the cluster YAML")
+    slots: Slots = SLOTS
+    ctx_size: CtxSize = CTX_SIZE
+    device: Device = DEVICE
+    worker_binary: str = Field(
+        default=WORKER_BINARY, description="worker binary name, as in the cluster YAML"
+    )
+    chat_format: str | None = Field(
+        default=None, description="llama-cpp chat format when the GGUF names none"
+    )
+    queen_url: str = Field(description="where to send heartbeats, e.g. http://127.0.0.1:7833")
+
+    def spec(self) -> dict[str, Any]:
+        """What the worker runs: every field but its identity. A change to any restarts it."""
+        return {
+            name: getattr(self, name)
+            for name in SpawnWorker.model_fields
+            if name not in self.IDENTITY
+        }
+
+
+class WorkerArgs(SpawnWorker, CommandLine):
+    """`llm-worker-rbee`'s command line: the worker the queen wants, and where it runs."""
+
+    SCRIPT = "llm-worker-rbee"
+    MODULE = "rbee.worker.server"
+    DESCRIPTION = (
+        "Serve one GGUF model over OpenAI-compatible HTTP with N parallel slots, heartbeating "
+        "to the queen. Normally started by a hive, not by hand. The heartbeat token is read "
+        "from RBEE_TOKEN."
+    )
+
+    model_path: str = Field(description="path of the GGUF file")
+    host: str = Field(default=LOOPBACK, description="address to listen on")
+    port: int = Field(ge=0, le=65535, description="port to listen on (0 picks a free one)")
+    threads: int | None = Field(
+        default=None, ge=1, description="threads per slot (default: cores/slots)"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def url(self) -> str:
+        """Where the queen reaches this worker."""
+        return http_url(self.host, self.port)
+
+
+class WorkerProcess(WorkerArgs):
+    """A worker process as a hive lists it: its command line, read back from the process."""
+
+    pid: int
+    started_at: float = Field(description="process start time, seconds since the epoch")
+
+
+class _ServerArgs(CommandLine):
+    """What the queen's and a hive's command lines share: the address and the token."""
+
+    host: str = Field(default=LOOPBACK, description="address to listen on")
+    token: str | None = Field(
+        default=None,
+        exclude=True,
+        description="bearer token required on every route but /health (default: $RBEE_TOKEN)",
+    )
+
+
+class HiveArgs(_ServerArgs):
+    """`rbee-hive`'s command line."""
+
+    SCRIPT = "rbee-hive"
+    MODULE = "rbee.hive.server"
+    DESCRIPTION = "rbee hive daemon: model catalog and worker processes of this machine."
+
+    port: int = Field(default=HIVE_PORT, ge=0, le=65535, description="port to listen on")
+    name: str = Field(
+        default_factory=socket.gethostname, description="this hive's name (default: hostname)"
+    )
+    queen_url: str | None = Field(default=None, description="the queen this hive belongs to")
+
+
+class QueenArgs(_ServerArgs):
+    """`queen-rbee`'s command line."""
+
+    SCRIPT = "queen-rbee"
+    MODULE = "rbee.queen.server"
+    DESCRIPTION = "The rbee queen: worker registry, plan/apply, OpenAI-compatible routing."
+
+    port: int = Field(default=QUEEN_PORT, ge=0, le=65535, description="port to listen on")
+    public_url: str | None = Field(
+        default=None,
+        description="URL hives and workers reach the queen at (default: http://HOST:PORT)",
+    )
+    db: Path | None = Field(
+        default=None, description="SQLite file (default: ~/.local/state/rbee/queen.db)"
+    )
+    hive_check_interval: float = Field(
+        default=15.0, gt=0, description="seconds between health checks of every hive"
+    )
