@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from rbee.process import terminate
 from tests.fixtures.model import MODEL_SHA256
 
 START_TIMEOUT_S = 30.0
@@ -47,12 +47,9 @@ class Hive:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                terminate(psutil.Process(self.proc.pid), grace_s=10)
+        self.proc.wait()
 
 
 def hive_env(home: Path) -> dict[str, str]:
