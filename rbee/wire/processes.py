@@ -114,9 +114,8 @@ class CommandLine(BaseModel):
     def parse_cli(cls, argv: Sequence[str] | None = None) -> Self:
         """The daemon's own command line, with `--help` and usage errors from argparse."""
         parser = argparse.ArgumentParser(prog=cls.SCRIPT, description=cls.DESCRIPTION)
-        for name, field in cls.model_fields.items():
-            if name not in cls.flags():
-                continue
+        for name in cls.flags():
+            field = cls.model_fields[name]
             help_text = field.description or ""
             if field.default is not None and field.default is not PydanticUndefined:
                 help_text += f" (default: {field.default})"
