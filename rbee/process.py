@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,14 +41,20 @@ _KILL_WAIT_S = 5.0
 
 
 def spawn_detached(
-    argv: Sequence[str], log_path: Path, token: str | None = None
+    argv: Sequence[str],
+    log_path: Path,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a daemon in its own session, output appended to `log_path`, reaped by a thread.
+    """Start a daemon in its own session, output appended to `log_path`, reaped by a thread;
+    `env` is added to this process's environment.
 
     The token travels in the environment (RBEE_TOKEN), never on the command line where `ps`
     would show it.
     """
-    env = {**os.environ, "RBEE_TOKEN": token} if token else dict(os.environ)
+    env = {**os.environ, **(env or {})}
+    if token:
+        env["RBEE_TOKEN"] = token
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as output:
         proc = subprocess.Popen(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from rbee.apply.executor import Emit
 from rbee.clients import HiveClient
@@ -46,7 +47,7 @@ class ClusterEffects:
             else:
                 await self._start_hive(action)
         elif action.kind == "worker_binary":
-            await self._worker_binary(action)
+            await self._worker_binary(action, emit)
         elif action.kind == "model":
             if action.op == "delete":
                 async with self._hive(action) as hive:
@@ -74,7 +75,7 @@ class ClusterEffects:
                 hive.add_model(request), f"adding model {action.model}", action.address, emit
             )
 
-    async def _worker_binary(self, action: Action) -> None:
+    async def _worker_binary(self, action: Action, emit: Emit) -> None:
         assert action.binary is not None
         async with self._hive(action) as hive:
             if action.op == "delete":
@@ -83,7 +84,7 @@ class ClusterEffects:
             # Provisioning again replaces the entry: running workers keep their runtime until
             # the plan restarts them.
             what = f"provisioning worker binary {action.binary.name}"
-            await _follow(hive.add_worker_binary(action.binary), what)
+            await _follow(hive.add_worker_binary(action.binary), what, action.address, emit)
 
     async def _stop_worker(self, action: Action) -> None:
         assert action.pid is not None
@@ -131,14 +132,12 @@ async def _follow(
     async for event in events:
         last = event
         if emit is not None and event.state == "running":
-            await emit(
-                {
-                    "event": "progress",
-                    "address": address,
-                    "bytes_done": event.bytes_done,
-                    "bytes_total": event.bytes_total,
-                }
-            )
+            progress: dict[str, Any] = {"event": "progress", "address": address}
+            if event.message is not None:
+                progress["message"] = event.message
+            else:
+                progress |= {"bytes_done": event.bytes_done, "bytes_total": event.bytes_total}
+            await emit(progress)
     if last is None or last.state != "succeeded":
         cause = last.error if last is not None else "the hive closed the operation stream"
         raise RbeeError(f"{what} failed: {cause}")

@@ -95,6 +95,9 @@ class ApplyView:
         if kind == "start":
             row.state, row.started = "running", time.monotonic()
             line = f"{address}: {row.op}…"
+        elif kind == "progress" and event.get("message"):
+            row.detail = event["message"][-80:]
+            line = f"{address}: {event['message']}"
         elif kind == "progress" and event.get("bytes_total"):
             done, total = event["bytes_done"], event["bytes_total"]
             row.detail = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB"

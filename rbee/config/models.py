@@ -6,7 +6,8 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rbee.defaults import (
     BACKEND,
@@ -128,9 +129,27 @@ class Model(_Strict):
 
 
 class Build(_Strict):
-    """Build a venv with llama-cpp-python for the backend."""
+    """Build a venv on each hive with llama-cpp-python compiled for the backend."""
 
-    cmake_args: str | None = None
+    llama_cpp_python: str | None = Field(
+        default=None,
+        description='pip version specifier, e.g. "==0.3.36" (default: the version the hive has)',
+    )
+    cmake_args: str | None = Field(
+        default=None,
+        description="CMAKE_ARGS for llama.cpp (default: -DGGML_CUDA=on for cuda, "
+        "-DGGML_METAL=on for metal, none for cpu)",
+    )
+
+    @field_validator("llama_cpp_python")
+    @classmethod
+    def _specifier(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SpecifierSet(value)
+            except InvalidSpecifier:
+                raise ValueError("expected a pip version specifier such as '==0.3.36'") from None
+        return value
 
 
 class WorkerBinary(_Strict):
@@ -140,6 +159,17 @@ class WorkerBinary(_Strict):
     backend: Backend = BACKEND
     build: Build | None = None
     path: str | None = Field(default=None, description="an existing Python runtime to use as is")
+
+    @model_validator(mode="after")
+    def _servable(self) -> WorkerBinary:
+        if self.build is not None and self.path is not None:
+            raise ValueError("give either `build:` or `path:`, not both")
+        if self.backend != "cpu" and self.build is None and self.path is None:
+            raise ValueError(
+                f"a {self.backend} worker binary needs `build:` (compile llama-cpp-python for "
+                "it on each hive) or `path:` (a Python that has it)"
+            )
+        return self
 
 
 class Deployment(_Strict):

@@ -120,7 +120,7 @@ def create_app(
         worker_binaries.check(wanted.name)
 
         def work(op: Operation) -> int:
-            worker_binaries.provision(wanted)
+            worker_binaries.provision(wanted, op.log)
             return 0
 
         operation = operations.start(work, label=f"add-worker-binary:{wanted.name}")

@@ -1,9 +1,8 @@
 """The hive's worker-binary catalog: `<root>/<name>/metadata.json`, one Python runtime each.
 
 A worker binary is the Python that runs `llm-worker-rbee` with llama-cpp-python built for a
-backend. This version provisions existing runtimes only (`path`, or the hive's own for the
-default cpu binary); builds with CMAKE_ARGS come later and will put their venv beside the
-metadata, which is why each binary has a directory.
+backend: an existing runtime (`path`), a venv built here (`build`, see `rbee.hive.runtimes`),
+or, for a plain cpu binary, the hive's own Python.
 """
 
 from __future__ import annotations
@@ -14,12 +13,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from rbee.catalog import entry_dir
 from rbee.errors import NotFoundError, RbeeError
+from rbee.hive.runtimes import RuntimeBuildError, build_runtime, remove_unused, runtime_spec
 from rbee.wire import AddWorkerBinary, WorkerBinaryEntry
 
 __all__ = ["METADATA", "ProvisionError", "WorkerBinaryCatalog"]
@@ -28,7 +29,6 @@ METADATA = "metadata.json"
 _CHECK_TIMEOUT_S = 120.0
 # What a worker needs from its runtime; prints the version the entry records.
 _CHECK = "import llama_cpp, rbee.worker.server; print(llama_cpp.__version__)"
-_DEFAULT_CMAKE_ARGS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
 _log = logging.getLogger(__name__)
 
 
@@ -46,10 +46,13 @@ class WorkerBinaryCatalog:
         """Refuse at once a name that `provision` would refuse (InvalidArtifactError)."""
         self._dir(name)
 
-    def provision(self, request: AddWorkerBinary) -> WorkerBinaryEntry:
-        """Check the requested runtime and record it, replacing any entry of the same name."""
+    def provision(
+        self, request: AddWorkerBinary, log: Callable[[str], None] = lambda _: None
+    ) -> WorkerBinaryEntry:
+        """Build or check the requested runtime and record it, replacing any entry of the same
+        name; `log` gets the build's output line by line."""
         directory = self._dir(request.name)
-        python = _runtime(request)
+        python = self._runtime(request, log)
         entry = WorkerBinaryEntry(
             name=request.name,
             backend=request.backend,
@@ -71,6 +74,7 @@ class WorkerBinaryCatalog:
             "worker binary provisioned name=%s backend=%s python=%s llama_cpp=%s",
             entry.name, entry.backend, entry.python, entry.llama_cpp_version,
         )  # fmt: skip
+        self._remove_unused_runtimes()
         return entry
 
     def list(self) -> list[WorkerBinaryEntry]:
@@ -101,25 +105,34 @@ class WorkerBinaryCatalog:
         os.rename(self._dir(name), aside / name)
         shutil.rmtree(aside, ignore_errors=True)
         _log.info("worker binary removed name=%s", name)
+        self._remove_unused_runtimes()
         return entry
 
     def _dir(self, name: str) -> Path:
         return entry_dir(self.root, name)
 
+    def _runtime(self, request: AddWorkerBinary, log: Callable[[str], None]) -> str:
+        """The Python to run workers with: the given path, a build, or the hive's own."""
+        if request.path is not None:
+            if not os.path.isabs(request.path):
+                raise ProvisionError(f"path {request.path!r} of worker binary is not absolute")
+            return request.path
+        if request.build:
+            spec = runtime_spec(request)
+            try:
+                python, _ = build_runtime(self.root, spec, log)
+            except RuntimeBuildError as exc:
+                raise ProvisionError(f"building worker binary {request.name!r}: {exc}") from None
+            return str(python)
+        if request.backend == "cpu":
+            return sys.executable
+        raise ProvisionError(
+            f"a {request.backend} worker binary needs `build:` (compile llama-cpp-python for "
+            "it) or `path:` (a Python that has it)"
+        )
 
-def _runtime(request: AddWorkerBinary) -> str:
-    """The Python to run workers with: the given path, or the hive's own for plain cpu."""
-    if request.path is not None:
-        if not os.path.isabs(request.path):
-            raise ProvisionError(f"path {request.path!r} of worker binary is not absolute")
-        return request.path
-    if request.backend == "cpu" and not request.cmake_args:
-        return sys.executable
-    cmake_args = request.cmake_args or _DEFAULT_CMAKE_ARGS[request.backend]
-    raise ProvisionError(
-        f"building a {request.backend} worker binary (CMAKE_ARGS={cmake_args}) is not supported "
-        "yet; set `path:` to a Python that has llama-cpp-python built for it"
-    )
+    def _remove_unused_runtimes(self) -> None:
+        remove_unused(self.root, keep={Path(entry.python) for entry in self.list()})
 
 
 def _llama_cpp_version(python: str) -> str:

@@ -48,7 +48,12 @@ class Operation:
         step = total * _PROGRESS_STEP if total else _PROGRESS_STEP_UNKNOWN
         if done != total and done - last.bytes_done < step:
             return
-        self._publish(last.model_copy(update={"bytes_done": done, "bytes_total": total}))
+        update = {"bytes_done": done, "bytes_total": total, "message": None}
+        self._publish(last.model_copy(update=update))
+
+    def log(self, line: str) -> None:
+        """Record a line of the operation's log (thread-safe), e.g. a build's output."""
+        self._publish(self.latest.model_copy(update={"message": line}))
 
     def succeed(self, size: int) -> None:
         """Record the end: succeeded with `size` bytes in place."""
@@ -60,7 +65,8 @@ class Operation:
 
     def fail(self, error: str) -> None:
         """Record the end: failed, with a message for the user."""
-        self._publish(self.latest.model_copy(update={"state": "failed", "error": error}))
+        update = {"state": "failed", "error": error, "message": None}
+        self._publish(self.latest.model_copy(update=update))
 
     async def events(self) -> AsyncIterator[OperationEvent]:
         """Every event from the first, then new ones as they come, ending with the final one."""

@@ -22,7 +22,15 @@ from rbee.paths import contained, state_dir
 from rbee.process import spawn_detached, terminate
 from rbee.wire import SpawnWorker, WorkerArgs, WorkerProcess
 
-__all__ = ["find_worker", "list_workers", "log_path", "parse_worker", "spawn_worker", "stop_worker"]
+__all__ = [
+    "device_env",
+    "find_worker",
+    "list_workers",
+    "log_path",
+    "parse_worker",
+    "spawn_worker",
+    "stop_worker",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +59,7 @@ def spawn_worker(
     args = WorkerArgs(
         **request.model_dump(), model_path=str(model_path), host=host, port=_free_port(host)
     )
-    proc = spawn_detached(args.command(python), log, token)
+    proc = spawn_detached(args.command(python), log, token, env=device_env(args.device))
     try:
         started_at = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
@@ -62,6 +70,13 @@ def spawn_worker(
         worker.worker_id, worker.pid, worker.port, log,
     )  # fmt: skip
     return worker
+
+
+def device_env(device: str) -> dict[str, str]:
+    """The environment that pins a worker to its device: `cuda:N` sees GPU N alone (as its
+    GPU 0), so no layer or buffer lands on another GPU."""
+    backend, _, index = device.partition(":")
+    return {"CUDA_VISIBLE_DEVICES": index} if backend == "cuda" else {}
 
 
 def parse_worker(pid: int, cmdline: Sequence[str], started_at: float) -> WorkerProcess | None:

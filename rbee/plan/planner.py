@@ -239,11 +239,14 @@ class _Context:
         self, hive: Hive, binary: WorkerBinary, have: WorkerBinaryEntry | None, deps: list[str]
     ) -> Action | None:
         spec = binary.model_dump(mode="json")
+        build = binary.build
         request = AddWorkerBinary(
             name=binary.name,
             backend=binary.backend,
             path=binary.path,
-            cmake_args=binary.build.cmake_args if binary.build else None,
+            build=build is not None,
+            llama_cpp_python=build.llama_cpp_python if build else None,
+            cmake_args=build.cmake_args if build else None,
             spec=spec,
         )
         common: dict[str, Any] = {
@@ -255,7 +258,7 @@ class _Context:
             "binary": request,
         }
         if have is None:
-            how = f"use {binary.path}" if binary.path else "provision"
+            how = f"use {binary.path}" if binary.path else "build" if build else "provision"
             return Action(op="create", reason=f"{how} ({binary.backend})", **common)
         if have.spec != spec:
             changes = _changes(have.spec, spec)

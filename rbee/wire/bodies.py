@@ -113,6 +113,7 @@ class OperationEvent(_Wire):
     state: Literal["running", "succeeded", "failed"]
     bytes_done: int = 0
     bytes_total: int | None = None
+    message: str | None = Field(default=None, description="a line of the operation's log")
     error: str | None = None
 
 
@@ -126,6 +127,10 @@ class AddWorkerBinary(_Wire):
     name: str
     backend: Backend = BACKEND
     path: str | None = Field(default=None, description="an existing Python runtime to use")
+    build: bool = Field(default=False, description="build a venv with llama-cpp-python")
+    llama_cpp_python: str | None = Field(
+        default=None, description="pip version specifier of the build (default: the hive's)"
+    )
     cmake_args: str | None = Field(default=None, description="CMAKE_ARGS of a build")
     spec: dict[str, Any] = {}
 

@@ -19,7 +19,7 @@ import llama_cpp
 
 from rbee.wire import WorkerArgs
 
-__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "threads_per_slot"]
+__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "threads_per_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,12 @@ class Engine:
     def _load_contexts(self) -> list[_Context]:
         config = self.config
         threads = threads_per_slot(config.threads, config.slots)
-        gpu_layers, main_gpu = _placement(config.device)
         kwargs: dict[str, Any] = {
             "model_path": config.model_path,
             "n_ctx": config.ctx_size,
             "n_threads": threads,
             "n_threads_batch": threads,
-            "n_gpu_layers": gpu_layers,
-            "main_gpu": main_gpu,
+            **placement(config.device),
             "verbose": False,
         }
         first = _Context(**kwargs)
@@ -246,12 +244,22 @@ class Engine:
             context.cancelled.event.set()
 
 
-def _placement(device: str) -> tuple[int, int]:
-    """(n_gpu_layers, main_gpu) for a `--device` such as cpu, cuda:1 or metal."""
+def placement(device: str) -> dict[str, Any]:
+    """llama-cpp's placement for a `--device` such as cpu, cuda:1 or metal.
+
+    On a GPU every layer is offloaded to that one GPU (no split across GPUs). A hive pins a
+    `cuda:N` worker with CUDA_VISIBLE_DEVICES=N, so its GPU is the only one it sees: index 0.
+    """
     if device == "cpu":
-        return 0, 0
+        return {"n_gpu_layers": 0}
     _, _, index = device.partition(":")
-    return -1, int(index) if index.isdigit() else 0
+    pinned = "CUDA_VISIBLE_DEVICES" in os.environ
+    main_gpu = 0 if pinned or not index.isdigit() else int(index)
+    return {
+        "n_gpu_layers": -1,
+        "main_gpu": main_gpu,
+        "split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE,
+    }
 
 
 def _quiet_after_loop_closed(work: Callable[[], None]) -> Callable[[], None]:

@@ -54,7 +54,10 @@ class Hive:
 
 def hive_env(home: Path) -> dict[str, str]:
     """The test's environment with HOME moved and no token inherited."""
-    env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RBEE_TOKEN", "CUDA_VISIBLE_DEVICES")}
+    # Builds of the plain cpu runtime may reuse the llama-cpp-python wheel that pip compiled
+    # when the test environment was installed.
+    env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
     env["HOME"] = str(home)
     return env
 

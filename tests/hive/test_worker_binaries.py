@@ -7,15 +7,18 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from tests.hive.conftest import (
+    WORKER_START_S,
     Hive,
     add_model,
     add_worker_binary,
     spawn,
     spawn_body,
+    wait_until,
     workers_of,
 )
 
@@ -180,3 +183,37 @@ def test_a_binary_in_use_is_kept_until_its_worker_stops(hive_with_model: Hive) -
     assert deleted.json()["name"] == "cpu"
     assert after == []
     assert list(catalog_dir(hive).iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_cpu_build_streams_its_log_is_reused_and_serves(hive: Hive, gguf: Path) -> None:
+    with hive.client() as client:
+        first = add_worker_binary(client, "built", backend="cpu", build=True)
+        entry = client.get("/v1/worker-binaries/built").json()
+        again = add_worker_binary(client, "built", backend="cpu", build=True)
+        assert add_model(client, "gemma3-270m", gguf)[-1]["state"] == "succeeded"
+        worker = spawn(client, hive, worker_binary="built")
+    assert first[-1]["state"] == "succeeded", first[-3:]
+    log = [event["message"] for event in first if event.get("message")]
+    assert any("pip" in line and "llama-cpp-python==" in line for line in log), log[:3]
+    runtime = catalog_dir(hive) / ".runtimes"
+    assert Path(entry["python"]).parent.parent.parent == runtime
+    # The venv holds its own llama_cpp; rbee comes from the hive's environment.
+    assert list(runtime.glob("*/lib/python*/site-packages/llama_cpp/__init__.py"))
+    assert next(e["message"] for e in again if e.get("message")).endswith("reusing it")
+    assert psutil.Process(worker["pid"]).cmdline()[0] == entry["python"]
+    wait_until(lambda: _state(worker["url"]) == "idle", WORKER_START_S, "the worker to load")
+    completion = httpx.post(
+        f"{worker['url']}/v1/completions",
+        json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
+        timeout=120,
+    )
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["usage"]["completion_tokens"] > 0
+
+
+def _state(url: str) -> str | None:
+    try:
+        return str(httpx.get(f"{url}/health", timeout=1).json()["state"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None

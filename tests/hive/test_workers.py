@@ -131,3 +131,23 @@ def test_a_hive_lists_and_stops_only_workers_of_its_own_catalog(
     finally:
         other.terminate()
         other.wait(10)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in raw if b"=" in entry)
+
+
+@pytest.mark.slow
+def test_a_gpu_worker_sees_only_its_own_gpu(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        gpu = spawn(client, hive, "w-gpu", device="cuda:1")
+        cpu = spawn(client, hive, "w-cpu", device="cpu")
+        try:
+            assert _environ(gpu["pid"])["CUDA_VISIBLE_DEVICES"] == "1"
+            assert "CUDA_VISIBLE_DEVICES" not in _environ(cpu["pid"])
+            assert gpu["device"] == "cuda:1"  # what the plan compares is still the declared one
+        finally:
+            for worker in (gpu, cpu):
+                client.delete(f"/v1/worker-processes/{worker['pid']}", params={"grace": 1})

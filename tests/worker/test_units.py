@@ -7,11 +7,12 @@ import contextlib
 import json
 
 import httpx
+import llama_cpp
 import pytest
 
 from rbee.wire import Heartbeat, WorkerArgs
 from rbee.worker.app import create_app
-from rbee.worker.engine import chat_format_for, threads_per_slot
+from rbee.worker.engine import chat_format_for, placement, threads_per_slot
 from rbee.worker.heartbeat import HeartbeatSender
 
 CONFIG = WorkerArgs(
@@ -138,3 +139,14 @@ def test_heartbeats_carry_the_token_and_survive_a_failing_queen() -> None:
     assert str(seen[0].url) == "http://queen/v1/workers/heartbeat"
     assert seen[0].headers["authorization"] == "Bearer s3cret"
     assert json.loads(seen[2].content) == beat.model_dump()
+
+
+def test_a_gpu_worker_offloads_every_layer_to_its_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert placement("cpu") == {"n_gpu_layers": 0}
+    unpinned = placement("cuda:1")
+    assert (unpinned["n_gpu_layers"], unpinned["main_gpu"]) == (-1, 1)
+    assert unpinned["split_mode"] == llama_cpp.LLAMA_SPLIT_MODE_NONE
+    # Pinned by its hive, the worker's GPU is the only one it sees: its index 0.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert placement("cuda:1")["main_gpu"] == 0
