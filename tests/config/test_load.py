@@ -114,10 +114,10 @@ def test_example_cluster_loads_the_demo() -> None:
     assert cluster.queen.token is None
     assert [(hive.name, hive.effective_mode) for hive in cluster.hives] == [("local", "local")]
     (deployment,) = cluster.deployments
-    assert (deployment.model, deployment.worker) == ("gemma3-270m", "cpu")
+    assert (deployment.model, deployment.worker) == ("smollm2-135m", "cpu")
     assert (deployment.hives, deployment.replicas, deployment.slots) == (["local"], 1, 2)
     assert (deployment.device, deployment.ctx_size) == ("cpu", 2048)
-    demo = Path.home() / ".cache/rbee/demo/gemma-3-270m-q4_k_m.gguf"
+    demo = Path.home() / ".cache/rbee/demo/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert cluster.models[0].source == f"file://{demo}"
 
 

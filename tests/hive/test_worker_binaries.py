@@ -101,22 +101,34 @@ def test_a_path_that_does_not_exist_fails_with_a_clear_error(hive: Hive, tmp_pat
     )
 
 
-def test_cuda_without_path_is_not_supported_yet(hive: Hive) -> None:
+def test_cuda_without_build_or_path_is_refused(hive: Hive) -> None:
     with hive.client() as client:
         events = add_worker_binary(client, "cuda", backend="cuda")
         assert client.get("/v1/worker-binaries").json() == []
     assert events[-1]["state"] == "failed"
     assert events[-1]["error"] == (
-        "building a cuda worker binary (CMAKE_ARGS=-DGGML_CUDA=on) is not supported yet; "
-        "set `path:` to a Python that has llama-cpp-python built for it"
+        "a cuda worker binary needs `build:` (compile llama-cpp-python for it) or `path:` "
+        "(a Python that has it)"
     )
 
 
-def test_cpu_with_cmake_args_is_a_build_and_not_supported_yet(hive: Hive) -> None:
+def test_a_failed_build_names_the_binary_and_ends_with_its_log(hive: Hive) -> None:
     with hive.client() as client:
-        events = add_worker_binary(client, "cpu-blas", cmake_args="-DGGML_BLAS=ON")
+        events = add_worker_binary(client, "broken", build=True, llama_cpp_python="==0.0.1")
+        assert client.get("/v1/worker-binaries").json() == []
     assert events[-1]["state"] == "failed"
-    assert "building a cpu worker binary (CMAKE_ARGS=-DGGML_BLAS=ON)" in events[-1]["error"]
+    error = events[-1]["error"]
+    assert error.startswith("building worker binary 'broken': ")
+    assert error.endswith("No matching distribution found for llama-cpp-python==0.0.1"), error
+    # Nothing half-built is left to be mistaken for a runtime.
+    assert list((catalog_dir(hive) / ".runtimes").glob("*/bin/python")) == []
+
+
+def test_build_options_without_build_are_refused(hive: Hive) -> None:
+    with hive.client() as client:
+        resp = client.post("/v1/worker-binaries", json={"name": "x", "cmake_args": "-DX=1"})
+    assert resp.status_code == 422
+    assert "cmake_args and llama_cpp_python need build: true" in resp.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("name", ["../x", "..", "a/b", ".hidden"])

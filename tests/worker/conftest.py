@@ -161,8 +161,11 @@ def start_worker(queen: FakeQueen, gguf: Path, tmp_path: Path) -> Iterator[Worke
     """Start workers of the real model heartbeating to the fake queen; killed at teardown."""
     started: list[Worker] = []
 
-    def start(*extra: str, slots: int = 1, token: str | None = None) -> Worker:
-        worker = launch_worker(queen.url, gguf, tmp_path, *extra, slots=slots, token=token)
+    def start(
+        *extra: str, slots: int = 1, token: str | None = None, model: Path | None = None
+    ) -> Worker:
+        path = gguf if model is None else model
+        worker = launch_worker(queen.url, path, tmp_path, *extra, slots=slots, token=token)
         started.append(worker)
         return worker
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from rbee.wire import Heartbeat
+from tests.fixtures.model import demo_model_path
 from tests.worker.conftest import FakeQueen, Worker, WorkerFactory, wait_until
 
 pytestmark = pytest.mark.slow
@@ -183,6 +184,20 @@ def test_sigterm_drains_in_flight_requests_then_exits(
     assert events[-1][1] == "[DONE]"
     assert worker.proc.wait(timeout=5) == 0
     assert "draining" in queen.states(worker.worker_id)
+
+
+def test_the_demo_model_answers_through_its_own_chat_template(
+    start_worker: WorkerFactory,
+) -> None:
+    worker = start_worker(model=demo_model_path())
+    worker.wait_ready()
+    body = {"messages": HELLO, "max_tokens": 48, "temperature": 0}
+    response = httpx.post(worker.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()["choices"][0]["message"]["content"]
+    # SmolLM2 answers the question (gemma, a base model, rambles on from the prompt instead).
+    assert answer.startswith("Bees are"), answer
+    assert "<|im_" not in answer
 
 
 def test_a_port_in_use_is_one_line_and_exit_1(queen: FakeQueen) -> None:
