@@ -18,6 +18,7 @@ __all__ = [
     "HIVE_PORT",
     "QUEEN_PORT",
     "SLOTS",
+    "SOURCE_SCHEMES",
     "WORKER_BINARY",
     "Backend",
     "CtxSize",
@@ -31,6 +32,10 @@ SLOTS = 1
 CTX_SIZE = 4096
 DEVICE = "cpu"
 WORKER_BINARY = "cpu"
+
+#: The URL schemes models may come from: one vendor each in rbee.catalog (a test keeps the
+#: two lists equal).
+SOURCE_SCHEMES = ("hf", "https", "http", "file")
 
 #: The inference backends a worker binary can be built for.
 Backend = Literal["cpu", "cuda", "metal"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -16,12 +17,15 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from rbee.catalog.vendors import Progress, Vendor
 from rbee.catalog.vendors.file import FileVendor
+from rbee.catalog.vendors.hf import HfVendor
+from rbee.catalog.vendors.http import HttpVendor
 from rbee.errors import NotFoundError, RbeeError
 from rbee.paths import contained
 from rbee.wire import ModelEntry
@@ -52,8 +56,9 @@ class ChecksumMismatchError(RbeeError):
 
 
 def default_vendors() -> dict[str, Vendor]:
-    """The vendors this version ships, by URL scheme."""
-    return {"file": FileVendor()}
+    """The vendors this version ships, by URL scheme (the schemes the YAML accepts)."""
+    http = HttpVendor()
+    return {"file": FileVendor(), "hf": HfVendor(), "https": http, "http": http}
 
 
 def _no_progress(done: int, total: int | None) -> None:
@@ -117,7 +122,12 @@ class ArtifactCatalog:
         sha256: str | None = None,
         progress_cb: Progress | None = None,
     ) -> ModelEntry:
-        """Fetch `source` as `name`, verify it, and rename it into place; a no-op when present."""
+        """Fetch `source` as `name`, verify it, and rename it into place; a no-op when present.
+
+        The bytes land in `.<name>.partial/` first. A fetch that is cut off (a dropped
+        connection, a killed hive) leaves them there, and the next `add` of the same source
+        continues from them.
+        """
         final = self._dir(name)
         vendor = self._vendor(source)
         expected = _normalized(sha256)
@@ -125,22 +135,21 @@ class ArtifactCatalog:
         if existing is not None:
             _log.info("artifact already present name=%s sha256=%s", name, existing.sha256)
             return existing
+        resolved = vendor.resolve(source)
+        if expected is not None and resolved.sha256 not in (None, expected):
+            raise ChecksumMismatchError(
+                f"sha256 mismatch for {name}: the cluster YAML pins {expected}, "
+                f"{source} has {resolved.sha256}",
+                hint="fix the sha256 in the YAML, or pin the revision it was taken from",
+            )
+        expected = expected or resolved.sha256
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=self.root))
-        try:
-            payload = staging / PAYLOAD
-            digest = hashlib.sha256()
-            with payload.open("wb") as out:
-
-                def sink(chunk: bytes) -> None:
-                    digest.update(chunk)
-                    out.write(chunk)
-
-                vendor.fetch(source, sink, progress_cb or _no_progress)
-                out.flush()
-                os.fsync(out.fileno())
-            actual = digest.hexdigest()
+        with _Partial(self.root / f".{name}.partial", source, expected) as partial:
+            _check_disk(name, self.root, resolved.size, partial.offset)
+            vendor.fetch(resolved, partial, progress_cb or _no_progress)
+            actual = partial.finish()
             if expected is not None and actual != expected:
+                partial.discard()
                 raise ChecksumMismatchError(
                     f"sha256 mismatch for {name}: expected {expected}, got {actual}",
                     hint="check the sha256 in the cluster YAML against the source",
@@ -149,14 +158,12 @@ class ArtifactCatalog:
                 name=name,
                 source=source,
                 sha256=actual,
-                size_bytes=payload.stat().st_size,
+                size_bytes=partial.offset,
                 path=str(final / PAYLOAD),
+                revision=resolved.revision,
             )
-            (staging / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
-            self._install(staging, final)
-        finally:
-            if staging.exists():
-                self._discard(staging)
+            (partial.directory / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
+            self._install(partial.directory, final)
         _log.info("artifact added name=%s sha256=%s bytes=%d", name, actual, entry.size_bytes)
         return entry
 
@@ -200,6 +207,78 @@ class ArtifactCatalog:
     @staticmethod
     def _discard(directory: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class _Partial:
+    """The bytes of one artifact on their way in: `<dir>/payload`, hashed as they come, and
+    `<dir>/source.json` saying what they are bytes of (so a partial of another source or
+    checksum is started over, never continued)."""
+
+    def __init__(self, directory: Path, source: str, sha256: str | None) -> None:
+        self.directory = directory
+        self._label = {"source": source, "sha256": sha256}
+        self._digest = hashlib.sha256()
+        self._out: BinaryIO | None = None
+        self.offset = 0
+
+    def __enter__(self) -> _Partial:
+        label = self.directory / "source.json"
+        try:
+            same = json.loads(label.read_text()) == self._label
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        label.write_text(json.dumps(self._label))
+        self._out = (self.directory / PAYLOAD).open("ab+")
+        self._out.seek(0)
+        while chunk := self._out.read(1 << 20):
+            self._digest.update(chunk)
+            self.offset += len(chunk)
+        if self.offset:
+            _log.info("resuming download dir=%s from=%d", self.directory, self.offset)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._out is not None:
+            self._out.close()
+
+    def write(self, chunk: bytes) -> None:
+        assert self._out is not None
+        self._out.write(chunk)
+        self._digest.update(chunk)
+        self.offset += len(chunk)
+
+    def restart(self) -> None:
+        assert self._out is not None
+        self._out.seek(0)
+        self._out.truncate()
+        self._digest = hashlib.sha256()
+        self.offset = 0
+
+    def finish(self) -> str:
+        """Flush to disk; the sha256 of every byte."""
+        assert self._out is not None
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        return self._digest.hexdigest()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _check_disk(name: str, root: Path, size: int | None, have: int) -> None:
+    """Refuse to start a download that cannot fit, naming the bytes needed and free."""
+    if size is None:
+        return
+    needed = size - have
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise RbeeError(
+            f"not enough disk for {name}: needs {needed} bytes more, {free} free in {root}",
+            hint="free space on the hive or move its cache",
+        )
 
 
 def _normalized(sha256: str | None) -> str | None:

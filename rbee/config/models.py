@@ -16,6 +16,7 @@ from rbee.defaults import (
     HIVE_PORT,
     QUEEN_PORT,
     SLOTS,
+    SOURCE_SCHEMES,
     Backend,
     CtxSize,
     Device,
@@ -35,7 +36,7 @@ __all__ = [
     "check_references",
 ]
 
-_SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://")
+_HF_SOURCE = re.compile(r"^hf://[^/@]+/[^/@]+/[^@]+\.gguf(@[^@]+)?$")
 
 Name = Annotated[
     str,
@@ -114,11 +115,24 @@ class Model(_Strict):
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not value.startswith(_SOURCE_SCHEMES):
-            raise ValueError("expected a source starting with hf://, https://, http:// or file://")
-        if len(value.split("://", 1)[1]) == 0:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in SOURCE_SCHEMES:
+            known = ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+            raise ValueError(f"expected a source starting with one of {known}")
+        if not rest:
             raise ValueError("the source names no location after the scheme")
+        if scheme == "hf" and not _HF_SOURCE.match(value):
+            raise ValueError("expected hf://ORG/REPO/PATH.gguf, optionally @REVISION")
         return value
+
+    @model_validator(mode="after")
+    def _remote_needs_checksum(self) -> Model:
+        # The Hub publishes each file's sha256; a plain URL does not, so the YAML pins it.
+        if self.source.startswith(("https://", "http://")) and self.sha256 is None:
+            raise ValueError(
+                "an https:// source needs its sha256 (`sha256sum` of the file) in the YAML"
+            )
+        return self
 
     @field_validator("sha256")
     @classmethod

@@ -100,6 +100,7 @@ class ModelEntry(_Wire):
     sha256: str
     size_bytes: int
     path: str
+    revision: str | None = Field(default=None, description="the Hub commit it came from")
 
 
 class OperationStarted(_Wire):

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from rbee.catalog import ArtifactCatalog, ChecksumMismatchError, InvalidArtifactError
+from rbee.catalog import (
+    ArtifactCatalog,
+    ChecksumMismatchError,
+    InvalidArtifactError,
+    default_vendors,
+)
 from rbee.catalog.artifact import METADATA, PAYLOAD
-from rbee.catalog.vendors import Progress, Sink
+from rbee.catalog.vendors import Progress, Resolved, Sink
+from rbee.defaults import SOURCE_SCHEMES
 from rbee.errors import NotFoundError
 
 DATA = b"weights" * 1000
@@ -18,18 +24,25 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 class CountingVendor:
-    """A file:// stand-in that counts fetches and can fail halfway."""
+    """A file:// stand-in that counts fetches and bytes sent, and can fail halfway once."""
 
     def __init__(self, data: bytes = DATA, fail_halfway: bool = False) -> None:
-        self.data, self.fail_halfway, self.calls = data, fail_halfway, 0
+        self.data, self.fail_halfway, self.calls, self.sent = data, fail_halfway, 0, 0
 
-    def fetch(self, source: str, sink: Sink, progress: Progress) -> None:
+    def resolve(self, source: str) -> Resolved:
+        return Resolved(url=source, size=len(self.data))
+
+    def fetch(self, resolved: Resolved, sink: Sink, progress: Progress) -> None:
         self.calls += 1
-        half = len(self.data) // 2
-        sink(self.data[:half])
+        rest = self.data[sink.offset :]
+        half = len(rest) // 2
+        sink.write(rest[:half])
+        self.sent += half
         if self.fail_halfway:
+            self.fail_halfway = False
             raise OSError("connection dropped")
-        sink(self.data[half:])
+        sink.write(rest[half:])
+        self.sent += len(rest) - half
         progress(len(self.data), len(self.data))
 
 
@@ -56,6 +69,7 @@ def test_add_writes_payload_and_metadata(catalog: ArtifactCatalog, source: str) 
         "sha256": SHA,
         "size_bytes": len(DATA),
         "path": str(directory / PAYLOAD),
+        "revision": None,
     }
     assert catalog.list() == [entry]
     assert catalog.get("m") == entry
@@ -82,11 +96,29 @@ def test_a_wrong_sha256_leaves_nothing_under_the_name(
         catalog.get("m")
 
 
-def test_a_failed_fetch_leaves_nothing_behind(tmp_path: Path) -> None:
-    catalog = ArtifactCatalog(tmp_path / "models", {"file": CountingVendor(fail_halfway=True)})
+def test_a_cut_off_fetch_leaves_nothing_under_the_name_and_the_next_add_resumes(
+    tmp_path: Path,
+) -> None:
+    vendor = CountingVendor(fail_halfway=True)
+    catalog = ArtifactCatalog(tmp_path / "models", {"file": vendor})
     with pytest.raises(OSError, match="connection dropped"):
         catalog.add("m", "file:///x", SHA)
-    assert list(catalog.root.iterdir()) == []
+    assert catalog.list() == []
+    assert [p.name for p in catalog.root.iterdir()] == [".m.partial"]
+    entry = catalog.add("m", "file:///x", SHA)
+    assert Path(entry.path).read_bytes() == DATA
+    assert vendor.sent == len(DATA)  # nothing was sent twice
+    assert [p.name for p in catalog.root.iterdir()] == ["m"]
+
+
+def test_a_partial_of_another_source_is_started_over(tmp_path: Path) -> None:
+    catalog = ArtifactCatalog(tmp_path / "models", {"file": CountingVendor(fail_halfway=True)})
+    with pytest.raises(OSError):
+        catalog.add("m", "file:///old", SHA)
+    vendor = CountingVendor()
+    catalog = ArtifactCatalog(tmp_path / "models", {"file": vendor})
+    assert Path(catalog.add("m", "file:///x", SHA).path).read_bytes() == DATA
+    assert vendor.sent == len(DATA)
 
 
 def test_adding_the_same_artifact_twice_is_a_noop(tmp_path: Path) -> None:
@@ -119,9 +151,13 @@ def test_names_that_escape_or_hide_are_refused(
     assert not (tmp_path / "x").exists()
 
 
-def test_an_unknown_scheme_is_not_supported_yet(catalog: ArtifactCatalog) -> None:
-    with pytest.raises(InvalidArtifactError, match="source scheme 'hf' is not supported yet"):
-        catalog.check("m", "hf://org/repo/file.gguf", None)
+def test_an_unknown_scheme_is_not_supported(catalog: ArtifactCatalog) -> None:
+    with pytest.raises(InvalidArtifactError, match="source scheme 'ftp' is not supported yet"):
+        catalog.check("m", "ftp://host/file.gguf", None)
+
+
+def test_the_yaml_accepts_exactly_the_schemes_that_have_a_vendor() -> None:
+    assert sorted(default_vendors()) == sorted(SOURCE_SCHEMES)
 
 
 def test_a_malformed_sha256_is_refused(catalog: ArtifactCatalog, source: str) -> None:

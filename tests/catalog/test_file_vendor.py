@@ -10,22 +10,48 @@ from rbee.catalog.vendors.file import CHUNK_BYTES, FileVendor, source_path
 from rbee.errors import NotFoundError, RbeeError
 
 
+class ListSink:
+    def __init__(self, offset: int = 0) -> None:
+        self.chunks: list[bytes] = []
+        self.start = offset
+
+    @property
+    def offset(self) -> int:
+        return self.start + sum(map(len, self.chunks))
+
+    def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def restart(self) -> None:
+        self.chunks, self.start = [], 0
+
+
 def test_copies_in_chunks_reporting_done_and_total(tmp_path: Path) -> None:
     data = bytes(range(256)) * (CHUNK_BYTES * 5 // 2 // 256)
     source = tmp_path / "blob"
     source.write_bytes(data)
-    chunks: list[bytes] = []
+    sink = ListSink()
     progress: list[tuple[int, int | None]] = []
-    FileVendor().fetch(source.as_uri(), chunks.append, lambda d, t: progress.append((d, t)))
-    assert b"".join(chunks) == data
-    assert max(len(c) for c in chunks) == CHUNK_BYTES
+    vendor = FileVendor()
+    vendor.fetch(vendor.resolve(source.as_uri()), sink, lambda d, t: progress.append((d, t)))
+    assert b"".join(sink.chunks) == data
+    assert max(len(c) for c in sink.chunks) == CHUNK_BYTES
     total = len(data)
     assert progress == [(0, total), (CHUNK_BYTES, total), (2 * CHUNK_BYTES, total), (total, total)]
 
 
+def test_a_copy_continues_from_the_bytes_already_there(tmp_path: Path) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(b"0123456789")
+    sink = ListSink(offset=4)
+    vendor = FileVendor()
+    vendor.fetch(vendor.resolve(source.as_uri()), sink, lambda d, t: None)
+    assert b"".join(sink.chunks) == b"456789"
+
+
 def test_a_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="does not exist"):
-        FileVendor().fetch((tmp_path / "nope").as_uri(), print, lambda d, t: None)
+        FileVendor().resolve((tmp_path / "nope").as_uri())
 
 
 @pytest.mark.parametrize("source", ["file://relative/path", "file://otherhost/x", "https://h/x"])

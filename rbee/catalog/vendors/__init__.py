@@ -1,22 +1,58 @@
-"""Artifact sources, one vendor per URL scheme: a vendor streams bytes into the catalog's sink."""
+"""Artifact sources, one vendor per URL scheme.
+
+A vendor first resolves a source (where its bytes are, how big, the checksum the source itself
+publishes, the revision), then streams the bytes into the catalog's sink from the sink's
+offset: a download that was cut off continues where it stopped.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Progress", "Sink", "Vendor"]
+__all__ = ["Progress", "Resolved", "Sink", "Vendor"]
 
 Progress = Callable[[int, int | None], None]
 """Called with (bytes done, bytes total or None when the size is unknown)."""
 
-Sink = Callable[[bytes], object]
-"""Where a vendor writes the artifact's bytes, in order."""
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a source is, known before any of its bytes are fetched."""
+
+    url: str
+    size: int | None = None
+    sha256: str | None = field(default=None, metadata={"doc": "published by the source"})
+    revision: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    """Where a vendor writes the artifact's bytes, in order, after the `offset` already there."""
+
+    @property
+    def offset(self) -> int:
+        """Bytes already in place (from an earlier, interrupted fetch)."""
+        ...
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes."""
+        ...
+
+    def restart(self) -> None:
+        """Drop what is there: the source cannot continue from `offset`."""
+        ...
 
 
 class Vendor(Protocol):
-    """Fetches one source URL of its scheme."""
+    """Fetches the sources of one URL scheme."""
 
-    def fetch(self, source: str, sink: Sink, progress: Progress) -> None:
-        """Write the whole artifact at `source` into `sink`, reporting progress as it goes."""
+    def resolve(self, source: str) -> Resolved:
+        """Where `source`'s bytes are and what they are; NotFoundError and friends when it
+        cannot be had."""
+        ...
+
+    def fetch(self, resolved: Resolved, sink: Sink, progress: Progress) -> None:
+        """Write the bytes from `sink.offset` to the end into `sink`."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from rbee.catalog.vendors import Progress, Sink
+from rbee.catalog.vendors import Progress, Resolved, Sink
 from rbee.errors import NotFoundError, RbeeError
 
 __all__ = ["CHUNK_BYTES", "FileVendor", "source_path"]
@@ -30,22 +30,32 @@ def source_path(source: str) -> Path:
 class FileVendor:
     """Copies a local file into the catalog."""
 
-    def fetch(self, source: str, sink: Sink, progress: Progress) -> None:
-        """Copy the file at `source` into `sink`, reporting bytes done/total after each chunk."""
+    def resolve(self, source: str) -> Resolved:
+        """The file and its size; NotFoundError when it is missing."""
         path = source_path(source)
+        if path.is_dir():
+            raise RbeeError(f"source {path} is a directory, not a file")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"source file {path} does not exist") from None
+        return Resolved(url=str(path), size=size)
+
+    def fetch(self, resolved: Resolved, sink: Sink, progress: Progress) -> None:
+        """Copy the file from `sink.offset` on, reporting bytes done/total after each chunk."""
+        path = Path(resolved.url)
         try:
             handle = path.open("rb")
         except FileNotFoundError:
             raise NotFoundError(f"source file {path} does not exist") from None
-        except IsADirectoryError:
-            raise RbeeError(f"source {path} is a directory, not a file") from None
         except PermissionError:
             raise RbeeError(f"source file {path} is not readable by the hive") from None
         with handle:
             total = path.stat().st_size
-            done = 0
-            progress(done, total)
+            if sink.offset > total:
+                sink.restart()
+            handle.seek(sink.offset)
+            progress(sink.offset, total)
             while chunk := handle.read(CHUNK_BYTES):
-                sink(chunk)
-                done += len(chunk)
-                progress(done, total)
+                sink.write(chunk)
+                progress(sink.offset, total)
