@@ -125,13 +125,13 @@ def start_hive(hive_home: Path, free_port: int) -> Iterator[HiveFactory]:
     name = f"test-hive-{uuid.uuid4().hex[:8]}"
     started: list[Hive] = []
 
-    def start(*extra: str, port: int | None = None) -> Hive:
+    def start(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> Hive:
         port = free_port if port is None else port
         stderr = hive_home / f"hive-{len(started)}.stderr"
         with stderr.open("wb") as err:
             proc = subprocess.Popen(
                 hive_command("--port", str(port), "--name", name, *extra),
-                env=hive_env(hive_home),
+                env={**hive_env(hive_home), **(env or {})},
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )

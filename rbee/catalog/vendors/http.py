@@ -8,6 +8,7 @@ bytes an interrupted one left on disk (a hive that was killed mid-download).
 from __future__ import annotations
 
 import logging
+import ssl
 from urllib.parse import urlsplit
 
 import httpx
@@ -81,9 +82,14 @@ def _attempt(resolved: Resolved, sink: Sink, progress: Progress) -> None:
                 sink.write(chunk)
                 progress(sink.offset, total)
     except (httpx.TransportError, httpx.DecodingError) as exc:
-        _log.warning(
-            "download dropped url=%s at=%d error=%r", _shown(resolved.url), sink.offset, exc
-        )
+        url = _shown(resolved.url)
+        if _untrusted(exc):
+            raise RbeeError(
+                f"{url}: the server's TLS certificate is not trusted ({exc})",
+                hint="for a private CA, point SSL_CERT_FILE at its bundle in the hive's "
+                "environment",
+            ) from None
+        _log.warning("download dropped url=%s at=%d error=%r", url, sink.offset, exc)
         raise _Dropped(repr(exc)) from exc
     if total is not None and sink.offset < total:
         raise _Dropped(f"the server closed after {sink.offset} of {total} bytes")
@@ -118,6 +124,19 @@ def _check(response: httpx.Response, resolved: Resolved, start: int, sink: Sink)
         sink.restart()
     length = response.headers.get("content-length")
     return int(length) if length and length.isdigit() else resolved.size
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Whether a transport error is a refused certificate (which no retry will fix)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        # httpx passes the ssl module's error on as text only.
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _shown(url: str) -> str:

@@ -1,0 +1,114 @@
+"""A hive fetches an hf:// model from a local Hub through the real huggingface_hub client,
+resumes after its connection drops or it is killed, and a worker serves what it fetched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.hub import FakeHub, HubFile, fake_hub
+from tests.hive.conftest import (
+    WORKER_START_S,
+    HiveFactory,
+    add_worker_binary,
+    operation_events,
+    spawn,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+REPO = "ggml-org/gemma-3-270m-GGUF"
+FILE = "gemma-3-270m-Q4_K_M.gguf"
+SOURCE = f"hf://{REPO}/{FILE}"
+
+
+@pytest.fixture
+def hub(gguf: Path) -> Iterator[tuple[FakeHub, HubFile]]:
+    for served in fake_hub():
+        yield served, served.add(REPO, FILE, gguf)
+
+
+def _hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf-home")}
+
+
+def _post(client: httpx.Client, body: dict[str, Any]) -> str:
+    resp = client.post("/v1/models", json=body)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["operation_id"])
+
+
+def test_a_killed_hive_resumes_the_download_and_a_worker_serves_the_model(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path
+) -> None:
+    fake, served = hub
+    fake.bytes_per_s = 50e6  # about 5 s for the whole file: time to kill the hive mid-way
+    first = start_hive(env=_hub_env(fake, tmp_path))
+    with first.client() as client:
+        _post(client, {"name": "gemma", "source": SOURCE})
+        wait_until(lambda: fake.sent > served.size // 4, 30, "a quarter of the download")
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    time.sleep(0.5)  # the hive's half-written bytes are on disk; what was in flight is lost
+    before = fake.sent
+    assert before < served.size, "the download finished before the hive was killed"
+    fake.bytes_per_s = None
+
+    second = start_hive(env=_hub_env(fake, tmp_path))
+    with second.client() as client:
+        events = operation_events(client, _post(client, {"name": "gemma", "source": SOURCE}))
+        assert events[-1]["state"] == "succeeded", events[-1]
+        entry = client.get("/v1/models/gemma").json()
+        assert add_worker_binary(client, "cpu")[-1]["state"] == "succeeded"
+        worker = spawn(client, second, model="gemma")
+    resent = fake.sent - before
+    assert resent < served.size, f"the second fetch sent {resent} of {served.size} bytes"
+    assert (entry["sha256"], entry["revision"]) == (served.sha256, fake.commit(REPO))
+    wait_until(lambda: _idle(worker["url"]), WORKER_START_S, "the worker to load the model")
+    answer = httpx.post(
+        f"{worker['url']}/v1/completions",
+        json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_dropped_connection_resumes_within_one_fetch(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path
+) -> None:
+    fake, served = hub
+    fake.drop_after = served.size // 2
+    hive = start_hive(env=_hub_env(fake, tmp_path))
+    with hive.client() as client:
+        events = operation_events(client, _post(client, {"name": "gemma", "source": SOURCE}))
+    assert events[-1]["state"] == "succeeded", events[-1]
+    assert fake.sent == served.size  # the second request asked for the second half only
+
+
+def test_a_wrong_pinned_sha256_leaves_nothing_in_the_catalog(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path
+) -> None:
+    fake, served = hub
+    hive = start_hive(env=_hub_env(fake, tmp_path))
+    with hive.client() as client:
+        body = {"name": "gemma", "source": SOURCE, "sha256": "0" * 64}
+        events = operation_events(client, _post(client, body))
+        assert client.get("/v1/models").json() == []
+    assert events[-1]["state"] == "failed"
+    assert f"{SOURCE} has {served.sha256}" in events[-1]["error"]
+    assert fake.sent == 0
+
+
+def _idle(url: str) -> bool:
+    try:
+        return bool(httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle")
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
