@@ -22,13 +22,14 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from rbee.catalog.gguf import GgufError, read_facts
 from rbee.catalog.vendors import Progress, Vendor
 from rbee.catalog.vendors.file import FileVendor
 from rbee.catalog.vendors.hf import HfVendor
 from rbee.catalog.vendors.http import HttpVendor
 from rbee.errors import NotFoundError, RbeeError
 from rbee.paths import contained
-from rbee.wire import ModelEntry
+from rbee.wire import GgufFacts, ModelEntry
 
 __all__ = [
     "METADATA",
@@ -161,6 +162,7 @@ class ArtifactCatalog:
                 size_bytes=partial.offset,
                 path=str(final / PAYLOAD),
                 revision=resolved.revision,
+                facts=_facts(partial.directory / PAYLOAD),
             )
             (partial.directory / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
             self._install(partial.directory, final)
@@ -266,6 +268,14 @@ class _Partial:
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _facts(payload: Path) -> GgufFacts | None:
+    try:
+        return read_facts(payload)
+    except GgufError as exc:
+        _log.warning("no GGUF facts path=%s error=%s", payload, exc)
+        return None
 
 
 def _check_disk(name: str, root: Path, size: int | None, have: int) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "AddModel",
     "AddWorkerBinary",
     "Capabilities",
+    "GgufFacts",
     "Gpu",
     "Health",
     "Heartbeat",
@@ -66,9 +67,13 @@ class WorkerView(Heartbeat):
 
 
 class Gpu(_Wire):
+    """One NVIDIA GPU as nvidia-smi reports it (`index` is what `cuda:N` names)."""
+
     index: int
     name: str
     memory_total_mib: int
+    memory_free_mib: int | None = None
+    driver: str | None = None
 
 
 class Capabilities(_Wire):
@@ -82,6 +87,7 @@ class Capabilities(_Wire):
     ram_available_bytes: int
     gpus: list[Gpu] = []
     backends: list[str] = ["cpu"]
+    nvcc: str | None = Field(default=None, description="CUDA's compiler, for cuda builds")
 
 
 class AddModel(_Wire):
@@ -90,6 +96,37 @@ class AddModel(_Wire):
     name: str
     source: str
     sha256: str | None = None
+
+
+class GgufFacts(_Wire):
+    """What a GGUF's header says: the model, and what its context costs in memory."""
+
+    architecture: str | None = None
+    name: str | None = None
+    parameters: int | None = None
+    quantization: str | None = None
+    context_length: int | None = Field(default=None, description="tokens it was trained for")
+    chat_template: bool = False
+    kv_bytes_per_token: int | None = Field(
+        default=None, description="KV cache bytes per token of context (f16 cache)"
+    )
+
+    def describe(self) -> str:
+        """`gemma3 268M Q4_K_M, ctx 32768, chat template` (what is known of it)."""
+        parts = [p for p in (self.architecture, _count(self.parameters), self.quantization) if p]
+        text = " ".join(parts)
+        if self.context_length:
+            text += f", ctx {self.context_length}"
+        return text + (", chat template" if self.chat_template else ", no chat template")
+
+
+def _count(parameters: int | None) -> str | None:
+    if not parameters:
+        return None
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if parameters >= size:
+            return f"{parameters / size:.3g}{unit}"
+    return str(parameters)
 
 
 class ModelEntry(_Wire):
@@ -101,6 +138,7 @@ class ModelEntry(_Wire):
     size_bytes: int
     path: str
     revision: str | None = Field(default=None, description="the Hub commit it came from")
+    facts: GgufFacts | None = None
 
 
 class OperationStarted(_Wire):

@@ -70,6 +70,7 @@ def test_add_writes_payload_and_metadata(catalog: ArtifactCatalog, source: str) 
         "size_bytes": len(DATA),
         "path": str(directory / PAYLOAD),
         "revision": None,
+        "facts": None,  # these test bytes are no GGUF
     }
     assert catalog.list() == [entry]
     assert catalog.get("m") == entry

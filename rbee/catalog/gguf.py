@@ -1,0 +1,130 @@
+"""Facts from a GGUF file's header: what the model is and what it costs to run.
+
+Reads the header only (key/value metadata and tensor shapes), never the weights: a 40 GB file
+is described in the time it takes to read its few megabytes of header.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from rbee.wire import GgufFacts
+
+__all__ = ["GgufError", "read_facts"]
+
+_MAGIC = b"GGUF"
+# GGUF value types: (struct format, size) for the fixed-size ones.
+_FIXED = {
+    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
+    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+# llama.cpp's `general.file_type` (enum llama_ftype), as its quantize tool names them.
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE",
+}  # fmt: skip
+# Arrays this long are skipped, not kept (a tokenizer's vocabulary, merges and scores).
+_KEEP_ARRAY_MAX = 1024
+
+
+class GgufError(ValueError):
+    """The file is not a GGUF this reader understands."""
+
+
+def read_facts(path: Path) -> GgufFacts:
+    """The model's facts from `path`'s header; GgufError when it is not a GGUF."""
+    with path.open("rb") as handle:
+        meta, parameters = _read_header(handle)
+    arch = str(meta.get("general.architecture", ""))
+
+    def of_arch(key: str) -> Any:
+        return meta.get(f"{arch}.{key}")
+
+    layers = _int(of_arch("block_count"))
+    heads = _int(of_arch("attention.head_count"))
+    kv_heads = _int(of_arch("attention.head_count_kv")) or heads
+    embedding = _int(of_arch("embedding_length"))
+    head_dim = embedding // heads if embedding and heads else None
+    key_len = _int(of_arch("attention.key_length")) or head_dim
+    value_len = _int(of_arch("attention.value_length")) or head_dim
+    kv_per_token = (
+        2 * layers * kv_heads * (key_len + value_len)  # f16: 2 bytes per value
+        if layers and kv_heads and key_len and value_len
+        else None
+    )
+    file_type = _int(meta.get("general.file_type"))
+    return GgufFacts(
+        architecture=arch or None,
+        name=str(meta["general.name"]) if "general.name" in meta else None,
+        parameters=parameters,
+        quantization=_FILE_TYPES.get(file_type) if file_type is not None else None,
+        context_length=_int(of_arch("context_length")),
+        chat_template="tokenizer.chat_template" in meta,
+        kv_bytes_per_token=kv_per_token,
+    )
+
+
+def _read_header(handle: BinaryIO) -> tuple[dict[str, Any], int]:
+    if handle.read(4) != _MAGIC:
+        raise GgufError("not a GGUF file (no GGUF magic)")
+    (version,) = struct.unpack("<I", _exact(handle, 4))
+    if version < 2:
+        raise GgufError(f"GGUF version {version} is too old")
+    tensors, kvs = struct.unpack("<QQ", _exact(handle, 16))
+    meta: dict[str, Any] = {}
+    for _ in range(kvs):
+        key = _string(handle)
+        (kind,) = struct.unpack("<I", _exact(handle, 4))
+        meta[key] = _value(handle, kind)
+    parameters = 0
+    for _ in range(tensors):
+        _string(handle)
+        (dims,) = struct.unpack("<I", _exact(handle, 4))
+        shape = struct.unpack(f"<{dims}Q", _exact(handle, 8 * dims))
+        _exact(handle, 4 + 8)  # type, offset
+        parameters += math.prod(shape)
+    return meta, parameters
+
+
+def _value(handle: BinaryIO, kind: int) -> Any:
+    if kind in _FIXED:
+        fmt, size = _FIXED[kind]
+        return struct.unpack(fmt, _exact(handle, size))[0]
+    if kind == _STRING:
+        return _string(handle)
+    if kind == _ARRAY:
+        item, count = struct.unpack("<IQ", _exact(handle, 12))
+        if item in _FIXED and count > _KEEP_ARRAY_MAX:
+            handle.seek(_FIXED[item][1] * count, 1)
+            return None
+        values = [_value(handle, item) for _ in range(count)]
+        return values if count <= _KEEP_ARRAY_MAX else None
+    raise GgufError(f"unknown GGUF value type {kind}")
+
+
+def _string(handle: BinaryIO) -> str:
+    (length,) = struct.unpack("<Q", _exact(handle, 8))
+    return _exact(handle, length).decode("utf-8", errors="replace")
+
+
+def _exact(handle: BinaryIO, size: int) -> bytes:
+    data = handle.read(size)
+    if len(data) != size:
+        raise GgufError("the GGUF header ends early (a truncated file?)")
+    return data
+
+
+def _int(value: Any) -> int | None:
+    """An integer fact; per-layer arrays (some models vary heads by layer) give their max."""
+    if isinstance(value, list):
+        numbers = [v for v in value if isinstance(v, int)]
+        return max(numbers) if numbers else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,43 @@
+"""Facts from GGUF headers, read from the two real models the tests ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rbee.catalog.gguf import GgufError, read_facts
+from rbee.wire import GgufFacts
+from tests.fixtures.model import demo_model_path
+
+
+def test_gemma_is_a_base_model_without_a_chat_template(gguf: Path) -> None:
+    assert read_facts(gguf) == GgufFacts(
+        architecture="gemma3",
+        name="Gemma 3 270m",
+        parameters=268_098_176,
+        quantization="Q4_K_M",
+        context_length=32768,
+        chat_template=False,
+        # 18 layers * 1 KV head * (256 + 256) dims * 2 bytes
+        kv_bytes_per_token=18_432,
+    )
+
+
+def test_smollm2_has_its_chat_template() -> None:
+    facts = read_facts(demo_model_path())
+    assert (facts.architecture, facts.quantization, facts.context_length) == ("llama", "Q4_1", 8192)
+    assert facts.chat_template
+    assert facts.kv_bytes_per_token == 2 * 30 * 3 * (64 + 64)
+    assert facts.describe() == "llama 135M Q4_1, ctx 8192, chat template"
+
+
+def test_a_file_that_is_no_gguf_or_cut_short_is_refused(tmp_path: Path, gguf: Path) -> None:
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(GgufError, match="no GGUF magic"):
+        read_facts(other)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(gguf.read_bytes()[:100_000])
+    with pytest.raises(GgufError, match="ends early"):
+        read_facts(truncated)
