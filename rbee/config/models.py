@@ -46,6 +46,7 @@ Name = Annotated[
     ),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
+GpuDevice = Annotated[str, Field(pattern=r"^cuda:\d+$", description="an NVIDIA GPU: cuda:N")]
 
 
 class _Strict(BaseModel):
@@ -195,7 +196,23 @@ class Deployment(_Strict):
     replicas: int = Field(default=1, ge=0, description="workers per hive")
     slots: Slots = SLOTS
     device: Device = DEVICE
+    devices: list[GpuDevice] | Literal["all"] | None = Field(
+        default=None,
+        description="one worker per GPU on each hive: a list of cuda:N, or all of the hive's GPUs",
+    )
     ctx_size: CtxSize = CTX_SIZE
+
+    @model_validator(mode="after")
+    def _devices_or_replicas(self) -> Deployment:
+        if self.devices is not None:
+            given = sorted({"replicas", "device"} & self.model_fields_set)
+            if given:
+                raise ValueError(
+                    f"`devices:` runs one worker per listed GPU: drop {' and '.join(given)}"
+                )
+            if isinstance(self.devices, list) and len(set(self.devices)) != len(self.devices):
+                raise ValueError("`devices:` lists a GPU twice")
+        return self
 
 
 class Cluster(_Strict):

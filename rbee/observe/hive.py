@@ -30,8 +30,8 @@ async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
             error = f"{hive.url} answers as {health.service!r}, not rbee-hive"
             return down.model_copy(update={"error": error})
         try:
-            models, binaries, workers = await asyncio.gather(
-                client.models(), client.worker_binaries(), client.processes()
+            models, binaries, workers, caps = await asyncio.gather(
+                client.models(), client.worker_binaries(), client.processes(), client.capabilities()
             )
         except RbeeError as exc:
             return down.model_copy(update={"error": exc.message})
@@ -41,6 +41,7 @@ async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
             "models": models,
             "worker_binaries": binaries,
             "workers": workers,
+            "capabilities": caps,
         }
     )
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from rbee.errors import SshErrorKind
-from rbee.wire import ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
+from rbee.wire import Capabilities, ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
 
 __all__ = ["HiveFacts", "Observed", "SshFacts"]
 
@@ -39,6 +39,7 @@ class HiveFacts(BaseModel):
     models: list[ModelEntry] = []
     worker_binaries: list[WorkerBinaryEntry] = []
     workers: list[WorkerProcess] = []
+    capabilities: Capabilities | None = None
     ssh: SshFacts | None = None
 
 

@@ -11,6 +11,7 @@ from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed
+from rbee.plan.placement import place
 from rbee.plan.resources import (
     hive_address,
     model_address,
@@ -110,6 +111,12 @@ class _Context:
             d for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
         ]
         deployed = {d.model for d in deployments}
+        # A deployment the hive cannot serve is reported and left as it is; the rest proceed.
+        placement = place(
+            hive, deployments, self.binaries, facts.capabilities, have_models, facts.workers
+        )
+        self.errors.extend(placement.errors)
+        deployments = [d for d in deployments if not placement.blocked(d.model)]
         used_binaries = {d.worker for d in deployments}
         have_binaries = {b.name: b for b in facts.worker_binaries}
         binary_actions: dict[str, Action] = {}
@@ -136,6 +143,7 @@ class _Context:
                     hive,
                     deployment,
                     model,
+                    placement.devices[deployment.model],
                     [w for w in facts.workers if w.model == deployment.model],
                     deps,
                     restart=(
@@ -169,8 +177,11 @@ class _Context:
                     model=entry.name,
                 )
                 self._unlisted(delete, "not declared for this hive")
+        declared_binaries = {
+            d.worker for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
+        }
         for binary in facts.worker_binaries:
-            if binary.name not in used_binaries:
+            if binary.name not in declared_binaries:
                 users = {w.pid for w in facts.workers if w.worker_binary == binary.name}
                 delete = Action(
                     address=worker_binary_address(hive.name, binary.name),
@@ -297,6 +308,7 @@ class _Context:
         hive: Hive,
         deployment: Deployment,
         model: Model,
+        devices: list[str],
         procs: list[WorkerProcess],
         deps: list[str],
         restart: str | None,
@@ -305,9 +317,9 @@ class _Context:
         by_index: dict[int, list[WorkerProcess]] = {}
         for proc in procs:
             index = parse_worker_id(hive.name, deployment.model, proc.worker_id)
-            if index is None or index >= deployment.replicas:
+            if index is None or index >= len(devices):
                 why = (
-                    f"replicas → {deployment.replicas}"
+                    f"replicas → {len(devices)}"
                     if index is not None
                     else f"unknown worker id {proc.worker_id!r}"
                 )
@@ -315,7 +327,7 @@ class _Context:
             else:
                 by_index.setdefault(index, []).append(proc)
         previous_replace: str | None = None
-        for index in range(deployment.replicas):
+        for index, device in enumerate(devices):
             spawn = SpawnWorker(
                 worker_id=worker_id(hive.name, deployment.model, index),
                 hive=hive.name,
@@ -323,7 +335,7 @@ class _Context:
                 worker_binary=deployment.worker,
                 slots=deployment.slots,
                 ctx_size=deployment.ctx_size,
-                device=deployment.device,
+                device=device,
                 chat_format=model.chat_format,
                 queen_url=self.queen_url,
             )
@@ -337,8 +349,7 @@ class _Context:
                 )
             if not existing:
                 reason = (
-                    f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, "
-                    f"{deployment.device})"
+                    f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, {device})"
                 )
                 actions.append(_worker_action(address, "create", hive, reason, deps, spawn))
                 continue

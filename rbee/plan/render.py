@@ -30,6 +30,8 @@ def plan_text(plan: Plan, colour: bool = False) -> str:
         lines.append("")
     if plan.refresh_only:
         lines += _drift_lines(plan)
+    elif not plan.actions and plan.errors:
+        lines.append("No changes beyond the errors above: those parts are left as they are.")
     elif not plan.actions:
         lines.append("No changes. The cluster matches the configuration.")
     else:

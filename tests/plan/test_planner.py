@@ -122,3 +122,24 @@ def test_a_chat_format_change_replaces_the_worker() -> None:
     [action] = _case("chat_format_change_restarts_worker").actions
     assert (action.op, action.pid) == ("replace", 100)
     assert [(c.field, c.old, c.new) for c in action.changes] == [("chat_format", None, "chatml")]
+
+
+def test_devices_all_spawns_one_worker_per_gpu_of_the_hive() -> None:
+    actions = _case("devices_all_runs_one_worker_per_gpu").actions
+    assert [(a.address, a.spawn.device if a.spawn else None) for a in actions] == [
+        ("worker.gpubox.gemma3-270m[0]", "cuda:0"),
+        ("worker.gpubox.gemma3-270m[1]", "cuda:1"),
+    ]
+
+
+def test_a_hive_that_cannot_run_a_binary_is_an_error_and_the_others_proceed() -> None:
+    plan_ = _case("cuda_binary_on_a_hive_without_gpu_is_an_error_others_proceed")
+    assert [e.address for e in plan_.errors] == ["worker_binary.cpubox.cuda"]
+    assert {a.hive for a in plan_.actions} == {"gpubox"}
+
+
+def test_an_over_committed_gpu_names_the_bytes_and_places_nothing_on_it() -> None:
+    plan_ = _case("gpu_over_committed_is_an_error_naming_bytes")
+    [error] = plan_.errors
+    assert "GPU cuda:1" in error.message and "need 6855838208 bytes, 1073741824" in error.message
+    assert plan_.actions == []
