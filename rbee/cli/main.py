@@ -261,6 +261,14 @@ def status(
             f"hive   {hive['name']:<12} {hive['mode']:<8} [{colour}]{hive['state']}[/{colour}]  "
             f"{hive['url']}  models: {', '.join(hive['models']) or '-'}"
         )
+        for gpu in hive.get("gpus", []):
+            out.print(
+                f"  gpu  cuda:{gpu['index']} {gpu['name']}  "
+                f"{gpu['memory_free_mib']}/{gpu['memory_total_mib']} MiB free",
+                highlight=False,
+            )
+        for name, facts in hive.get("model_facts", {}).items():
+            out.print(f"  model {name}  {facts or 'not a GGUF rbee could read'}", highlight=False)
     for worker in body["workers"]:
         out.print(
             f"worker {worker['worker_id']:<24} {worker['state']:<8} "

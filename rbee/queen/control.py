@@ -227,6 +227,7 @@ class Control:
                 *(observe_hive(h, self.token) for h in self._desired.hives)
             )
             for hive, fact in zip(self._desired.hives, facts, strict=True):
+                gpus = fact.capabilities.gpus if fact.capabilities else []
                 hives.append(
                     {
                         "name": hive.name,
@@ -234,6 +235,10 @@ class Control:
                         "url": hive.url,
                         "state": "online" if fact.running else "offline",
                         "models": [m.name for m in fact.models],
+                        "model_facts": {
+                            m.name: m.facts.describe() if m.facts else None for m in fact.models
+                        },
+                        "gpus": [g.model_dump() for g in gpus],
                         "worker_processes": len(fact.workers),
                         "error": fact.error,
                     }

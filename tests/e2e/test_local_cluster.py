@@ -127,8 +127,12 @@ def test_status_shows_hive_and_worker(cluster: LocalCluster) -> None:
     body = json.loads(cluster.rbee("status", "--json").stdout)
     assert [h["state"] for h in body["hives"]] == ["online"]
     assert [w["worker_id"] for w in body["workers"]] == ["local.gemma3-270m.0"]
+    assert body["hives"][0]["model_facts"] == {
+        "gemma3-270m": "gemma3 268M Q4_K_M, ctx 32768, no chat template"
+    }
     text = cluster.rbee("status").stdout
     assert "local.gemma3-270m.0" in text and "online" in text
+    assert "model gemma3-270m  gemma3 268M Q4_K_M, ctx 32768, no chat template" in text
 
 
 def test_hive_registry_lists_the_local_hive_online(cluster: LocalCluster) -> None:
