@@ -33,6 +33,16 @@ def test_adding_the_real_model_streams_progress_and_succeeds(hive: Hive, gguf: P
             "sha256": MODEL_SHA256,
             "size_bytes": size,
             "path": str(payload),
+            "revision": None,
+            "facts": {
+                "architecture": "gemma3",
+                "name": "Gemma 3 270m",
+                "parameters": 268_098_176,
+                "quantization": "Q4_K_M",
+                "context_length": 32768,
+                "chat_template": False,
+                "kv_bytes_per_token": 18_432,
+            },
         }
     ]
     assert one == listed[0]
