@@ -7,9 +7,10 @@ is described in the time it takes to read its few megabytes of header.
 from __future__ import annotations
 
 import math
+import mmap
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from rbee.wire import GgufFacts
 
@@ -42,7 +43,12 @@ class GgufError(ValueError):
 def read_facts(path: Path) -> GgufFacts:
     """The model's facts from `path`'s header; GgufError when it is not a GGUF."""
     with path.open("rb") as handle:
-        meta, parameters = _read_header(handle)
+        try:
+            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            raise GgufError("not a GGUF file (it is empty)") from None
+        with view:
+            meta, parameters = _Header(view).read()
     arch = str(meta.get("general.architecture", ""))
 
     def of_arch(key: str) -> Any:
@@ -72,54 +78,71 @@ def read_facts(path: Path) -> GgufFacts:
     )
 
 
-def _read_header(handle: BinaryIO) -> tuple[dict[str, Any], int]:
-    if handle.read(4) != _MAGIC:
-        raise GgufError("not a GGUF file (no GGUF magic)")
-    (version,) = struct.unpack("<I", _exact(handle, 4))
-    if version < 2:
-        raise GgufError(f"GGUF version {version} is too old")
-    tensors, kvs = struct.unpack("<QQ", _exact(handle, 16))
-    meta: dict[str, Any] = {}
-    for _ in range(kvs):
-        key = _string(handle)
-        (kind,) = struct.unpack("<I", _exact(handle, 4))
-        meta[key] = _value(handle, kind)
-    parameters = 0
-    for _ in range(tensors):
-        _string(handle)
-        (dims,) = struct.unpack("<I", _exact(handle, 4))
-        shape = struct.unpack(f"<{dims}Q", _exact(handle, 8 * dims))
-        _exact(handle, 4 + 8)  # type, offset
-        parameters += math.prod(shape)
-    return meta, parameters
+class _Header:
+    """A cursor over the memory-mapped file (the OS reads only the pages the header spans)."""
 
+    def __init__(self, data: mmap.mmap) -> None:
+        self._data = data
+        self._at = 0
 
-def _value(handle: BinaryIO, kind: int) -> Any:
-    if kind in _FIXED:
-        fmt, size = _FIXED[kind]
-        return struct.unpack(fmt, _exact(handle, size))[0]
-    if kind == _STRING:
-        return _string(handle)
-    if kind == _ARRAY:
-        item, count = struct.unpack("<IQ", _exact(handle, 12))
-        if item in _FIXED and count > _KEEP_ARRAY_MAX:
-            handle.seek(_FIXED[item][1] * count, 1)
+    def read(self) -> tuple[dict[str, Any], int]:
+        if self._take(4) != _MAGIC:
+            raise GgufError("not a GGUF file (no GGUF magic)")
+        (version,) = self._unpack("<I", 4)
+        if version < 2:
+            raise GgufError(f"GGUF version {version} is too old")
+        tensors, kvs = self._unpack("<QQ", 16)
+        meta: dict[str, Any] = {}
+        for _ in range(kvs):
+            key = self._string()
+            (kind,) = self._unpack("<I", 4)
+            meta[key] = self._value(kind)
+        parameters = 0
+        for _ in range(tensors):
+            self._string()
+            (dims,) = self._unpack("<I", 4)
+            shape = self._unpack(f"<{dims}Q", 8 * dims)
+            self._take(4 + 8)  # type, offset
+            parameters += math.prod(shape)
+        return meta, parameters
+
+    def _value(self, kind: int) -> Any:
+        if kind in _FIXED:
+            fmt, size = _FIXED[kind]
+            return self._unpack(fmt, size)[0]
+        if kind == _STRING:
+            return self._string()
+        if kind == _ARRAY:
+            item, count = self._unpack("<IQ", 12)
+            if count <= _KEEP_ARRAY_MAX:
+                return [self._value(item) for _ in range(count)]
+            if item in _FIXED:
+                self._take(_FIXED[item][1] * count)
+            elif item == _STRING:  # a vocabulary: 100k+ strings, skipped undecoded
+                data, at = self._data, self._at
+                for _ in range(count):
+                    at += 8 + int.from_bytes(data[at : at + 8], "little")
+                self._at = at
+            else:
+                for _ in range(count):
+                    self._value(item)
             return None
-        values = [_value(handle, item) for _ in range(count)]
-        return values if count <= _KEEP_ARRAY_MAX else None
-    raise GgufError(f"unknown GGUF value type {kind}")
+        raise GgufError(f"unknown GGUF value type {kind}")
 
+    def _string(self) -> str:
+        (length,) = self._unpack("<Q", 8)
+        return self._take(length).decode("utf-8", errors="replace")
 
-def _string(handle: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", _exact(handle, 8))
-    return _exact(handle, length).decode("utf-8", errors="replace")
+    def _unpack(self, fmt: str, size: int) -> tuple[Any, ...]:
+        return struct.unpack(fmt, self._take(size))
 
-
-def _exact(handle: BinaryIO, size: int) -> bytes:
-    data = handle.read(size)
-    if len(data) != size:
-        raise GgufError("the GGUF header ends early (a truncated file?)")
-    return data
+    def _take(self, size: int) -> bytes:
+        end = self._at + size
+        if end > len(self._data):
+            raise GgufError("the GGUF header ends early (a truncated file?)")
+        chunk = self._data[self._at : end]
+        self._at = end
+        return chunk
 
 
 def _int(value: Any) -> int | None:

@@ -112,3 +112,17 @@ def _idle(url: str) -> bool:
         return bool(httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle")
     except (httpx.HTTPError, ValueError, KeyError):
         return False
+
+
+def test_two_requests_for_one_model_share_one_transfer(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path
+) -> None:
+    fake, served = hub
+    fake.bytes_per_s = 200e6
+    hive = start_hive(env=_hub_env(fake, tmp_path))
+    with hive.client() as client:
+        body = {"name": "gemma", "source": SOURCE}
+        first, second = _post(client, body), _post(client, body)
+        assert first == second  # the second request joins the running operation
+        assert operation_events(client, first)[-1]["state"] == "succeeded"
+    assert fake.sent == served.size
