@@ -33,6 +33,9 @@ def observed_digest(observed: Observed) -> str:
             if hive.ssh is None
             else (hive.ssh.reachable, hive.ssh.rbee_version, hive.ssh.hive_running),
         }
+    if observed.sources:
+        # A Hub file that changed under a branch makes a saved plan stale too.
+        facts["sources"] = {s: f.sha256 for s, f in sorted(observed.sources.items())}
     canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rbee.errors import SshErrorKind
 from rbee.wire import Capabilities, ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
 
-__all__ = ["HiveFacts", "Observed", "SshFacts"]
+__all__ = ["HiveFacts", "Observed", "SourceFacts", "SshFacts"]
 
 
 class SshFacts(BaseModel):
@@ -43,6 +43,16 @@ class HiveFacts(BaseModel):
     ssh: SshFacts | None = None
 
 
+class SourceFacts(BaseModel):
+    """A model source as the queen resolved it while planning (hf:// only: one HEAD each)."""
+
+    sha256: str | None = None
+    revision: str | None = None
+    size_bytes: int | None = None
+    error: str | None = Field(default=None, description="why it cannot be fetched, if so")
+    transient: bool = False
+
+
 class Observed(BaseModel):
     """Every hive's facts (declared ones and ones the queen still knows) plus the heartbeat
     registry, taken at time `at` (seconds since the epoch)."""
@@ -50,3 +60,4 @@ class Observed(BaseModel):
     at: float = 0.0
     hives: dict[str, HiveFacts] = {}
     registry: list[WorkerView] = []
+    sources: dict[str, SourceFacts] = {}

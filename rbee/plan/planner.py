@@ -10,7 +10,7 @@ import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.model import Action, Change, Note, Op, Plan
-from rbee.plan.observed import HiveFacts, Observed
+from rbee.plan.observed import HiveFacts, Observed, SourceFacts
 from rbee.plan.placement import place
 from rbee.plan.resources import (
     hive_address,
@@ -117,6 +117,12 @@ class _Context:
         )
         self.errors.extend(placement.errors)
         deployments = [d for d in deployments if not placement.blocked(d.model)]
+        for deployment in list(deployments):
+            problem = self.source_problem(self.models[deployment.model])
+            if problem is not None:
+                address = model_address(hive.name, deployment.model)
+                self.errors.append(Note(address=address, message=problem))
+                deployments.remove(deployment)
         used_binaries = {d.worker for d in deployments}
         have_binaries = {b.name: b for b in facts.worker_binaries}
         binary_actions: dict[str, Action] = {}
@@ -285,6 +291,10 @@ class _Context:
     def _model_action(
         self, hive: Hive, model: Model, have: ModelEntry | None, deps: list[str]
     ) -> Action | None:
+        resolved = self.observed.sources.get(model.source)
+        hub_sha = resolved.sha256 if resolved else None
+        # What the hive is to fetch: the YAML's sha256, else the one the Hub publishes.
+        expected = model.sha256 or hub_sha
         common: dict[str, Any] = {
             "address": model_address(hive.name, model.name),
             "kind": "model",
@@ -293,14 +303,30 @@ class _Context:
             "hive_url": hive.url,
             "model": model.name,
             "source": model.source,
-            "sha256": model.sha256,
+            "sha256": expected,
         }
         if have is None:
-            return Action(op="create", reason=f"add from {model.source}", **common)
-        if model.sha256 is not None and have.sha256 != model.sha256:
-            change = Change(field="sha256", old=have.sha256, new=model.sha256)
-            reason = f"sha256 changed {have.sha256[:12]}… → {model.sha256[:12]}…"
+            return Action(op="create", reason=_adding(model, resolved), **common)
+        if expected is not None and have.sha256 != expected:
+            change = Change(field="sha256", old=have.sha256, new=expected)
+            why = "sha256 changed" if model.sha256 else f"{model.source} changed on the Hub:"
+            reason = f"{why} {have.sha256[:12]}… → {expected[:12]}…"
             return Action(op="replace", reason=reason, changes=[change], **common)
+        return None
+
+    def source_problem(self, model: Model) -> str | None:
+        """Why the model's source cannot be fetched, as resolved while planning (None: fine,
+        or not known until a hive tries)."""
+        resolved = self.observed.sources.get(model.source)
+        if resolved is None:
+            return None
+        if resolved.error is not None:
+            return None if resolved.transient else resolved.error
+        if model.sha256 and resolved.sha256 and model.sha256 != resolved.sha256:
+            return (
+                f"the sha256 in the YAML ({model.sha256}) differs from the Hub's "
+                f"({resolved.sha256}) for {model.source}"
+            )
         return None
 
     def _worker_actions(
@@ -382,6 +408,18 @@ class _Context:
         if (proc.worker_id, proc.pid) in self.heartbeats or not self.observed.at:
             return False
         return self.observed.at - proc.started_at > SILENT_GRACE_S
+
+
+def _adding(model: Model, resolved: SourceFacts | None) -> str:
+    """`add from hf://… (sha256 3f2a…, 253 MB, commit 1a2b3c4)` as far as it is known."""
+    known = []
+    if resolved is not None and resolved.sha256:
+        known.append(f"sha256 {resolved.sha256[:12]}…")
+    if resolved is not None and resolved.size_bytes:
+        known.append(f"{resolved.size_bytes / 1e6:.0f} MB")
+    if resolved is not None and resolved.revision:
+        known.append(f"commit {resolved.revision[:7]}")
+    return f"add from {model.source}" + (f" ({', '.join(known)})" if known else "")
 
 
 def _spec_changes(proc: WorkerProcess, spawn: SpawnWorker) -> list[Change]:

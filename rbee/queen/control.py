@@ -14,6 +14,7 @@ from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
+from rbee.observe.sources import resolve_sources
 from rbee.plan.digest import observed_digest
 from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
@@ -90,7 +91,11 @@ class Control:
         previous = [
             h for h in (self._desired.hives if self._desired else []) if h.name not in declared
         ]
-        return await observe([*cluster.hives, *previous], views, self.token, connections)
+        observed, sources = await asyncio.gather(
+            observe([*cluster.hives, *previous], views, self.token, connections),
+            resolve_sources(cluster.models),
+        )
+        return observed.model_copy(update={"sources": sources})
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
         """Observe now and plan `cluster` against it."""

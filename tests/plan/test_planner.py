@@ -143,3 +143,16 @@ def test_an_over_committed_gpu_names_the_bytes_and_places_nothing_on_it() -> Non
     [error] = plan_.errors
     assert "GPU cuda:1" in error.message and "need 6855838208 bytes, 1073741824" in error.message
     assert plan_.actions == []
+
+
+def test_an_unpinned_hub_model_is_fetched_with_the_sha256_the_plan_showed() -> None:
+    actions = {a.address: a for a in _case("hf_model_shows_the_hubs_sha256").actions}
+    add = actions["model.local.gemma3-270m"]
+    assert add.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert "sha256 a5fd3b62230a…" in add.reason
+
+
+def test_a_hub_problem_known_at_plan_time_blocks_that_model_only() -> None:
+    plan_ = _case("hf_missing_repo_is_an_error")
+    assert [e.address for e in plan_.errors] == ["model.local.gemma3-270m"]
+    assert [a.address for a in plan_.actions] == ["hive.local"]
