@@ -145,9 +145,21 @@ class ArtifactCatalog:
             )
         expected = expected or resolved.sha256
         self.root.mkdir(parents=True, exist_ok=True)
-        with _Partial(self.root / f".{name}.partial", source, expected) as partial:
-            _check_disk(name, self.root, resolved.size, partial.offset)
-            vendor.fetch(resolved, partial, progress_cb or _no_progress)
+        staging = self.root / f".{name}.partial"
+        _check_disk(name, self.root, resolved.size, _size(staging / PAYLOAD))
+        with _Partial(staging, source, expected) as partial:
+            try:
+                vendor.fetch(resolved, partial, progress_cb or _no_progress)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # Kept, the bytes would only hold on to the space that ran out.
+                partial.discard()
+                raise RbeeError(
+                    f"the disk filled up while fetching {name} ({partial.offset} bytes in): "
+                    f"{shutil.disk_usage(self.root).free} bytes free in {self.root}",
+                    hint="free space on the hive or move its cache",
+                ) from None
             actual = partial.finish()
             if expected is not None and actual != expected:
                 partial.discard()
@@ -276,6 +288,13 @@ def _facts(payload: Path) -> GgufFacts | None:
     except GgufError as exc:
         _log.warning("no GGUF facts path=%s error=%s", payload, exc)
         return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _check_disk(name: str, root: Path, size: int | None, have: int) -> None:
