@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from rbee.catalog.gguf import GgufError, read_facts
-from rbee.catalog.vendors import Progress, Vendor
+from rbee.catalog.vendors import Progress, Resolved, Sink, Vendor
 from rbee.catalog.vendors.file import FileVendor
 from rbee.catalog.vendors.hf import HfVendor
-from rbee.catalog.vendors.http import HttpVendor
+from rbee.catalog.vendors.http import HttpVendor, download
 from rbee.errors import NotFoundError, RbeeError
 from rbee.paths import contained
 from rbee.wire import GgufFacts, ModelEntry
@@ -122,20 +122,33 @@ class ArtifactCatalog:
         source: str,
         sha256: str | None = None,
         progress_cb: Progress | None = None,
+        mirrors: Sequence[Resolved] = (),
     ) -> ModelEntry:
         """Fetch `source` as `name`, verify it, and rename it into place; a no-op when present.
 
         The bytes land in `.<name>.partial/` first. A fetch that is cut off (a dropped
         connection, a killed hive) leaves them there, and the next `add` of the same source
-        continues from them.
+        continues from them. With a sha256, `mirrors` (other hives' copies) are tried before
+        the source: a copy is trusted only if it hashes to it.
         """
-        final = self._dir(name)
+        self._dir(name)
         vendor = self._vendor(source)
         expected = _normalized(sha256)
         existing = self.present(name, source, expected)
         if existing is not None:
             _log.info("artifact already present name=%s sha256=%s", name, existing.sha256)
             return existing
+        progress = progress_cb or _no_progress
+        self.root.mkdir(parents=True, exist_ok=True)
+        if expected is not None:
+            for mirror in mirrors:
+                try:
+                    return self._fetch(name, source, expected, mirror, _from_peer, progress)
+                except (RbeeError, OSError) as exc:
+                    _log.warning(
+                        "copy from a peer failed name=%s peer=%s error=%s: trying the next",
+                        name, mirror.url, exc,
+                    )  # fmt: skip
         resolved = vendor.resolve(source)
         if expected is not None and resolved.sha256 not in (None, expected):
             raise ChecksumMismatchError(
@@ -144,12 +157,25 @@ class ArtifactCatalog:
                 hint="fix the sha256 in the YAML, or pin the revision it was taken from",
             )
         expected = expected or resolved.sha256
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".{name}.partial"
-        _check_disk(name, self.root, resolved.size, _size(staging / PAYLOAD))
-        with _Partial(staging, source, expected) as partial:
+        _check_disk(name, self.root, resolved.size, _size(self._staging(name) / PAYLOAD))
+        return self._fetch(name, source, expected, resolved, vendor.fetch, progress)
+
+    def _staging(self, name: str) -> Path:
+        return self.root / f".{name}.partial"
+
+    def _fetch(
+        self,
+        name: str,
+        source: str,
+        expected: str | None,
+        resolved: Resolved,
+        fetch: Callable[[Resolved, Sink, Progress], None],
+        progress: Progress,
+    ) -> ModelEntry:
+        """Fetch `resolved` into the partial (continuing it), check it, move it into place."""
+        with _Partial(self._staging(name), source, expected) as partial:
             try:
-                vendor.fetch(resolved, partial, progress_cb or _no_progress)
+                fetch(resolved, partial, progress)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
@@ -167,6 +193,7 @@ class ArtifactCatalog:
                     f"sha256 mismatch for {name}: expected {expected}, got {actual}",
                     hint="check the sha256 in the cluster YAML against the source",
                 )
+            final = self._dir(name)
             entry = ModelEntry(
                 name=name,
                 source=source,
@@ -178,7 +205,10 @@ class ArtifactCatalog:
             )
             (partial.directory / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
             self._install(partial.directory, final)
-        _log.info("artifact added name=%s sha256=%s bytes=%d", name, actual, entry.size_bytes)
+        _log.info(
+            "artifact added name=%s sha256=%s bytes=%d from=%s",
+            name, actual, entry.size_bytes, resolved.url,
+        )  # fmt: skip
         return entry
 
     def _dir(self, name: str) -> Path:
@@ -288,6 +318,11 @@ def _facts(payload: Path) -> GgufFacts | None:
     except GgufError as exc:
         _log.warning("no GGUF facts path=%s error=%s", payload, exc)
         return None
+
+
+def _from_peer(resolved: Resolved, sink: Sink, progress: Progress) -> None:
+    # A peer that is down is passed over quickly: the source is the fallback.
+    download(resolved, sink, progress, attempts=2)
 
 
 def _size(path: Path) -> int:

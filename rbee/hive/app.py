@@ -16,11 +16,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import rbee
 from rbee.catalog import ArtifactCatalog, InvalidArtifactError
+from rbee.catalog.vendors import Resolved
 from rbee.errors import NotFoundError, RbeeError
 from rbee.hive import capabilities
 from rbee.hive.binaries import WorkerBinaryCatalog
@@ -99,12 +100,25 @@ def create_app(
         if present is not None:
             return operations.done(present.size_bytes)
 
+        # A peer is another hive of this cluster: it takes the same token.
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        mirrors = [
+            Resolved(url=f"{peer.rstrip('/')}/v1/models/{wanted.name}/payload", headers=headers)
+            for peer in wanted.peers
+        ]
+
         def work(op: Operation) -> int:
-            return models.add(wanted.name, wanted.source, wanted.sha256, op.progress).size_bytes
+            entry = models.add(wanted.name, wanted.source, wanted.sha256, op.progress, mirrors)
+            return entry.size_bytes
 
         operation = operations.start(work, label=f"add-model:{wanted.name}")
         adding[wanted.name] = (wanted, operation)
         return operation
+
+    async def model_payload(request: Request) -> Response:
+        """The model's file, for a peer hive to copy (Range requests resume a copy)."""
+        entry = await run_in_threadpool(models.get, request.path_params["name"])
+        return FileResponse(entry.path, headers={"X-Rbee-Sha256": entry.sha256})
 
     async def remove_model(request: Request) -> Response:
         return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
@@ -191,6 +205,7 @@ def create_app(
         Route("/v1/models", list_models),
         Route("/v1/models", add_model, methods=["POST"]),
         Route("/v1/models/{name}", get_model),
+        Route("/v1/models/{name}/payload", model_payload),
         Route("/v1/models/{name}", remove_model, methods=["DELETE"]),
         Route("/v1/worker-binaries", list_worker_binaries),
         Route("/v1/worker-binaries", add_worker_binary, methods=["POST"]),

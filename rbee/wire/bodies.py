@@ -96,6 +96,11 @@ class AddModel(_Wire):
     name: str
     source: str
     sha256: str | None = None
+    peers: list[str] = Field(
+        default=[],
+        description="hives (base URLs) that have or are fetching this model: copy from them "
+        "over the LAN first (sha256-checked), the source only if none can serve it",
+    )
 
 
 class GgufFacts(_Wire):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures.hub import FakeHub, HubFile, fake_hub
+from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     WORKER_START_S,
     HiveFactory,
@@ -125,4 +126,44 @@ def test_two_requests_for_one_model_share_one_transfer(
         first, second = _post(client, body), _post(client, body)
         assert first == second  # the second request joins the running operation
         assert operation_events(client, first)[-1]["state"] == "succeeded"
+    assert fake.sent == served.size
+
+
+def test_a_hive_copies_a_model_from_its_peer_and_the_source_sends_it_once(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path
+) -> None:
+    fake, served = hub
+    url = f"{fake.cdn_url}/cdn/{served.sha256}"  # a plain https-style URL with its sha256
+    body = {"name": "gemma", "source": url, "sha256": served.sha256}
+    seed = start_hive(env={"HOME": str(tmp_path / "seed")}, port=free_port())
+    other = start_hive(env={"HOME": str(tmp_path / "other")}, port=free_port())
+    with seed.client() as client:
+        assert operation_events(client, _post(client, body))[-1]["state"] == "succeeded"
+    down = f"http://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
+    with other.client() as client:
+        events = operation_events(client, _post(client, {**body, "peers": [down, seed.url]}))
+        entry = client.get("/v1/models/gemma").json()
+    assert events[-1]["state"] == "succeeded", events[-1]
+    assert entry["sha256"] == served.sha256
+    assert fake.sent == served.size  # the second hive's bytes came from the first
+
+
+def test_a_peer_with_other_bytes_is_not_trusted_and_the_source_serves(
+    start_hive: HiveFactory, hub: tuple[FakeHub, HubFile], tmp_path: Path, gguf: Path
+) -> None:
+    fake, served = hub
+    url = f"{fake.cdn_url}/cdn/{served.sha256}"
+    liar = start_hive(env={"HOME": str(tmp_path / "liar")}, port=free_port())
+    with liar.client() as client:  # it holds another file under the same name
+        other = tmp_path / "other.gguf"
+        other.write_bytes(b"not the model" * 1000)
+        events = operation_events(
+            client, _post(client, {"name": "gemma", "source": other.as_uri()})
+        )
+        assert events[-1]["state"] == "succeeded"
+    hive = start_hive(env={"HOME": str(tmp_path / "hive")}, port=free_port())
+    with hive.client() as client:
+        body = {"name": "gemma", "source": url, "sha256": served.sha256, "peers": [liar.url]}
+        events = operation_events(client, _post(client, body))
+    assert events[-1]["state"] == "succeeded", events[-1]
     assert fake.sent == served.size

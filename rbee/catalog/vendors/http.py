@@ -41,12 +41,12 @@ class _Dropped(Exception):
     """The connection broke mid-way: worth another attempt from the new offset."""
 
 
-def download(resolved: Resolved, sink: Sink, progress: Progress) -> None:
+def download(resolved: Resolved, sink: Sink, progress: Progress, attempts: int = _ATTEMPTS) -> None:
     """GET `resolved.url` into `sink` from its offset; a dropped connection is retried (with
-    backoff and jitter) from the bytes that arrived. Errors a person can act on are RbeeErrors
-    that name the URL."""
+    backoff and jitter, `attempts` in all) from the bytes that arrived. Errors a person can act
+    on are RbeeErrors that name the URL."""
     retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(_ATTEMPTS),
+        stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
         retry=tenacity.retry_if_exception_type(_Dropped),
         reraise=True,
@@ -57,7 +57,7 @@ def download(resolved: Resolved, sink: Sink, progress: Progress) -> None:
                 _attempt(resolved, sink, progress)
     except _Dropped as exc:
         raise UnavailableError(
-            f"download of {_shown(resolved.url)} broke off {_ATTEMPTS} times ({exc}); "
+            f"download of {_shown(resolved.url)} broke off {attempts} times ({exc}); "
             f"{sink.offset} bytes are kept and the next try continues from there"
         ) from None
 
