@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from deepdiff import DeepDiff
 
 import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
+from rbee.net import LOCAL_HOSTS
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
@@ -55,6 +57,7 @@ def plan(
         ctx.unmanaged.extend(ctx.unlisted)
     else:
         actions.extend(ctx.prunable)
+    actions = _share_transfers(actions, desired, observed)
     if targets:
         actions = _targeted(actions, targets)
     the_plan = Plan(
@@ -408,6 +411,58 @@ class _Context:
         if (proc.worker_id, proc.pid) in self.heartbeats or not self.observed.at:
             return False
         return self.observed.at - proc.started_at > SILENT_GRACE_S
+
+
+def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed) -> list[Action]:
+    """A model several hives fetch from the Hub or a URL travels once: the first hive fetches
+    it from the source, the others copy it from that hive (and from hives that already hold
+    it) over the LAN, sha256-checked, falling back to the source."""
+    urls = {hive.name: hive.url for hive in desired.hives}
+    names = {url: name for name, url in urls.items()}
+    shared: dict[tuple[str, str], list[Action]] = {}
+    for action in actions:
+        if (
+            action.kind == "model"
+            and action.op in ("create", "replace")
+            and action.sha256 is not None
+            and (action.source or "").startswith(("hf://", "https://", "http://"))
+        ):
+            shared.setdefault((action.source or "", action.sha256), []).append(action)
+    if not shared:
+        return actions
+    updated: dict[str, Action] = {}
+    for (_, sha256), fetching in shared.items():
+        holders = [
+            urls[name]
+            for name, facts in sorted(observed.hives.items())
+            if name in urls
+            and facts.running
+            and any(entry.sha256 == sha256 for entry in facts.models)
+        ]
+        # A hive on loopback can only serve the others when they run on this machine too.
+        seed = next((a for a in fetching if not _loopback(a.hive_url)), fetching[0])
+        for action in fetching:
+            peers = [url for url in holders if _reaches(action.hive_url, url)]
+            deps = list(action.depends_on)
+            if action is not seed and _reaches(action.hive_url, seed.hive_url):
+                peers.append(seed.hive_url or "")
+                deps.append(seed.address)
+            if peers:
+                via = ", ".join(names[url] for url in peers)
+                reason = f"{action.reason}, copied from {via} over the LAN"
+                updated[action.address] = action.model_copy(
+                    update={"peers": peers, "depends_on": deps, "reason": reason}
+                )
+    return [updated.get(action.address, action) for action in actions]
+
+
+def _loopback(url: str | None) -> bool:
+    return (urlsplit(url or "").hostname or "") in LOCAL_HOSTS
+
+
+def _reaches(client: str | None, server: str | None) -> bool:
+    """Whether the hive at `client` can reach the hive at `server` by its declared URL."""
+    return server is not None and server != client and (_loopback(client) or not _loopback(server))
 
 
 def _adding(model: Model, resolved: SourceFacts | None) -> str:

@@ -156,3 +156,23 @@ def test_a_hub_problem_known_at_plan_time_blocks_that_model_only() -> None:
     plan_ = _case("hf_missing_repo_is_an_error")
     assert [e.address for e in plan_.errors] == ["model.local.gemma3-270m"]
     assert [a.address for a in plan_.actions] == ["hive.local"]
+
+
+def test_a_model_three_hives_need_is_fetched_once_and_copied_over_the_lan() -> None:
+    actions = {a.address: a for a in _case(
+        "three_hives_fetch_a_model_once_and_copy_it_among_themselves"
+    ).actions}  # fmt: skip
+    seed = actions["model.h0.gemma3-270m"]
+    assert seed.peers == []
+    for other in ("model.h1.gemma3-270m", "model.h2.gemma3-270m"):
+        assert actions[other].peers == ["http://10.0.0.10:7835"]
+        assert seed.address in actions[other].depends_on
+
+
+def test_a_hive_that_holds_the_model_is_a_peer_without_waiting_for_anyone() -> None:
+    actions = {a.address: a for a in _case("a_hive_that_holds_the_model_serves_the_others").actions}
+    assert actions["model.h1.gemma3-270m"].peers == ["http://10.0.0.10:7835"]
+    assert actions["model.h2.gemma3-270m"].peers == [
+        "http://10.0.0.10:7835",
+        "http://10.0.0.11:7835",
+    ]
