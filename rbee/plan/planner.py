@@ -424,27 +424,27 @@ def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed
         if (
             action.kind == "model"
             and action.op in ("create", "replace")
+            and action.model is not None
             and action.sha256 is not None
             and (action.source or "").startswith(("hf://", "https://", "http://"))
         ):
-            shared.setdefault((action.source or "", action.sha256), []).append(action)
-    if not shared:
-        return actions
+            shared.setdefault((action.model, action.sha256), []).append(action)
     updated: dict[str, Action] = {}
-    for (_, sha256), fetching in shared.items():
+    for (model, sha256), fetching in shared.items():
+        # Peers serve a model by its name: a hive holds it when it lists it with this sha256.
         holders = [
             urls[name]
             for name, facts in sorted(observed.hives.items())
             if name in urls
             and facts.running
-            and any(entry.sha256 == sha256 for entry in facts.models)
+            and any(e.name == model and e.sha256 == sha256 for e in facts.models)
         ]
-        # A hive on loopback can only serve the others when they run on this machine too.
+        # Without a holder, one hive fetches first; on loopback it can serve only its machine.
         seed = next((a for a in fetching if not _loopback(a.hive_url)), fetching[0])
         for action in fetching:
             peers = [url for url in holders if _reaches(action.hive_url, url)]
             deps = list(action.depends_on)
-            if action is not seed and _reaches(action.hive_url, seed.hive_url):
+            if not holders and action is not seed and _reaches(action.hive_url, seed.hive_url):
                 peers.append(seed.hive_url or "")
                 deps.append(seed.address)
             if peers:

@@ -26,6 +26,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.fixtures.cluster import run_rbee
+from tests.fixtures.hub import fake_hub
 from tests.fixtures.netns import SshHost, netns_hosts, require_lab
 from tests.fixtures.ports import free_port
 
@@ -44,12 +45,19 @@ class NetworkCluster:
     model: Path
     env: dict[str, str]
 
-    def write(self, hives: list[dict[str, Any]], replicas: int = 1) -> None:
+    def write(
+        self,
+        hives: list[dict[str, Any]],
+        replicas: int = 1,
+        more_models: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """The cluster YAML; `more_models` are declared on every hive without workers."""
+        extra = more_models or []
         body = {
             "version": 1,
             "queen": {"url": self.queen_url, "token": "${RBEE_TOKEN}"},
             "hives": hives,
-            "models": [{"name": "gemma3-270m", "source": f"file://{self.model}"}],
+            "models": [{"name": "gemma3-270m", "source": f"file://{self.model}"}, *extra],
             "worker_binaries": [{"name": "cpu"}],
             "deployments": [
                 {
@@ -59,7 +67,11 @@ class NetworkCluster:
                     "replicas": replicas,
                     "slots": 1,
                     "ctx_size": 512,
-                }
+                },
+                *(
+                    {"model": m["name"], "worker": "cpu", "hives": "all", "replicas": 0}
+                    for m in extra
+                ),
             ],
         }
         self.config.write_text(json.dumps(body, indent=2))  # JSON is YAML
@@ -293,3 +305,23 @@ def test_an_old_install_is_upgraded_and_its_workers_restored(net: NetworkCluster
     )
     assert version.stdout.strip() == "0.1.0"
     assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+
+
+def test_a_url_model_leaves_the_source_once_and_the_hives_copy_it(net: NetworkCluster) -> None:
+    gateway = _gateway(net.hosts[0])
+    for hub in fake_hub(host=gateway, cdn_host=gateway):
+        served = hub.add("org/repo", "gemma.gguf", net.model)
+        url = f"{hub.cdn_url}/cdn/{served.sha256}"
+        net.write(
+            net.good_hives(),
+            more_models=[{"name": "gemma-url", "source": url, "sha256": served.sha256}],
+        )
+        plan = net.rbee("plan")
+        assert plan.stdout.count("copied from h0 over the LAN") == 2, plan.stdout
+        net.rbee("apply", "--auto-approve")
+        assert hub.sent == served.size  # one transfer from the source for three hives
+    for host in net.hosts:
+        payload = host.home / ".cache" / "rbee" / "models" / "gemma-url" / "payload"
+        assert payload.stat().st_size == served.size
+    assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+    net.write(net.good_hives())
