@@ -105,25 +105,13 @@ def main() -> None:
                     rows.append(("rbee apply (peer fetch)", hub.sent, seconds))
                     hub.sent = 0
                     started = time.perf_counter()
+                    curl = ["curl", "-sSf", "-o", "/dev/null", url]
                     downloads = [
-                        subprocess.Popen(
-                            [
-                                "ip",
-                                "netns",
-                                "exec",
-                                h.namespace,
-                                "curl",
-                                "-sSf",
-                                "-o",
-                                "/dev/null",
-                                url,
-                            ]
-                        )  # fmt: skip
-                        for h in hosts
+                        subprocess.Popen(["ip", "netns", "exec", h.namespace, *curl]) for h in hosts
                     ]
                     assert all(d.wait() == 0 for d in downloads)
-                    rows.append((f"{args.hosts} x curl from the source", hub.sent,
-                                 time.perf_counter() - started))  # fmt: skip
+                    elapsed = time.perf_counter() - started
+                    rows.append((f"{args.hosts} x curl from the source", hub.sent, elapsed))
             finally:
                 subprocess.run([*rbee, "down", "-f", str(config)], env=env, capture_output=True)
     finally:
