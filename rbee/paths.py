@@ -23,6 +23,8 @@ def state_dir() -> Path:
 def contained(root: Path, name: str) -> Path:
     """`root/name`, refusing a name that would escape `root` (`..`, absolute paths, `/`) or
     that is hidden (a leading `.` is kept for rbee's own staging files)."""
+    if "\0" in name:
+        raise ValueError(f"invalid name {name!r}: must not contain a NUL byte")
     candidate = (root / name).resolve()
     if candidate.parent != root.resolve() or name in {"", ".", ".."}:
         raise ValueError(f"invalid name {name!r}: must be a single path component")

@@ -141,7 +141,7 @@ def test_a_new_sha256_replaces_the_old_artifact(tmp_path: Path) -> None:
     assert [child.name for child in catalog.root.iterdir()] == ["m"]
 
 
-@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/abs", ".hidden"])
+@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/abs", ".hidden", "a\0b"])
 def test_names_that_escape_or_hide_are_refused(
     catalog: ArtifactCatalog, source: str, tmp_path: Path, name: str
 ) -> None:
