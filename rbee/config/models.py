@@ -190,6 +190,11 @@ class WorkerBinary(_Strict):
 class Deployment(_Strict):
     """How many workers of which model run on which hives."""
 
+    name: Name | None = Field(
+        default=None,
+        description="names the deployment's workers (default: the model's name); needed when "
+        "one model is deployed twice on a hive, e.g. on a GPU and on the CPU",
+    )
     model: str
     worker: str
     hives: list[str] | Literal["all"] = "all"
@@ -201,6 +206,11 @@ class Deployment(_Strict):
         description="one worker per GPU on each hive: a list of cuda:N, or all of the hive's GPUs",
     )
     ctx_size: CtxSize = CTX_SIZE
+
+    @property
+    def key(self) -> str:
+        """The name its workers and their addresses carry: `worker.HIVE.KEY[i]`."""
+        return self.name or self.model
 
     @model_validator(mode="after")
     def _devices_or_replicas(self) -> Deployment:
@@ -269,14 +279,16 @@ def check_references(cluster: Cluster) -> list[tuple[Loc, str]]:
                         ((*here, "hives", position), f"unknown hive {hive!r}; {_known(hives)}")
                     )
         for hive in cluster.hive_names(deployment):
-            if (hive, deployment.model) in pairs:
+            if (hive, deployment.key) in pairs:
+                what = "model" if deployment.name is None else "name"
                 errors.append(
                     (
-                        (*here, "model"),
-                        f"model {deployment.model!r} is deployed twice on hive {hive!r}",
+                        (*here, what),
+                        f"deployment {deployment.key!r} is declared twice on hive {hive!r}; "
+                        "give each of them its own `name:`",
                     )
                 )
-            pairs.add((hive, deployment.model))
+            pairs.add((hive, deployment.key))
     return errors
 
 

@@ -23,13 +23,13 @@ _MIB = 1 << 20
 
 @dataclass
 class Placement:
-    """Per deployment (by model) the device of each replica, or why it cannot be placed."""
+    """Per deployment (by its key) the device of each replica, or why it cannot be placed."""
 
     devices: dict[str, list[str]] = field(default_factory=dict)
     errors: list[Note] = field(default_factory=list)
 
-    def blocked(self, model: str) -> bool:
-        return model not in self.devices
+    def blocked(self, key: str) -> bool:
+        return key not in self.devices
 
 
 def vram_bytes(entry: ModelEntry, slots: int, ctx_size: int) -> int | None:
@@ -57,11 +57,11 @@ def place(
         address = worker_binary_address(hive.name, deployment.worker)
         if problem is None:
             devices, problem = _devices(hive, deployment, caps)
-            address = worker_address(hive.name, deployment.model, 0)
+            address = worker_address(hive.name, deployment.key, 0)
         if problem is not None:
             placement.errors.append(Note(address=address, message=problem))
             continue
-        placement.devices[deployment.model] = devices
+        placement.devices[deployment.key] = devices
     if caps is not None:
         _check_memory(hive, list(deployments), caps, entries, running, placement)
     return placement
@@ -127,7 +127,7 @@ def _check_memory(
     needed: dict[str, int] = {}
     for deployment in deployments:
         entry = entries.get(deployment.model)
-        for device in placement.devices.get(deployment.model, []):
+        for device in placement.devices.get(deployment.key, []):
             one = vram_bytes(entry, deployment.slots, deployment.ctx_size) if entry else None
             if device in gpus and one is not None:
                 needed[device] = needed.get(device, 0) + one
@@ -145,7 +145,7 @@ def _check_memory(
         available = gpu.memory_free_mib * _MIB + held.get(device, 0)
         if need <= available:
             continue
-        users = [d.model for d in deployments if device in placement.devices.get(d.model, [])]
+        users = [d.key for d in deployments if device in placement.devices.get(d.key, [])]
         placement.errors.append(
             Note(
                 address=hive_address(hive.name),
@@ -153,5 +153,5 @@ def _check_memory(
                 f"workers of {', '.join(users)} need {need} bytes, {available} are free",
             )
         )
-        for model in users:
-            placement.devices.pop(model, None)
+        for key in users:
+            placement.devices.pop(key, None)

@@ -114,12 +114,13 @@ class _Context:
             d for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
         ]
         deployed = {d.model for d in deployments}
+        declared = list(deployments)
         # A deployment the hive cannot serve is reported and left as it is; the rest proceed.
         placement = place(
             hive, deployments, self.binaries, facts.capabilities, have_models, facts.workers
         )
         self.errors.extend(placement.errors)
-        deployments = [d for d in deployments if not placement.blocked(d.model)]
+        deployments = [d for d in deployments if not placement.blocked(d.key)]
         for deployment in list(deployments):
             problem = self.source_problem(self.models[deployment.model])
             if problem is not None:
@@ -137,23 +138,31 @@ class _Context:
                 actions.append(binary_action)
                 binary_actions[name] = binary_action
         later: list[Action] = []
+        model_actions: dict[str, Action | None] = {}
         for deployment in deployments:
             model = self.models[deployment.model]
-            model_action = self._model_action(hive, model, have_models.get(model.name), hive_deps)
+            if model.name in model_actions:  # two deployments of one model share its file
+                model_action = model_actions[model.name]
+            else:
+                model_action = self._model_action(
+                    hive, model, have_models.get(model.name), hive_deps
+                )
+                model_actions[model.name] = model_action
+                if model_action is not None:
+                    actions.append(model_action)
             deps = list(hive_deps)
             binary_action = binary_actions.get(deployment.worker)
             if binary_action is not None:
                 deps.append(binary_action.address)
             if model_action is not None:
-                actions.append(model_action)
                 deps.append(model_action.address)
             later.extend(
                 self._worker_actions(
                     hive,
                     deployment,
                     model,
-                    placement.devices[deployment.model],
-                    [w for w in facts.workers if w.model == deployment.model],
+                    placement.devices[deployment.key],
+                    [w for w in facts.workers if _belongs(w, hive.name, deployment)],
                     deps,
                     restart=(
                         "hive upgraded"
@@ -167,10 +176,14 @@ class _Context:
                 )
             )
         for proc in facts.workers:
-            if proc.model not in deployed:
-                later.append(
-                    _delete_worker(hive.name, hive.url, proc, "not declared for this hive")
-                )
+            if any(_belongs(proc, hive.name, d) for d in declared):
+                continue
+            why = (
+                f"unknown worker id {proc.worker_id!r}"
+                if proc.model in deployed
+                else "not declared for this hive"
+            )
+            later.append(_delete_worker(hive.name, hive.url, proc, why))
         stopping = [a for a in later if a.op == "delete"]
         for entry in facts.models:
             if entry.name not in deployed:
@@ -345,20 +358,17 @@ class _Context:
         actions: list[Action] = []
         by_index: dict[int, list[WorkerProcess]] = {}
         for proc in procs:
-            index = parse_worker_id(hive.name, deployment.model, proc.worker_id)
-            if index is None or index >= len(devices):
-                why = (
-                    f"replicas → {len(devices)}"
-                    if index is not None
-                    else f"unknown worker id {proc.worker_id!r}"
-                )
-                actions.append(_delete_worker(hive.name, hive.url, proc, why))
+            index = parse_worker_id(hive.name, deployment.key, proc.worker_id)
+            assert index is not None  # procs are this deployment's (`_belongs`)
+            if index >= len(devices):
+                why = f"replicas → {len(devices)}"
+                actions.append(_delete_worker(hive.name, hive.url, proc, why, deployment.key))
             else:
                 by_index.setdefault(index, []).append(proc)
         previous_replace: str | None = None
         for index, device in enumerate(devices):
             spawn = SpawnWorker(
-                worker_id=worker_id(hive.name, deployment.model, index),
+                worker_id=worker_id(hive.name, deployment.key, index),
                 hive=hive.name,
                 model=deployment.model,
                 worker_binary=deployment.worker,
@@ -368,12 +378,12 @@ class _Context:
                 chat_format=model.chat_format,
                 queen_url=self.queen_url,
             )
-            address = worker_address(hive.name, deployment.model, index)
+            address = worker_address(hive.name, deployment.key, index)
             existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
             for duplicate in existing[1:]:
                 actions.append(
                     _delete_worker(
-                        hive.name, hive.url, duplicate, "duplicate of the same replica", by_pid=True
+                        hive.name, hive.url, duplicate, "duplicate of the same replica", None
                     )
                 )
             if not existing:
@@ -532,13 +542,25 @@ def _worker_action(
     )
 
 
+def _belongs(proc: WorkerProcess, hive: str, deployment: Deployment) -> bool:
+    """Whether a running worker is one of `deployment`'s replicas on `hive` (by its id)."""
+    return (
+        proc.model == deployment.model
+        and parse_worker_id(hive, deployment.key, proc.worker_id) is not None
+    )
+
+
 def _delete_worker(
-    hive: str, url: str, proc: WorkerProcess, reason: str, by_pid: bool = False
+    hive: str, url: str, proc: WorkerProcess, reason: str, key: str | None = ""
 ) -> Action:
-    index = None if by_pid else parse_worker_id(hive, proc.model, proc.worker_id)
+    """Stop `proc`: addressed as replica i of deployment `key` (by default, the one its model
+    names), or by pid when `key` is None or its id says no replica."""
+    if key == "":
+        key = proc.model
+    index = None if key is None else parse_worker_id(hive, key, proc.worker_id)
     address = (
-        worker_address(hive, proc.model, index)
-        if index is not None
+        worker_address(hive, key, index)
+        if key is not None and index is not None
         else f"worker.{hive}.{proc.model}[pid {proc.pid}]"
     )
     return Action(

@@ -174,3 +174,9 @@ def test_a_hive_that_holds_the_model_is_a_peer_without_waiting_for_anyone() -> N
     for other in ("model.h1.gemma3-270m", "model.h2.gemma3-270m"):
         assert actions[other].peers == ["http://10.0.0.10:7835"]
         assert "model.h1.gemma3-270m" not in actions[other].depends_on
+
+
+def test_one_model_in_two_named_deployments_keeps_each_ones_workers() -> None:
+    actions = _case("one_model_in_two_deployments_on_one_hive").actions
+    assert [(a.address, a.op) for a in actions] == [("worker.gpubox.gemma-gpu[0]", "create")]
+    assert actions[0].spawn is not None and actions[0].spawn.worker_id == "gpubox.gemma-gpu.0"
