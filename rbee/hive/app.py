@@ -4,6 +4,7 @@ operations, workers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ def create_app(
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
     worker_binaries = WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries
     operations = Operations()
+    # A peer is another hive of this cluster: it takes the same token.
+    peer_headers = {"authorization": f"Bearer {token}"} if token else {}
     adding: dict[str, tuple[AddModel, Operation]] = {}
     # Held from "is this binary in use / provisioned" to the spawn or removal that relies on it.
     binaries_in_use = asyncio.Lock()
@@ -100,10 +103,10 @@ def create_app(
         if present is not None:
             return operations.done(present.size_bytes)
 
-        # A peer is another hive of this cluster: it takes the same token.
-        headers = {"authorization": f"Bearer {token}"} if token else {}
         mirrors = [
-            Resolved(url=f"{peer.rstrip('/')}/v1/models/{wanted.name}/payload", headers=headers)
+            Resolved(
+                url=f"{peer.rstrip('/')}/v1/models/{wanted.name}/payload", headers=peer_headers
+            )
             for peer in wanted.peers
         ]
 
@@ -133,12 +136,20 @@ def create_app(
         wanted = await _parse(request, AddWorkerBinary)
         worker_binaries.check(wanted.name)
 
+        peers = [Resolved(url=peer, headers=peer_headers) for peer in wanted.peers]
+
         def work(op: Operation) -> int:
-            worker_binaries.provision(wanted, op.log)
+            worker_binaries.provision(wanted, op.log, peers)
             return 0
 
         operation = operations.start(work, label=f"add-worker-binary:{wanted.name}")
         return _started(operation)
+
+    async def runtime_wheel(request: Request) -> Response:
+        """A built runtime's llama-cpp-python wheel, for a peer of the same platform."""
+        wheel = await run_in_threadpool(worker_binaries.wheel, request.path_params["digest"])
+        sha256 = await run_in_threadpool(_sha256, wheel)
+        return FileResponse(wheel, filename=wheel.name, headers={"X-Rbee-Sha256": sha256})
 
     async def remove_worker_binary(request: Request) -> Response:
         name = request.path_params["name"]
@@ -210,6 +221,7 @@ def create_app(
         Route("/v1/worker-binaries", list_worker_binaries),
         Route("/v1/worker-binaries", add_worker_binary, methods=["POST"]),
         Route("/v1/worker-binaries/{name}", get_worker_binary),
+        Route("/v1/runtimes/{digest}/wheel", runtime_wheel),
         Route("/v1/worker-binaries/{name}", remove_worker_binary, methods=["DELETE"]),
         Route("/v1/operations/{operation_id}", get_operation),
         Route("/v1/operations/{operation_id}/events", operation_events),
@@ -227,6 +239,14 @@ def create_app(
         Exception: _internal_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _started(operation: Operation) -> JSONResponse:

@@ -13,14 +13,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from rbee.catalog import entry_dir
+from rbee.catalog.vendors import Resolved
 from rbee.errors import NotFoundError, RbeeError
-from rbee.hive.runtimes import RuntimeBuildError, build_runtime, remove_unused, runtime_spec
+from rbee.hive.runtimes import (
+    RuntimeBuildError,
+    build_runtime,
+    remove_unused,
+    runtime_spec,
+    runtime_wheel,
+)
 from rbee.wire import AddWorkerBinary, WorkerBinaryEntry
 
 __all__ = ["METADATA", "ProvisionError", "WorkerBinaryCatalog"]
@@ -47,12 +54,16 @@ class WorkerBinaryCatalog:
         self._dir(name)
 
     def provision(
-        self, request: AddWorkerBinary, log: Callable[[str], None] = lambda _: None
+        self,
+        request: AddWorkerBinary,
+        log: Callable[[str], None] = lambda _: None,
+        peers: Sequence[Resolved] = (),
     ) -> WorkerBinaryEntry:
         """Build or check the requested runtime and record it, replacing any entry of the same
-        name; `log` gets the build's output line by line."""
+        name; `log` gets the build's output line by line. A build takes the wheel of a peer
+        (`peers`) of the same platform when one has it."""
         directory = self._dir(request.name)
-        python = self._runtime(request, log)
+        python = self._runtime(request, log, peers)
         entry = WorkerBinaryEntry(
             name=request.name,
             backend=request.backend,
@@ -111,7 +122,13 @@ class WorkerBinaryCatalog:
     def _dir(self, name: str) -> Path:
         return entry_dir(self.root, name)
 
-    def _runtime(self, request: AddWorkerBinary, log: Callable[[str], None]) -> str:
+    def wheel(self, digest: str) -> Path:
+        """The wheel of runtime `digest` built here, for peers (NotFoundError)."""
+        return runtime_wheel(self.root, digest)
+
+    def _runtime(
+        self, request: AddWorkerBinary, log: Callable[[str], None], peers: Sequence[Resolved]
+    ) -> str:
         """The Python to run workers with: the given path, a build, or the hive's own."""
         if request.path is not None:
             if not os.path.isabs(request.path):
@@ -120,7 +137,7 @@ class WorkerBinaryCatalog:
         if request.build:
             spec = runtime_spec(request)
             try:
-                python, _ = build_runtime(self.root, spec, log)
+                python, _ = build_runtime(self.root, spec, log, peers)
             except RuntimeBuildError as exc:
                 raise ProvisionError(f"building worker binary {request.name!r}: {exc}") from None
             return str(python)

@@ -8,6 +8,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 
 import psutil
 
@@ -110,6 +111,7 @@ def gather() -> Capabilities:
         cpu_count=os.cpu_count() or 1,
         ram_total_bytes=memory.total,
         ram_available_bytes=memory.available,
+        python=f"{sys.version_info.major}.{sys.version_info.minor}",
         gpus=gpus,
         backends=backends(system, machine, gpus),
         nvcc=nvcc(),

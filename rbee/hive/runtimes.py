@@ -17,6 +17,8 @@ import importlib.metadata
 import json
 import logging
 import os
+import platform
+import re
 import shutil
 import site
 import subprocess
@@ -24,20 +26,35 @@ import sys
 import sysconfig
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 import psutil
 
-from rbee.errors import RbeeError
+from rbee.catalog.vendors import Resolved
+from rbee.errors import NotFoundError, RbeeError
 from rbee.wire import AddWorkerBinary
 
-__all__ = ["CMAKE_ARGS", "RuntimeBuildError", "build_runtime", "remove_unused", "runtime_spec"]
+__all__ = [
+    "CMAKE_ARGS",
+    "RuntimeBuildError",
+    "build_runtime",
+    "platform_tag",
+    "remove_unused",
+    "runtime_digest",
+    "runtime_spec",
+    "runtime_wheel",
+]
 
 #: What each backend asks of llama.cpp's build when the YAML gives no `cmake_args`.
 CMAKE_ARGS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
 _RUNTIMES = ".runtimes"
 _MARKER = "rbee-runtime.json"
+_WHEELS = "wheel"
+_DIGEST = re.compile(r"^[0-9a-f]{16}$")
+_WHEEL_NAME = re.compile(r'filename="?([A-Za-z0-9_.+-]+\.whl)"?')
+_PEER_TIMEOUT = httpx.Timeout(10.0, read=120.0)
 _LOG_TAIL = 15
 _log = logging.getLogger(__name__)
 _locks: dict[str, threading.Lock] = {}
@@ -58,25 +75,57 @@ def runtime_spec(request: AddWorkerBinary) -> dict[str, str]:
         "cmake_args": request.cmake_args
         if request.cmake_args is not None
         else CMAKE_ARGS[request.backend],
-        "python": f"{sys.implementation.cache_tag}-{sys.platform}-{os.uname().machine}",
+        "python": platform_tag(),
     }
 
 
+def platform_tag() -> str:
+    """What a compiled runtime is bound to: interpreter, OS, machine and C library."""
+    libc, version = platform.libc_ver()
+    return f"{sys.implementation.cache_tag}-{sys.platform}-{os.uname().machine}-{libc}{version}"
+
+
+def runtime_digest(spec: dict[str, str]) -> str:
+    """The name of the runtime built for `spec`: equal on every hive of the same platform."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def runtime_wheel(catalog_root: Path, digest: str) -> Path:
+    """The llama-cpp-python wheel of a built runtime (for peers of the same platform);
+    NotFoundError when there is none."""
+    if not _DIGEST.match(digest):
+        raise NotFoundError(f"no runtime {digest!r}")
+    runtime = catalog_root / _RUNTIMES / digest
+    wheels = sorted((runtime / _WHEELS).glob("*.whl")) if (runtime / _MARKER).is_file() else []
+    if not wheels:
+        raise NotFoundError(f"no built runtime {digest} on this hive")
+    return wheels[0]
+
+
 def build_runtime(
-    catalog_root: Path, spec: dict[str, str], log: Callable[[str], None]
+    catalog_root: Path,
+    spec: dict[str, str],
+    log: Callable[[str], None],
+    peers: Sequence[Resolved] = (),
 ) -> tuple[Path, bool]:
-    """The Python of the runtime for `spec`, built now unless it already was; and whether it
-    was built now. `log` gets each line of the build's output."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    """The Python of the runtime for `spec`, made now unless it already was; and whether it
+    was made now. A peer hive of the same platform that built it hands over its wheel (`peers`:
+    the URLs of `GET /v1/runtimes/DIGEST/wheel`); else it is compiled here. `log` gets each
+    line of the build's output."""
+    digest = runtime_digest(spec)
     with _locks_lock:
         lock = _locks.setdefault(digest, threading.Lock())
     # Two provisions of one spec at once: the second waits, then reuses the first's build.
     with lock:
-        return _build(catalog_root / _RUNTIMES, digest, spec, log)
+        return _build(catalog_root / _RUNTIMES, digest, spec, log, peers)
 
 
 def _build(
-    root: Path, digest: str, spec: dict[str, str], log: Callable[[str], None]
+    root: Path,
+    digest: str,
+    spec: dict[str, str],
+    log: Callable[[str], None],
+    peers: Sequence[Resolved],
 ) -> tuple[Path, bool]:
     target = root / digest
     python = target / "bin" / "python"
@@ -88,7 +137,11 @@ def _build(
     root.mkdir(parents=True, exist_ok=True)
     try:
         _venv(staging, log)
-        _install(staging, spec, root / ".pip-cache" / digest, log)
+        wheels = staging / _WHEELS
+        wheels.mkdir()
+        if not any(_from_peer(peer, digest, wheels, log) for peer in peers):
+            _compile(spec, wheels, root / ".pip-cache" / digest, log)
+        _install(staging, wheels, log)
         (staging / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
         os.replace(staging, target)
     except BaseException:
@@ -123,7 +176,8 @@ def _venv(staging: Path, log: Callable[[str], None]) -> None:
     Path(purelib, "_rbee_hive.pth").write_text("\n".join(lines) + "\n")
 
 
-def _install(staging: Path, spec: dict[str, str], cache: Path, log: Callable[[str], None]) -> None:
+def _compile(spec: dict[str, str], wheels: Path, cache: Path, log: Callable[[str], None]) -> None:
+    """Build llama-cpp-python's wheel for the spec's backend into `wheels`."""
     env = dict(os.environ)
     env["CMAKE_ARGS"] = spec["cmake_args"]
     # pip's wheel cache keys a built wheel by its source, not by CMAKE_ARGS: a cached cpu wheel
@@ -131,12 +185,47 @@ def _install(staging: Path, spec: dict[str, str], cache: Path, log: Callable[[st
     if spec["backend"] != "cpu" or spec["cmake_args"]:
         env["PIP_CACHE_DIR"] = str(cache)
     command = [
-        sys.executable, "-m", "pip", "--python", str(staging / "bin" / "python"),
-        "install", "--no-deps", "--ignore-installed", "--no-binary", "llama-cpp-python",
-        "--progress-bar", "off", "--verbose",
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python",
+        "--progress-bar", "off", "--verbose", "--wheel-dir", str(wheels),
         f"llama-cpp-python{spec['llama_cpp_python']}",
     ]  # fmt: skip
     _run(command, log, env=env)
+
+
+def _install(staging: Path, wheels: Path, log: Callable[[str], None]) -> None:
+    command = [
+        sys.executable, "-m", "pip", "--python", str(staging / "bin" / "python"),
+        "install", "--no-deps", "--ignore-installed", "--no-index", "--progress-bar", "off",
+        *map(str, sorted(wheels.glob("*.whl"))),
+    ]  # fmt: skip
+    _run(command, log, env=None)
+
+
+def _from_peer(peer: Resolved, digest: str, wheels: Path, log: Callable[[str], None]) -> bool:
+    """Fetch the wheel a peer hive built for this same runtime; False when it has none."""
+    url = f"{peer.url.rstrip('/')}/v1/runtimes/{digest}/wheel"
+    try:
+        with httpx.stream("GET", url, headers=peer.headers, timeout=_PEER_TIMEOUT) as response:
+            if response.status_code != 200:
+                log(f"peer {peer.url} has no runtime {digest} (HTTP {response.status_code})")
+                return False
+            name = _WHEEL_NAME.search(response.headers.get("content-disposition", ""))
+            if name is None:
+                return False
+            digest_sha, path = hashlib.sha256(), wheels / name.group(1)
+            with path.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    digest_sha.update(chunk)
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        log(f"peer {peer.url} did not hand over runtime {digest}: {exc!r}")
+        return False
+    if digest_sha.hexdigest() != response.headers.get("x-rbee-sha256"):
+        log(f"peer {peer.url} sent a wheel that does not match its sha256: building here")
+        path.unlink()
+        return False
+    log(f"runtime {digest}: copied {path.name} from {peer.url} instead of compiling")
+    return True
 
 
 def _run(command: list[str], log: Callable[[str], None], env: dict[str, str] | None) -> None:

@@ -58,6 +58,7 @@ def plan(
     else:
         actions.extend(ctx.prunable)
     actions = _share_transfers(actions, desired, observed)
+    actions = _share_builds(actions, desired, observed)
     if targets:
         actions = _targeted(actions, targets)
     the_plan = Plan(
@@ -464,6 +465,66 @@ def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed
                     update={"peers": peers, "depends_on": deps, "reason": reason}
                 )
     return [updated.get(action.address, action) for action in actions]
+
+
+def _share_builds(actions: list[Action], desired: Cluster, observed: Observed) -> list[Action]:
+    """A runtime is compiled once per platform: the first hive of a platform builds it, the
+    others of that platform take its wheel (a hive checks that the platform really matches,
+    and compiles itself when it does not)."""
+    urls = {hive.name: hive.url for hive in desired.hives}
+    names = {url: name for name, url in urls.items()}
+    groups: dict[tuple[str, tuple[str, str, str]], list[Action]] = {}
+    for action in actions:
+        binary = action.binary
+        where = _platform(observed.hives.get(action.hive))
+        if (
+            action.kind == "worker_binary"
+            and action.op in ("create", "replace")
+            and binary is not None
+            and binary.build
+            and where is not None
+        ):
+            groups.setdefault((binary.name, where), []).append(action)
+    updated: dict[str, Action] = {}
+    for (name, where), building in groups.items():
+        spec = building[0].binary.spec if building[0].binary else {}
+        holders = [
+            urls[hive]
+            for hive, facts in sorted(observed.hives.items())
+            if hive in urls
+            and facts.running
+            and _platform(facts) == where
+            and any(b.name == name and b.spec == spec for b in facts.worker_binaries)
+        ]
+        seed = next((a for a in building if not _loopback(a.hive_url)), building[0])
+        for action in building:
+            peers = [url for url in holders if _reaches(action.hive_url, url)]
+            deps = list(action.depends_on)
+            if not holders and action is not seed and _reaches(action.hive_url, seed.hive_url):
+                peers.append(seed.hive_url or "")
+                deps.append(seed.address)
+            if peers and action.binary is not None:
+                via = ", ".join(names[url] for url in peers)
+                binary = action.binary.model_copy(update={"peers": peers})
+                reason = f"{action.reason}, its wheel taken from {via}"
+                updated[action.address] = action.model_copy(
+                    update={"binary": binary, "depends_on": deps, "reason": reason}
+                )
+    return [updated.get(action.address, action) for action in actions]
+
+
+def _platform(facts: HiveFacts | None) -> tuple[str, str, str] | None:
+    """(os, arch, python major.minor) of a hive, from its capabilities or its SSH probe."""
+    if facts is None:
+        return None
+    caps = facts.capabilities
+    if caps is not None and caps.python:
+        return (caps.os.lower(), caps.arch, caps.python)
+    ssh = facts.ssh
+    if ssh is not None and ssh.os and ssh.arch and ssh.python_version:
+        python = ".".join(ssh.python_version.split(".")[:2])
+        return (ssh.os.split()[0].lower(), ssh.arch, python)
+    return None
 
 
 def _loopback(url: str | None) -> bool:

@@ -85,6 +85,7 @@ class Capabilities(_Wire):
     cpu_count: int
     ram_total_bytes: int
     ram_available_bytes: int
+    python: str | None = Field(default=None, description="the hive's Python, e.g. 3.11")
     gpus: list[Gpu] = []
     backends: list[str] = ["cpu"]
     nvcc: str | None = Field(default=None, description="CUDA's compiler, for cuda builds")
@@ -176,6 +177,11 @@ class AddWorkerBinary(_Wire):
         default=None, description="pip version specifier of the build (default: the hive's)"
     )
     cmake_args: str | None = Field(default=None, description="CMAKE_ARGS of a build")
+    peers: list[str] = Field(
+        default=[],
+        description="hives (base URLs) that build the same runtime: a build takes a peer's "
+        "wheel when its platform matches instead of compiling again",
+    )
     spec: dict[str, Any] = {}
 
     @model_validator(mode="after")

@@ -11,9 +11,11 @@ import httpx
 import psutil
 import pytest
 
+from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     WORKER_START_S,
     Hive,
+    HiveFactory,
     add_model,
     add_worker_binary,
     spawn,
@@ -229,3 +231,28 @@ def _state(url: str) -> str | None:
         return str(httpx.get(f"{url}/health", timeout=1).json()["state"])
     except (httpx.HTTPError, ValueError, KeyError):
         return None
+
+
+@pytest.mark.slow
+def test_a_build_takes_the_wheel_of_a_peer_of_the_same_platform(
+    start_hive: HiveFactory, tmp_path: Path
+) -> None:
+    seed = start_hive(env={"HOME": str(tmp_path / "seed")}, port=free_port())
+    other = start_hive(env={"HOME": str(tmp_path / "other")}, port=free_port())
+    with seed.client() as client:
+        assert add_worker_binary(client, "built", build=True)[-1]["state"] == "succeeded"
+    down = f"http://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
+    with other.client() as client:
+        events = add_worker_binary(client, "built", build=True, peers=[down, seed.url])
+        entry = client.get("/v1/worker-binaries/built").json()
+    assert events[-1]["state"] == "succeeded", events[-3:]
+    log = [e["message"] for e in events if e.get("message")]
+    assert any("instead of compiling" in line for line in log), log
+    assert not any(" pip wheel " in line for line in log), "it compiled anyway"
+    assert entry["llama_cpp_version"] == version("llama_cpp_python")
+
+
+def test_a_peer_serves_only_runtimes_it_built(hive: Hive) -> None:
+    with hive.client() as client:
+        assert client.get("/v1/runtimes/0123456789abcdef/wheel").status_code == 404
+        assert client.get("/v1/runtimes/..%2F..%2Fetc/wheel").status_code == 404

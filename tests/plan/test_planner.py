@@ -180,3 +180,14 @@ def test_one_model_in_two_named_deployments_keeps_each_ones_workers() -> None:
     actions = _case("one_model_in_two_deployments_on_one_hive").actions
     assert [(a.address, a.op) for a in actions] == [("worker.gpubox.gemma-gpu[0]", "create")]
     assert actions[0].spawn is not None and actions[0].spawn.worker_id == "gpubox.gemma-gpu.0"
+
+
+def test_a_runtime_is_compiled_once_per_platform_and_its_wheel_shared() -> None:
+    actions = {a.address: a for a in _case("a_runtime_is_compiled_once_per_platform").actions}
+    built, shared, other = (actions[f"worker_binary.h{i}.cuda"] for i in range(3))
+    assert built.binary is not None and built.binary.peers == []
+    assert shared.binary is not None and shared.binary.peers == ["http://10.0.0.10:7835"]
+    assert built.address in shared.depends_on
+    # h2 runs Python 3.12: a 3.11 wheel would not do, so it compiles its own, at once.
+    assert other.binary is not None and other.binary.peers == []
+    assert built.address not in other.depends_on
