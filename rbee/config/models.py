@@ -174,15 +174,40 @@ class WorkerBinary(_Strict):
     backend: Backend = BACKEND
     build: Build | None = None
     path: str | None = Field(default=None, description="an existing Python runtime to use as is")
+    url: str | None = Field(
+        default=None, description="a llama-cpp-python wheel to install (https://…/NAME.whl)"
+    )
+    sha256: str | None = Field(default=None, description="the wheel's sha256, with `url:`")
+
+    @field_validator("url")
+    @classmethod
+    def _wheel_url(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.startswith(("https://", "http://")) or not value.endswith(".whl")
+        ):
+            raise ValueError("expected an https:// URL of a .whl file")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("expected 64 hexadecimal digits")
+        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _servable(self) -> WorkerBinary:
-        if self.build is not None and self.path is not None:
-            raise ValueError("give either `build:` or `path:`, not both")
-        if self.backend != "cpu" and self.build is None and self.path is None:
+        given = [k for k in ("build", "path", "url") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of `build:`, `path:` or `url:`, not {' and '.join(given)}")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a wheel from `url:` needs its `sha256:`")
+        if self.sha256 is not None and self.url is None:
+            raise ValueError("`sha256:` belongs to a wheel given by `url:`")
+        if self.backend != "cpu" and not given:
             raise ValueError(
                 f"a {self.backend} worker binary needs `build:` (compile llama-cpp-python for "
-                "it on each hive) or `path:` (a Python that has it)"
+                "it on each hive), `url:` (a wheel built for it) or `path:` (a Python that has it)"
             )
         return self
 

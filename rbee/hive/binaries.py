@@ -24,6 +24,7 @@ from rbee.errors import NotFoundError, RbeeError
 from rbee.hive.runtimes import (
     RuntimeBuildError,
     build_runtime,
+    install_wheel,
     remove_unused,
     runtime_spec,
     runtime_wheel,
@@ -134,6 +135,14 @@ class WorkerBinaryCatalog:
             if not os.path.isabs(request.path):
                 raise ProvisionError(f"path {request.path!r} of worker binary is not absolute")
             return request.path
+        if request.url is not None:
+            if request.sha256 is None:
+                raise ProvisionError(f"worker binary {request.name!r}: a wheel URL needs sha256")
+            try:
+                python, _ = install_wheel(self.root, request.url, request.sha256, log)
+            except (RuntimeBuildError, NotFoundError) as exc:
+                raise ProvisionError(f"installing worker binary {request.name!r}: {exc}") from None
+            return str(python)
         if request.build:
             spec = runtime_spec(request)
             try:

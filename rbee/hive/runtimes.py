@@ -28,11 +28,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
 from rbee.catalog.vendors import Resolved
+from rbee.catalog.vendors.http import download
 from rbee.errors import NotFoundError, RbeeError
 from rbee.wire import AddWorkerBinary
 
@@ -40,6 +43,7 @@ __all__ = [
     "CMAKE_ARGS",
     "RuntimeBuildError",
     "build_runtime",
+    "install_wheel",
     "platform_tag",
     "remove_unused",
     "runtime_digest",
@@ -149,6 +153,69 @@ def _build(
         raise
     _log.info("runtime built digest=%s spec=%s", digest, spec)
     return python, True
+
+
+def install_wheel(
+    catalog_root: Path, url: str, sha256: str, log: Callable[[str], None]
+) -> tuple[Path, bool]:
+    """The Python of a venv with the llama-cpp-python wheel at `url` (checked against
+    `sha256`), installed now unless it already was."""
+    spec = {"url": url, "sha256": sha256, "python": platform_tag()}
+    digest = runtime_digest(spec)
+    root = catalog_root / _RUNTIMES
+    with _locks_lock:
+        lock = _locks.setdefault(digest, threading.Lock())
+    with lock:
+        target = root / digest
+        if (target / _MARKER).is_file():
+            log(f"runtime {digest} already installed: reusing it")
+            return target / "bin" / "python", False
+        staging = root / f".{digest}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            _venv(staging, log)
+            wheels = staging / _WHEELS
+            wheels.mkdir()
+            name = urlsplit(url).path.rsplit("/", 1)[-1]
+            log(f"downloading {url}")
+            with (wheels / name).open("wb") as out:
+                sink = _HashingFile(out)
+                download(Resolved(url=url), sink, lambda done, total: None)
+            if sink.hexdigest() != sha256:
+                raise RuntimeBuildError(
+                    f"{url}: sha256 mismatch: expected {sha256}, got {sink.hexdigest()}"
+                )
+            _install(staging, wheels, log)
+            (staging / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target / "bin" / "python", True
+
+
+class _HashingFile:
+    """A download sink writing a file from its start and hashing it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._digest = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._out.write(chunk)
+        self._digest.update(chunk)
+        self.offset += len(chunk)
+
+    def restart(self) -> None:
+        self._out.seek(0)
+        self._out.truncate()
+        self._digest = hashlib.sha256()
+        self.offset = 0
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def remove_unused(catalog_root: Path, keep: set[Path]) -> None:

@@ -279,6 +279,8 @@ class _Context:
             backend=binary.backend,
             path=binary.path,
             build=build is not None,
+            url=binary.url,
+            sha256=binary.sha256,
             llama_cpp_python=build.llama_cpp_python if build else None,
             cmake_args=build.cmake_args if build else None,
             spec=spec,
@@ -292,10 +294,18 @@ class _Context:
             "binary": request,
         }
         if have is None:
-            how = f"use {binary.path}" if binary.path else "build" if build else "provision"
+            how = (
+                f"use {binary.path}"
+                if binary.path
+                else "build"
+                if build
+                else f"install {binary.url}"
+                if binary.url
+                else "provision"
+            )
             return Action(op="create", reason=f"{how} ({binary.backend})", **common)
-        if have.spec != spec:
-            changes = _changes(have.spec, spec)
+        if _declared(have.spec) != _declared(spec):
+            changes = _changes(_declared(have.spec), _declared(spec))
             reason = ", ".join(f"{c.field} {c.old} → {c.new}" for c in changes)
             return Action(op="replace", reason=f"{reason}: re-provision", changes=changes, **common)
         return None
@@ -494,7 +504,10 @@ def _share_builds(actions: list[Action], desired: Cluster, observed: Observed) -
             if hive in urls
             and facts.running
             and _platform(facts) == where
-            and any(b.name == name and b.spec == spec for b in facts.worker_binaries)
+            and any(
+                b.name == name and _declared(b.spec) == _declared(spec)
+                for b in facts.worker_binaries
+            )
         ]
         seed = next((a for a in building if not _loopback(a.hive_url)), building[0])
         for action in building:
@@ -525,6 +538,16 @@ def _platform(facts: HiveFacts | None) -> tuple[str, str, str] | None:
         python = ".".join(ssh.python_version.split(".")[:2])
         return (ssh.os.split()[0].lower(), ssh.arch, python)
     return None
+
+
+def _declared(spec: dict[str, Any]) -> dict[str, Any]:
+    """A worker binary's spec without its unset fields: a field a newer rbee adds to the YAML
+    (unset) is no change to a binary provisioned by an older one."""
+    return {
+        key: _declared(value) if isinstance(value, dict) else value
+        for key, value in spec.items()
+        if value is not None
+    }
 
 
 def _loopback(url: str | None) -> bool:

@@ -173,6 +173,8 @@ class AddWorkerBinary(_Wire):
     backend: Backend = BACKEND
     path: str | None = Field(default=None, description="an existing Python runtime to use")
     build: bool = Field(default=False, description="build a venv with llama-cpp-python")
+    url: str | None = Field(default=None, description="a llama-cpp-python wheel to install")
+    sha256: str | None = Field(default=None, description="the wheel's sha256")
     llama_cpp_python: str | None = Field(
         default=None, description="pip version specifier of the build (default: the hive's)"
     )

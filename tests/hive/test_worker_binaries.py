@@ -11,6 +11,9 @@ import httpx
 import psutil
 import pytest
 
+from rbee.hive.binaries import WorkerBinaryCatalog
+from rbee.wire import AddWorkerBinary
+from tests.fixtures.hub import fake_hub
 from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     WORKER_START_S,
@@ -256,3 +259,30 @@ def test_a_peer_serves_only_runtimes_it_built(hive: Hive) -> None:
     with hive.client() as client:
         assert client.get("/v1/runtimes/0123456789abcdef/wheel").status_code == 404
         assert client.get("/v1/runtimes/..%2F..%2Fetc/wheel").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_wheel_from_a_url_is_checked_installed_and_serves(
+    hive: Hive, gguf: Path, tmp_path: Path
+) -> None:
+    # A real llama-cpp-python wheel: the plain cpu build's, from pip's cache (seconds).
+    runtimes = WorkerBinaryCatalog(tmp_path / "made")
+    runtimes.provision(AddWorkerBinary(name="made", build=True))
+    [wheel] = (tmp_path / "made" / ".runtimes").glob("*/wheel/*.whl")
+    for hub in fake_hub():
+        served = hub.add("org/wheels", wheel.name, wheel)
+        url = f"{hub.cdn_url}/cdn/{served.sha256}/{wheel.name}"
+        with hive.client() as client:
+            bad = add_worker_binary(client, "bad", url=url, sha256="0" * 64)
+            events = add_worker_binary(client, "wheel", url=url, sha256=served.sha256)
+            assert add_model(client, "gemma3-270m", gguf)[-1]["state"] == "succeeded"
+            worker = spawn(client, hive, worker_binary="wheel")
+    assert bad[-1]["state"] == "failed" and "sha256 mismatch" in bad[-1]["error"]
+    assert events[-1]["state"] == "succeeded", events[-3:]
+    wait_until(lambda: _state(worker["url"]) == "idle", WORKER_START_S, "the worker to load")
+    answer = httpx.post(
+        f"{worker['url']}/v1/completions",
+        json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
