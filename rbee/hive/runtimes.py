@@ -1,9 +1,12 @@
-"""Worker runtimes built on the hive: a venv with llama-cpp-python compiled for one backend.
+"""Worker runtimes made on the hive: a venv with llama-cpp-python built for one backend.
 
-Each build lives in `<catalog>/.runtimes/<digest>/`, where the digest covers everything that
-changes the compiled result (backend, llama-cpp-python version, CMAKE_ARGS, the Python). A
-spec that was built once is reused as it is; a changed spec is a new directory. The venv is
-built under a staging name and renamed into place, so a half build is never used.
+Each runtime lives in `<catalog>/.runtimes/<digest>/`, where the digest covers everything
+that changes the result (backend, llama-cpp-python version, CMAKE_ARGS, Python, OS, machine,
+libc; or the wheel URL and its sha256). A spec made once is reused as it is; a changed spec is
+a new directory. The llama-cpp-python wheel is compiled here, taken from a peer hive of the
+same platform that compiled it, or downloaded from a URL; it is kept beside the venv for
+peers. The venv is made under a staging name and renamed into place, so a half build is
+never used.
 
 The venv holds llama-cpp-python only. rbee and the rest of the worker's dependencies come
 from the hive's own environment through a `.pth` file, which Python reads after the venv's
