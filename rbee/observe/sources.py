@@ -15,6 +15,8 @@ from rbee.plan.observed import SourceFacts
 __all__ = ["resolve_sources"]
 
 _log = logging.getLogger(__name__)
+# A plan waits for these: a Hub that does not answer soon is left to the hives to report.
+_TIMEOUT_S = 5.0
 
 
 async def resolve_sources(models: list[Model]) -> dict[str, SourceFacts]:
@@ -26,7 +28,7 @@ async def resolve_sources(models: list[Model]) -> dict[str, SourceFacts]:
 
 def _resolve(source: str) -> SourceFacts:
     try:
-        resolved = HfVendor().resolve(source)
+        resolved = HfVendor(timeout_s=_TIMEOUT_S).resolve(source)
     except RbeeError as exc:
         _log.info("source unresolved source=%s error=%s", source, exc.message)
         message = f"{exc.message} ({exc.hint})" if exc.hint else exc.message

@@ -49,7 +49,10 @@ def parse_hf_source(source: str) -> HfSource:
 
 
 class HfVendor:
-    """Files of Hugging Face Hub repositories."""
+    """Files of Hugging Face Hub repositories; `timeout_s` bounds each metadata request."""
+
+    def __init__(self, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
 
     def resolve(self, source: str) -> Resolved:
         """One HEAD to the Hub: the commit, the LFS sha256, the size and the download URL."""
@@ -66,7 +69,9 @@ class HfVendor:
             hf.repo, hf.filename, revision=hf.revision, endpoint=endpoint
         )
         try:
-            meta = huggingface_hub.get_hf_file_metadata(url, endpoint=endpoint)
+            meta = huggingface_hub.get_hf_file_metadata(
+                url, endpoint=endpoint, timeout=self.timeout_s
+            )
         except errors.GatedRepoError:
             raise RbeeError(
                 f"{hf}: the repository is gated",
