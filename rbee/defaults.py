@@ -7,6 +7,7 @@ get the same values.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -19,6 +20,7 @@ __all__ = [
     "QUEEN_PORT",
     "SLOTS",
     "SOURCE_SCHEMES",
+    "SPLIT_GGUF",
     "WORKER_BINARY",
     "Backend",
     "CtxSize",
@@ -36,6 +38,9 @@ WORKER_BINARY = "cpu"
 #: The URL schemes models may come from: one vendor each in rbee.catalog (a test keeps the
 #: two lists equal).
 SOURCE_SCHEMES = ("hf", "https", "http", "file")
+
+#: A GGUF in parts, named by its first: `<stem>-00001-of-00003.gguf`.
+SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 #: The inference backends a worker binary can be built for.
 Backend = Literal["cpu", "cuda", "metal"]

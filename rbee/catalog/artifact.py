@@ -27,6 +27,7 @@ from rbee.catalog.vendors import Progress, Resolved, Sink, Vendor
 from rbee.catalog.vendors.file import FileVendor
 from rbee.catalog.vendors.hf import HfVendor
 from rbee.catalog.vendors.http import HttpVendor, download
+from rbee.defaults import SPLIT_GGUF
 from rbee.errors import NotFoundError, RbeeError
 from rbee.paths import contained
 from rbee.wire import GgufFacts, ModelEntry
@@ -140,7 +141,8 @@ class ArtifactCatalog:
             return existing
         progress = progress_cb or _no_progress
         self.root.mkdir(parents=True, exist_ok=True)
-        if expected is not None:
+        # A peer serves a model as one file: a split GGUF comes from its source.
+        if expected is not None and not _split(source):
             for mirror in mirrors:
                 try:
                     return self._fetch(name, source, expected, mirror, _from_peer, progress)
@@ -172,8 +174,66 @@ class ArtifactCatalog:
         fetch: Callable[[Resolved, Sink, Progress], None],
         progress: Progress,
     ) -> ModelEntry:
-        """Fetch `resolved` into the partial (continuing it), check it, move it into place."""
-        with _Partial(self._staging(name), source, expected) as partial:
+        """Fetch `resolved` (every part of a split GGUF) into partials (continuing them),
+        check each against its sha256, and move the whole into place at once."""
+        staging = self._staging(name)
+        parts = resolved.parts or (resolved,)
+        count = len(parts)
+        files: list[tuple[Path, str]] = []  # (payload of a finished partial, its file name)
+        digests: list[str] = []
+        done = 0
+        for number, part in enumerate(parts, 1):
+            # The first part is what the YAML and the Hub name; the others check themselves.
+            want = expected if number == 1 else part.sha256
+            directory = staging if count == 1 else staging.with_name(f"{staging.name}-{number}")
+            label = source if count == 1 else f"{source}#{number}"
+
+            def moved(d: int, t: int | None, before: int = done) -> None:
+                progress(before + d, resolved.size if count > 1 else t)
+
+            digest, size = self._fetch_part(name, directory, label, want, part, fetch, moved)
+            digests.append(digest)
+            done += size
+            file = PAYLOAD if count == 1 else f"{PAYLOAD}-{number:05d}-of-{count:05d}.gguf"
+            files.append((directory / PAYLOAD, file))
+        if count > 1:  # gather the parts in one directory, named as llama.cpp looks for them
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            for payload, file in files:
+                os.replace(payload, staging / file)
+                shutil.rmtree(payload.parent, ignore_errors=True)
+        final = self._dir(name)
+        actual = digests[0]
+        entry = ModelEntry(
+            name=name,
+            source=source,
+            sha256=actual,
+            size_bytes=done,
+            path=str(final / files[0][1]),
+            revision=resolved.revision,
+            facts=_facts([staging / file for _, file in files]),
+        )
+        (staging / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
+        (staging / "source.json").unlink(missing_ok=True)
+        self._install(staging, final)
+        _log.info(
+            "artifact added name=%s sha256=%s bytes=%d parts=%d from=%s",
+            name, actual, entry.size_bytes, count, resolved.url,
+        )  # fmt: skip
+        return entry
+
+    def _fetch_part(
+        self,
+        name: str,
+        directory: Path,
+        label: str,
+        expected: str | None,
+        resolved: Resolved,
+        fetch: Callable[[Resolved, Sink, Progress], None],
+        progress: Progress,
+    ) -> tuple[str, int]:
+        """Fetch one file into the partial `directory`; its sha256 and size once complete."""
+        with _Partial(directory, label, expected) as partial:
             try:
                 fetch(resolved, partial, progress)
             except OSError as exc:
@@ -193,23 +253,7 @@ class ArtifactCatalog:
                     f"sha256 mismatch for {name}: expected {expected}, got {actual}",
                     hint="check the sha256 in the cluster YAML against the source",
                 )
-            final = self._dir(name)
-            entry = ModelEntry(
-                name=name,
-                source=source,
-                sha256=actual,
-                size_bytes=partial.offset,
-                path=str(final / PAYLOAD),
-                revision=resolved.revision,
-                facts=_facts(partial.directory / PAYLOAD),
-            )
-            (partial.directory / METADATA).write_text(entry.model_dump_json(indent=2) + "\n")
-            self._install(partial.directory, final)
-        _log.info(
-            "artifact added name=%s sha256=%s bytes=%d from=%s",
-            name, actual, entry.size_bytes, resolved.url,
-        )  # fmt: skip
-        return entry
+            return actual, partial.offset
 
     def _dir(self, name: str) -> Path:
         return entry_dir(self.root, name)
@@ -233,7 +277,7 @@ class ArtifactCatalog:
             _log.warning("unreadable artifact metadata dir=%s error=%s", directory, exc)
             return None
         # The recorded path goes stale when the catalog moves; the directory is the truth.
-        return entry.model_copy(update={"path": str(directory / PAYLOAD)})
+        return entry.model_copy(update={"path": str(directory / Path(entry.path).name)})
 
     def _install(self, staging: Path, final: Path) -> None:
         try:
@@ -312,12 +356,21 @@ class _Partial:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _facts(payload: Path) -> GgufFacts | None:
+def _facts(payloads: list[Path]) -> GgufFacts | None:
+    """The model's facts from its (first) file; the parameters of every part."""
     try:
-        return read_facts(payload)
+        facts = read_facts(payloads[0])
+        rest = [read_facts(path).parameters or 0 for path in payloads[1:]]
     except GgufError as exc:
-        _log.warning("no GGUF facts path=%s error=%s", payload, exc)
+        _log.warning("no GGUF facts path=%s error=%s", payloads[0], exc)
         return None
+    if rest and facts.parameters is not None:
+        facts = facts.model_copy(update={"parameters": facts.parameters + sum(rest)})
+    return facts
+
+
+def _split(source: str) -> bool:
+    return SPLIT_GGUF.match(source.partition("@")[0].rsplit("/", 1)[-1]) is not None
 
 
 def _from_peer(resolved: Resolved, sink: Sink, progress: Progress) -> None:

@@ -6,11 +6,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from rbee.catalog import ArtifactCatalog, ChecksumMismatchError
+from rbee.catalog.gguf import read_facts
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
 from tests.fixtures.hub import FakeHub, fake_hub
+from tests.fixtures.synthetic_gguf import write_model
 
 REPO = "rbee-test/tiny-GGUF"
 FILE = "tiny-Q4_K_M.gguf"
@@ -135,3 +138,38 @@ def test_an_unreachable_hub_is_transient(
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(UnavailableError, match=r"cannot reach http://127\.0\.0\.1:9"):
         catalog.add("tiny", SOURCE)
+
+
+def test_a_split_gguf_fetches_every_part_and_llama_cpp_loads_it(
+    hub: FakeHub, tmp_path: Path, catalog: ArtifactCatalog
+) -> None:
+    made = tmp_path / "made"
+    made.mkdir()
+    first = write_model(
+        made / "tiny.gguf", layers=2, embd=256, ff=512, vocab=1000, split_max_tensors=10
+    )
+    parts = sorted(made.glob("tiny-*-of-*.gguf"))
+    assert len(parts) == 3
+    served = [hub.add(REPO, part.name, part) for part in parts]
+    entry = catalog.add("tiny", f"hf://{REPO}/{first.name}")
+    assert Path(entry.path).name == "payload-00001-of-00003.gguf"
+    for number, part in enumerate(parts, 1):
+        copy = Path(entry.path).with_name(f"payload-{number:05d}-of-00003.gguf")
+        assert copy.read_bytes() == part.read_bytes()
+    assert entry.sha256 == served[0].sha256  # the file the source names
+    assert entry.size_bytes == sum(s.size for s in served)
+    assert entry.facts is not None and entry.facts.parameters == read_facts_total(parts)
+    assert catalog.get("tiny") == entry
+    model = llama_cpp.Llama(entry.path, n_ctx=256, verbose=False)  # finds parts 2 and 3
+    assert model.create_completion("hi", max_tokens=4, temperature=0)["usage"]["completion_tokens"]
+
+
+def test_a_split_gguf_must_be_named_by_its_first_part(
+    hub: FakeHub, tmp_path: Path, catalog: ArtifactCatalog
+) -> None:
+    with pytest.raises(RbeeError, match="name the first part"):
+        catalog.add("tiny", f"hf://{REPO}/tiny-00002-of-00003.gguf")
+
+
+def read_facts_total(parts: list[Path]) -> int:
+    return sum(read_facts(part).parameters or 0 for part in parts)

@@ -26,6 +26,8 @@ class Resolved:
     sha256: str | None = field(default=None, metadata={"doc": "published by the source"})
     revision: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: A model in parts (a split GGUF): each part, in order; `size` is their sum.
+    parts: tuple[Resolved, ...] = ()
 
 
 class Sink(Protocol):

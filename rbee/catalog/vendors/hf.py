@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from rbee.catalog.vendors import Progress, Resolved, Sink
 from rbee.catalog.vendors.http import download
+from rbee.defaults import SPLIT_GGUF
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
 
 __all__ = ["HfSource", "HfVendor", "parse_hf_source"]
@@ -55,15 +56,33 @@ class HfVendor:
         self.timeout_s = timeout_s
 
     def resolve(self, source: str) -> Resolved:
-        """One HEAD to the Hub: the commit, the LFS sha256, the size and the download URL."""
-        # Imported here: a hive that serves no hf:// model never pays for the import.
-        import huggingface_hub
-        from huggingface_hub import errors
-
+        """One HEAD to the Hub: the commit, the LFS sha256, the size and the download URL. A
+        split GGUF (`…-00001-of-0000N.gguf`) resolves every part, one HEAD each."""
         try:
             hf = parse_hf_source(source)
         except ValueError as exc:
             raise RbeeError(f"invalid source {source!r}: {exc}") from None
+        split = SPLIT_GGUF.match(hf.filename)
+        if split is None:
+            return self._resolve(hf)
+        if int(split["part"]) != 1:
+            raise RbeeError(f"{hf}: name the first part of a split GGUF (-00001-of-…)")
+        count = int(split["count"])
+        parts = [self._resolve(hf)]
+        for number in range(2, count + 1):
+            name = f"{split['stem']}-{number:05d}-of-{count:05d}.gguf"
+            # Every part at the first part's commit, so the parts belong together.
+            revision = parts[0].revision or hf.revision
+            parts.append(self._resolve(HfSource(hf.repo, name, revision)))
+        sizes = [p.size for p in parts]
+        total = sum(s for s in sizes if s is not None) if None not in sizes else None
+        return replace(parts[0], size=total, parts=tuple(parts))
+
+    def _resolve(self, hf: HfSource) -> Resolved:
+        # Imported here: a hive that serves no hf:// model never pays for the import.
+        import huggingface_hub
+        from huggingface_hub import errors
+
         endpoint = os.environ.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT
         url = huggingface_hub.hf_hub_url(
             hf.repo, hf.filename, revision=hf.revision, endpoint=endpoint
