@@ -68,7 +68,11 @@ class ClusterEffects:
     async def _add_model(self, action: Action, emit: Emit) -> None:
         assert action.model is not None and action.source is not None
         request = AddModel(
-            name=action.model, source=action.source, sha256=action.sha256, peers=action.peers
+            name=action.model,
+            source=action.source,
+            sha256=action.sha256,
+            peers=action.peers,
+            revision=action.revision,
         )
         async with self._hive(action) as hive:
             if action.op == "replace":

@@ -103,10 +103,9 @@ def create_app(
         if present is not None:
             return operations.done(present.size_bytes)
 
+        path = f"/v1/models/{wanted.name}/payload"
         mirrors = [
-            Resolved(
-                url=f"{peer.rstrip('/')}/v1/models/{wanted.name}/payload", headers=peer_headers
-            )
+            Resolved(url=peer.rstrip("/") + path, headers=peer_headers, revision=wanted.revision)
             for peer in wanted.peers
         ]
 

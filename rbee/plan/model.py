@@ -40,6 +40,7 @@ class Action(BaseModel):
     model: str | None = None
     source: str | None = None
     sha256: str | None = None
+    revision: str | None = None
     peers: list[str] = []
     pid: int | None = None
     binary: AddWorkerBinary | None = None

@@ -334,6 +334,7 @@ class _Context:
             "model": model.name,
             "source": model.source,
             "sha256": expected,
+            "revision": resolved.revision if resolved else None,
         }
         if have is None:
             return Action(op="create", reason=_adding(model, resolved), **common)

@@ -102,6 +102,9 @@ class AddModel(_Wire):
         description="hives (base URLs) that have or are fetching this model: copy from them "
         "over the LAN first (sha256-checked), the source only if none can serve it",
     )
+    revision: str | None = Field(
+        default=None, description="the Hub commit the plan resolved: recorded for a peer's copy"
+    )
 
 
 class GgufFacts(_Wire):

@@ -141,10 +141,12 @@ def test_a_hive_copies_a_model_from_its_peer_and_the_source_sends_it_once(
         assert operation_events(client, _post(client, body))[-1]["state"] == "succeeded"
     down = f"http://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
     with other.client() as client:
-        events = operation_events(client, _post(client, {**body, "peers": [down, seed.url]}))
+        commit = "9b3a1f0c6f2d4e0d8c1b2a3f4e5d6c7b8a9f0e1d"  # as the plan resolved it
+        copy = {**body, "peers": [down, seed.url], "revision": commit}
+        events = operation_events(client, _post(client, copy))
         entry = client.get("/v1/models/gemma").json()
     assert events[-1]["state"] == "succeeded", events[-1]
-    assert entry["sha256"] == served.sha256
+    assert (entry["sha256"], entry["revision"]) == (served.sha256, commit)
     assert fake.sent == served.size  # the second hive's bytes came from the first
 
 
