@@ -219,14 +219,19 @@ def test_a_cpu_build_streams_its_log_is_reused_and_serves(hive: Hive, gguf: Path
     assert list(runtime.glob("*/lib/python*/site-packages/llama_cpp/__init__.py"))
     assert next(e["message"] for e in again if e.get("message")).endswith("reusing it")
     assert psutil.Process(worker["pid"]).cmdline()[0] == entry["python"]
-    wait_until(lambda: _state(worker["url"]) == "idle", WORKER_START_S, "the worker to load")
-    completion = httpx.post(
-        f"{worker['url']}/v1/completions",
+    assert _completion_tokens(worker["url"]) > 0
+
+
+def _completion_tokens(url: str) -> int:
+    """Wait for the worker at `url` to load, then complete a prompt; tokens it generated."""
+    wait_until(lambda: _state(url) == "idle", WORKER_START_S, "the worker to load")
+    answer = httpx.post(
+        f"{url}/v1/completions",
         json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
         timeout=120,
     )
-    assert completion.status_code == 200, completion.text
-    assert completion.json()["usage"]["completion_tokens"] > 0
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["usage"]["completion_tokens"])
 
 
 def _state(url: str) -> str | None:
@@ -279,10 +284,4 @@ def test_a_wheel_from_a_url_is_checked_installed_and_serves(
             worker = spawn(client, hive, worker_binary="wheel")
     assert bad[-1]["state"] == "failed" and "sha256 mismatch" in bad[-1]["error"]
     assert events[-1]["state"] == "succeeded", events[-3:]
-    wait_until(lambda: _state(worker["url"]) == "idle", WORKER_START_S, "the worker to load")
-    answer = httpx.post(
-        f"{worker['url']}/v1/completions",
-        json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
-        timeout=120,
-    )
-    assert answer.status_code == 200, answer.text
+    assert _completion_tokens(worker["url"]) > 0
