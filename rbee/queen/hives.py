@@ -45,14 +45,16 @@ class HiveLifecycle:
         """Start the hive (installing or upgrading rbee first on a network hive); its pid."""
         if hive.effective_mode == "local":
             return await self._start_local(hive)
-        wheels: list[Path] = []
-        if install:
-            async with self._wheelhouse_lock:
-                # Built once per source change and cached; a thread, as pip runs inside.
-                wheels = await asyncio.to_thread(build_wheelhouse)
         connections = connections or SshConnections()
         try:
             conn = await connections.get(hive)
+            wheels: list[Path] = []
+            if install:
+                # For the host's own Python; built once per source change and Python and
+                # cached. A thread, as pip runs inside.
+                python = await remote_install.remote_python(conn, hive=hive.name)
+                async with self._wheelhouse_lock:
+                    wheels = await asyncio.to_thread(build_wheelhouse, None, python)
             if upgrade:
                 await remote_daemon.stop_hive(conn, hive=hive.name)
             if install:

@@ -16,7 +16,7 @@ from rbee.remote import REMOTE_CACHE, REMOTE_STATE, REMOTE_VENV, REMOTE_WHEELHOU
 from rbee.remote.connect import SshFailure, run_remote
 from rbee.remote.daemon import stop_hive
 
-__all__ = ["install", "installed_version", "uninstall"]
+__all__ = ["install", "installed_version", "remote_python", "uninstall"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,17 @@ async def install(
     return version
 
 
+async def remote_python(conn: asyncssh.SSHClientConnection, *, hive: str | None = None) -> str:
+    """The `major.minor` of the host's `python3`, which rbee is installed for."""
+    label = hive or _peer(conn)
+    command = shlex.join(["python3", "-c", 'import sys; print("%d.%d" % sys.version_info[:2])'])
+    result = await run_remote(conn, command, hive=label, check=False)
+    version = str(result.stdout or "").strip()
+    if result.exit_status != 0 or not version:
+        raise _no_python(label)
+    return version
+
+
 async def installed_version(
     conn: asyncssh.SSHClientConnection, *, hive: str | None = None
 ) -> str | None:
@@ -158,11 +169,7 @@ def _parse_inventory(output: str) -> tuple[str | None, str | None, dict[str, str
 def _check_python(label: str, remote: str | None, wheels: Sequence[str]) -> None:
     """Compiled wheels carry a CPython ABI tag (cp311): the remote python3 must match it."""
     if remote is None:
-        raise SshFailure(
-            "command_failed",
-            f"hive {label}: python3 on the remote host did not answer",
-            hint="install python3 with the venv module there (Debian: apt install python3-venv)",
-        )
+        raise _no_python(label)
     abis = {name[:-4].split("-")[-2] for name in wheels}
     wanted = {f"{abi[2]}.{abi[3:]}" for abi in abis if abi.startswith("cp") and abi[2:].isdigit()}
     if wanted and remote not in wanted:
@@ -172,6 +179,14 @@ def _check_python(label: str, remote: str | None, wheels: Sequence[str]) -> None
             f"the remote python3 is {remote}",
             hint="run the queen on the same Python minor version as the hives",
         )
+
+
+def _no_python(label: str) -> SshFailure:
+    return SshFailure(
+        "command_failed",
+        f"hive {label}: python3 on the remote host did not answer",
+        hint="install python3 with the venv module there (Debian: apt install python3-venv)",
+    )
 
 
 def _wheel_version(name: str) -> str:

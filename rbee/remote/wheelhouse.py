@@ -48,25 +48,37 @@ def project_dir() -> Path:
     return root
 
 
-def wheelhouse_tag() -> str:
+def own_python() -> str:
+    """This interpreter's `major.minor`, e.g. `3.11`."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def wheelhouse_tag(python: str | None = None) -> str:
     """`<rbee version>-<python tag>-<platform>`: remote hosts need a matching interpreter."""
-    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    tag = "cp" + (python or own_python()).replace(".", "")
     platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-    return f"{rbee.__version__}-{python}-{platform}"
+    return f"{rbee.__version__}-{tag}-{platform}"
 
 
-def build_wheelhouse(dest: Path | None = None) -> list[Path]:
-    """Build (or reuse) the wheelhouse under `dest/<tag>/`; returns its wheel files.
+def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> list[Path]:
+    """Build (or reuse) the wheelhouse for a host's `python` (`major.minor`, default this
+    one's) under `dest/<tag>/`; returns its wheel files.
 
-    `dest` defaults to `$RBEE_WHEELHOUSE`, else `~/.cache/rbee/wheelhouse`. Rebuilds only what
-    changed: rbee's wheel when its source changed, the dependencies when the pinned set changed.
+    For this Python the dependencies are built as wheels; for another they are downloaded as
+    binary wheels for it, while llama-cpp-python (a `py3-none` ctypes wheel, good for any
+    CPython of this platform) is compiled once, here. `dest` defaults to `$RBEE_WHEELHOUSE`,
+    else `~/.cache/rbee/wheelhouse`. Rebuilds only what changed: rbee's wheel when its source
+    changed, the dependencies when the pinned set changed.
     """
     root = project_dir()
+    target = python or own_python()
     default = Path(os.environ.get("RBEE_WHEELHOUSE") or cache_dir("wheelhouse"))
-    house = (dest or default) / wheelhouse_tag()
+    house = (dest or default) / wheelhouse_tag(target)
     source = _source_digest(root)
     pins = _pins()
-    deps = hashlib.sha256((pins + (root / "pyproject.toml").read_text()).encode()).hexdigest()
+    deps = hashlib.sha256(
+        (target + pins + (root / "pyproject.toml").read_text()).encode()
+    ).hexdigest()
     manifest = _read_manifest(house)
     listed = [str(name) for name in manifest.get("wheels") or []]
     if (
@@ -85,11 +97,14 @@ def build_wheelhouse(dest: Path | None = None) -> list[Path]:
         if manifest.get("deps") != deps or not listed:
             constraints = work / "constraints.txt"
             constraints.write_text(pins)
-            _pip(
-                "wheel", "--quiet", "--wheel-dir", str(work / "deps"),
-                "--constraint", str(constraints),
-                f"{rbee_wheel}[{WHEELHOUSE_EXTRAS}]",
-            )  # fmt: skip
+            if target == own_python():
+                _pip(
+                    "wheel", "--quiet", "--wheel-dir", str(work / "deps"),
+                    "--constraint", str(constraints),
+                    f"{rbee_wheel}[{WHEELHOUSE_EXTRAS}]",
+                )  # fmt: skip
+            else:
+                _download_for(target, rbee_wheel, constraints, work)
             wheels = sorted((work / "deps").glob("*.whl"))
             for old in house.glob("*.whl"):
                 old.unlink()
@@ -115,6 +130,27 @@ def _build_rbee_wheel(root: Path, out: Path) -> Path:
     if len(wheels) != 1:
         raise RbeeError(f"building rbee's wheel from {root} produced {len(wheels)} wheels")
     return wheels[0]
+
+
+def _download_for(python: str, rbee_wheel: Path, constraints: Path, work: Path) -> None:
+    """Binary wheels of rbee's dependencies for another CPython of this platform, plus
+    llama-cpp-python compiled here (it has no binary wheels on PyPI; its wheel is `py3-none`)."""
+    llama = work / "llama"
+    _pip(
+        "wheel", "--quiet", "--no-deps", "--wheel-dir", str(llama),
+        f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}",
+    )  # fmt: skip
+    machine = sysconfig.get_platform().split("-")[-1]
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(5, 40)]
+    platforms += [f"manylinux2014_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
+    _pip(
+        "download", "--quiet", "--only-binary=:all:", "--dest", str(work / "deps"),
+        "--python-version", python, "--implementation", "cp",
+        *(arg for platform in platforms for arg in ("--platform", platform)),
+        "--find-links", str(llama), "--find-links", str(rbee_wheel.parent),
+        "--constraint", str(constraints),
+        f"{rbee_wheel.name.split('-')[0]}[{WHEELHOUSE_EXTRAS}]=={rbee_wheel.name.split('-')[1]}",
+    )  # fmt: skip
 
 
 def _pip(*args: str) -> None:

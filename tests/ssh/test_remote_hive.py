@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +18,9 @@ from rbee.remote.connect import connect
 from rbee.remote.daemon import start_hive, stop_hive
 from rbee.remote.install import install, installed_version, uninstall
 from rbee.remote.wheelhouse import build_wheelhouse
+from rbee.wire import WorkerArgs
 from tests.fixtures.netns import SshHost
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +74,63 @@ def test_install_start_probe_stop_on_a_remote_host(
             assert not (install_host.home / ".cache" / "rbee").exists()
 
     asyncio.run(scenario())
+
+
+def _pyenv_python(version: str) -> Path:
+    """A CPython of another minor version than the tests' (pyenv has them on these machines);
+    the test fails under CI without one and is skipped elsewhere."""
+    found = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    if not found:
+        message = f"needs a Python {version} (pyenv install {version})"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return found[-1]
+
+
+def test_a_host_with_another_python_gets_a_wheelhouse_it_installs_offline_and_serves_from(
+    wheelhouse_dir: Path, tmp_path: Path, gguf: Path
+) -> None:
+    python = _pyenv_python("3.12")
+    wheels = build_wheelhouse(wheelhouse_dir, python="3.12")
+    # Every compiled wheel is for CPython 3.12's ABI (or the stable one): none for 3.11.
+    abis = {w.name.removesuffix(".whl").split("-")[-2] for w in wheels}
+    assert "cp312" in abis and abis <= {"cp312", "abi3", "none"}, abis
+    assert any(w.name.startswith("llama_cpp_python-") for w in wheels)
+    # What the remote install runs: a venv of the host's python3, pip with no index.
+    venv = tmp_path / "venv"
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+         "--find-links", str(wheels[0].parent), f"rbee[worker]=={__version__}"],
+        check=True,
+    )  # fmt: skip
+    args = WorkerArgs(
+        worker_id="w312",
+        hive="py312",
+        model="gemma3-270m",
+        model_path=str(gguf),
+        port=free_port(),
+        ctx_size=512,
+        queen_url="http://127.0.0.1:9",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RBEE_TOKEN")}
+    with subprocess.Popen(args.command(str(venv / "bin" / "python")), env=env) as worker:
+        try:
+            deadline = time.monotonic() + 60
+            while not _idle(args.url):
+                assert worker.poll() is None, "the worker exited"
+                assert time.monotonic() < deadline, "the worker did not load"
+                time.sleep(0.2)
+            body = {"prompt": "The bee", "max_tokens": 4, "temperature": 0}
+            answer = httpx.post(f"{args.url}/v1/completions", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+        finally:
+            worker.kill()
+
+
+def _idle(url: str) -> bool:
+    try:
+        return bool(httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle")
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
