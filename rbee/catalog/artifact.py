@@ -7,6 +7,7 @@ sees a half-written payload under the real name.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -95,11 +97,38 @@ class ArtifactCatalog:
         return entry
 
     def remove(self, name: str) -> ModelEntry:
-        """Delete the artifact called `name` and return what it was; NotFoundError when absent."""
+        """Delete the artifact called `name` (and any partial download of it) and return what
+        it was; NotFoundError when absent."""
         entry = self.get(name)
         self._discard(self._dir(name))
+        for partial in self._partials(name):
+            self._discard(partial)
         _log.info("artifact removed name=%s root=%s", name, self.root)
         return entry
+
+    def clean_partials(self, max_age_s: float) -> builtins.list[str]:
+        """Delete partial downloads nobody continued for `max_age_s` (a model taken out of the
+        YAML mid-download); the names of what was deleted."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - max_age_s
+        cleaned = []
+        for partial in self._partials("*"):
+            if max((p.stat().st_mtime for p in partial.iterdir()), default=0.0) < cutoff:
+                self._discard(partial)
+                cleaned.append(partial.name)
+        if cleaned:
+            _log.info("stale partial downloads removed dirs=%s", ",".join(cleaned))
+        return cleaned
+
+    def _partials(self, name: str) -> builtins.list[Path]:
+        """`.NAME.partial` and the parts of a split one (`.NAME.partial-K`)."""
+        return [
+            path
+            for pattern in (f".{name}.partial", f".{name}.partial-*")
+            for path in self.root.glob(pattern)
+            if path.is_dir()
+        ]
 
     def check(self, name: str, source: str, sha256: str | None) -> None:
         """Refuse at once what `add` would refuse before fetching: name, scheme, sha256 format."""

@@ -45,6 +45,8 @@ __all__ = ["SERVICE", "create_app"]
 
 SERVICE = HiveArgs.SCRIPT
 _MAX_GRACE_S = 300.0
+# A partial download untouched this long belongs to a model no apply asks for any more.
+_STALE_PARTIAL_S = 7 * 24 * 3600.0
 _M = TypeVar("_M", bound=BaseModel)
 _log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def create_app(
     """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's),
     which listen on `worker_host`."""
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
+    models.clean_partials(_STALE_PARTIAL_S)
     worker_binaries = WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries
     operations = Operations()
     # A peer is another hive of this cluster: it takes the same token.

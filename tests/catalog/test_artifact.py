@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,30 @@ def test_list_skips_staging_directories_and_broken_metadata(
 
 def test_an_empty_catalog_lists_nothing(tmp_path: Path) -> None:
     assert ArtifactCatalog(tmp_path / "never-created").list() == []
+
+
+def test_a_partial_nobody_continues_is_cleaned_and_removing_a_model_drops_its_partial(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "models"
+    for name in ("old", "fresh"):
+        with pytest.raises(OSError):
+            ArtifactCatalog(root, {"file": CountingVendor(fail_halfway=True)}).add(
+                name, "file:///x", SHA
+            )
+    week_ago = time.time() - 8 * 24 * 3600
+    for path in (root / ".old.partial").iterdir():
+        os.utime(path, (week_ago, week_ago))
+    catalog = ArtifactCatalog(root)
+    assert catalog.clean_partials(7 * 24 * 3600) == [".old.partial"]
+    assert sorted(p.name for p in root.iterdir()) == [".fresh.partial"]
+    # A model being replaced by a newer file, its download cut off, then removed: all of it.
+    ArtifactCatalog(root, {"file": CountingVendor()}).add("m", "file:///x", SHA)
+    newer = b"newer weights" * 1000
+    with pytest.raises(OSError):
+        ArtifactCatalog(root, {"file": CountingVendor(newer, fail_halfway=True)}).add(
+            "m", "file:///x", hashlib.sha256(newer).hexdigest()
+        )
+    assert (root / ".m.partial").is_dir()
+    catalog.remove("m")
+    assert sorted(p.name for p in root.iterdir()) == [".fresh.partial"]
