@@ -8,8 +8,9 @@ apply (no model). The model (Gemma 3 270M, 253 MB) is then served by a local ser
 (tests/fixtures/hub.py) whose uplink is limited to --source-mb-s, shared by all its downloads,
 as an internet link would be; the hives talk to each other over the bridge unthrottled.
 Measured: the apply that adds the model to every hive (rbee: one hive fetches, the others copy
-from it), and N concurrent `curl` downloads from the source inside the namespaces (what the
-hives would do without peer fetch). Prints bytes from the source and wall time for each.
+from it), the same apply with `peer_fetch: false` (every hive from the source), and N
+concurrent `curl` downloads from the source inside the namespaces. Prints bytes from the
+source and wall time for each.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ def main() -> None:
     rows = []
     with lab(args.hosts) as the_lab:
 
-        def cluster(models: list[dict[str, object]]) -> dict[str, object]:
+        def cluster(models: list[dict[str, object]], peer_fetch: bool = True) -> dict[str, object]:
             deployments = [{"model": m["name"], "worker": "cpu", "replicas": 0} for m in models]
             return {
                 "models": models,
                 "worker_binaries": [{"name": "cpu"}],
                 "deployments": deployments,
+                "peer_fetch": peer_fetch,
             }
 
         the_lab.write(cluster([]))
@@ -51,6 +53,13 @@ def main() -> None:
             the_lab.rbee("apply", "--auto-approve")
             rows.append(("rbee apply (peer fetch)", hub.sent, time.perf_counter() - started))
             hub.sent = 0
+            # The same file under another name, which no hive holds yet, each from the source.
+            again = {"name": "gemma-again", "source": url, "sha256": served.sha256}
+            the_lab.write(cluster([again], peer_fetch=False))
+            started = time.perf_counter()
+            the_lab.rbee("apply", "--auto-approve")
+            rows.append(("rbee apply (peer_fetch: false)", hub.sent, time.perf_counter() - started))
+            hub.sent = 0
             started = time.perf_counter()
             curl = ["curl", "-sSf", "-o", "/dev/null", url]
             downloads = [
@@ -63,9 +72,9 @@ def main() -> None:
 
     size = served.size / 1e6
     print(f"{args.hosts} hives, {size:.0f} MB model, source uplink {args.source_mb_s:g} MB/s\n")
-    print(f"{'how':<28} {'MB from the source':>19} {'seconds':>8}")
+    print(f"{'how':<32} {'MB from the source':>19} {'seconds':>8}")
     for how, sent, seconds in rows:
-        print(f"{how:<28} {sent / 1e6:>19.0f} {seconds:>8.1f}")
+        print(f"{how:<32} {sent / 1e6:>19.0f} {seconds:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -268,6 +268,12 @@ class Cluster(_Strict):
     worker_binaries: list[WorkerBinary] = []
     deployments: list[Deployment] = []
     prune: bool = False
+    peer_fetch: bool = Field(
+        default=True,
+        description="hives copy models and runtime wheels from each other over the LAN "
+        "(sha256-checked) instead of each fetching from the source or compiling; false when "
+        "the hives are farther from each other than from the source",
+    )
 
     def hive_names(self, deployment: Deployment) -> list[str]:
         """The hives a deployment runs on, in YAML order."""

@@ -60,8 +60,9 @@ def plan(
         ctx.unmanaged.extend(ctx.unlisted)
     else:
         actions.extend(ctx.prunable)
-    actions = _share_transfers(actions, desired, observed)
-    actions = _share_builds(actions, desired, observed)
+    if desired.peer_fetch:
+        actions = _share_transfers(actions, desired, observed)
+        actions = _share_builds(actions, desired, observed)
     if targets:
         actions = _targeted(actions, targets)
     the_plan = Plan(

@@ -191,3 +191,10 @@ def test_a_runtime_is_compiled_once_per_platform_and_its_wheel_shared() -> None:
     # h2 runs Python 3.12: a 3.11 wheel would not do, so it compiles its own, at once.
     assert other.binary is not None and other.binary.peers == []
     assert built.address not in other.depends_on
+
+
+def test_with_peer_fetch_off_every_hive_fetches_from_the_source() -> None:
+    actions = _case("peer_fetch_off_every_hive_fetches_from_the_source").actions
+    models = [a for a in actions if a.kind == "model"]
+    assert len(models) == 3
+    assert all(a.peers == [] and a.depends_on == [] for a in models)
