@@ -306,7 +306,27 @@ class ArtifactCatalog:
             _log.warning("unreadable artifact metadata dir=%s error=%s", directory, exc)
             return None
         # The recorded path goes stale when the catalog moves; the directory is the truth.
-        return entry.model_copy(update={"path": str(directory / Path(entry.path).name)})
+        entry = entry.model_copy(update={"path": str(directory / Path(entry.path).name)})
+        if entry.facts is None and entry.path.endswith((PAYLOAD, ".gguf")):
+            entry = self._with_facts(directory, entry)
+        return entry
+
+    def _with_facts(self, directory: Path, entry: ModelEntry) -> ModelEntry:
+        """An entry recorded before rbee read GGUF headers gets its facts, kept from then on."""
+        parts = sorted(directory.glob(f"{PAYLOAD}-*-of-*.gguf")) or [Path(entry.path)]
+        facts = _facts(parts)
+        if facts is None:
+            return entry
+        entry = entry.model_copy(update={"facts": facts})
+        fd, staging = tempfile.mkstemp(prefix=f".{METADATA}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(entry.model_dump_json(indent=2) + "\n")
+            os.replace(staging, directory / METADATA)
+        except OSError as exc:  # a read-only catalog still lists the facts, unsaved
+            _log.warning("cannot save GGUF facts dir=%s error=%s", directory, exc)
+            Path(staging).unlink(missing_ok=True)
+        return entry
 
     def _install(self, staging: Path, final: Path) -> None:
         try:

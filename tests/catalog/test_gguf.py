@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from rbee.catalog import ArtifactCatalog
 from rbee.catalog.gguf import GgufError, read_facts
 from rbee.wire import GgufFacts
 from tests.fixtures.model import demo_model_path
@@ -41,3 +43,17 @@ def test_a_file_that_is_no_gguf_or_cut_short_is_refused(tmp_path: Path, gguf: Pa
     truncated.write_bytes(gguf.read_bytes()[:100_000])
     with pytest.raises(GgufError, match="ends early"):
         read_facts(truncated)
+
+
+def test_a_model_recorded_before_facts_existed_gets_them_when_listed(
+    gguf: Path, tmp_path: Path
+) -> None:
+    catalog = ArtifactCatalog(tmp_path / "models")
+    entry = catalog.add("gemma", gguf.as_uri())
+    metadata = Path(entry.path).with_name("metadata.json")
+    old = json.loads(metadata.read_text())
+    del old["facts"]  # as an rbee of before this version wrote it
+    metadata.write_text(json.dumps(old))
+    [listed] = catalog.list()
+    assert listed.facts == read_facts(gguf)
+    assert json.loads(metadata.read_text())["facts"]["architecture"] == "gemma3"  # kept
