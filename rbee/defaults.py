@@ -26,6 +26,7 @@ __all__ = [
     "CtxSize",
     "Device",
     "Slots",
+    "split_gguf",
 ]
 
 QUEEN_PORT = 7833
@@ -41,6 +42,13 @@ SOURCE_SCHEMES = ("hf", "https", "http", "file")
 
 #: A GGUF in parts, named by its first: `<stem>-00001-of-00003.gguf`.
 SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_gguf(source: str) -> re.Match[str] | None:
+    """The split-GGUF parts of a model source's file name (`…/NAME-00001-of-00003.gguf[@REV]`),
+    or None when it names a whole file."""
+    return SPLIT_GGUF.match(source.partition("@")[0].rsplit("/", 1)[-1])
+
 
 #: The inference backends a worker binary can be built for.
 Backend = Literal["cpu", "cuda", "metal"]

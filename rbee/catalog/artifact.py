@@ -29,7 +29,7 @@ from rbee.catalog.vendors import Progress, Resolved, Sink, Vendor
 from rbee.catalog.vendors.file import FileVendor
 from rbee.catalog.vendors.hf import HfVendor
 from rbee.catalog.vendors.http import HttpVendor, download
-from rbee.defaults import SPLIT_GGUF
+from rbee.defaults import split_gguf
 from rbee.errors import NotFoundError, RbeeError
 from rbee.paths import contained
 from rbee.wire import GgufFacts, ModelEntry
@@ -171,7 +171,7 @@ class ArtifactCatalog:
         progress = progress_cb or _no_progress
         self.root.mkdir(parents=True, exist_ok=True)
         # A peer serves a model as one file: a split GGUF comes from its source.
-        if expected is not None and not _split(source):
+        if expected is not None and split_gguf(source) is None:
             for mirror in mirrors:
                 try:
                     return self._fetch(name, source, expected, mirror, _from_peer, progress)
@@ -416,10 +416,6 @@ def _facts(payloads: list[Path]) -> GgufFacts | None:
     if rest and facts.parameters is not None:
         facts = facts.model_copy(update={"parameters": facts.parameters + sum(rest)})
     return facts
-
-
-def _split(source: str) -> bool:
-    return SPLIT_GGUF.match(source.partition("@")[0].rsplit("/", 1)[-1]) is not None
 
 
 def _from_peer(resolved: Resolved, sink: Sink, progress: Progress) -> None:

@@ -24,11 +24,11 @@ from rbee.defaults import (
     QUEEN_PORT,
     SLOTS,
     SOURCE_SCHEMES,
-    SPLIT_GGUF,
     Backend,
     CtxSize,
     Device,
     Slots,
+    split_gguf,
 )
 from rbee.net import LOCAL_HOSTS, LOOPBACK, http_url
 
@@ -143,7 +143,7 @@ class Model(_Strict):
             raise ValueError("the source names no location after the scheme")
         if scheme == "hf" and not _HF_SOURCE.match(value):
             raise ValueError("expected hf://ORG/REPO/PATH.gguf, optionally @REVISION")
-        split = SPLIT_GGUF.match(value.partition("@")[0].rsplit("/", 1)[-1])
+        split = split_gguf(value)
         if split is not None and int(split["part"]) != 1:
             raise ValueError("name the first part of a split GGUF (…-00001-of-…): rbee fetches all")
         return value

@@ -11,7 +11,7 @@ from deepdiff import DeepDiff
 
 import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
-from rbee.defaults import SPLIT_GGUF
+from rbee.defaults import split_gguf
 from rbee.net import LOCAL_HOSTS
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.model import Action, Change, Note, Op, Plan
@@ -452,7 +452,7 @@ def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed
             and action.sha256 is not None
             and (action.source or "").startswith(("hf://", "https://", "http://"))
             # A peer serves a model as one file: a split GGUF comes from its source.
-            and not SPLIT_GGUF.match((action.source or "").partition("@")[0].rsplit("/")[-1])
+            and split_gguf(action.source or "") is None
         ):
             groups.setdefault((action.model, action.sha256), []).append(action)
     updated: dict[str, Action] = {}
