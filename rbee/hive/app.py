@@ -4,7 +4,6 @@ operations, workers."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -149,8 +148,8 @@ def create_app(
 
     async def runtime_wheel(request: Request) -> Response:
         """A built runtime's llama-cpp-python wheel, for a peer of the same platform."""
-        wheel = await run_in_threadpool(worker_binaries.wheel, request.path_params["digest"])
-        sha256 = await run_in_threadpool(_sha256, wheel)
+        digest = request.path_params["digest"]
+        wheel, sha256 = await run_in_threadpool(worker_binaries.wheel, digest)
         return FileResponse(wheel, filename=wheel.name, headers={"X-Rbee-Sha256": sha256})
 
     async def remove_worker_binary(request: Request) -> Response:
@@ -241,14 +240,6 @@ def create_app(
         Exception: _internal_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _started(operation: Operation) -> JSONResponse:

@@ -123,8 +123,8 @@ class WorkerBinaryCatalog:
     def _dir(self, name: str) -> Path:
         return entry_dir(self.root, name)
 
-    def wheel(self, digest: str) -> Path:
-        """The wheel of runtime `digest` built here, for peers (NotFoundError)."""
+    def wheel(self, digest: str) -> tuple[Path, str]:
+        """The wheel of runtime `digest` built here and its sha256, for peers (NotFoundError)."""
         return runtime_wheel(self.root, digest)
 
     def _runtime(

@@ -97,16 +97,17 @@ def runtime_digest(spec: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def runtime_wheel(catalog_root: Path, digest: str) -> Path:
-    """The llama-cpp-python wheel of a built runtime (for peers of the same platform);
-    NotFoundError when there is none."""
+def runtime_wheel(catalog_root: Path, digest: str) -> tuple[Path, str]:
+    """The llama-cpp-python wheel of a built runtime and its sha256 (for peers of the same
+    platform); NotFoundError when there is none."""
     if not _DIGEST.match(digest):
         raise NotFoundError(f"no runtime {digest!r}")
     runtime = catalog_root / _RUNTIMES / digest
-    wheels = sorted((runtime / _WHEELS).glob("*.whl")) if (runtime / _MARKER).is_file() else []
-    if not wheels:
-        raise NotFoundError(f"no built runtime {digest} on this hive")
-    return wheels[0]
+    try:
+        marker = json.loads((runtime / _MARKER).read_text())
+        return runtime / _WHEELS / marker["wheel"], str(marker["wheel_sha256"])
+    except (OSError, ValueError, KeyError):
+        raise NotFoundError(f"no built runtime {digest} on this hive") from None
 
 
 def build_runtime(
@@ -175,8 +176,11 @@ def _make(
             wheels = staging / _WHEELS
             wheels.mkdir()
             wheel(wheels, digest)
+            [made] = wheels.glob("*.whl")
             _install(staging, wheels, log)
-            (staging / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
+            # The wheel's sha256, hashed once here rather than for every peer that asks.
+            marker = {**spec, "wheel": made.name, "wheel_sha256": _file_sha256(made)}
+            (staging / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -309,6 +313,14 @@ def _run(command: list[str], log: Callable[[str], None], env: dict[str, str] | N
             f"`{' '.join(command[:4])} …` exited with status {proc.returncode}; "
             "its log ends:\n" + "\n".join(tail)
         )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _pythons_in_use() -> set[Path]:
