@@ -204,9 +204,7 @@ class _Context:
                     model=entry.name,
                 )
                 self._unlisted(delete, "not declared for this hive")
-        declared_binaries = {
-            d.worker for d in self.desired.deployments if hive.name in self.desired.hive_names(d)
-        }
+        declared_binaries = {d.worker for d in declared}
         for binary in facts.worker_binaries:
             if binary.name not in declared_binaries:
                 users = {w.pid for w in facts.workers if w.worker_binary == binary.name}
