@@ -23,12 +23,13 @@ import psutil
 
 from rbee.errors import NotFoundError, RbeeError
 
-__all__ = ["ApplyLock", "ApplyLocked", "LockInfo", "LockNotFound"]
+__all__ = ["LOCK_SCHEMA", "ApplyLock", "ApplyLocked", "LockInfo", "LockNotFound"]
 
 log = logging.getLogger(__name__)
 
 # `scope` is the primary key and always 'apply': the constraint that allows one holder.
-_SCHEMA = """
+# The queen's Store creates the table with the rest of its schema.
+LOCK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS lock (
     scope TEXT PRIMARY KEY CHECK (scope = 'apply'),
     id TEXT NOT NULL UNIQUE,
@@ -85,11 +86,11 @@ class LockNotFound(NotFoundError):
 
 
 class ApplyLock:
-    """The apply lock in a SQLite database opened in autocommit mode (`isolation_level=None`)."""
+    """The apply lock in a SQLite database opened in autocommit mode (`isolation_level=None`)
+    that has the `lock` table (`LOCK_SCHEMA`)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        self._db.executescript(_SCHEMA)
         self._pid = os.getpid()
         self._started = psutil.Process(self._pid).create_time()
 

@@ -10,6 +10,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -39,6 +40,7 @@ __all__ = [
     "Hive",
     "Model",
     "Queen",
+    "Serving",
     "Ssh",
     "WorkerBinary",
     "check_references",
@@ -64,6 +66,22 @@ def _hex_digest(value: str) -> str:
 
 Sha256 = Annotated[str, AfterValidator(_hex_digest)]
 GpuDevice = Annotated[str, Field(pattern=r"^cuda:\d+$", description="an NVIDIA GPU: cuda:N")]
+
+_DURATION = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: object) -> object:
+    """A duration as seconds: a number, or a string such as `500ms`, `30s`, `2m`, `1h`."""
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match is None:
+            raise ValueError("expected seconds, or a duration such as 500ms, 30s, 2m or 1h")
+        return float(match["number"]) * _UNIT_S[match["unit"]]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=86_400)]
 
 
 class _Strict(BaseModel):
@@ -220,6 +238,48 @@ class WorkerBinary(_Strict):
         return self
 
 
+class Serving(_Strict):
+    """How the queen serves a model's requests: timeouts, retries, its queue and routing.
+
+    Every deployment of one model shares the model's queue, so they must agree on these.
+    """
+
+    connect_timeout: Duration = Field(
+        default=2.0, description="seconds to open a connection to a worker"
+    )
+    first_byte_timeout: Duration = Field(
+        default=120.0,
+        description="seconds until a worker's first byte (the whole answer when not streamed)",
+    )
+    idle_timeout: Duration = Field(
+        default=30.0, description="seconds a stream may go quiet between chunks"
+    )
+    attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="workers tried before the first byte (connect error, reset, 5xx, timeout)",
+    )
+    max_queue: int = Field(
+        default=64, ge=0, le=100_000, description="requests waiting for a free slot; more get 503"
+    )
+    queue_timeout: Duration = Field(
+        default=30.0, description="seconds a request waits for a free slot before a 504"
+    )
+    routing: Literal["least_loaded", "round_robin", "prefer_hive"] = Field(
+        default="least_loaded", description="how a free worker is chosen"
+    )
+    prefer_hive: str | None = Field(
+        default=None, description="with routing: prefer_hive, the hive tried first"
+    )
+
+    @model_validator(mode="after")
+    def _preferred_hive(self) -> Serving:
+        if (self.routing == "prefer_hive") != (self.prefer_hive is not None):
+            raise ValueError("`routing: prefer_hive` and `prefer_hive: HIVE` go together")
+        return self
+
+
 class Deployment(_Strict):
     """How many workers of which model run on which hives."""
 
@@ -239,6 +299,10 @@ class Deployment(_Strict):
         description="one worker per GPU on each hive: a list of cuda:N, or all of the hive's GPUs",
     )
     ctx_size: CtxSize = CTX_SIZE
+    serving: Serving = Field(
+        default_factory=lambda: Serving(),
+        description="timeouts, retries, queue and routing of the model's requests at the queen",
+    )
 
     @property
     def key(self) -> str:
@@ -275,6 +339,10 @@ class Cluster(_Strict):
         "the hives are farther from each other than from the source",
     )
 
+    def serving(self, model: str) -> Serving | None:
+        """How the queen serves `model`: its first deployment's settings (they all agree)."""
+        return next((d.serving for d in self.deployments if d.model == model), None)
+
     def hive_names(self, deployment: Deployment) -> list[str]:
         """The hives a deployment runs on, in YAML order."""
         if deployment.hives == "all":
@@ -298,8 +366,28 @@ def check_references(cluster: Cluster) -> list[tuple[Loc, str]]:
     binaries = {b.name for b in cluster.worker_binaries}
     hives = {h.name for h in cluster.hives}
     pairs: set[tuple[str, str]] = set()
+    serving: dict[str, Serving] = {}
     for index, deployment in enumerate(cluster.deployments):
         here: Loc = ("deployments", index)
+        shared = serving.setdefault(deployment.model, deployment.serving)
+        if shared != deployment.serving:
+            errors.append(
+                (
+                    (*here, "serving"),
+                    f"the deployments of model {deployment.model!r} share its queue: give them "
+                    "the same `serving:` settings",
+                )
+            )
+        if (
+            deployment.serving.prefer_hive is not None
+            and deployment.serving.prefer_hive not in hives
+        ):
+            errors.append(
+                (
+                    (*here, "serving", "prefer_hive"),
+                    f"unknown hive {deployment.serving.prefer_hive!r}; {_known(hives)}",
+                )
+            )
         if deployment.model not in models:
             errors.append(
                 ((*here, "model"), f"unknown model {deployment.model!r}; {_known(models)}")

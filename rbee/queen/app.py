@@ -1,17 +1,23 @@
-"""queen-rbee's HTTP routes (DESIGN §4). Logic lives in registry, relay and control."""
+"""queen-rbee's HTTP routes (DESIGN §4): module-level handlers over `app.state.queen`.
+
+Logic lives in control (plan/apply), registry and admission (workers and their slots), relay
+(the inference hot path, reached from `front` without Starlette) and keys.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -25,15 +31,23 @@ from rbee.config.models import Cluster, Hive, check_references
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
 from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
+from rbee.queen.admission import Admission
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
+from rbee.queen.front import MAX_BODY_BYTES, Front
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
+from rbee.queen.keys import Keys
+from rbee.queen.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
 from rbee.remote.ssh_config import hives_from_ssh_config
-from rbee.wire import Health, Heartbeat, QueenArgs, openai_error, sse
+from rbee.wire import CreatedKey, CreateKey, Health, Heartbeat, QueenArgs, openai_error, sse
 
-__all__ = ["create_app"]
+__all__ = ["QueenState", "create_app", "parse_body"]
+
+log = logging.getLogger(__name__)
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
@@ -63,6 +77,18 @@ async def _json_body(request: Request) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(parsed, dict):
         raise _Refused(400, "the JSON body must be an object", "invalid_request_error")
     return raw, parsed
+
+
+async def parse_body(request: Request, model: type[_Body]) -> _Body:
+    """The request's JSON body as `model`; malformed JSON is a 400, a wrong shape a 422 that
+    names the field."""
+    _, body = await _json_body(request)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise _Refused(422, f"{where}: {first['msg']}", "invalid_request_error") from None
 
 
 def _cluster(body: dict[str, Any]) -> Cluster:
@@ -111,230 +137,324 @@ def _saved_plan(body: dict[str, Any]) -> Plan | None:
     return saved
 
 
+@dataclass
+class QueenState:
+    """Everything the queen's handlers share (`request.app.state.queen`)."""
+
+    store: Store
+    hive_registry: HiveRegistry
+    registry: Registry
+    admission: Admission
+    control: Control
+    keys: Keys
+    metrics: Metrics
+    relay: Relay
+    token: str | None
+    hive_check_interval_s: float
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _queen(request: Request) -> QueenState:
+    state: QueenState = request.app.state.queen
+    return state
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse(
+        Health(service=QueenArgs.SCRIPT, version=rbee.__version__, pid=os.getpid()).model_dump()
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_queen(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def heartbeat(request: Request) -> Response:
+    queen = _queen(request)
+    beat = await parse_body(request, Heartbeat)
+    record = queen.registry.beat(beat)
+    if record is not None:
+        queen.admission.pump(beat.model)  # capacity may have come: a worker done loading
+    return Response(status_code=204)
+
+
+async def list_workers(request: Request) -> JSONResponse:
+    registry = _queen(request).registry
+    return JSONResponse([registry.view(r).model_dump() for r in registry.live()])
+
+
+async def get_worker(request: Request) -> JSONResponse:
+    registry = _queen(request).registry
+    record = registry.get(request.path_params["worker_id"])
+    if record is None:
+        raise _Refused(404, "no such live worker", "not_found_error")
+    return JSONResponse(registry.view(record).model_dump())
+
+
+async def list_models(request: Request) -> JSONResponse:
+    models = _queen(request).registry.models()
+    data = [{"id": m, "object": "model", "owned_by": "rbee"} for m in models]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def plan_route(request: Request) -> JSONResponse:
+    _, body = await _json_body(request)
+    the_plan = await _queen(request).control.plan(_cluster(body), _options(body))
+    return JSONResponse(the_plan.model_dump(mode="json"))
+
+
+async def apply_route(request: Request) -> Response:
+    queen = _queen(request)
+    control = queen.control
+    _, body = await _json_body(request)
+    saved = _saved_plan(body)
+    cluster = _cluster({"cluster": saved.cluster} if saved else body)
+    options = _options(body)
+    holder = request.headers.get("x-rbee-holder", request.client.host if request.client else "?")
+    parallelism = int(body.get("parallelism", 10))
+    try:
+        lock = await control.lock.acquire(holder, _lock_timeout(body))
+    except ApplyLocked as exc:
+        raise _Refused(409, exc.message, "conflict", "apply_locked") from None
+    if await request.is_disconnected():  # the keeper gave up while waiting for the lock
+        control.lock.release(lock.id)
+        return Response(status_code=499)
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            outcome = await control.apply(
+                cluster, holder, events.put, parallelism, options, saved, lock=lock
+            )
+            await events.put(
+                {
+                    "event": "summary",
+                    "ok": outcome.ok,
+                    "done": outcome.done,
+                    "failed": outcome.failed,
+                    "skipped": outcome.skipped,
+                }
+            )
+        except RbeeError as exc:
+            await events.put({"event": "error", "error": exc.message, "hint": exc.hint})
+        finally:
+            await events.put(None)
+
+    # The apply runs on even if the keeper disconnects; the stream only reports it.
+    task = asyncio.create_task(run())
+    queen.background.add(task)
+    task.add_done_callback(queen.background.discard)
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (event := await events.get()) is not None:
+            yield sse.json_event(event)
+
+    return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+
+
+async def list_hives(request: Request) -> JSONResponse:
+    records = _queen(request).hive_registry.records()
+    return JSONResponse([r.model_dump(mode="json") for r in records])
+
+
+async def get_hive(request: Request) -> JSONResponse:
+    queen = _queen(request)
+    name = request.path_params["name"]
+    hive = _registered(queen, name)
+    record = (
+        await queen.hive_registry.check(hive, queen.token)
+        if request.query_params.get("refresh")
+        else queen.hive_registry.get(name)
+    )
+    assert record is not None
+    return JSONResponse(record.model_dump(mode="json"))
+
+
+def _registered(queen: QueenState, name: str) -> Hive:
+    hive = next((h for h in queen.hive_registry.hives() if h.name == name), None)
+    if hive is None:
+        raise _Refused(404, f"no hive named {name!r} is registered", "not_found_error")
+    return hive
+
+
+async def refresh_capabilities(request: Request) -> JSONResponse:
+    queen = _queen(request)
+    hive = _registered(queen, request.path_params["name"])
+    async with HiveClient(hive.url, queen.token, timeout=15.0) as client:
+        try:
+            capabilities = await client.capabilities()
+        except RbeeError as exc:
+            raise _Refused(502, exc.message, "bad_gateway", "hive_unreachable") from None
+    queen.hive_registry.set_capabilities(hive.name, capabilities)
+    record = queen.hive_registry.get(hive.name)
+    assert record is not None
+    return JSONResponse(record.model_dump(mode="json"))
+
+
+async def ssh_test(request: Request) -> JSONResponse:
+    _, body = await _json_body(request)
+    try:
+        hive = Hive.model_validate(body.get("hive"))
+    except ValidationError as exc:
+        message = f"invalid hive: {exc.errors()[0]['msg']}"
+        raise _Refused(422, message, "invalid_request_error") from None
+    if hive.effective_mode != "network":
+        raise _Refused(422, f"hive {hive.name} is local: no SSH", "invalid_request_error")
+    return JSONResponse((await probe(hive)).model_dump(mode="json"))
+
+
+async def import_ssh(request: Request) -> JSONResponse:
+    # Only the queen's own ~/.ssh/config: the queen is who connects, with its keys.
+    path = Path.home() / ".ssh" / "config"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise _Refused(404, f"cannot read {path}: {exc.strerror}", "not_found_error") from None
+    return JSONResponse({"path": str(path), "hives": hives_from_ssh_config(text)})
+
+
+async def status(request: Request) -> JSONResponse:
+    return JSONResponse(await _queen(request).control.status())
+
+
+async def down(request: Request) -> JSONResponse:
+    _, body = await _json_body(request)
+    cluster = _cluster(body) if body.get("cluster") is not None else None
+    try:
+        return JSONResponse(await _queen(request).control.down(cluster))
+    except ApplyLocked as exc:
+        raise _Refused(409, exc.message, "conflict", "apply_locked") from None
+
+
+async def shutdown(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {"stopping": os.getpid()},
+        background=BackgroundTask(os.kill, os.getpid(), signal.SIGTERM),
+    )
+
+
+async def get_lock(request: Request) -> JSONResponse:
+    lock = _queen(request).control.lock.current()
+    return JSONResponse({"lock": lock.to_json() if lock else None})
+
+
+async def force_unlock(request: Request) -> JSONResponse:
+    _, body = await _json_body(request)
+    lock_id = body.get("id")
+    if not isinstance(lock_id, str) or not lock_id:
+        raise _Refused(422, "force-unlock needs the lock's `id`", "invalid_request_error")
+    try:
+        unlocked = _queen(request).control.lock.force_unlock(lock_id)
+    except LockNotFound as exc:
+        raise _Refused(404, exc.message, "not_found_error", "lock_not_found") from None
+    return JSONResponse({"unlocked": unlocked.to_json()})
+
+
+async def history(request: Request) -> JSONResponse:
+    return JSONResponse({"applies": _queen(request).store.history(_limit(request))})
+
+
+async def list_keys(request: Request) -> JSONResponse:
+    return JSONResponse([k.model_dump() for k in _queen(request).keys.list()])
+
+
+async def create_key(request: Request) -> JSONResponse:
+    asked = await parse_body(request, CreateKey)
+    try:
+        key, secret = _queen(request).keys.create(asked.name, asked.scope, asked.rpm, asked.tpm)
+    except RbeeError as exc:
+        raise _Refused(409, exc.message, "conflict", "key_exists") from None
+    log.info("event=key_created name=%s scope=%s", key.name, key.scope)
+    return JSONResponse(CreatedKey(**key.model_dump(), key=secret).model_dump(), status_code=201)
+
+
+async def revoke_key(request: Request) -> JSONResponse:
+    try:
+        key = _queen(request).keys.revoke(request.path_params["name"])
+    except RbeeError as exc:
+        raise _Refused(404, exc.message, "not_found_error", "no_such_key") from None
+    log.info("event=key_revoked name=%s", key.name)
+    return JSONResponse(key.model_dump())
+
+
+ROUTES = [
+    Route("/health", health),
+    Route("/metrics", metrics),
+    Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/workers", list_workers),
+    Route("/v1/workers/{worker_id}", get_worker),
+    Route("/v1/models", list_models),
+    Route("/v1/plan", plan_route, methods=["POST"]),
+    Route("/v1/apply", apply_route, methods=["POST"]),
+    Route("/v1/hives", list_hives),
+    Route("/v1/hives/import-ssh", import_ssh, methods=["POST"]),
+    Route("/v1/hives/{name}", get_hive),
+    Route("/v1/hives/{name}/refresh-capabilities", refresh_capabilities, methods=["POST"]),
+    Route("/v1/ssh-test", ssh_test, methods=["POST"]),
+    Route("/v1/status", status),
+    Route("/v1/down", down, methods=["POST"]),
+    Route("/v1/shutdown", shutdown, methods=["POST"]),
+    Route("/v1/lock", get_lock),
+    Route("/v1/lock/force-unlock", force_unlock, methods=["POST"]),
+    Route("/v1/history", history),
+    Route("/v1/keys", list_keys),
+    Route("/v1/keys", create_key, methods=["POST"]),
+    Route("/v1/keys/{name}", revoke_key, methods=["DELETE"]),
+]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    queen: QueenState = app.state.queen
+    await queen.relay.start()
+    monitor = asyncio.create_task(
+        monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
+    )
+    try:
+        yield
+    finally:
+        monitor.cancel()
+        await queen.relay.close()
+        queen.store.close()
+
+
 def create_app(
     store: Store,
-    hive_registry: HiveRegistry,
     queen_url: str,
     token: str | None,
+    *,
+    open_on_loopback: bool = True,
+    max_body_bytes: int = MAX_BODY_BYTES,
     hive_check_interval_s: float = HIVE_CHECK_INTERVAL_S,
-) -> Starlette:
-    """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at."""
+) -> Front:
+    """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at.
+
+    `open_on_loopback`: the queen listens on loopback only, so without a cluster token and
+    before any API key exists it serves anyone (the demo needs no key).
+    """
     registry = Registry()
-    control = Control(registry, store, hive_registry, queen_url, token)
-    relay = Relay(registry, control.is_declared, token)
-
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
-            Health(service=QueenArgs.SCRIPT, version=rbee.__version__, pid=os.getpid()).model_dump()
-        )
-
-    async def heartbeat(request: Request) -> Response:
-        _, body = await _json_body(request)
-        try:
-            registry.beat(Heartbeat.model_validate(body))
-        except ValidationError as exc:
-            return _error(
-                422, f"invalid heartbeat: {exc.errors()[0]['msg']}", "invalid_request_error"
-            )
-        return Response(status_code=204)
-
-    async def list_workers(request: Request) -> JSONResponse:
-        return JSONResponse([registry.view(r).model_dump() for r in registry.live()])
-
-    async def get_worker(request: Request) -> JSONResponse:
-        record = registry.get(request.path_params["worker_id"])
-        if record is None:
-            return _error(404, "no such live worker", "not_found_error")
-        return JSONResponse(registry.view(record).model_dump())
-
-    async def list_models(request: Request) -> JSONResponse:
-        data = [{"id": m, "object": "model", "owned_by": "rbee"} for m in registry.models()]
-        return JSONResponse({"object": "list", "data": data})
-
-    async def inference(request: Request) -> Response:
-        raw, body = await _json_body(request)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(400, "the request names no model", "invalid_request_error")
-        return await relay.forward(request.url.path, model, raw)
-
-    async def plan_route(request: Request) -> JSONResponse:
-        _, body = await _json_body(request)
-        the_plan = await control.plan(_cluster(body), _options(body))
-        return JSONResponse(the_plan.model_dump(mode="json"))
-
-    async def apply_route(request: Request) -> Response:
-        _, body = await _json_body(request)
-        saved = _saved_plan(body)
-        cluster = _cluster({"cluster": saved.cluster} if saved else body)
-        options = _options(body)
-        holder = request.headers.get(
-            "x-rbee-holder", request.client.host if request.client else "?"
-        )
-        parallelism = int(body.get("parallelism", 10))
-        try:
-            lock = await control.lock.acquire(holder, _lock_timeout(body))
-        except ApplyLocked as exc:
-            return _error(409, exc.message, "conflict", "apply_locked")
-        if await request.is_disconnected():  # the keeper gave up while waiting for the lock
-            control.lock.release(lock.id)
-            return Response(status_code=499)
-        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-        async def run() -> None:
-            try:
-                outcome = await control.apply(
-                    cluster, holder, events.put, parallelism, options, saved, lock=lock
-                )
-                await events.put(
-                    {
-                        "event": "summary",
-                        "ok": outcome.ok,
-                        "done": outcome.done,
-                        "failed": outcome.failed,
-                        "skipped": outcome.skipped,
-                    }
-                )
-            except RbeeError as exc:
-                await events.put({"event": "error", "error": exc.message, "hint": exc.hint})
-            finally:
-                await events.put(None)
-
-        # The apply runs on even if the keeper disconnects; the stream only reports it.
-        task = asyncio.create_task(run())
-        background.add(task)
-        task.add_done_callback(background.discard)
-
-        async def stream() -> AsyncIterator[bytes]:
-            while (event := await events.get()) is not None:
-                yield sse.json_event(event)
-
-        return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
-
-    async def list_hives(request: Request) -> JSONResponse:
-        return JSONResponse([r.model_dump(mode="json") for r in hive_registry.records()])
-
-    async def get_hive(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        hive = _registered(name)
-        record = (
-            await hive_registry.check(hive, token)
-            if request.query_params.get("refresh")
-            else hive_registry.get(name)
-        )
-        assert record is not None
-        return JSONResponse(record.model_dump(mode="json"))
-
-    def _registered(name: str) -> Hive:
-        hive = next((h for h in hive_registry.hives() if h.name == name), None)
-        if hive is None:
-            raise _Refused(404, f"no hive named {name!r} is registered", "not_found_error")
-        return hive
-
-    async def refresh_capabilities(request: Request) -> JSONResponse:
-        hive = _registered(request.path_params["name"])
-        async with HiveClient(hive.url, token, timeout=15.0) as client:
-            try:
-                capabilities = await client.capabilities()
-            except RbeeError as exc:
-                raise _Refused(502, exc.message, "bad_gateway", "hive_unreachable") from None
-        hive_registry.set_capabilities(hive.name, capabilities)
-        record = hive_registry.get(hive.name)
-        assert record is not None
-        return JSONResponse(record.model_dump(mode="json"))
-
-    async def ssh_test(request: Request) -> JSONResponse:
-        _, body = await _json_body(request)
-        try:
-            hive = Hive.model_validate(body.get("hive"))
-        except ValidationError as exc:
-            message = f"invalid hive: {exc.errors()[0]['msg']}"
-            raise _Refused(422, message, "invalid_request_error") from None
-        if hive.effective_mode != "network":
-            raise _Refused(422, f"hive {hive.name} is local: no SSH", "invalid_request_error")
-        return JSONResponse((await probe(hive)).model_dump(mode="json"))
-
-    async def import_ssh(request: Request) -> JSONResponse:
-        # Only the queen's own ~/.ssh/config: the queen is who connects, with its keys.
-        path = Path.home() / ".ssh" / "config"
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise _Refused(404, f"cannot read {path}: {exc.strerror}", "not_found_error") from None
-        return JSONResponse({"path": str(path), "hives": hives_from_ssh_config(text)})
-
-    async def status(request: Request) -> JSONResponse:
-        return JSONResponse(await control.status())
-
-    async def down(request: Request) -> JSONResponse:
-        _, body = await _json_body(request)
-        cluster = _cluster(body) if body.get("cluster") is not None else None
-        try:
-            return JSONResponse(await control.down(cluster))
-        except ApplyLocked as exc:
-            return _error(409, exc.message, "conflict", "apply_locked")
-
-    async def shutdown(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {"stopping": os.getpid()},
-            background=BackgroundTask(os.kill, os.getpid(), signal.SIGTERM),
-        )
-
-    async def get_lock(request: Request) -> JSONResponse:
-        lock = control.lock.current()
-        return JSONResponse({"lock": lock.to_json() if lock else None})
-
-    async def force_unlock(request: Request) -> JSONResponse:
-        _, body = await _json_body(request)
-        lock_id = body.get("id")
-        if not isinstance(lock_id, str) or not lock_id:
-            return _error(422, "force-unlock needs the lock's `id`", "invalid_request_error")
-        try:
-            unlocked = control.lock.force_unlock(lock_id)
-        except LockNotFound as exc:
-            return _error(404, exc.message, "not_found_error", "lock_not_found")
-        return JSONResponse({"unlocked": unlocked.to_json()})
-
-    async def history(request: Request) -> JSONResponse:
-        return JSONResponse({"applies": store.history(_limit(request))})
-
-    background: set[asyncio.Task[None]] = set()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await relay.start()
-        monitor = asyncio.create_task(monitor_hives(hive_registry, token, hive_check_interval_s))
-        try:
-            yield
-        finally:
-            monitor.cancel()
-            hive_registry.close()
-            await relay.close()
-            store.close()
-
-    routes = [
-        Route("/health", health),
-        Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
-        Route("/v1/workers", list_workers),
-        Route("/v1/workers/{worker_id}", get_worker),
-        Route("/v1/models", list_models),
-        Route("/v1/chat/completions", inference, methods=["POST"]),
-        Route("/v1/completions", inference, methods=["POST"]),
-        Route("/v1/plan", plan_route, methods=["POST"]),
-        Route("/v1/apply", apply_route, methods=["POST"]),
-        Route("/v1/hives", list_hives),
-        Route("/v1/hives/import-ssh", import_ssh, methods=["POST"]),
-        Route("/v1/hives/{name}", get_hive),
-        Route("/v1/hives/{name}/refresh-capabilities", refresh_capabilities, methods=["POST"]),
-        Route("/v1/ssh-test", ssh_test, methods=["POST"]),
-        Route("/v1/status", status),
-        Route("/v1/down", down, methods=["POST"]),
-        Route("/v1/shutdown", shutdown, methods=["POST"]),
-        Route("/v1/lock", get_lock),
-        Route("/v1/lock/force-unlock", force_unlock, methods=["POST"]),
-        Route("/v1/history", history),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={_Refused: _refused})
+    admission = Admission(registry)
+    hive_registry = HiveRegistry(store.connection)
+    control = Control(registry, store, hive_registry, queen_url, token, admission)
+    keys = Keys(store.connection)
+    metrics_ = Metrics(registry, admission, hive_registry.up)
+    queen = QueenState(
+        store=store,
+        hive_registry=hive_registry,
+        registry=registry,
+        admission=admission,
+        control=control,
+        keys=keys,
+        metrics=metrics_,
+        relay=Relay(registry, admission, metrics_, control.is_declared, token),
+        token=token,
+        hive_check_interval_s=hive_check_interval_s,
+    )
+    app = Starlette(routes=ROUTES, lifespan=_lifespan, exception_handlers={_Refused: _refused})
+    app.state.queen = queen
+    return Front(
+        app, queen, open_on_loopback=open_on_loopback and not token, max_body_bytes=max_body_bytes
+    )
 
 
 def _lock_timeout(body: dict[str, Any]) -> float:

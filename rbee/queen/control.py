@@ -19,6 +19,7 @@ from rbee.plan.digest import observed_digest
 from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
 from rbee.plan.planner import plan
+from rbee.queen.admission import Admission
 from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry
@@ -49,8 +50,10 @@ class Control:
         hive_registry: HiveRegistry,
         queen_url: str,
         token: str | None,
+        admission: Admission | None = None,
     ) -> None:
         self.registry = registry
+        self.admission = admission
         self.store = store
         self.hive_registry = hive_registry
         self.queen_url = queen_url
@@ -63,7 +66,15 @@ class Control:
         if interrupted:
             log.warning("event=applies_interrupted count=%s", interrupted)
         stored = store.desired()
-        self._desired = Cluster.model_validate(stored) if stored else None
+        self._set_desired(Cluster.model_validate(stored) if stored else None)
+
+    def _set_desired(self, cluster: Cluster | None) -> None:
+        self._desired = cluster
+        if self.admission is not None:
+            models = cluster.models if cluster else []
+            self.admission.configure(
+                {m.name: s for m in models if cluster and (s := cluster.serving(m.name))}
+            )
 
     @property
     def is_locked(self) -> bool:
@@ -174,7 +185,7 @@ class Control:
         # A targeted apply changes part of the cluster: what the queen knows as declared grows
         # only by a whole apply.
         if not the_plan.targets:
-            self._desired = cluster
+            self._set_desired(cluster)
             self.hive_registry.register(cluster.hives)
         lock_id = self._held.id if self._held else None
         apply_id = self.store.begin_apply(

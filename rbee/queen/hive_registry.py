@@ -7,7 +7,6 @@ import json
 import logging
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -22,20 +21,6 @@ __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives
 log = logging.getLogger(__name__)
 
 HIVE_CHECK_INTERVAL_S = 15.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hives (
-    name TEXT PRIMARY KEY,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'unknown',
-    version TEXT,
-    pid INTEGER,
-    error TEXT,
-    checked_at REAL,
-    online_at REAL,
-    capabilities TEXT
-);
-"""
 
 
 class HiveRecord(BaseModel):
@@ -56,18 +41,11 @@ class HiveRecord(BaseModel):
 
 
 class HiveRegistry:
-    """Hives the queen manages, with their last health check, in the queen's SQLite file."""
+    """Hives the queen manages, with their last health check, in the queen's SQLite (the
+    `hives` table of `Store`, on its connection)."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(hives)")}
-        if "capabilities" not in columns:  # a database from before capabilities were kept
-            self._db.execute("ALTER TABLE hives ADD COLUMN capabilities TEXT")
-
-    def close(self) -> None:
-        self._db.close()
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
 
     def register(self, hives: list[Hive]) -> None:
         """Add or update these hives (their health state is kept)."""
@@ -92,6 +70,13 @@ class HiveRegistry:
             "FROM hives ORDER BY name"
         ).fetchall()
         return [_record(*row) for row in rows]
+
+    def up(self) -> tuple[int, int]:
+        """(hives that answered their last check, hives registered)."""
+        online, total = self._db.execute(
+            "SELECT COALESCE(SUM(state = 'online'), 0), COUNT(*) FROM hives"
+        ).fetchone()
+        return int(online), int(total)
 
     def get(self, name: str) -> HiveRecord | None:
         return next((r for r in self.records() if r.name == name), None)

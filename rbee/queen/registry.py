@@ -1,4 +1,8 @@
-"""The worker registry: what the queen knows of workers, from their heartbeats only (RAM)."""
+"""The worker registry: what the queen knows of workers, from their heartbeats only (RAM).
+
+It also holds the queen's own count of requests in flight per worker: a slot is claimed here
+(`claim`, synchronous, so two requests never take the same slot) and given back by the relay.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rbee.queen.scheduler import LEAST_LOADED, Policy
 from rbee.wire import Heartbeat, WorkerView
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "Registry", "WorkerRecord"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "UNHEALTHY_S", "Registry", "WorkerRecord"]
 
 HEARTBEAT_INTERVAL_S = 2.0
+#: How long a worker that failed a request is passed over (its heartbeats do not lift it).
+UNHEALTHY_S = 10.0
 _ROUTABLE = frozenset({"idle", "busy"})
+_SERVING = frozenset({"loading", "idle", "busy"})
 
 
-@dataclass
+@dataclass(eq=False)
 class WorkerRecord:
     beat: Heartbeat
     last_seen: float
     in_flight: int = 0
     picked_at: float = 0.0
+    unhealthy_until: float = 0.0
+    unhealthy_reason: str | None = None
+
+    @property
+    def slots(self) -> int:
+        return self.beat.slots_total
 
     @property
     def load(self) -> float:
@@ -43,16 +57,17 @@ class Registry:
         # Workers dropped on purpose, by id → pid: a stopping worker's last beats are ignored.
         self._retired: dict[str, int] = {}
 
-    def beat(self, heartbeat: Heartbeat) -> None:
-        """Record a heartbeat; the queen's own in-flight count survives it."""
+    def beat(self, heartbeat: Heartbeat) -> WorkerRecord | None:
+        """Record a heartbeat; the queen's own in-flight count and health mark survive it."""
         if self._retired.get(heartbeat.worker_id) == heartbeat.pid:
-            return
+            return None
         record = self._workers.get(heartbeat.worker_id)
         if record is None or record.beat.pid != heartbeat.pid:
-            self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
+            record = self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
         else:
             record.beat = heartbeat
             record.last_seen = self._clock()
+        return record
 
     def live(self) -> list[WorkerRecord]:
         """Workers heard from within the TTL, expired ones forgotten."""
@@ -76,29 +91,61 @@ class Registry:
         if record is not None:
             self._retired[worker_id] = record.beat.pid
 
+    def mark_unhealthy(self, record: WorkerRecord, reason: str, for_s: float = UNHEALTHY_S) -> None:
+        """Pass `record` over for `for_s` seconds: it failed a request (timeout, reset, 5xx)."""
+        record.unhealthy_until = self._clock() + for_s
+        record.unhealthy_reason = reason
+
     def models(self) -> list[str]:
         """Models with at least one routable worker."""
         return sorted({rec.beat.model for rec in self.live() if rec.beat.state in _ROUTABLE})
 
-    def pick(self, model: str, exclude: frozenset[str] = frozenset()) -> WorkerRecord | None:
-        """The least loaded routable worker serving `model`, or None."""
+    def serves(self, model: str) -> bool:
+        """Whether a live, healthy worker serves `model` or is loading it: a request for it may
+        wait for a slot rather than fail at once."""
+        now = self._clock()
+        return any(
+            rec.beat.model == model
+            and rec.beat.state in _SERVING
+            and rec.unhealthy_until <= now
+            and now - rec.last_seen <= self._ttl
+            for rec in self._workers.values()
+        )
+
+    def claim(
+        self, model: str, policy: Policy = LEAST_LOADED, exclude: frozenset[str] = frozenset()
+    ) -> WorkerRecord | None:
+        """Take a free slot of a routable, healthy worker serving `model`, chosen by `policy`,
+        or None when every slot is taken. The caller gives it back with `release`."""
+        now = self._clock()
         candidates = [
             rec
-            for rec in self.live()
+            for rec in self._workers.values()
             if rec.beat.model == model
+            and rec.in_flight < rec.beat.slots_total
             and rec.beat.state in _ROUTABLE
+            and rec.unhealthy_until <= now
+            and now - rec.last_seen <= self._ttl
             and rec.beat.worker_id not in exclude
         ]
         if not candidates:
             return None
-        # Among equally loaded workers the one picked longest ago wins: requests spread evenly.
-        chosen = min(candidates, key=lambda rec: (rec.load, rec.in_flight, rec.picked_at))
-        chosen.picked_at = self._clock()
+        chosen = candidates[0] if len(candidates) == 1 else policy.choose(candidates)
+        chosen.picked_at = now
+        chosen.in_flight += 1
         return chosen
 
+    def slots(self) -> tuple[int, int]:
+        """(slots the queen has claimed, slots in all) over live routable workers."""
+        workers = [rec for rec in self.live() if rec.beat.state in _ROUTABLE]
+        return sum(r.in_flight for r in workers), sum(r.beat.slots_total for r in workers)
+
     def view(self, record: WorkerRecord) -> WorkerView:
+        now = self._clock()
         return WorkerView(
             **record.beat.model_dump(),
-            last_seen_s=round(self._clock() - record.last_seen, 3),
+            last_seen_s=round(now - record.last_seen, 3),
             in_flight=record.in_flight,
+            healthy=record.unhealthy_until <= now,
+            unhealthy_reason=record.unhealthy_reason if record.unhealthy_until > now else None,
         )

@@ -1,110 +1,473 @@
-"""The inference hot path: pick a worker, claim a slot, relay its bytes unchanged (aiohttp).
+"""The inference hot path: admit, claim a worker slot, relay the worker's bytes (aiohttp).
 
-No SQLite and no parsing of the streamed bytes here: DESIGN §7 measured httpx 8x slower than
-aiohttp's client under concurrency, so the relay keeps one aiohttp session with pooled
-connections to every worker.
+A raw ASGI handler, no framework: DESIGN §7 measured httpx 8x slower than aiohttp's client
+under concurrency, and Starlette's request and response objects cost more than the relay
+itself. No SQLite here, and the streamed bytes are passed on as they come, cut only at SSE
+event boundaries so that a failure never leaves half an event behind.
+
+Failures, by when they happen:
+- before the worker's first byte (connect error, reset, 5xx, timeout): the worker is passed
+  over for a while and the request tries another one, after a jittered backoff, up to
+  `serving.attempts` workers; then a 502 (or 504 on a timeout) in OpenAI's error shape;
+- after it: a streaming client gets one final SSE event in OpenAI's error shape and a clean
+  close (never text twice); a non-streaming client gets a 502.
+A client that disconnects cancels its request: the connection to the worker is closed, which
+is how the worker learns to stop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import random
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import aiohttp
-from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from rbee.config.models import Serving
+from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
+from rbee.queen.keys import Principal
+from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry, WorkerRecord
 from rbee.wire import openai_error
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "send_error"]
 
 log = logging.getLogger(__name__)
 
-_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Backoff between attempts: full jitter over an exponential base, capped.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+_JSON = (b"content-type", b"application/json")
+_SSE_END = b"\n\n"
+_USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
+_RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"x-accel-buffering"})
+
+
+class _Failed(Exception):
+    """An attempt at one worker failed before its first byte."""
+
+    def __init__(self, reason: str, *, timeout: str | None = None, gone: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout  # connect | first_byte, when it was a timeout
+        self.gone = gone  # the connection failed: the process is likely gone
+
+
+class _Disconnected(Exception):
+    """The client went away."""
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A complete JSON error response in OpenAI's shape."""
+    body = json.dumps(openai_error(message, type_, code)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class Relay:
-    """Relays OpenAI requests to the least loaded worker of a model."""
+    """Relays OpenAI requests to a free worker of their model."""
 
     def __init__(
-        self, registry: Registry, is_declared: Callable[[str], bool], token: str | None = None
+        self,
+        registry: Registry,
+        admission: Admission,
+        metrics: Metrics,
+        is_declared: Callable[[str], bool],
+        token: str | None = None,
     ) -> None:
         self._registry = registry
+        self._admission = admission
+        self._metrics = metrics
+        self._is_declared = is_declared
         self._headers = {"content-type": "application/json"}
         if token:
-            # Workers off loopback (on network hives) check the cluster's token.
             self._headers["authorization"] = f"Bearer {token}"
-        self._is_declared = is_declared
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def forward(self, path: str, model: str, body: bytes) -> Response:
-        """Send `body` to a worker of `model`; another worker is tried when one refuses."""
-        assert self._session is not None, "Relay.start() was not awaited"
-        tried: set[str] = set()
-        while (record := self._registry.pick(model, frozenset(tried))) is not None:
-            worker_id = record.beat.worker_id
-            record.in_flight += 1
-            try:
-                upstream = await self._session.post(
-                    record.beat.url + path,
-                    data=body,
-                    headers=self._headers,
+    async def handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        body: bytes,
+        principal: Principal,
+        request_id: bytes,
+    ) -> None:
+        """Answer one inference request whose `body` has been read."""
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            await send_error(send, 400, f"malformed JSON body: {exc}", "invalid_request_error")
+            return
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if not isinstance(model, str) or not model:
+            await send_error(send, 400, "the request names no model", "invalid_request_error")
+            return
+        if principal.limiter is not None:
+            wait_s = principal.limiter.admit()
+            if wait_s is not None:
+                self._metrics.rejected.labels("rate_limit").inc()
+                await send_error(
+                    send,
+                    429,
+                    f"key {principal.name!r} is over its rate limit; retry in {wait_s:.1f} s",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    [(b"retry-after", str(max(1, round(wait_s + 0.5))).encode())],
                 )
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                record.in_flight -= 1
-                log.warning("event=worker_unreachable worker_id=%s error=%r", worker_id, exc)
-                self._registry.drop(worker_id)
-                tried.add(worker_id)
-                continue
-            if upstream.status == 503:
-                # Draining or still loading: another worker may take it.
-                upstream.release()
-                record.in_flight -= 1
-                tried.add(worker_id)
-                continue
-            return _stream(upstream, record)
-        return self._no_worker(model, had_workers=bool(tried))
-
-    def _no_worker(self, model: str, had_workers: bool) -> JSONResponse:
-        known = had_workers or self._is_declared(model)
-        if known or model in {rec.beat.model for rec in self._registry.live()}:
-            return JSONResponse(
-                openai_error(
-                    f"no live worker serves model {model!r}; try again when one is idle",
-                    "service_unavailable",
-                    "no_worker",
-                ),
-                status_code=503,
-                headers={"retry-after": "2"},
+                return
+        call = _Call(
+            self, scope, receive, send, body, model, parsed.get("stream") is True, request_id
+        )
+        status = await call.run()
+        self._metrics.requests.labels(model, str(status)).inc()
+        if call.tokens:
+            self._metrics.tokens_out.labels(model).inc(call.tokens[1])
+            if principal.limiter is not None:
+                principal.limiter.spend(call.tokens[0] + call.tokens[1])
+        if call.worker is not None:
+            log.debug(
+                "event=relayed request_id=%s model=%s worker_id=%s status=%s",
+                request_id.decode(),
+                model,
+                call.worker,
+                status,
             )
-        return JSONResponse(
-            openai_error(
-                f"the model {model!r} does not exist", "invalid_request_error", "model_not_found"
-            ),
-            status_code=404,
+
+
+class _Call:
+    """One request on its way through the relay."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        body: bytes,
+        model: str,
+        stream: bool,
+        request_id: bytes,
+    ) -> None:
+        self.relay = relay
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.body = body
+        self.model = model
+        self.stream = stream
+        self.request_id = request_id
+        self.serving: Serving = relay._admission.serving(model)
+        self.worker: str | None = None
+        self.tokens: tuple[int, int] | None = None  # (prompt, completion)
+        self.started = False  # whether the response has begun towards the client
+
+    async def run(self) -> int:
+        """Serve the call; the HTTP status the client got (499 when it left)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = loop.create_task(watch())
+        try:
+            return await self._serve(loop)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            return 499
+        finally:
+            watcher.cancel()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
+        relay, serving, metrics = self.relay, self.serving, self.relay._metrics
+        arrived = loop.time()
+        deadline = arrived + serving.queue_timeout
+        tried: set[str] = set()
+        last: _Failed | None = None
+        for attempt in range(serving.attempts):
+            if attempt:
+                metrics.retries.labels(self.model).inc()
+                delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+                await asyncio.sleep(delay)
+            try:
+                queued = loop.time()
+                record = await relay._admission.acquire(
+                    self.model, serving, max(deadline, loop.time()), frozenset(tried)
+                )
+            except NoWorker:
+                if last is not None and not last.gone:
+                    break
+                return await self._no_worker(had_workers=bool(tried))  # none, or all gone
+            except QueueFull:
+                metrics.rejected.labels("queue_full").inc()
+                return await self._refuse(
+                    503,
+                    f"the queue of model {self.model!r} is full ({serving.max_queue} waiting); "
+                    "retry later",
+                    "service_unavailable",
+                    "queue_full",
+                    retry_after=2,
+                )
+            except QueueTimeout:
+                metrics.timeouts.labels(self.model, "queue").inc()
+                if last is not None:
+                    break
+                return await self._refuse(
+                    504,
+                    f"no worker of model {self.model!r} had a free slot within "
+                    f"{serving.queue_timeout:g} s",
+                    "timeout",
+                    "queue_timeout",
+                )
+            metrics.queue_seconds.labels(self.model).observe(loop.time() - queued)
+            self.worker = record.beat.worker_id
+            try:
+                return await self._relay(record, arrived, loop)
+            except _Failed as failure:
+                last = failure
+                tried.add(record.beat.worker_id)
+                if failure.timeout:
+                    metrics.timeouts.labels(self.model, failure.timeout).inc()
+                if failure.gone:
+                    relay._registry.drop(record.beat.worker_id)
+                else:
+                    relay._registry.mark_unhealthy(record, failure.reason)
+                log.warning(
+                    "event=worker_failed request_id=%s worker_id=%s attempt=%d reason=%r",
+                    self.request_id.decode(),
+                    record.beat.worker_id,
+                    attempt + 1,
+                    failure.reason,
+                )
+            finally:
+                relay._admission.release(record)
+        assert last is not None
+        if last.timeout:
+            return await self._refuse(
+                504, f"no worker answered in time: {last.reason}", "timeout", "worker_timeout"
+            )
+        return await self._refuse(
+            502, f"no worker could serve the request: {last.reason}", "bad_gateway", "worker_failed"
         )
 
-
-def _stream(upstream: aiohttp.ClientResponse, record: WorkerRecord) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
+    async def _relay(
+        self, record: WorkerRecord, arrived: float, loop: asyncio.AbstractEventLoop
+    ) -> int:
+        """Send the request to `record`'s worker and its answer to the client."""
+        relay, serving = self.relay, self.serving
+        session = relay._session
+        assert session is not None, "Relay.start() was not awaited"
+        url = record.beat.url + self.scope["path"]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=serving.connect_timeout)
+        upstream: aiohttp.ClientResponse | None = None
         try:
-            async for chunk in upstream.content.iter_any():
-                yield chunk
+            try:
+                async with asyncio.timeout(serving.first_byte_timeout):
+                    upstream = await session.post(
+                        url, data=self.body, headers=relay._headers, timeout=timeout
+                    )
+                    if upstream.status >= 500 and upstream.status != 503:
+                        raise _Failed(f"the worker answered {upstream.status}")
+                    if upstream.status == 503:  # draining or still loading: another may take it
+                        raise _Failed("the worker is not taking requests (503)", gone=False)
+                    first = await upstream.content.readany()
+            except aiohttp.ConnectionTimeoutError:
+                raise _Failed(
+                    f"connect timed out after {serving.connect_timeout:g} s", timeout="connect"
+                ) from None
+            except TimeoutError:
+                raise _Failed(
+                    f"no first byte within {serving.first_byte_timeout:g} s", timeout="first_byte"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise _Failed(f"cannot connect: {exc.os_error}", gone=True) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                # Reset or closed: the process most likely died. Forgotten until it beats again.
+                raise _Failed(
+                    f"connection lost before the first byte: {exc!r}", gone=True
+                ) from None
+            if not first and upstream.status < 400:
+                raise _Failed("the worker closed the connection without answering")
+            relay._metrics.ttft_seconds.labels(self.model).observe(loop.time() - arrived)
+            if self.stream and upstream.status == 200:
+                return await self._pass_stream(upstream, first, record)
+            return await self._pass_whole(upstream, first, record)
         finally:
-            upstream.release()
-            record.in_flight -= 1
+            if upstream is not None:
+                upstream.close()
 
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-    headers["x-rbee-worker"] = record.beat.worker_id
-    return StreamingResponse(body(), status_code=upstream.status, headers=headers)
+    def _start(self, status: int, upstream: aiohttp.ClientResponse, worker_id: str) -> Message:
+        headers = [
+            (name, value)
+            for name, value in upstream.raw_headers
+            if name.lower() in _RELAYED_HEADERS
+        ]
+        headers.append((b"x-request-id", self.request_id))
+        headers.append((b"x-rbee-worker", worker_id.encode()))
+        return {"type": "http.response.start", "status": status, "headers": headers}
+
+    async def _pass_whole(
+        self, upstream: aiohttp.ClientResponse, first: bytes, record: WorkerRecord
+    ) -> int:
+        """A non-streamed answer: read it all, then send it with its length."""
+        parts = [first]
+        try:
+            while True:
+                async with asyncio.timeout(self.serving.idle_timeout):
+                    chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._failed_after_first_byte(record, exc)
+            return await self._refuse(
+                502,
+                f"the worker failed while answering: {_describe(exc, self.serving)}",
+                "bad_gateway",
+                "worker_failed",
+            )
+        body = b"".join(parts)
+        if upstream.status == 200 and (usage := _USAGE.search(body)) is not None:
+            self.tokens = (int(usage[1]), int(usage[2]))
+        start = self._start(upstream.status, upstream, record.beat.worker_id)
+        start["headers"].append((b"content-length", str(len(body)).encode()))
+        self.started = True
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body})
+        return upstream.status
+
+    async def _pass_stream(
+        self, upstream: aiohttp.ClientResponse, first: bytes, record: WorkerRecord
+    ) -> int:
+        """A streamed answer: whole SSE events, passed on as they come."""
+        send = self.send
+        self.started = True
+        await send(self._start(200, upstream, record.beat.worker_id))
+        events = 0
+        pending = b""
+        chunk = first
+        idle = self.serving.idle_timeout
+        try:
+            while chunk:
+                if pending:
+                    chunk = pending + chunk
+                    pending = b""
+                if not chunk.endswith(_SSE_END):
+                    cut = chunk.rfind(_SSE_END) + 2
+                    chunk, pending = chunk[:cut], chunk[cut:]
+                if chunk:
+                    events += chunk.count(b"data:")
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                async with asyncio.timeout(idle):
+                    chunk = await upstream.content.readany()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._failed_after_first_byte(record, exc)
+            error = openai_error(
+                f"the worker failed mid-answer: {_describe(exc, self.serving)}",
+                "bad_gateway",
+                "worker_failed",
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(error).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
+        else:
+            if pending:  # a last event without its blank line
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # One chunk per token; the role chunk and `[DONE]` carry none.
+        self.tokens = (0, max(0, events - 2))
+        return 200
+
+    def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:
+        reason = _describe(exc, self.serving)
+        if isinstance(exc, TimeoutError):
+            self.relay._metrics.timeouts.labels(self.model, "idle").inc()
+            self.relay._registry.mark_unhealthy(record, reason)
+        else:
+            self.relay._registry.drop(record.beat.worker_id)
+        log.warning(
+            "event=worker_failed_mid_answer request_id=%s worker_id=%s reason=%r",
+            self.request_id.decode(),
+            record.beat.worker_id,
+            reason,
+        )
+
+    async def _no_worker(self, had_workers: bool) -> int:
+        relay = self.relay
+        if had_workers or relay._is_declared(self.model) or relay._registry.serves(self.model):
+            return await self._refuse(
+                503,
+                f"no live worker serves model {self.model!r}; try again when one is up",
+                "service_unavailable",
+                "no_worker",
+                retry_after=2,
+            )
+        return await self._refuse(
+            404,
+            f"the model {self.model!r} does not exist",
+            "invalid_request_error",
+            "model_not_found",
+        )
+
+    async def _refuse(
+        self, status: int, message: str, type_: str, code: str, retry_after: int | None = None
+    ) -> int:
+        headers = [(b"x-request-id", self.request_id)]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send_error(self.send, status, message, type_, code, headers)
+        return status
+
+
+def _describe(exc: BaseException, serving: Serving) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no data for {serving.idle_timeout:g} s"
+    return repr(exc)

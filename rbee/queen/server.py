@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rbee.daemon import BearerAuth, env_token, listen, run_daemon
-from rbee.net import http_url
+from rbee.daemon import env_token, listen, run_daemon
+from rbee.net import LOCAL_HOSTS, http_url
 from rbee.paths import state_dir
 from rbee.queen.app import create_app
-from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.store import Store
 from rbee.wire import QueenArgs
 
@@ -22,8 +21,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sock = listen(QueenArgs.SCRIPT, args.host, args.port, token)
     public_url = args.public_url or http_url(args.host, args.port)
     db = args.db or state_dir() / "queen.db"
-    app = create_app(Store(db), HiveRegistry(db), public_url, token, args.hive_check_interval)
-    run_daemon(BearerAuth(app, token), sock)
+    app = create_app(
+        Store(db),
+        public_url,
+        token,
+        open_on_loopback=args.host in LOCAL_HOSTS,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        hive_check_interval_s=args.hive_check_interval,
+    )
+    run_daemon(app, sock)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The queen's SQLite: the last applied cluster, apply history and the apply lock's row.
+"""The queen's SQLite: every table it keeps, made and migrated in one place.
 
-Never on the hot path. The `lock` table belongs to `rbee.apply.lock`, which shares this
-connection (`Store.connection`).
+The last applied cluster and apply history are read and written here; the apply lock's row
+(`rbee.apply.lock`), the hive registry and the API keys share this connection
+(`Store.connection`). Never on the hot path: API keys are looked up in memory.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rbee.apply.lock import LOCK_SCHEMA
+
 __all__ = ["Store"]
 
-_SCHEMA = """
+_APPLIES = """
 CREATE TABLE IF NOT EXISTS applies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
@@ -38,6 +41,33 @@ _APPLIES_ADDED = {
     "skipped": "TEXT",  # JSON list of addresses
     "error": "TEXT",  # why the apply as a whole stopped, when it did
 }
+_HIVES = """
+CREATE TABLE IF NOT EXISTS hives (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    version TEXT,
+    pid INTEGER,
+    error TEXT,
+    checked_at REAL,
+    online_at REAL
+);
+"""
+_HIVES_ADDED = {"capabilities": "TEXT"}
+_API_KEYS = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT NOT NULL,
+    hash TEXT UNIQUE,
+    prefix TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope IN ('inference', 'admin')),
+    rpm INTEGER,
+    tpm INTEGER,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name)
+    WHERE revoked_at IS NULL;
+"""
 _HISTORY_COLUMNS = (
     "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error"
 )
@@ -49,11 +79,18 @@ class Store:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(applies)")}
-        for column, kind in _APPLIES_ADDED.items():
-            if column not in have:
-                self._db.execute(f"ALTER TABLE applies ADD COLUMN {column} {kind}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring any older database up to date: `user_version` counts the steps applied. Each
+        step is idempotent, because databases from before the count have some of them."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, step in enumerate(_MIGRATIONS, start=1):
+            if number > version:
+                with self._db:
+                    step(self._db)
+                    self._db.execute(f"PRAGMA user_version = {number}")
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -147,6 +184,32 @@ class Store:
             f"SELECT {_HISTORY_COLUMNS} FROM applies ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [_entry(*row) for row in rows]
+
+
+def _add_columns(db: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for column, kind in columns.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _history_and_hives(db: sqlite3.Connection) -> None:
+    """Everything from before migrations were counted: applies, desired, lock, hives."""
+    for script in (_APPLIES, LOCK_SCHEMA, _HIVES):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    _add_columns(db, "applies", _APPLIES_ADDED)
+    _add_columns(db, "hives", _HIVES_ADDED)
+
+
+def _api_keys(db: sqlite3.Connection) -> None:
+    for statement in _API_KEYS.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_history_and_hives, _api_keys)
 
 
 def _entry(

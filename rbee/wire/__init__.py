@@ -30,12 +30,16 @@ from rbee.wire.processes import (
     WorkerArgs,
     WorkerProcess,
 )
+from rbee.wire.queen import ApiKey, CreatedKey, CreateKey
 
 __all__ = [
     "AddModel",
     "AddWorkerBinary",
+    "ApiKey",
     "Capabilities",
     "CommandLine",
+    "CreateKey",
+    "CreatedKey",
     "GgufFacts",
     "Gpu",
     "Health",

@@ -64,6 +64,8 @@ class WorkerView(Heartbeat):
 
     last_seen_s: float = Field(description="seconds since the last heartbeat")
     in_flight: int = Field(description="requests the queen is relaying to it now")
+    healthy: bool = Field(default=True, description="false for a while after it failed a request")
+    unhealthy_reason: str | None = Field(default=None, description="why it is passed over")
 
 
 class Gpu(_Wire):

@@ -266,3 +266,6 @@ class QueenArgs(_ServerArgs):
     hive_check_interval: float = Field(
         default=15.0, gt=0, description="seconds between health checks of every hive"
     )
+    max_body_mb: float = Field(
+        default=8.0, gt=0, le=1024, description="largest request body in MiB (413 beyond)"
+    )

@@ -7,15 +7,16 @@ from pathlib import Path
 
 from rbee.config.models import Hive
 from rbee.queen.hive_registry import HiveRegistry
+from rbee.queen.store import Store
 from tests.fixtures.ports import free_port
 
 
 def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
     db = tmp_path / "queen.db"
-    first = HiveRegistry(db)
-    first.register([Hive(name="gpu1", host="10.0.0.11", port=7835)])
-    first.close()
-    again = HiveRegistry(db)
+    store = Store(db)
+    HiveRegistry(store.connection).register([Hive(name="gpu1", host="10.0.0.11", port=7835)])
+    store.close()
+    again = HiveRegistry(Store(db).connection)
     [record] = again.records()
     assert (record.name, record.mode, record.url, record.state) == (
         "gpu1",
@@ -26,7 +27,7 @@ def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
 
 
 def test_a_hive_that_does_not_answer_is_marked_offline(tmp_path: Path) -> None:
-    registry = HiveRegistry(tmp_path / "queen.db")
+    registry = HiveRegistry(Store(tmp_path / "queen.db").connection)
     hive = Hive(name="local", host="127.0.0.1", port=free_port())
     registry.register([hive])
     record = asyncio.run(registry.check(hive, None))
@@ -37,7 +38,7 @@ def test_a_hive_that_does_not_answer_is_marked_offline(tmp_path: Path) -> None:
 
 
 def test_removed_hives_are_forgotten(tmp_path: Path) -> None:
-    registry = HiveRegistry(tmp_path / "queen.db")
+    registry = HiveRegistry(Store(tmp_path / "queen.db").connection)
     registry.register([Hive(name="a", host="localhost"), Hive(name="b", host="localhost")])
     registry.remove("a")
     assert [h.name for h in registry.hives()] == ["b"]

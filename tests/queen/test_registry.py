@@ -1,8 +1,10 @@
-"""The worker registry: heartbeats in, least-loaded routable workers out, TTL of 3 beats."""
+"""The worker registry: heartbeats in, free slots of routable workers claimed, TTL of 3 beats."""
 
 from __future__ import annotations
 
+from rbee.config.models import Serving
 from rbee.queen.registry import Registry
+from rbee.queen.scheduler import policy_for
 from rbee.wire import Heartbeat, WorkerState
 
 
@@ -14,10 +16,12 @@ class Clock:
         return self.now
 
 
-def _beat(wid: str, busy: int = 0, state: WorkerState = "idle", model: str = "m") -> Heartbeat:
+def _beat(
+    wid: str, busy: int = 0, state: WorkerState = "idle", model: str = "m", hive: str = "local"
+) -> Heartbeat:
     return Heartbeat(
         worker_id=wid,
-        hive="local",
+        hive=hive,
         model=model,
         worker_binary="cpu",
         url=f"http://127.0.0.1/{wid}",
@@ -39,23 +43,22 @@ def test_worker_is_dropped_after_three_missed_heartbeats() -> None:
     assert registry.live() == []
 
 
-def test_pick_prefers_the_least_busy_worker() -> None:
+def test_claim_prefers_the_least_busy_worker() -> None:
     registry = Registry()
     registry.beat(_beat("a", busy=2, state="busy"))
     registry.beat(_beat("b", busy=1, state="busy"))
     registry.beat(_beat("c", busy=0))
-    picked = registry.pick("m")
+    picked = registry.claim("m")
     assert picked is not None and picked.beat.worker_id == "c"
 
 
-def test_pick_counts_requests_the_queen_is_relaying() -> None:
+def test_claim_counts_requests_the_queen_is_relaying() -> None:
     registry = Registry()
     registry.beat(_beat("a"))
     registry.beat(_beat("b"))
-    first = registry.pick("m")
+    first = registry.claim("m")
     assert first is not None
-    first.in_flight += 1
-    second = registry.pick("m")
+    second = registry.claim("m")
     assert second is not None and second.beat.worker_id != first.beat.worker_id
 
 
@@ -63,21 +66,21 @@ def test_loading_and_draining_workers_are_not_routed() -> None:
     registry = Registry()
     registry.beat(_beat("a", state="loading"))
     registry.beat(_beat("b", state="draining"))
-    assert registry.pick("m") is None
+    assert registry.claim("m") is None
     assert registry.models() == []
 
 
-def test_pick_only_returns_workers_of_the_model() -> None:
+def test_claim_only_returns_workers_of_the_model() -> None:
     registry = Registry()
     registry.beat(_beat("a", model="other"))
-    assert registry.pick("m") is None
+    assert registry.claim("m") is None
     assert registry.models() == ["other"]
 
 
 def test_heartbeat_keeps_the_queens_in_flight_count() -> None:
     registry = Registry()
     registry.beat(_beat("a"))
-    record = registry.pick("m")
+    record = registry.claim("m")
     assert record is not None
     record.in_flight = 1
     registry.beat(_beat("a", busy=1, state="busy"))
@@ -93,8 +96,9 @@ def test_equally_idle_workers_take_turns() -> None:
     picked = []
     for _ in range(6):
         clock.now += 0.01
-        record = registry.pick("m")
+        record = registry.claim("m")
         assert record is not None
+        record.in_flight -= 1  # given back at once
         picked.append(record.beat.worker_id)
     assert sorted(picked[:3]) == ["a", "b", "c"]
     assert picked[3:] == picked[:3]
@@ -118,3 +122,52 @@ def test_a_worker_dropped_for_refusing_a_connection_returns_with_its_next_beat()
     assert registry.live() == []
     registry.beat(_beat("a"))
     assert [r.beat.worker_id for r in registry.live()] == ["a"]
+
+
+def test_a_full_worker_is_never_claimed() -> None:
+    registry = Registry()
+    registry.beat(_beat("a"))  # 2 slots
+    assert registry.claim("m") is not None
+    assert registry.claim("m") is not None
+    assert registry.claim("m") is None
+    assert registry.serves("m")  # full, but it serves the model: a request may wait
+
+
+def test_an_unhealthy_worker_is_passed_over_until_its_time_is_up() -> None:
+    clock = Clock()
+    registry = Registry(clock=clock)
+    record = registry.beat(_beat("a"))
+    assert record is not None
+    registry.mark_unhealthy(record, "reset", for_s=10.0)
+    registry.beat(_beat("a"))  # a heartbeat does not lift the mark
+    assert registry.claim("m") is None
+    assert not registry.serves("m")
+    view = registry.view(record)
+    assert (view.healthy, view.unhealthy_reason) == (False, "reset")
+    clock.now += 10.1
+    registry.beat(_beat("a"))
+    assert registry.claim("m") is record
+
+
+def test_round_robin_ignores_load() -> None:
+    clock = Clock()
+    registry = Registry(clock=clock)
+    registry.beat(_beat("a"))
+    registry.beat(_beat("b"))
+    policy = policy_for(Serving(routing="round_robin"))
+    first = registry.claim("m", policy)
+    clock.now += 0.01
+    second = registry.claim("m", policy)
+    clock.now += 0.01
+    third = registry.claim("m", policy)
+    assert first is not None and second is not None and third is not None
+    assert first is not second and third is first  # least loaded would have taken `second`
+
+
+def test_prefer_hive_fills_that_hive_first() -> None:
+    registry = Registry()
+    registry.beat(_beat("cpu", hive="small"))
+    registry.beat(_beat("gpu", hive="big"))
+    policy = policy_for(Serving(routing="prefer_hive", prefer_hive="big"))
+    picked = [registry.claim("m", policy) for _ in range(3)]
+    assert [r.beat.worker_id if r else None for r in picked] == ["gpu", "gpu", "cpu"]

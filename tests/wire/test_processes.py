@@ -29,6 +29,7 @@ QUEEN = QueenArgs(
     public_url="http://10.0.0.1:7900",
     db="/var/lib/rbee/queen.db",
     hive_check_interval=5.0,
+    max_body_mb=2.5,
 )
 SAMPLES = pytest.mark.parametrize("args", [WORKER, HIVE, QUEEN], ids=["worker", "hive", "queen"])
 

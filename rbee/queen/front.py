@@ -1,0 +1,206 @@
+"""The queen's front door, in front of every route: request id, API keys, body size limit.
+
+Raw ASGI, because every inference request passes through it: the inference routes go from
+here straight to the relay, everything else on to Starlette.
+
+Who may call what:
+- `/health` is open.
+- `/v1/workers/heartbeat` is worker traffic: the cluster token (open when the queen has none,
+  which a queen only may on loopback).
+- `/v1/chat/completions`, `/v1/completions`, `/v1/models`: an inference or admin key.
+- Everything else (plan, apply, down, shutdown, locks, hives, keys, metrics): an admin key.
+- The cluster token opens every route: it is the operator's credential from the YAML.
+- A loopback queen without a cluster token serves anyone until the first key is created.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from typing import TYPE_CHECKING, Literal
+
+from rbee.queen.keys import Principal
+from rbee.queen.relay import Message, Receive, Scope, Send, send_error
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from rbee.queen.app import QueenState
+
+__all__ = ["MAX_BODY_BYTES", "Front"]
+
+#: The largest request body the queen reads (413 beyond).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+_INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
+_NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
+    "/health": "open",
+    "/v1/workers/heartbeat": "cluster",
+    "/v1/chat/completions": "inference",
+    "/v1/completions": "inference",
+    "/v1/models": "inference",
+}
+_OPEN = Principal("anyone", "open")
+_CLUSTER = Principal("cluster-token", "cluster")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+class _Gone(Exception):
+    """The client disconnected while sending its body."""
+
+
+class Front:
+    """ASGI middleware and router of the queen (see the module's docstring)."""
+
+    def __init__(
+        self,
+        app: Starlette,
+        queen: QueenState,
+        *,
+        open_on_loopback: bool,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        self.queen = queen
+        self._keys = queen.keys
+        self._relay = queen.relay
+        self._token = f"Bearer {queen.token}".encode() if queen.token else None
+        self._open = open_on_loopback
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = request_id = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                request_id = value
+            elif name == b"content-length":
+                length = value
+        if request_id is None or not _REQUEST_ID.match(request_id):
+            request_id = secrets.token_hex(12).encode()
+        path = scope["path"]
+        principal = self._authenticate(authorization, _NEEDS.get(path, "admin"))
+        if not isinstance(principal, Principal):
+            await self._deny(send, principal, request_id)
+            return
+        body = b""
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            if length is not None and length.isdigit() and int(length) > self._max_body:
+                await self._too_large(send, request_id)
+                return
+            try:
+                read = await _read_body(receive, self._max_body)
+            except _Gone:
+                return
+            if read is None:
+                await self._too_large(send, request_id)
+                return
+            body = read
+            if path in _INFERENCE:
+                await self._relay.handle(scope, receive, send, body, principal, request_id)
+                return
+        await self.app(scope, _replay(body, receive), _with_request_id(send, request_id))
+
+    def _authenticate(
+        self, authorization: bytes | None, needed: Literal["open", "cluster", "inference", "admin"]
+    ) -> Principal | int:
+        """Who is calling, or the HTTP status that refuses them (401 or 403)."""
+        if needed == "open":
+            return _OPEN
+        if authorization is not None:
+            if self._token is not None and hmac.compare_digest(authorization, self._token):
+                return _CLUSTER
+            if authorization[:7].lower() == b"bearer ":
+                found = self._keys.lookup(authorization[7:].decode("latin-1").strip())
+                if found is not None:
+                    return found if found.may(needed) else 403
+        if needed == "cluster" and self._token is None:
+            return _OPEN  # worker traffic to a queen without a cluster token (loopback only)
+        if self._open and not self._keys.exist:
+            return _OPEN
+        return 401
+
+    async def _deny(self, send: Send, status: int, request_id: bytes) -> None:
+        self.queen.metrics.rejected.labels("unauthorized" if status == 401 else "forbidden").inc()
+        headers = [(b"x-request-id", request_id)]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+            await send_error(
+                send,
+                401,
+                "missing or unknown API key: send `Authorization: Bearer KEY`",
+                "authentication_error",
+                "invalid_api_key",
+                headers,
+            )
+            return
+        await send_error(
+            send,
+            403,
+            "this key's scope does not allow this route: it needs an admin key",
+            "permission_error",
+            "insufficient_scope",
+            headers,
+        )
+
+    async def _too_large(self, send: Send, request_id: bytes) -> None:
+        self.queen.metrics.rejected.labels("too_large").inc()
+        await send_error(
+            send,
+            413,
+            f"the request body is larger than {self._max_body} bytes",
+            "invalid_request_error",
+            "request_too_large",
+            [(b"x-request-id", request_id), (b"connection", b"close")],
+        )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Gone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body if len(body) <= limit else None
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read, then the real one's messages."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _with_request_id(send: Send, request_id: bytes) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+        await send(message)
+
+    return wrapped

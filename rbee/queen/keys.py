@@ -1,0 +1,170 @@
+"""API keys: who may call the queen, for what (scope), and how fast (requests and tokens/min).
+
+A key is shown once, when it is made; the queen's SQLite keeps only its sha256 (keys are 256
+random bits, so a fast hash is enough: there is nothing to guess). Lookups on the hot path hit
+an in-memory map of hash → key, refreshed whenever a key is made or revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rbee.errors import RbeeError
+from rbee.wire import ApiKey
+
+__all__ = ["PREFIX", "Keys", "Limiter", "Principal", "Scope"]
+
+Scope = Literal["inference", "admin"]
+#: What every rbee key starts with (secret scanners can look for it).
+PREFIX = "rbee_"
+
+
+class Limiter:
+    """Token buckets per key: `rpm` requests and `tpm` tokens a minute, bursts up to a minute's
+    worth. Tokens are known only after an answer, so a request is admitted while the token
+    bucket is above zero and its tokens are taken afterwards (the bucket may go below zero)."""
+
+    def __init__(
+        self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock = clock
+        self._requests = float(rpm or 0)
+        self._tokens = float(tpm or 0)
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed, self._at = now - self._at, now
+        if self.rpm:
+            self._requests = min(float(self.rpm), self._requests + elapsed * self.rpm / 60)
+        if self.tpm:
+            self._tokens = min(float(self.tpm), self._tokens + elapsed * self.tpm / 60)
+
+    def admit(self) -> float | None:
+        """None when a request may go now (and counts it), else seconds until one may."""
+        self._refill()
+        waits = []
+        if self.rpm and self._requests < 1:
+            waits.append((1 - self._requests) * 60 / self.rpm)
+        if self.tpm and self._tokens <= 0:
+            waits.append((1 - self._tokens) * 60 / self.tpm)
+        if waits:
+            return max(waits)
+        if self.rpm:
+            self._requests -= 1
+        return None
+
+    def spend(self, tokens: int) -> None:
+        """Take the tokens an answer used."""
+        if self.tpm:
+            self._refill()
+            self._tokens -= tokens
+
+
+@dataclass
+class Principal:
+    """Who is calling: a key, the cluster token (`cluster`), or anyone on an open loopback
+    queen (`open`)."""
+
+    name: str
+    scope: Literal["inference", "admin", "cluster", "open"]
+    limiter: Limiter | None = field(default=None, repr=False)
+
+    def may(self, needed: Literal["inference", "admin", "cluster"]) -> bool:
+        if self.scope in ("open", "cluster"):
+            return True
+        if needed == "cluster":
+            return False
+        return self.scope == "admin" or needed == "inference"
+
+
+class Keys:
+    """The queen's API keys, in its SQLite (`api_keys`, made by `Store`)."""
+
+    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+        self._by_hash: dict[str, Principal] = {}
+        self._load()
+
+    def _load(self) -> None:
+        rows = self._db.execute(
+            "SELECT hash, name, scope, rpm, tpm FROM api_keys WHERE revoked_at IS NULL"
+        ).fetchall()
+        previous = {p.name: p for p in self._by_hash.values()}
+        self._by_hash = {}
+        for digest, name, scope, rpm, tpm in rows:
+            old = previous.get(name)
+            limiter = old.limiter if old and old.scope == scope else None
+            if rpm or tpm:
+                if limiter is None or (limiter.rpm, limiter.tpm) != (rpm, tpm):
+                    limiter = Limiter(rpm, tpm)
+            else:
+                limiter = None
+            self._by_hash[digest] = Principal(name, scope, limiter)
+
+    @property
+    def exist(self) -> bool:
+        """Whether any key is live: from then on every route but /health needs one."""
+        return bool(self._by_hash)
+
+    def lookup(self, secret: str) -> Principal | None:
+        return self._by_hash.get(_digest(secret))
+
+    def create(
+        self, name: str, scope: Scope, rpm: int | None = None, tpm: int | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key: its record and the secret, which nothing keeps."""
+        secret = PREFIX + secrets.token_urlsafe(32)
+        try:
+            self._db.execute(
+                "INSERT INTO api_keys (name, hash, prefix, scope, rpm, tpm, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, _digest(secret), secret[:12], scope, rpm, tpm, self._clock()),
+            )
+        except sqlite3.IntegrityError:
+            raise RbeeError(
+                f"a key named {name!r} exists already",
+                hint="revoke it first (`rbee key revoke NAME`) or choose another name",
+            ) from None
+        self._load()
+        key = self.get(name)
+        assert key is not None
+        return key, secret
+
+    def get(self, name: str) -> ApiKey | None:
+        return next((k for k in self.list() if k.name == name), None)
+
+    def list(self) -> list[ApiKey]:
+        rows = self._db.execute(
+            "SELECT name, prefix, scope, rpm, tpm, created_at FROM api_keys "
+            "WHERE revoked_at IS NULL ORDER BY name"
+        ).fetchall()
+        return [
+            ApiKey(name=n, prefix=p, scope=s, rpm=r, tpm=t, created_at=c)
+            for n, p, s, r, t, c in rows
+        ]
+
+    def revoke(self, name: str) -> ApiKey:
+        key = self.get(name)
+        if key is None:
+            raise RbeeError(f"no key named {name!r}", hint="`rbee key list` shows the keys")
+        # The row stays (with its hash nulled) so that history can still name the key.
+        self._db.execute(
+            "UPDATE api_keys SET revoked_at = ?, hash = NULL WHERE name = ? AND revoked_at IS NULL",
+            (self._clock(), name),
+        )
+        self._load()
+        return key
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
