@@ -19,7 +19,9 @@ from rbee.errors import NotFoundError, RemoteError, UnavailableError
 from rbee.wire import (
     AddModel,
     AddWorkerBinary,
+    ApiKey,
     Capabilities,
+    CreatedKey,
     Health,
     ModelEntry,
     OperationEvent,
@@ -61,6 +63,13 @@ def error_message(response: httpx.Response) -> str:
 def _check(response: httpx.Response, what: str) -> httpx.Response:
     if response.status_code == 404:
         raise NotFoundError(f"{what}: {error_message(response)}")
+    if response.status_code in (401, 403):
+        raise RemoteError(
+            f"{what}: HTTP {response.status_code}: {error_message(response)}",
+            status=response.status_code,
+            hint="set RBEE_API_KEY to an admin key (`rbee key create NAME --scope admin`), "
+            "or the YAML's queen.token to the cluster token",
+        )
     if response.status_code >= 400:
         raise RemoteError(
             f"{what}: HTTP {response.status_code}: {error_message(response)}",
@@ -168,8 +177,10 @@ class QueenClient:
     """Sync client for the queen (used by the keeper CLI)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        """`token`: the cluster token from the YAML; an API key in $RBEE_API_KEY goes first."""
         self.url = url.rstrip("/")
-        headers = {**_headers(token), "x-rbee-holder": _holder()}
+        credential = os.environ.get("RBEE_API_KEY") or token
+        headers = {**_headers(credential), "x-rbee-holder": _holder()}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -267,6 +278,22 @@ class QueenClient:
         )
         unlocked: dict[str, Any] = body["unlocked"]
         return unlocked
+
+    def create_key(
+        self, name: str, scope: str, *, rpm: int | None = None, tpm: int | None = None
+    ) -> CreatedKey:
+        body = {"name": name, "scope": scope, "rpm": rpm, "tpm": tpm}
+        return CreatedKey.model_validate(
+            self._request("POST", "/v1/keys", f"create key {name}", json=body)
+        )
+
+    def keys(self) -> list[ApiKey]:
+        return [ApiKey.model_validate(k) for k in self._request("GET", "/v1/keys", "keys")]
+
+    def revoke_key(self, name: str) -> ApiKey:
+        return ApiKey.model_validate(
+            self._request("DELETE", f"/v1/keys/{name}", f"revoke key {name}")
+        )
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         """The last `limit` applies, newest first."""

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from rbee.cli import ops
 from rbee.cli.hive import hive_app
+from rbee.cli.keys import key_app
 from rbee.cli.local_queen import ensure_queen, is_local, stop_queen
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.cli.progress import ApplyView
@@ -41,6 +42,7 @@ app = typer.Typer(
 queen_app = typer.Typer(help="Run the queen on this machine.", no_args_is_help=True)
 app.add_typer(queen_app, name="queen")
 app.add_typer(hive_app, name="hive")
+app.add_typer(key_app, name="key")
 
 err = Console(stderr=True)
 out = Console()

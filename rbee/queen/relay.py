@@ -422,8 +422,10 @@ class _Call:
             if pending:  # a last event without its blank line
                 await send({"type": "http.response.body", "body": pending, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        # One chunk per token; the role chunk and `[DONE]` carry none.
-        self.tokens = (0, max(0, events - 2))
+        # llama-cpp-python streams a chunk per token, plus a finish chunk and `[DONE]`, and
+        # for chat a role chunk first.
+        extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
+        self.tokens = (0, max(0, events - extra))
         return 200
 
     def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:

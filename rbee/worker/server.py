@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from rbee.daemon import BearerAuth, env_token, fail, listen, run_daemon
 from rbee.errors import NotFoundError
-from rbee.net import LOCAL_HOSTS
 from rbee.wire import WorkerArgs
 from rbee.worker.app import SERVICE, create_app
 
@@ -33,10 +32,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if port != config.port:
         config = config.model_copy(update={"port": port})
     app = create_app(config, token)
-    # On loopback the worker is reached only through this machine (the hive, a local queen);
-    # anywhere else it demands the cluster token like every other rbee daemon.
-    asgi = app if config.host in LOCAL_HOSTS else BearerAuth(app, token)
-    run_daemon(asgi, sock)
+    # With a cluster token, every address demands it, loopback too: otherwise anyone on the
+    # machine could reach the worker around the queen's keys and limits.
+    run_daemon(BearerAuth(app, token), sock)
     raise SystemExit(app.state.worker.exit_code)
 
 
