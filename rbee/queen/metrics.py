@@ -28,7 +28,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-disable_created_metrics()  # `*_created` series only double what Prometheus tracks itself
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `*_created` series only double what Prometheus tracks itself
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
