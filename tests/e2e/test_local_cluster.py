@@ -13,10 +13,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
 
@@ -94,6 +97,91 @@ def test_rbee_infer_streams_to_the_terminal_and_as_json(cluster: LocalCluster) -
     assert answer["time_to_first_token_s"] < answer["elapsed_s"]
     plain = cluster.rbee("infer", "Name a fruit.", "--max-tokens", "8")
     assert plain.stdout.strip()
+
+
+def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluster) -> None:
+    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Name three colours."}]
+    before = _tokens_out(cluster)
+    answer = client.chat.completions.create(
+        model="gemma3-270m", messages=messages, max_tokens=12, temperature=0
+    )
+    assert answer.choices[0].message.content
+    assert answer.usage is not None
+    pieces = [
+        part.choices[0].delta.content
+        for part in client.chat.completions.create(
+            model="gemma3-270m", messages=messages, max_tokens=12, temperature=0, stream=True
+        )
+        if part.choices and part.choices[0].delta.content is not None
+    ]
+    assert "".join(pieces) == answer.choices[0].message.content  # greedy: the same text
+    # The queen counts the answer's usage, and a streamed chunk per token.
+    counted = _tokens_out(cluster) - before
+    assert counted == answer.usage.completion_tokens + len(pieces)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=messages)
+    assert missing.value.code == "model_not_found"
+
+
+def _tokens_out(cluster: LocalCluster) -> float:
+    text = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rbee_queen_tokens_out_total":
+                return float(sample.value)
+    return 0.0
+
+
+def test_a_client_that_leaves_frees_its_slot_at_the_worker_within_a_second(
+    cluster: LocalCluster,
+) -> None:
+    [worker] = cluster.workers()
+    body = {
+        "model": "gemma3-270m",
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=60
+    ) as response:
+        lines = response.iter_lines()
+        while not next(lines).startswith('data: {"id"'):
+            pass
+        busy = httpx.get(f"{worker['url']}/health", timeout=5).json()["slots_busy"]
+        assert busy == 1
+    left = time.monotonic()
+    while httpx.get(f"{worker['url']}/health", timeout=5).json()["slots_busy"] != 0:
+        assert time.monotonic() - left < 1.0, "the worker still generates for a gone client"
+        time.sleep(0.02)
+    [listed] = cluster.workers()
+    assert listed["in_flight"] == 0
+
+
+def test_keys_close_the_queen_and_the_keeper_uses_rbee_api_key(cluster: LocalCluster) -> None:
+    created = cluster.rbee("key", "create", "ops", "--scope", "admin")
+    admin = created.stdout.strip()
+    assert admin.startswith("rbee_") and "not shown again" in created.stderr
+    app = cluster.rbee("key", "create", "app", "--rpm", "100", env={"RBEE_API_KEY": admin})
+    inference = app.stdout.strip()
+    # The keeper without a key is refused, with the way out, and no traceback.
+    refused = cluster.rbee("status", check=False)
+    assert refused.returncode != 0
+    assert "401" in refused.stderr and "RBEE_API_KEY" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (
+        "Traceback"
+        not in cluster.rbee("status", check=False, env={"RBEE_API_KEY": inference}).stderr
+    )
+    assert cluster.rbee("status", env={"RBEE_API_KEY": admin}).returncode == 0
+    assert cluster.chat("Hi", max_tokens=2).status_code == 401
+    listed = cluster.rbee("key", "list", "--json", env={"RBEE_API_KEY": admin}).stdout
+    assert inference not in listed and admin not in listed
+    assert admin not in (cluster.home / ".local/state/rbee/queen.log").read_text()
+    for name in ("app", "ops"):
+        cluster.rbee("key", "revoke", name, env={"RBEE_API_KEY": admin})
+    assert cluster.chat("Hi", max_tokens=2).status_code == 200  # open again: no key is left
 
 
 def test_second_plan_is_a_noop(cluster: LocalCluster) -> None:

@@ -21,12 +21,16 @@ from tests.worker.conftest import FakeQueen, Worker, WorkerFactory, wait_until
 pytestmark = pytest.mark.slow
 
 HELLO = [{"role": "user", "content": "Write one sentence about bees."}]
+#: The cluster token of the `two_slots` worker (others have none and ignore the header).
+AUTH = {"authorization": "Bearer s3cret"}
 
 
 def _stream(url: str, path: str, body: dict[str, Any]) -> list[tuple[float, str]]:
     """Every SSE `data:` payload of a streamed request, with the time it arrived."""
     events: list[tuple[float, str]] = []
-    with httpx.stream("POST", url + path, json={**body, "stream": True}, timeout=60) as response:
+    with httpx.stream(
+        "POST", url + path, json={**body, "stream": True}, headers=AUTH, timeout=60
+    ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -70,6 +74,19 @@ def test_heartbeats_say_loading_then_idle_with_every_field(
     assert idle.authorization == "Bearer s3cret"
 
 
+def test_a_worker_with_a_token_refuses_callers_without_it_on_loopback_too(
+    two_slots: Worker,
+) -> None:
+    # Loopback is no exception: anyone on the machine could go around the queen's keys.
+    body = {"messages": HELLO, "max_tokens": 2}
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        refused = httpx.post(
+            f"{two_slots.url}/v1/chat/completions", json=body, headers=headers, timeout=5
+        )
+        assert refused.status_code == 401
+    assert httpx.get(f"{two_slots.url}/health", timeout=5).status_code == 200
+
+
 def test_a_streamed_chat_arrives_token_by_token_and_ends_with_done(two_slots: Worker) -> None:
     events = _stream(
         two_slots.url,
@@ -90,6 +107,7 @@ def test_a_streamed_chat_arrives_token_by_token_and_ends_with_done(two_slots: Wo
 def test_a_chat_without_stream_returns_the_whole_answer(two_slots: Worker) -> None:
     response = httpx.post(
         f"{two_slots.url}/v1/chat/completions",
+        headers=AUTH,
         json={"messages": HELLO, "max_tokens": 12, "temperature": 0.7, "top_p": 0.9},
         timeout=60,
     )
@@ -103,6 +121,7 @@ def test_a_chat_without_stream_returns_the_whole_answer(two_slots: Worker) -> No
 def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
     response = httpx.post(
         f"{two_slots.url}/v1/completions",
+        headers=AUTH,
         json={"prompt": "One, two, three, four,", "max_tokens": 16, "stop": ["seven"], "seed": 3},
         timeout=60,
     )
@@ -113,13 +132,13 @@ def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
 
 
 def test_models_lists_the_loaded_model(two_slots: Worker) -> None:
-    models = httpx.get(f"{two_slots.url}/v1/models", timeout=5).json()
+    models = httpx.get(f"{two_slots.url}/v1/models", headers=AUTH, timeout=5).json()
     assert [entry["id"] for entry in models["data"]] == ["gemma3-270m"]
 
 
 def test_malformed_json_is_a_400_openai_error(two_slots: Worker) -> None:
     response = httpx.post(
-        f"{two_slots.url}/v1/chat/completions", content=b'{"messages": [', timeout=5
+        f"{two_slots.url}/v1/chat/completions", content=b'{"messages": [', headers=AUTH, timeout=5
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
@@ -152,7 +171,9 @@ def test_two_slots_generate_two_answers_at_once(queen: FakeQueen, two_slots: Wor
 
 def test_a_client_that_disconnects_frees_its_slot_at_once(two_slots: Worker) -> None:
     body = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{two_slots.url}/v1/completions", json=body, timeout=60) as stream:
+    with httpx.stream(
+        "POST", f"{two_slots.url}/v1/completions", json=body, headers=AUTH, timeout=60
+    ) as stream:
         lines = stream.iter_lines()
         for _ in range(3):
             next(line for line in lines if line)
