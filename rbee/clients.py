@@ -20,6 +20,7 @@ from rbee.wire import (
     AddModel,
     AddWorkerBinary,
     ApiKey,
+    ApplyEvent,
     Capabilities,
     CreatedKey,
     Health,
@@ -30,6 +31,7 @@ from rbee.wire import (
     SpawnWorker,
     WorkerBinaryEntry,
     WorkerProcess,
+    apply_event,
 )
 
 __all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message"]
@@ -216,7 +218,7 @@ class QueenClient:
         parallelism: int,
         saved_plan: dict[str, Any] | None = None,
         **options: Any,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[ApplyEvent]:
         """Run an apply in the queen (of `cluster`, or of a saved plan) and yield its events."""
         body = {"cluster": cluster, "plan": saved_plan, "parallelism": parallelism, **options}
         try:
@@ -224,7 +226,8 @@ class QueenClient:
                 if stream.status_code >= 400:
                     stream.read()
                     _check(stream, "apply")
-                yield from _sse_events(stream)
+                for event in _sse_events(stream):
+                    yield apply_event(event)
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url} during apply: {exc!r}") from exc
 

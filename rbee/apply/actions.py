@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from rbee.apply.executor import Emit
 from rbee.clients import HiveClient
 from rbee.errors import RbeeError
 from rbee.plan.model import Action
-from rbee.wire import AddModel, OperationEvent
+from rbee.wire import AddModel, OperationEvent, ProgressEvent, SpawnedEvent
 
 __all__ = ["ClusterEffects"]
 
@@ -107,7 +106,7 @@ class ClusterEffects:
         spawn = action.spawn
         async with self._hive(action) as hive:
             proc = await hive.spawn(spawn)
-            await emit({"event": "spawned", "address": action.address, "pid": proc.pid})
+            await emit(SpawnedEvent(address=action.address, pid=proc.pid))
             deadline = time.monotonic() + self._ready_timeout_s
             checks = 0
             while self._worker_state(spawn.worker_id) not in ("idle", "busy"):
@@ -138,12 +137,14 @@ async def _follow(
     async for event in events:
         last = event
         if emit is not None and event.state == "running":
-            progress: dict[str, Any] = {"event": "progress", "address": address}
             if event.message is not None:
-                progress["message"] = event.message
+                await emit(ProgressEvent(address=address, message=event.message))
             else:
-                progress |= {"bytes_done": event.bytes_done, "bytes_total": event.bytes_total}
-            await emit(progress)
+                await emit(
+                    ProgressEvent(
+                        address=address, bytes_done=event.bytes_done, bytes_total=event.bytes_total
+                    )
+                )
     if last is None or last.state != "succeeded":
         cause = last.error if last is not None else "the hive closed the operation stream"
         raise RbeeError(f"{what} failed: {cause}")

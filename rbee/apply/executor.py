@@ -8,19 +8,27 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 import tenacity
 
 from rbee.errors import RbeeError
 from rbee.plan.model import Action, Plan
+from rbee.wire import (
+    ApplyEvent,
+    DoneEvent,
+    FailedEvent,
+    RetryEvent,
+    SkippedEvent,
+    StartEvent,
+)
 
 __all__ = ["Effects", "Emit", "Outcome", "RetryPolicy", "execute", "is_transient"]
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Emit = Callable[[ApplyEvent], Awaitable[None]]
 
 # Events that report a side effect a retry would repeat (a second worker process, say): once
 # an attempt emitted one, its failure is final and the next apply converges from what it left.
@@ -103,7 +111,7 @@ async def execute(
 
     async def run_one(action: Action) -> None:
         started = time.monotonic()
-        await emit({"event": "start", "address": action.address, "op": action.op})
+        await emit(StartEvent(address=action.address, op=action.op))
         watch = _Watch(emit)
 
         def worth_retrying(error: BaseException) -> bool:
@@ -122,13 +130,12 @@ async def execute(
                 _message(error),
             )
             await emit(
-                {
-                    "event": "retry",
-                    "address": action.address,
-                    "attempt": state.attempt_number,
-                    "error": _message(error),
-                    "delay_s": delay,
-                }
+                RetryEvent(
+                    address=action.address,
+                    attempt=state.attempt_number,
+                    error=_message(error),
+                    delay_s=delay,
+                )
             )
 
         # The wait happens outside the gate: an action waiting to retry holds no slot.
@@ -146,7 +153,7 @@ async def execute(
                 async with gate:
                     await effects.run(action, watch)
         elapsed = round(time.monotonic() - started, 2)
-        await emit({"event": "done", "address": action.address, "elapsed_s": elapsed})
+        await emit(DoneEvent(address=action.address, elapsed_s=elapsed))
 
     while graph.is_active():
         for address in graph.get_ready():
@@ -154,7 +161,7 @@ async def execute(
             blocked = [d for d in action.depends_on if d in outcome.failed or d in outcome.skipped]
             if blocked:
                 outcome.skipped.append(address)
-                await emit({"event": "skipped", "address": address, "because": blocked})
+                await emit(SkippedEvent(address=address, because=blocked))
                 graph.done(address)
                 continue
             running[asyncio.create_task(run_one(action))] = address
@@ -173,7 +180,7 @@ async def execute(
                 if not isinstance(error, RbeeError):
                     log.error("event=action_crashed address=%s", address, exc_info=error)
                 outcome.failed[address] = message
-                await emit({"event": "failed", "address": address, "error": message})
+                await emit(FailedEvent(address=address, error=message))
             graph.done(address)
     return outcome
 
@@ -185,8 +192,8 @@ class _Watch:
         self._emit = emit
         self.unrepeatable = False
 
-    async def __call__(self, event: dict[str, Any]) -> None:
-        self.unrepeatable = self.unrepeatable or event.get("event") in _UNREPEATABLE
+    async def __call__(self, event: ApplyEvent) -> None:
+        self.unrepeatable = self.unrepeatable or event.event in _UNREPEATABLE
         await self._emit(event)
 
 

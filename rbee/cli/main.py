@@ -211,14 +211,14 @@ def apply(
     summary = view.summary
     if summary is None:
         raise RbeeError("the queen ended the apply without a summary")
-    if not summary["ok"]:
-        failed = "; ".join(f"{a}: {e}" for a, e in summary["failed"].items())
-        skipped = f" ({len(summary['skipped'])} skipped)" if summary["skipped"] else ""
+    if not summary.ok:
+        failed = "; ".join(f"{a}: {e}" for a, e in summary.failed.items())
+        skipped = f" ({len(summary.skipped)} skipped)" if summary.skipped else ""
         raise RbeeError(
             f"apply failed after {elapsed:.1f} s{skipped}: {failed}",
             hint="fix the cause and run apply again: it picks up where this one stopped",
         )
-    out.print(f"[green]Apply complete![/green] {len(summary['done'])} actions in {elapsed:.1f} s.")
+    out.print(f"[green]Apply complete![/green] {len(summary.done)} actions in {elapsed:.1f} s.")
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

@@ -12,6 +12,20 @@ from rich.table import Table
 from rich.text import Text
 
 from rbee.errors import RbeeError
+from rbee.wire import (
+    ApplyEvent,
+    DoneEvent,
+    ErrorEvent,
+    FailedEvent,
+    LockEvent,
+    PlanEvent,
+    ProgressEvent,
+    RetryEvent,
+    SkippedEvent,
+    SpawnedEvent,
+    StartEvent,
+    SummaryEvent,
+)
 
 __all__ = ["ApplyView"]
 
@@ -48,7 +62,7 @@ class ApplyView:
         self._rows: dict[str, _Row] = {}
         self._quarters: dict[str, int] = {}
         self._live: Live | None = None
-        self.summary: dict[str, Any] | None = None
+        self.summary: SummaryEvent | None = None
 
     def __enter__(self) -> ApplyView:
         if self._live_mode:
@@ -61,17 +75,16 @@ class ApplyView:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
 
-    def handle(self, event: dict[str, Any]) -> None:
+    def handle(self, event: ApplyEvent) -> None:
         """Take one event from the queen's apply stream."""
-        kind = event.get("event")
-        if kind == "error":
-            raise RbeeError(event["error"], hint=event.get("hint"))
-        if kind == "plan":
-            self._on_plan(event["plan"])
-        elif kind == "summary":
+        if isinstance(event, ErrorEvent):
+            raise RbeeError(event.error, hint=event.hint)
+        if isinstance(event, PlanEvent):
+            self._on_plan(event.plan)
+        elif isinstance(event, SummaryEvent):
             self.summary = event
-        elif kind in {"start", "progress", "spawned", "retry", "done", "failed", "skipped"}:
-            self._on_action(kind, event)
+        elif not isinstance(event, LockEvent):
+            self._on_action(event)
         if self._live is not None:
             self._live.update(self._render())
 
@@ -88,39 +101,50 @@ class ApplyView:
             else:
                 self._console.print("No changes. The cluster matches the configuration.")
 
-    def _on_action(self, kind: str, event: dict[str, Any]) -> None:
-        address = event["address"]
-        row = self._rows.setdefault(address, _Row(op=event.get("op", "?")))
+    def _on_action(
+        self,
+        event: StartEvent
+        | ProgressEvent
+        | SpawnedEvent
+        | RetryEvent
+        | DoneEvent
+        | FailedEvent
+        | SkippedEvent,
+    ) -> None:
+        address = event.address
+        row = self._rows.setdefault(
+            address, _Row(op=event.op if isinstance(event, StartEvent) else "?")
+        )
         line: str | None = None
-        if kind == "start":
-            row.state, row.started = "running", time.monotonic()
-            line = f"{address}: {row.op}…"
-        elif kind == "progress" and event.get("message"):
-            row.detail = event["message"][-80:]
-            line = f"{address}: {event['message']}"
-        elif kind == "progress" and event.get("bytes_total"):
-            done, total = event["bytes_done"], event["bytes_total"]
-            row.detail = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB"
-            quarter = 4 * done // total
-            if quarter > self._quarters.get(address, 0):
-                self._quarters[address] = quarter
-                line = f"{address}: {25 * quarter}% of {total / 1e6:.0f} MB"
-        elif kind == "spawned":
-            row.detail = f"pid {event['pid']}, waiting for idle"
-        elif kind == "retry":
-            row.state = "retrying"
-            row.detail = f"attempt {event['attempt']} in {event['delay_s']} s: {event['error']}"
-            line = f"{address}: retry {event['attempt']} in {event['delay_s']} s ({event['error']})"
-        elif kind == "done":
-            row.state, row.elapsed, row.detail = "done", event["elapsed_s"], ""
-            line = f"{address}: done ({event['elapsed_s']} s)"
-        elif kind == "failed":
-            row.state, row.detail = "failed", event["error"]
-            line = f"{address}: failed: {event['error']}"
-        elif kind == "skipped":
-            row.state = "skipped"
-            row.detail = f"depends on {', '.join(event['because'])}"
-            line = f"{address}: skipped ({row.detail})"
+        match event:
+            case StartEvent():
+                row.state, row.started = "running", time.monotonic()
+                line = f"{address}: {row.op}…"
+            case ProgressEvent(message=str(message)):
+                row.detail = message[-80:]
+                line = f"{address}: {message}"
+            case ProgressEvent(bytes_done=int(done), bytes_total=int(total)) if total:
+                row.detail = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB"
+                quarter = 4 * done // total
+                if quarter > self._quarters.get(address, 0):
+                    self._quarters[address] = quarter
+                    line = f"{address}: {25 * quarter}% of {total / 1e6:.0f} MB"
+            case SpawnedEvent():
+                row.detail = f"pid {event.pid}, waiting for idle"
+            case RetryEvent():
+                row.state = "retrying"
+                row.detail = f"attempt {event.attempt} in {event.delay_s} s: {event.error}"
+                line = f"{address}: retry {event.attempt} in {event.delay_s} s ({event.error})"
+            case DoneEvent():
+                row.state, row.elapsed, row.detail = "done", event.elapsed_s, ""
+                line = f"{address}: done ({event.elapsed_s} s)"
+            case FailedEvent():
+                row.state, row.detail = "failed", event.error
+                line = f"{address}: failed: {event.error}"
+            case SkippedEvent():
+                row.state = "skipped"
+                row.detail = f"depends on {', '.join(event.because)}"
+                line = f"{address}: skipped ({row.detail})"
         if line is not None and not self._live_mode:
             self._console.print(line, highlight=False, markup=False)
 

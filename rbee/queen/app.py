@@ -42,7 +42,22 @@ from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
 from rbee.remote.ssh_config import hives_from_ssh_config
-from rbee.wire import CreatedKey, CreateKey, Health, Heartbeat, QueenArgs, openai_error, sse
+from rbee.wire import (
+    ApplyEvent,
+    ApplyRequest,
+    CreatedKey,
+    CreateKey,
+    DownRequest,
+    ErrorEvent,
+    ForceUnlock,
+    Health,
+    Heartbeat,
+    PlanRequest,
+    QueenArgs,
+    SummaryEvent,
+    openai_error,
+    sse,
+)
 
 __all__ = ["QueenState", "create_app", "parse_body"]
 
@@ -91,10 +106,10 @@ async def parse_body(request: Request, model: type[_Body]) -> _Body:
         raise _Refused(422, f"{where}: {first['msg']}", "invalid_request_error") from None
 
 
-def _cluster(body: dict[str, Any]) -> Cluster:
-    """The `cluster` of a request body, validated as the keeper validated it."""
+def _cluster(data: dict[str, Any] | None) -> Cluster:
+    """A request's `cluster`, validated as the keeper validated it."""
     try:
-        cluster = Cluster.model_validate(body.get("cluster"))
+        cluster = Cluster.model_validate(data)
     except ValidationError as exc:
         message = f"invalid cluster: {exc.errors()[0]['msg']}"
         raise _Refused(422, message, "invalid_request_error") from None
@@ -104,24 +119,16 @@ def _cluster(body: dict[str, Any]) -> Cluster:
     return cluster
 
 
-def _options(body: dict[str, Any]) -> PlanOptions:
-    targets = body.get("targets") or []
-    prune = body.get("prune")
-    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise _Refused(422, "targets must be a list of addresses", "invalid_request_error")
-    if prune is not None and not isinstance(prune, bool):
-        raise _Refused(422, "prune must be true, false or null", "invalid_request_error")
-    return PlanOptions(
-        targets=targets, refresh_only=bool(body.get("refresh_only", False)), prune=prune
-    )
+def _options(body: PlanRequest | ApplyRequest) -> PlanOptions:
+    return PlanOptions(targets=body.targets, refresh_only=body.refresh_only, prune=body.prune)
 
 
-def _saved_plan(body: dict[str, Any]) -> Plan | None:
+def _saved_plan(body: ApplyRequest) -> Plan | None:
     """A saved plan sent to apply, checked for a format this queen understands."""
-    if body.get("plan") is None:
+    if body.plan is None:
         return None
     try:
-        saved = Plan.model_validate(body["plan"])
+        saved = Plan.model_validate(body.plan)
     except ValidationError as exc:
         raise _Refused(
             422, f"invalid saved plan: {exc.errors()[0]['msg']}", "invalid_request_error"
@@ -198,28 +205,28 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def plan_route(request: Request) -> JSONResponse:
-    _, body = await _json_body(request)
-    the_plan = await _queen(request).control.plan(_cluster(body), _options(body))
+    body = await parse_body(request, PlanRequest)
+    the_plan = await _queen(request).control.plan(_cluster(body.cluster), _options(body))
     return JSONResponse(the_plan.model_dump(mode="json"))
 
 
 async def apply_route(request: Request) -> Response:
     queen = _queen(request)
     control = queen.control
-    _, body = await _json_body(request)
+    body = await parse_body(request, ApplyRequest)
     saved = _saved_plan(body)
-    cluster = _cluster({"cluster": saved.cluster} if saved else body)
+    cluster = _cluster(saved.cluster if saved else body.cluster)
     options = _options(body)
     holder = request.headers.get("x-rbee-holder", request.client.host if request.client else "?")
-    parallelism = int(body.get("parallelism", 10))
+    parallelism = body.parallelism
     try:
-        lock = await control.lock.acquire(holder, _lock_timeout(body))
+        lock = await control.lock.acquire(holder, body.lock_timeout_s)
     except ApplyLocked as exc:
         raise _Refused(409, exc.message, "conflict", "apply_locked") from None
     if await request.is_disconnected():  # the keeper gave up while waiting for the lock
         control.lock.release(lock.id)
         return Response(status_code=499)
-    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    events: asyncio.Queue[ApplyEvent | None] = asyncio.Queue()
 
     async def run() -> None:
         try:
@@ -227,16 +234,12 @@ async def apply_route(request: Request) -> Response:
                 cluster, holder, events.put, parallelism, options, saved, lock=lock
             )
             await events.put(
-                {
-                    "event": "summary",
-                    "ok": outcome.ok,
-                    "done": outcome.done,
-                    "failed": outcome.failed,
-                    "skipped": outcome.skipped,
-                }
+                SummaryEvent(
+                    ok=outcome.ok, done=outcome.done, failed=outcome.failed, skipped=outcome.skipped
+                )
             )
         except RbeeError as exc:
-            await events.put({"event": "error", "error": exc.message, "hint": exc.hint})
+            await events.put(ErrorEvent(error=exc.message, hint=exc.hint))
         finally:
             await events.put(None)
 
@@ -247,7 +250,7 @@ async def apply_route(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         while (event := await events.get()) is not None:
-            yield sse.json_event(event)
+            yield sse.json_event(event.model_dump(mode="json"))
 
     return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
@@ -318,8 +321,8 @@ async def status(request: Request) -> JSONResponse:
 
 
 async def down(request: Request) -> JSONResponse:
-    _, body = await _json_body(request)
-    cluster = _cluster(body) if body.get("cluster") is not None else None
+    body = await parse_body(request, DownRequest)
+    cluster = _cluster(body.cluster) if body.cluster is not None else None
     try:
         return JSONResponse(await _queen(request).control.down(cluster))
     except ApplyLocked as exc:
@@ -339,12 +342,9 @@ async def get_lock(request: Request) -> JSONResponse:
 
 
 async def force_unlock(request: Request) -> JSONResponse:
-    _, body = await _json_body(request)
-    lock_id = body.get("id")
-    if not isinstance(lock_id, str) or not lock_id:
-        raise _Refused(422, "force-unlock needs the lock's `id`", "invalid_request_error")
+    body = await parse_body(request, ForceUnlock)
     try:
-        unlocked = _queen(request).control.lock.force_unlock(lock_id)
+        unlocked = _queen(request).control.lock.force_unlock(body.id)
     except LockNotFound as exc:
         raise _Refused(404, exc.message, "not_found_error", "lock_not_found") from None
     return JSONResponse({"unlocked": unlocked.to_json()})
@@ -455,14 +455,6 @@ def create_app(
     return Front(
         app, queen, open_on_loopback=open_on_loopback and not token, max_body_bytes=max_body_bytes
     )
-
-
-def _lock_timeout(body: dict[str, Any]) -> float:
-    """How long an apply waits for the lock: `lock_timeout_s`, 0 (fail at once) by default."""
-    value = body.get("lock_timeout_s") or 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise _Refused(422, "lock_timeout_s must be a number ≥ 0", "invalid_request_error")
-    return float(value)
 
 
 def _limit(request: Request, default: int = 20) -> int:

@@ -25,6 +25,7 @@ from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
 from rbee.remote.connect import SshConnections
+from rbee.wire import LockEvent, PlanEvent
 
 __all__ = ["ApplyLocked", "Control", "PlanOptions"]
 
@@ -146,7 +147,7 @@ class Control:
         held = lock or await self.lock.acquire(holder, lock_timeout_s)
         self._held = held
         try:
-            await emit({"event": "lock", **held.to_json()})
+            await emit(LockEvent(**held.to_json()))
             async with SshConnections() as connections:
                 return await self._apply_locked(
                     cluster, holder, emit, parallelism, options, saved, connections
@@ -179,7 +180,7 @@ class Control:
                     hint="run `rbee plan --out FILE` again and apply the new plan",
                 )
             the_plan = saved
-        await emit({"event": "plan", "plan": the_plan.model_dump(mode="json")})
+        await emit(PlanEvent(plan=the_plan.model_dump(mode="json")))
         previous = self._desired.hives if self._desired else []
         hives = {h.name: h for h in [*previous, *cluster.hives]}
         # A targeted apply changes part of the cluster: what the queen knows as declared grows

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-__all__ = ["ApiKey", "CreateKey", "CreatedKey"]
+__all__ = [
+    "ApiKey",
+    "ApplyEvent",
+    "ApplyRequest",
+    "CreateKey",
+    "CreatedKey",
+    "DoneEvent",
+    "DownRequest",
+    "ErrorEvent",
+    "FailedEvent",
+    "ForceUnlock",
+    "LockEvent",
+    "PlanEvent",
+    "PlanRequest",
+    "ProgressEvent",
+    "RetryEvent",
+    "SkippedEvent",
+    "SpawnedEvent",
+    "StartEvent",
+    "SummaryEvent",
+    "apply_event",
+]
 
 
 class _Wire(BaseModel):
@@ -39,3 +60,161 @@ class CreatedKey(ApiKey):
     """`POST /v1/keys`' answer: the only time the secret is shown."""
 
     key: str
+
+
+# --- `POST /v1/apply`: the SSE stream of events, one JSON object each -----------------------
+
+
+class _Event(_Wire):
+    pass
+
+
+class LockEvent(_Event):
+    """The apply holds the lock (first event of every apply)."""
+
+    event: Literal["lock"] = "lock"
+    id: str
+    holder: str
+    since: float
+    apply_id: int | None = None
+    queen_pid: int
+    queen_started: float
+    since_text: str = ""
+    stale: bool = False
+
+
+class PlanEvent(_Event):
+    """The plan being applied (a `Plan` as JSON)."""
+
+    event: Literal["plan"] = "plan"
+    plan: dict[str, Any]
+
+
+class StartEvent(_Event):
+    event: Literal["start"] = "start"
+    address: str
+    op: str
+
+
+class ProgressEvent(_Event):
+    """A long action's progress: a line of text, or bytes of a download."""
+
+    event: Literal["progress"] = "progress"
+    address: str
+    message: str | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+
+
+class SpawnedEvent(_Event):
+    """A worker process exists (an effect that must not be repeated blindly)."""
+
+    event: Literal["spawned"] = "spawned"
+    address: str
+    pid: int
+
+
+class RetryEvent(_Event):
+    event: Literal["retry"] = "retry"
+    address: str
+    attempt: int
+    error: str
+    delay_s: float
+
+
+class DoneEvent(_Event):
+    event: Literal["done"] = "done"
+    address: str
+    elapsed_s: float
+
+
+class SkippedEvent(_Event):
+    """Not run: an action it depends on failed or was skipped."""
+
+    event: Literal["skipped"] = "skipped"
+    address: str
+    because: list[str]
+
+
+class FailedEvent(_Event):
+    event: Literal["failed"] = "failed"
+    address: str
+    error: str
+
+
+class SummaryEvent(_Event):
+    """The last event of an apply that ran."""
+
+    event: Literal["summary"] = "summary"
+    ok: bool
+    done: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+class ErrorEvent(_Event):
+    """The apply stopped before or instead of running (a stale saved plan, say)."""
+
+    event: Literal["error"] = "error"
+    error: str
+    hint: str | None = None
+
+
+ApplyEvent = Annotated[
+    LockEvent
+    | PlanEvent
+    | StartEvent
+    | ProgressEvent
+    | SpawnedEvent
+    | RetryEvent
+    | DoneEvent
+    | SkippedEvent
+    | FailedEvent
+    | SummaryEvent
+    | ErrorEvent,
+    Field(discriminator="event"),
+]
+_APPLY_EVENT: TypeAdapter[ApplyEvent] = TypeAdapter(ApplyEvent)
+
+
+def apply_event(data: Any) -> ApplyEvent:
+    """One event of the apply stream, from its JSON."""
+    return _APPLY_EVENT.validate_python(data)
+
+
+# --- control-plane requests ---------------------------------------------------------------
+
+
+class PlanRequest(_Wire):
+    """`POST /v1/plan`. `cluster` is the YAML as JSON, validated by the queen as the keeper did."""
+
+    cluster: dict[str, Any]
+    targets: list[str] = Field(default_factory=list, description="resource addresses to limit to")
+    refresh_only: bool = False
+    prune: bool | None = Field(default=None, description="override the YAML's `prune`")
+
+
+class ApplyRequest(_Wire):
+    """`POST /v1/apply`: a cluster to plan and apply, or a saved plan (`plan`) to apply."""
+
+    cluster: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    targets: list[str] = Field(default_factory=list)
+    refresh_only: bool = False
+    prune: bool | None = None
+    parallelism: int = Field(default=10, ge=1, le=1000)
+    lock_timeout_s: float = Field(
+        default=0.0, ge=0, description="how long to wait for the apply lock (0: fail at once)"
+    )
+
+
+class DownRequest(_Wire):
+    """`POST /v1/down`: also the hives of `cluster`, besides those of the last apply."""
+
+    cluster: dict[str, Any] | None = None
+
+
+class ForceUnlock(_Wire):
+    """`POST /v1/lock/force-unlock`."""
+
+    id: str = Field(min_length=1, description="the lock's ID, as the refusal names it")

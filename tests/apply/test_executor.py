@@ -12,6 +12,7 @@ import pytest
 from rbee.apply.executor import Emit, Outcome, RetryPolicy, execute, is_transient
 from rbee.errors import NotFoundError, RbeeError, RemoteError, UnavailableError
 from rbee.plan.model import Action, Plan
+from rbee.wire import ApplyEvent, SpawnedEvent
 
 FAST = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0, jitter_s=0.0)
 
@@ -62,8 +63,8 @@ def _run(
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
 
-    async def emit(event: dict[str, Any]) -> None:
-        events.append(event)
+    async def emit(event: ApplyEvent) -> None:
+        events.append(event.model_dump())
 
     outcome = asyncio.run(execute(plan, effects, emit, parallelism, retry))
     return outcome, events
@@ -253,7 +254,7 @@ def test_an_action_that_already_spawned_a_process_is_not_retried() -> None:
     class SpawnsThenLosesTheHive(Scripted):
         async def run(self, action: Action, emit: Emit) -> None:
             self.calls.append(action.address)
-            await emit({"event": "spawned", "address": action.address, "pid": 4242})
+            await emit(SpawnedEvent(address=action.address, pid=4242))
             raise UnavailableError("hive unreachable while the worker starts")
 
     effects = SpawnsThenLosesTheHive()

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from rbee.cli.progress import ApplyView
 from rbee.errors import RbeeError
+from rbee.wire import apply_event
 
 PLAN: dict[str, Any] = {
     "actions": [
@@ -37,7 +38,7 @@ def _run(terminal: bool) -> tuple[str, ApplyView]:
     console = Console(file=buffer, force_terminal=terminal, width=100, color_system=None)
     with ApplyView(console) as view:
         for event in EVENTS:
-            view.handle(event)
+            view.handle(apply_event(event))
     return buffer.getvalue(), view
 
 
@@ -53,7 +54,7 @@ def test_ci_log_has_one_line_per_state_change_and_quarter_progress() -> None:
         "worker.local.m[0]: create…",
         "worker.local.m[0]: failed: worker exited",
     ]
-    assert view.summary is not None and view.summary["ok"] is False
+    assert view.summary is not None and view.summary.ok is False
 
 
 def test_terminal_shows_a_table_with_every_resource_state() -> None:
@@ -65,5 +66,5 @@ def test_terminal_shows_a_table_with_every_resource_state() -> None:
 
 def test_an_error_event_is_an_rbee_error() -> None:
     view = ApplyView(Console(file=io.StringIO()))
-    with pytest.raises(RbeeError, match="saved plan is stale"):
-        view.handle({"event": "error", "error": "saved plan is stale", "hint": "plan again"})
+    with pytest.raises(RbeeError, match="stale saved plan"):
+        view.handle(apply_event({"event": "error", "error": "stale saved plan", "hint": "plan"}))
