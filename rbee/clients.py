@@ -21,9 +21,14 @@ from rbee.wire import (
     AddWorkerBinary,
     ApiKey,
     ApplyEvent,
+    ApplyRecord,
     Capabilities,
+    ClusterStatus,
     CreatedKey,
+    DownResult,
     Health,
+    HiveRecord,
+    LockState,
     ModelEntry,
     OperationEvent,
     OperationStarted,
@@ -231,21 +236,20 @@ class QueenClient:
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url} during apply: {exc!r}") from exc
 
-    def hives(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._request("GET", "/v1/hives", "hives")
-        return result
+    def hives(self) -> list[HiveRecord]:
+        return [HiveRecord.model_validate(h) for h in self._request("GET", "/v1/hives", "hives")]
 
-    def hive(self, name: str, refresh: bool = False) -> dict[str, Any]:
+    def hive(self, name: str, refresh: bool = False) -> HiveRecord:
         params = {"refresh": "1"} if refresh else {}
-        result: dict[str, Any] = self._request(
-            "GET", f"/v1/hives/{name}", f"hive {name}", params=params
+        return HiveRecord.model_validate(
+            self._request("GET", f"/v1/hives/{name}", f"hive {name}", params=params)
         )
-        return result
 
-    def refresh_capabilities(self, name: str) -> dict[str, Any]:
+    def refresh_capabilities(self, name: str) -> HiveRecord:
         path = f"/v1/hives/{name}/refresh-capabilities"
-        result: dict[str, Any] = self._request("POST", path, f"capabilities of hive {name}")
-        return result
+        return HiveRecord.model_validate(
+            self._request("POST", path, f"capabilities of hive {name}")
+        )
 
     def ssh_test(self, hive: dict[str, Any]) -> dict[str, Any]:
         body = {"hive": hive}
@@ -256,31 +260,27 @@ class QueenClient:
         result: dict[str, Any] = self._request("POST", "/v1/hives/import-ssh", "import ssh")
         return result
 
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", "/v1/status", "status")
-        return result
+    def status(self) -> ClusterStatus:
+        return ClusterStatus.model_validate(self._request("GET", "/v1/status", "status"))
 
-    def down(self, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+    def down(self, cluster: dict[str, Any] | None = None) -> DownResult:
         body = {"cluster": cluster}
-        result: dict[str, Any] = self._request("POST", "/v1/down", "down", json=body, timeout=120)
-        return result
+        return DownResult.model_validate(
+            self._request("POST", "/v1/down", "down", json=body, timeout=120)
+        )
 
     def shutdown(self) -> None:
         self._request("POST", "/v1/shutdown", "shutdown")
 
-    def lock(self) -> dict[str, Any] | None:
-        """The apply lock (id, holder, since, apply_id, queen_pid, stale), None when free."""
-        body: dict[str, Any] = self._request("GET", "/v1/lock", "lock")
-        lock: dict[str, Any] | None = body["lock"]
-        return lock
+    def lock(self) -> LockState | None:
+        """The apply lock, None when free."""
+        lock = self._request("GET", "/v1/lock", "lock")["lock"]
+        return None if lock is None else LockState.model_validate(lock)
 
-    def force_unlock(self, lock_id: str) -> dict[str, Any]:
+    def force_unlock(self, lock_id: str) -> LockState:
         """Remove the apply lock if `lock_id` is its ID (NotFoundError otherwise); returns it."""
-        body: dict[str, Any] = self._request(
-            "POST", "/v1/lock/force-unlock", "force-unlock", json={"id": lock_id}
-        )
-        unlocked: dict[str, Any] = body["unlocked"]
-        return unlocked
+        body = self._request("POST", "/v1/lock/force-unlock", "force-unlock", json={"id": lock_id})
+        return LockState.model_validate(body["unlocked"])
 
     def create_key(
         self, name: str, scope: str, *, rpm: int | None = None, tpm: int | None = None
@@ -298,13 +298,10 @@ class QueenClient:
             self._request("DELETE", f"/v1/keys/{name}", f"revoke key {name}")
         )
 
-    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+    def history(self, limit: int = 20) -> list[ApplyRecord]:
         """The last `limit` applies, newest first."""
-        body: dict[str, Any] = self._request(
-            "GET", "/v1/history", "history", params={"limit": limit}
-        )
-        applies: list[dict[str, Any]] = body["applies"]
-        return applies
+        body = self._request("GET", "/v1/history", "history", params={"limit": limit})
+        return [ApplyRecord.model_validate(a) for a in body["applies"]]
 
     @contextlib.contextmanager
     def chat_stream(self, body: dict[str, Any]) -> Iterator[ChatStream]:

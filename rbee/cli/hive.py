@@ -6,7 +6,7 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,7 @@ from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 from rbee.errors import RbeeError
+from rbee.wire import HiveRecord
 
 __all__ = ["hive_app"]
 
@@ -37,20 +38,20 @@ def _when(stamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _show(records: list[dict[str, Any]]) -> None:
+def _show(records: list[HiveRecord]) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("hive", "mode", "url", "state", "version", "checked", "error"):
         table.add_column(column)
     for record in records:
-        colour = {"online": "green", "offline": "red"}.get(record["state"], "yellow")
+        colour = {"online": "green", "offline": "red"}.get(record.state, "yellow")
         table.add_row(
-            record["name"],
-            record["mode"],
-            record["url"],
-            f"[{colour}]{record['state']}[/{colour}]",
-            record["version"] or "-",
-            _when(record["checked_at"]),
-            record["error"] or "",
+            record.name,
+            record.mode,
+            record.url,
+            f"[{colour}]{record.state}[/{colour}]",
+            record.version or "-",
+            _when(record.checked_at),
+            record.error or "",
         )
     out.print(table)
 
@@ -60,7 +61,7 @@ def list_hives(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> No
     """List registered hives with their last health check (every 15 s)."""
     records = _client(file).hives()
     if as_json:
-        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        sys.stdout.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")
     elif not records:
         out.print("no hives registered yet; `rbee apply` registers the YAML's hives")
     else:
@@ -76,7 +77,7 @@ def get_hive(
     """Show one hive as the queen last saw it."""
     record = _client(file).hive(name)
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        sys.stdout.write(record.model_dump_json(indent=2) + "\n")
     else:
         _show([record])
 
@@ -90,10 +91,10 @@ def hive_status(
     """Check one hive's health now; exit 1 when it is offline."""
     record = _client(file).hive(name, refresh=True)
     if as_json:
-        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        sys.stdout.write(record.model_dump_json(indent=2) + "\n")
     else:
         _show([record])
-    if record["state"] != "online":
+    if record.state != "online":
         raise typer.Exit(1)
 
 
@@ -105,18 +106,20 @@ def refresh_capabilities(
 ) -> None:
     """Ask the hive for its CPUs, RAM, GPUs and backends now, and keep them in the registry."""
     record = _client(file).refresh_capabilities(name)
-    caps = record["capabilities"]
+    caps = record.capabilities
+    if caps is None:
+        raise RbeeError(f"hive {name} reported no capabilities")
     if as_json:
-        sys.stdout.write(json.dumps(caps, indent=2) + "\n")
+        sys.stdout.write(caps.model_dump_json(indent=2) + "\n")
         return
-    out.print(f"hive {name}: {caps['hostname']} ({caps['os']} {caps['arch']})")
+    out.print(f"hive {name}: {caps.hostname} ({caps.os} {caps.arch})")
     out.print(
-        f"  cpus {caps['cpu_count']}, ram {caps['ram_total_bytes'] / 2**30:.1f} GiB "
-        f"({caps['ram_available_bytes'] / 2**30:.1f} GiB free), "
-        f"backends {', '.join(caps['backends'])}"
+        f"  cpus {caps.cpu_count}, ram {caps.ram_total_bytes / 2**30:.1f} GiB "
+        f"({caps.ram_available_bytes / 2**30:.1f} GiB free), "
+        f"backends {', '.join(caps.backends)}"
     )
-    for gpu in caps["gpus"]:
-        out.print(f"  gpu {gpu['index']}: {gpu['name']}, {gpu['memory_total_mib']} MiB")
+    for gpu in caps.gpus:
+        out.print(f"  gpu {gpu.index}: {gpu.name}, {gpu.memory_total_mib} MiB")
 
 
 @hive_app.command("ssh-test")

@@ -254,30 +254,31 @@ def status(
     client = QueenClient(cluster.queen.url, cluster.queen.token)
     body = client.status()
     if as_json:
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        sys.stdout.write(body.model_dump_json(indent=2) + "\n")
         return
     out.print(f"queen  {cluster.queen.url}  [green]up[/green]")
-    for hive in body["hives"]:
-        colour = "green" if hive["state"] == "online" else "red"
+    for hive in body.hives:
+        colour = "green" if hive.state == "online" else "red"
         out.print(
-            f"hive   {hive['name']:<12} {hive['mode']:<8} [{colour}]{hive['state']}[/{colour}]  "
-            f"{hive['url']}  models: {', '.join(hive['models']) or '-'}"
+            f"hive   {hive.name:<12} {hive.mode:<8} [{colour}]{hive.state}[/{colour}]  "
+            f"{hive.url}  models: {', '.join(hive.models) or '-'}"
         )
-        for gpu in hive.get("gpus", []):
+        for gpu in hive.gpus:
             out.print(
-                f"  gpu  cuda:{gpu['index']} {gpu['name']}  "
-                f"{gpu['memory_free_mib']}/{gpu['memory_total_mib']} MiB free",
+                f"  gpu  cuda:{gpu.index} {gpu.name}  "
+                f"{gpu.memory_free_mib}/{gpu.memory_total_mib} MiB free",
                 highlight=False,
             )
-        for name, facts in hive.get("model_facts", {}).items():
+        for name, facts in hive.model_facts.items():
             out.print(f"  model {name}  {facts or 'not a GGUF rbee could read'}", highlight=False)
-    for worker in body["workers"]:
+    for worker in body.workers:
+        health = "" if worker.healthy else f"  [red]unhealthy: {worker.unhealthy_reason}[/red]"
         out.print(
-            f"worker {worker['worker_id']:<24} {worker['state']:<8} "
-            f"slots {worker['slots_busy']}/{worker['slots_total']}  "
-            f"pid {worker['pid']}  {worker['url']}"
+            f"worker {worker.worker_id:<24} {worker.state:<8} "
+            f"slots {worker.in_flight}/{worker.slots_total}  "
+            f"pid {worker.pid}  {worker.url}{health}"
         )
-    if not body["workers"]:
+    if not body.workers:
         out.print("no live workers")
 
 
@@ -344,8 +345,8 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
     client = _connect(cluster.queen)
     result = client.down(_desired(cluster))
     out.print(
-        f"stopped {result['stopped_workers']} workers and hives: "
-        f"{', '.join(result['stopped_hives']) or 'none'}"
+        f"stopped {result.stopped_workers} workers and hives: "
+        f"{', '.join(result.stopped_hives) or 'none'}"
     )
     if is_local(cluster.queen):
         pid = stop_queen(client)

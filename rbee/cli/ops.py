@@ -7,7 +7,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.table import Table
 from rbee.cli.local_queen import ensure_queen
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
+from rbee.wire import ApplyRecord
 
 __all__ = ["force_unlock", "history", "parse_duration", "register"]
 
@@ -71,7 +72,7 @@ def history(
     """Show the last applies, newest first: who ran them, when, the plan and the result."""
     applies = _connect(file).history(limit)
     if as_json:
-        sys.stdout.write(json.dumps(applies, indent=2) + "\n")
+        sys.stdout.write(json.dumps([a.model_dump(mode="json") for a in applies], indent=2) + "\n")
         return
     if not applies:
         out.print("no applies yet")
@@ -81,12 +82,12 @@ def history(
         table.add_column(column, overflow="fold")
     for entry in applies:
         table.add_row(
-            str(entry["id"]),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["started_at"])),
-            "-" if entry["duration_s"] is None else f"{entry['duration_s']:.1f} s",
-            entry["holder"],
-            _counts(entry["summary"]),
-            _result(entry["result"]),
+            str(entry.id),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.started_at)),
+            "-" if entry.duration_s is None else f"{entry.duration_s:.1f} s",
+            entry.holder,
+            _counts(entry.summary),
+            _result(entry.result),
             _details(entry),
         )
     # Piped output is for grep: one line per apply, however wide, not wrapped at 80 columns.
@@ -99,10 +100,8 @@ def force_unlock(
 ) -> None:
     """Remove the apply lock left by an apply that died; only the lock with this ID is removed."""
     lock = _connect(file).force_unlock(lock_id)
-    out.print(
-        f"Lock {lock['id']} removed (it was held by {lock['holder']} since {lock['since_text']})."
-    )
-    if not lock["stale"]:
+    out.print(f"Lock {lock.id} removed (it was held by {lock.holder} since {lock.since_text}).")
+    if not lock.stale:
         err.print(
             "[yellow]warning:[/yellow] its queen still runs, so that apply may still be running; "
             "a new apply can now start beside it",
@@ -110,7 +109,7 @@ def force_unlock(
         )
 
 
-def _counts(summary: dict[str, Any]) -> str:
+def _counts(summary: dict[str, int]) -> str:
     if not summary:
         return "-"
     return f"+{summary.get('add', 0)} ~{summary.get('change', 0)} -{summary.get('destroy', 0)}"
@@ -121,12 +120,12 @@ def _result(result: str) -> str:
     return f"[{style}]{result}[/{style}]"
 
 
-def _details(entry: dict[str, Any]) -> str:
+def _details(entry: ApplyRecord) -> str:
     """What failed and why, one line per address; the apply's own error first."""
-    lines = [entry["error"]] if entry["error"] else []
-    lines += [f"{address}: {cause}" for address, cause in entry["failed"].items()]
-    if entry["skipped"]:
-        lines.append(f"{len(entry['skipped'])} skipped")
-    if not lines and entry["result"] == "ok":
-        lines.append(f"{len(entry['done'])} actions")
+    lines = [entry.error] if entry.error else []
+    lines += [f"{address}: {cause}" for address, cause in entry.failed.items()]
+    if entry.skipped:
+        lines.append(f"{len(entry.skipped)} skipped")
+    if not lines and entry.result == "ok":
+        lines.append(f"{len(entry.done)} actions")
     return "\n".join(lines)

@@ -317,14 +317,14 @@ async def import_ssh(request: Request) -> JSONResponse:
 
 
 async def status(request: Request) -> JSONResponse:
-    return JSONResponse(await _queen(request).control.status())
+    return JSONResponse((await _queen(request).control.status()).model_dump(mode="json"))
 
 
 async def down(request: Request) -> JSONResponse:
     body = await parse_body(request, DownRequest)
     cluster = _cluster(body.cluster) if body.cluster is not None else None
     try:
-        return JSONResponse(await _queen(request).control.down(cluster))
+        return JSONResponse((await _queen(request).control.down(cluster)).model_dump(mode="json"))
     except ApplyLocked as exc:
         raise _Refused(409, exc.message, "conflict", "apply_locked") from None
 
@@ -351,7 +351,8 @@ async def force_unlock(request: Request) -> JSONResponse:
 
 
 async def history(request: Request) -> JSONResponse:
-    return JSONResponse({"applies": _queen(request).store.history(_limit(request))})
+    applies = _queen(request).store.history(_limit(request))
+    return JSONResponse({"applies": [a.model_dump(mode="json") for a in applies]})
 
 
 async def list_keys(request: Request) -> JSONResponse:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from rbee.apply.actions import ClusterEffects
 from rbee.apply.executor import Emit, Outcome, execute
@@ -25,7 +24,7 @@ from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
 from rbee.remote.connect import SshConnections
-from rbee.wire import LockEvent, PlanEvent
+from rbee.wire import ClusterStatus, DownResult, HiveStatus, LockEvent, PlanEvent, QueenInfo
 
 __all__ = ["ApplyLocked", "Control", "PlanOptions"]
 
@@ -236,34 +235,33 @@ class Control:
         )
         return outcome
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> ClusterStatus:
         """Hives of the last apply (with whether they answer) and the live workers."""
-        hives: list[dict[str, Any]] = []
+        hives: list[HiveStatus] = []
         if self._desired is not None:
             facts = await asyncio.gather(
                 *(observe_hive(h, self.token) for h in self._desired.hives)
             )
             for hive, fact in zip(self._desired.hives, facts, strict=True):
-                gpus = fact.capabilities.gpus if fact.capabilities else []
                 hives.append(
-                    {
-                        "name": hive.name,
-                        "mode": hive.effective_mode,
-                        "url": hive.url,
-                        "state": "online" if fact.running else "offline",
-                        "models": [m.name for m in fact.models],
-                        "model_facts": {
+                    HiveStatus(
+                        name=hive.name,
+                        mode=hive.effective_mode,
+                        url=hive.url,
+                        state="online" if fact.running else "offline",
+                        models=[m.name for m in fact.models],
+                        model_facts={
                             m.name: m.facts.describe() if m.facts else None for m in fact.models
                         },
-                        "gpus": [g.model_dump() for g in gpus],
-                        "worker_processes": len(fact.workers),
-                        "error": fact.error,
-                    }
+                        gpus=fact.capabilities.gpus if fact.capabilities else [],
+                        worker_processes=len(fact.workers),
+                        error=fact.error,
+                    )
                 )
-        workers = [self.registry.view(r).model_dump() for r in self.registry.live()]
-        return {"queen": {"url": self.queen_url}, "hives": hives, "workers": workers}
+        workers = [self.registry.view(r) for r in self.registry.live()]
+        return ClusterStatus(queen=QueenInfo(url=self.queen_url), hives=hives, workers=workers)
 
-    async def down(self, cluster: Cluster | None) -> dict[str, Any]:
+    async def down(self, cluster: Cluster | None) -> DownResult:
         """Stop every worker on the hives of `cluster` and of the last apply, then local hives."""
         if (live := self.lock.live()) is not None:
             raise ApplyLocked(
@@ -281,7 +279,7 @@ class Control:
         for hive, result in zip(hives, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("event=hive_stop_failed hive=%s error=%r", hive.name, result)
-        return {"stopped_workers": sum(stopped), "stopped_hives": stopped_hives}
+        return DownResult(stopped_workers=sum(stopped), stopped_hives=stopped_hives)
 
     async def _stop_workers(self, hive: Hive) -> int:
         async with HiveClient(hive.url, self.token, timeout=30.0) as client:

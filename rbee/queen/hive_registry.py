@@ -7,37 +7,18 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
 from rbee.errors import RbeeError
-from rbee.wire import Capabilities
+from rbee.wire import Capabilities, HiveRecord
 
 __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives"]
 
 log = logging.getLogger(__name__)
 
 HIVE_CHECK_INTERVAL_S = 15.0
-
-
-class HiveRecord(BaseModel):
-    """A hive as the queen last saw it."""
-
-    name: str
-    mode: Literal["local", "network"]
-    host: str
-    url: str
-    state: Literal["unknown", "online", "offline"]
-    version: str | None = None
-    pid: int | None = None
-    error: str | None = None
-    checked_at: float | None = None
-    online_at: float | None = None
-    capabilities: Capabilities | None = None
-    spec: dict[str, Any]
 
 
 class HiveRegistry:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rbee.apply.lock import LOCK_SCHEMA
+from rbee.wire import ApplyRecord
 
 __all__ = ["Store"]
 
@@ -178,8 +179,8 @@ class Store:
         )
         return cursor.rowcount
 
-    def history(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The last `limit` applies, newest first, as JSON-ready data."""
+    def history(self, limit: int = 20) -> list[ApplyRecord]:
+        """The last `limit` applies, newest first."""
         rows = self._db.execute(
             f"SELECT {_HISTORY_COLUMNS} FROM applies ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
@@ -218,24 +219,24 @@ def _entry(
     started_at: float,
     finished_at: float | None,
     summary: str,
-    result: str | None,
+    result: Any,
     lock_id: str | None,
     done: str | None,
     failed: str | None,
     skipped: str | None,
     error: str | None,
-) -> dict[str, Any]:
-    return {
-        "id": apply_id,
-        "holder": holder,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "duration_s": None if finished_at is None else round(finished_at - started_at, 2),
-        "summary": json.loads(summary),
-        "result": result or "running",
-        "lock_id": lock_id,
-        "done": json.loads(done) if done else [],
-        "failed": json.loads(failed) if failed else {},
-        "skipped": json.loads(skipped) if skipped else [],
-        "error": error,
-    }
+) -> ApplyRecord:
+    return ApplyRecord(
+        id=apply_id,
+        holder=holder,
+        started_at=started_at,
+        finished_at=finished_at,
+        duration_s=None if finished_at is None else round(finished_at - started_at, 2),
+        summary=json.loads(summary),
+        result=result or "running",
+        lock_id=lock_id,
+        done=json.loads(done) if done else [],
+        failed=json.loads(failed) if failed else {},
+        skipped=json.loads(skipped) if skipped else [],
+        error=error,
+    )

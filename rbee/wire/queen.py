@@ -6,21 +6,30 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from rbee.wire.bodies import Capabilities, Gpu, WorkerView
+
 __all__ = [
     "ApiKey",
     "ApplyEvent",
+    "ApplyRecord",
     "ApplyRequest",
+    "ClusterStatus",
     "CreateKey",
     "CreatedKey",
     "DoneEvent",
     "DownRequest",
+    "DownResult",
     "ErrorEvent",
     "FailedEvent",
     "ForceUnlock",
+    "HiveRecord",
+    "HiveStatus",
     "LockEvent",
+    "LockState",
     "PlanEvent",
     "PlanRequest",
     "ProgressEvent",
+    "QueenInfo",
     "RetryEvent",
     "SkippedEvent",
     "SpawnedEvent",
@@ -62,17 +71,13 @@ class CreatedKey(ApiKey):
     key: str
 
 
-# --- `POST /v1/apply`: the SSE stream of events, one JSON object each -----------------------
+# --- what the queen reports -----------------------------------------------------------------
 
 
-class _Event(_Wire):
-    pass
+class LockState(_Wire):
+    """The apply lock: who holds it, since when, from which queen; `stale` when that queen is
+    gone (`GET /v1/lock`, `POST /v1/lock/force-unlock`)."""
 
-
-class LockEvent(_Event):
-    """The apply holds the lock (first event of every apply)."""
-
-    event: Literal["lock"] = "lock"
     id: str
     holder: str
     since: float
@@ -81,6 +86,86 @@ class LockEvent(_Event):
     queen_started: float
     since_text: str = ""
     stale: bool = False
+
+
+class ApplyRecord(_Wire):
+    """One apply in the queen's history (`GET /v1/history`)."""
+
+    id: int
+    holder: str
+    started_at: float
+    finished_at: float | None = None
+    duration_s: float | None = None
+    summary: dict[str, int] = Field(default_factory=dict, description="add, change, destroy")
+    result: Literal["running", "ok", "failed", "interrupted"]
+    lock_id: str | None = None
+    done: list[str] = Field(default_factory=list)
+    failed: dict[str, str] = Field(default_factory=dict, description="address → cause")
+    skipped: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class HiveRecord(_Wire):
+    """A hive as the queen's registry last saw it (`GET /v1/hives`)."""
+
+    name: str
+    mode: Literal["local", "network"]
+    host: str
+    url: str
+    state: Literal["unknown", "online", "offline"]
+    version: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    checked_at: float | None = None
+    online_at: float | None = None
+    capabilities: Capabilities | None = None
+    spec: dict[str, Any]
+
+
+class HiveStatus(_Wire):
+    """A hive of the last apply, checked now (part of `GET /v1/status`)."""
+
+    name: str
+    mode: Literal["local", "network"]
+    url: str
+    state: Literal["online", "offline"]
+    models: list[str] = Field(default_factory=list)
+    model_facts: dict[str, str | None] = Field(default_factory=dict)
+    gpus: list[Gpu] = Field(default_factory=list)
+    worker_processes: int = 0
+    error: str | None = None
+
+
+class QueenInfo(_Wire):
+    url: str
+
+
+class ClusterStatus(_Wire):
+    """`GET /v1/status`: the hives of the last apply and the live workers."""
+
+    queen: QueenInfo
+    hives: list[HiveStatus]
+    workers: list[WorkerView]
+
+
+class DownResult(_Wire):
+    """`POST /v1/down`."""
+
+    stopped_workers: int
+    stopped_hives: list[str]
+
+
+# --- `POST /v1/apply`: the SSE stream of events, one JSON object each -----------------------
+
+
+class _Event(_Wire):
+    pass
+
+
+class LockEvent(LockState):
+    """The apply holds the lock (first event of every apply)."""
+
+    event: Literal["lock"] = "lock"
 
 
 class PlanEvent(_Event):

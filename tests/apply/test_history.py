@@ -23,15 +23,15 @@ def test_a_finished_apply_records_holder_plan_result_and_failures(tmp_path: Path
         skipped=["worker.local.m[0]"],
     )
     [entry] = store.history()
-    assert entry["id"] == apply_id
-    assert entry["holder"] == "alice@laptop (pid 3)"
-    assert entry["summary"] == {"add": 2, "change": 0, "destroy": 0}
-    assert entry["result"] == "failed"
-    assert entry["lock_id"] == "L1"
-    assert entry["done"] == ["hive.local"]
-    assert entry["failed"] == {"model.local.m": "sha256 mismatch"}
-    assert entry["skipped"] == ["worker.local.m[0]"]
-    assert entry["duration_s"] is not None and entry["duration_s"] >= 0
+    assert entry.id == apply_id
+    assert entry.holder == "alice@laptop (pid 3)"
+    assert entry.summary == {"add": 2, "change": 0, "destroy": 0}
+    assert entry.result == "failed"
+    assert entry.lock_id == "L1"
+    assert entry.done == ["hive.local"]
+    assert entry.failed == {"model.local.m": "sha256 mismatch"}
+    assert entry.skipped == ["worker.local.m[0]"]
+    assert entry.duration_s is not None and entry.duration_s >= 0
     assert store.desired() == CLUSTER
 
 
@@ -40,15 +40,15 @@ def test_history_is_newest_first_and_limited(tmp_path: Path) -> None:
     ids = [store.begin_apply(f"user{i}", {}, CLUSTER) for i in range(5)]
     for apply_id in ids:
         store.end_apply(apply_id, "ok")
-    assert [e["id"] for e in store.history(limit=3)] == ids[::-1][:3]
+    assert [e.id for e in store.history(limit=3)] == ids[::-1][:3]
 
 
 def test_an_apply_still_running_shows_as_running(tmp_path: Path) -> None:
     store = Store(tmp_path / "queen.db")
     store.begin_apply("alice", {}, CLUSTER)
     [entry] = store.history()
-    assert entry["result"] == "running"
-    assert entry["finished_at"] is None and entry["duration_s"] is None
+    assert entry.result == "running"
+    assert entry.finished_at is None and entry.duration_s is None
 
 
 def test_an_apply_that_stopped_on_an_error_is_closed_as_failed(tmp_path: Path) -> None:
@@ -56,20 +56,20 @@ def test_an_apply_that_stopped_on_an_error_is_closed_as_failed(tmp_path: Path) -
     apply_id = store.begin_apply("alice", {"add": 1}, CLUSTER, lock_id="L1")
     store.fail_apply("L1", "alice", "observing hive local failed")
     [entry] = store.history()
-    assert (entry["id"], entry["result"]) == (apply_id, "failed")
-    assert entry["error"] == "observing hive local failed"
+    assert (entry.id, entry.result) == (apply_id, "failed")
+    assert entry.error == "observing hive local failed"
 
 
 def test_an_apply_refused_before_its_plan_is_still_recorded(tmp_path: Path) -> None:
     store = Store(tmp_path / "queen.db")
     store.fail_apply("L2", "bob", "saved plan is stale")
     [entry] = store.history()
-    assert (entry["holder"], entry["result"], entry["error"]) == (
+    assert (entry.holder, entry.result, entry.error) == (
         "bob",
         "failed",
         "saved plan is stale",
     )
-    assert entry["summary"] == {}
+    assert entry.summary == {}
 
 
 def test_applies_a_dead_queen_left_open_are_marked_interrupted(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_applies_a_dead_queen_left_open_are_marked_interrupted(tmp_path: Path) -
     dead = store.begin_apply("alice", {}, CLUSTER)
     running = store.begin_apply("bob", {}, CLUSTER)
     assert store.interrupt_unfinished(running) == 1
-    results = {e["id"]: e["result"] for e in store.history()}
+    results = {e.id: e.result for e in store.history()}
     assert results == {dead: "interrupted", running: "running"}
 
 
@@ -97,11 +97,11 @@ def test_a_database_from_before_the_history_columns_is_upgraded(tmp_path: Path) 
     old.close()
     store = Store(path)
     [entry] = store.history()
-    assert (entry["holder"], entry["result"], entry["failed"], entry["done"]) == (
+    assert (entry.holder, entry.result, entry.failed, entry.done) == (
         "old",
         "ok",
         {},
         [],
     )
     store.end_apply(store.begin_apply("new", {}, CLUSTER), "ok", done=["hive.local"])
-    assert store.history()[0]["done"] == ["hive.local"]
+    assert store.history()[0].done == ["hive.local"]
