@@ -126,6 +126,7 @@ def run_daemon(app: ASGIApp, sock: socket.socket, log_level: str = "warning") ->
         app,
         log_level=log_level,
         access_log=False,
+        proxy_headers=False,  # no daemon sits behind a proxy it should trust
         timeout_graceful_shutdown=5,
         lifespan="on",
     )

@@ -407,7 +407,6 @@ ROUTES = [
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     queen: QueenState = app.state.queen
-    await queen.relay.start()
     monitor = asyncio.create_task(
         monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
     )

@@ -8,6 +8,7 @@ registries when Prometheus scrapes, so the hot path pays nothing for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from rbee.queen.admission import Admission
     from rbee.queen.registry import Registry
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -88,9 +89,37 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(registry, admission, hives_up))
+        self._models: dict[str, ModelMetrics] = {}
+        self._answered: dict[tuple[str, int], Counter] = {}
+
+    def model(self, model: str) -> ModelMetrics:
+        """The hot path's series of one model, looked up once per model."""
+        found = self._models.get(model)
+        if found is None:
+            found = self._models[model] = ModelMetrics(
+                queue_seconds=self.queue_seconds.labels(model),
+                ttft_seconds=self.ttft_seconds.labels(model),
+                tokens_out=self.tokens_out.labels(model),
+                retries=self.retries.labels(model),
+            )
+        return found
+
+    def answered(self, model: str, status: int) -> None:
+        counter = self._answered.get((model, status))
+        if counter is None:
+            counter = self._answered[(model, status)] = self.requests.labels(model, str(status))
+        counter.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    queue_seconds: Histogram
+    ttft_seconds: Histogram
+    tokens_out: Counter
+    retries: Counter
 
 
 class _StateCollector(Collector):

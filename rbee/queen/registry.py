@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from rbee.queen.scheduler import LEAST_LOADED, Policy
 from rbee.wire import Heartbeat, WorkerView
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "UNHEALTHY_S", "Registry", "WorkerRecord"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "UNHEALTHY_S", "Address", "Registry", "WorkerRecord"]
 
 HEARTBEAT_INTERVAL_S = 2.0
 #: How long a worker that failed a request is passed over (its heartbeats do not lift it).
 UNHEALTHY_S = 10.0
 _ROUTABLE = frozenset({"idle", "busy"})
 _SERVING = frozenset({"loading", "idle", "busy"})
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a worker listens, parsed once from its heartbeat's URL for the relay."""
+
+    host: str
+    port: int
+    prefix: bytes  # a path before /v1/…, usually empty
+    host_header: bytes
+
+    @classmethod
+    def of(cls, url: str) -> Address:
+        parts = urlsplit(url)
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(host, port, parts.path.rstrip("/").encode(), parts.netloc.encode())
 
 
 @dataclass(eq=False)
@@ -30,6 +48,10 @@ class WorkerRecord:
     picked_at: float = 0.0
     unhealthy_until: float = 0.0
     unhealthy_reason: str | None = None
+    address: Address = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.address = Address.of(self.beat.url)
 
     @property
     def slots(self) -> int:
@@ -65,6 +87,8 @@ class Registry:
         if record is None or record.beat.pid != heartbeat.pid:
             record = self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
         else:
+            if heartbeat.url != record.beat.url:
+                record.address = Address.of(heartbeat.url)
             record.beat = heartbeat
             record.last_seen = self._clock()
         return record

@@ -1,9 +1,9 @@
-"""The inference hot path: admit, claim a worker slot, relay the worker's bytes (aiohttp).
+"""The inference hot path: admit, claim a worker slot, relay the worker's bytes.
 
-A raw ASGI handler, no framework: DESIGN §7 measured httpx 8x slower than aiohttp's client
-under concurrency, and Starlette's request and response objects cost more than the relay
-itself. No SQLite here, and the streamed bytes are passed on as they come, cut only at SSE
-event boundaries so that a failure never leaves half an event behind.
+A raw ASGI handler, no framework, and a lean keep-alive client (`upstream`): Starlette's
+request and response objects and aiohttp's client cost more than the relay itself
+(bench/router.py). No SQLite here, and the streamed bytes are passed on as they come, cut only
+at SSE event boundaries so that a failure never leaves half an event behind.
 
 Failures, by when they happen:
 - before the worker's first byte (connect error, reset, 5xx, timeout): the worker is passed
@@ -25,13 +25,12 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
-
 from rbee.config.models import Serving
 from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
 from rbee.queen.keys import Principal
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry, WorkerRecord
+from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
 from rbee.wire import openai_error
 
 __all__ = ["Relay", "send_error"]
@@ -101,23 +100,14 @@ class Relay:
         self._admission = admission
         self._metrics = metrics
         self._is_declared = is_declared
-        self._headers = {"content-type": "application/json"}
+        headers = [("content-type", "application/json")]
         if token:
-            self._headers["authorization"] = f"Bearer {token}"
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+            headers.append(("authorization", f"Bearer {token}"))
+        self._headers = header_block(headers)
+        self._pool = Pool()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
     async def handle(
         self,
@@ -155,9 +145,11 @@ class Relay:
             self, scope, receive, send, body, model, parsed.get("stream") is True, request_id
         )
         status = await call.run()
-        self._metrics.requests.labels(model, str(status)).inc()
+        # A model that does not exist gets no series of its own: names are the client's to
+        # invent, and every new label value would be a series kept forever.
+        self._metrics.answered("(unknown)" if call.unknown_model else model, status)
         if call.tokens:
-            self._metrics.tokens_out.labels(model).inc(call.tokens[1])
+            self._metrics.model(model).tokens_out.inc(call.tokens[1])
             if principal.limiter is not None:
                 principal.limiter.spend(call.tokens[0] + call.tokens[1])
         if call.worker is not None:
@@ -196,6 +188,7 @@ class _Call:
         self.worker: str | None = None
         self.tokens: tuple[int, int] | None = None  # (prompt, completion)
         self.started = False  # whether the response has begun towards the client
+        self.unknown_model = False
 
     async def run(self) -> int:
         """Serve the call; the HTTP status the client got (499 when it left)."""
@@ -230,7 +223,7 @@ class _Call:
         last: _Failed | None = None
         for attempt in range(serving.attempts):
             if attempt:
-                metrics.retries.labels(self.model).inc()
+                metrics.model(self.model).retries.inc()
                 delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
                 await asyncio.sleep(delay)
             try:
@@ -263,7 +256,7 @@ class _Call:
                     "timeout",
                     "queue_timeout",
                 )
-            metrics.queue_seconds.labels(self.model).observe(loop.time() - queued)
+            metrics.model(self.model).queue_seconds.observe(loop.time() - queued)
             self.worker = record.beat.worker_id
             try:
                 return await self._relay(record, arrived, loop)
@@ -298,99 +291,101 @@ class _Call:
         self, record: WorkerRecord, arrived: float, loop: asyncio.AbstractEventLoop
     ) -> int:
         """Send the request to `record`'s worker and its answer to the client."""
-        relay, serving = self.relay, self.serving
-        session = relay._session
-        assert session is not None, "Relay.start() was not awaited"
-        url = record.beat.url + self.scope["path"]
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=serving.connect_timeout)
-        upstream: aiohttp.ClientResponse | None = None
+        relay, serving, address = self.relay, self.serving, record.address
+        pool = relay._pool
+        conn = pool.idle(address.host, address.port)
+        reused = conn is not None
         try:
-            try:
-                async with asyncio.timeout(serving.first_byte_timeout):
-                    upstream = await session.post(
-                        url, data=self.body, headers=relay._headers, timeout=timeout
+            while True:
+                if conn is None:
+                    try:
+                        conn = await pool.connect(
+                            address.host, address.port, serving.connect_timeout
+                        )
+                    except TimeoutError:
+                        raise _Failed(
+                            f"connect timed out after {serving.connect_timeout:g} s",
+                            timeout="connect",
+                        ) from None
+                    except OSError as exc:
+                        raise _Failed(f"cannot connect: {exc}", gone=True) from None
+                try:
+                    await conn.request(
+                        address.prefix + self.scope["path"].encode(),
+                        address.host_header,
+                        self.body,
+                        relay._headers,
+                        serving.first_byte_timeout,
+                        serving.idle_timeout,
                     )
-                    if upstream.status >= 500 and upstream.status != 503:
-                        raise _Failed(f"the worker answered {upstream.status}")
-                    if upstream.status == 503:  # draining or still loading: another may take it
-                        raise _Failed("the worker is not taking requests (503)", gone=False)
-                    first = await upstream.content.readany()
-            except aiohttp.ConnectionTimeoutError:
-                raise _Failed(
-                    f"connect timed out after {serving.connect_timeout:g} s", timeout="connect"
-                ) from None
-            except TimeoutError:
-                raise _Failed(
-                    f"no first byte within {serving.first_byte_timeout:g} s", timeout="first_byte"
-                ) from None
-            except aiohttp.ClientConnectorError as exc:
-                raise _Failed(f"cannot connect: {exc.os_error}", gone=True) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                # Reset or closed: the process most likely died. Forgotten until it beats again.
-                raise _Failed(
-                    f"connection lost before the first byte: {exc!r}", gone=True
-                ) from None
-            if not first and upstream.status < 400:
+                    status = conn.status
+                    if status >= 500 and status != 503:
+                        raise _Failed(f"the worker answered {status}")
+                    if status == 503:  # draining or still loading: another may take it
+                        raise _Failed("the worker is not taking requests (503)")
+                    first = await conn.read()
+                    break
+                except UpstreamTimeout as exc:
+                    raise _Failed(str(exc), timeout=exc.kind) from None
+                except UpstreamClosed as exc:
+                    if reused and not conn.got_body:
+                        # A kept-alive connection the worker had closed: try a fresh one.
+                        conn.close()
+                        conn, reused = None, False
+                        continue
+                    # Reset or closed: the process most likely died; forgotten until it
+                    # beats again.
+                    message = f"connection lost before the first byte: {exc}"
+                    raise _Failed(message, gone=True) from None
+            if not first and status < 400 and not conn.complete:
                 raise _Failed("the worker closed the connection without answering")
-            relay._metrics.ttft_seconds.labels(self.model).observe(loop.time() - arrived)
-            if self.stream and upstream.status == 200:
-                return await self._pass_stream(upstream, first, record)
-            return await self._pass_whole(upstream, first, record)
+            relay._metrics.model(self.model).ttft_seconds.observe(loop.time() - arrived)
+            if self.stream and status == 200:
+                return await self._pass_stream(conn, first, record)
+            return await self._pass_whole(conn, first, record)
         finally:
-            if upstream is not None:
-                upstream.close()
+            if conn is not None:
+                if conn.complete:
+                    pool.release(conn)
+                else:
+                    conn.close()
 
-    def _start(self, status: int, upstream: aiohttp.ClientResponse, worker_id: str) -> Message:
-        headers = [
-            (name, value)
-            for name, value in upstream.raw_headers
-            if name.lower() in _RELAYED_HEADERS
-        ]
+    def _start(self, status: int, conn: Connection, worker_id: str) -> Message:
+        headers = [(name, value) for name, value in conn.headers if name in _RELAYED_HEADERS]
         headers.append((b"x-request-id", self.request_id))
         headers.append((b"x-rbee-worker", worker_id.encode()))
         return {"type": "http.response.start", "status": status, "headers": headers}
 
-    async def _pass_whole(
-        self, upstream: aiohttp.ClientResponse, first: bytes, record: WorkerRecord
-    ) -> int:
+    async def _pass_whole(self, conn: Connection, first: bytes, record: WorkerRecord) -> int:
         """A non-streamed answer: read it all, then send it with its length."""
         parts = [first]
         try:
-            while True:
-                async with asyncio.timeout(self.serving.idle_timeout):
-                    chunk = await upstream.content.readany()
-                if not chunk:
-                    break
+            while chunk := await conn.read():
                 parts.append(chunk)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             return await self._refuse(
-                502,
-                f"the worker failed while answering: {_describe(exc, self.serving)}",
-                "bad_gateway",
-                "worker_failed",
+                502, f"the worker failed while answering: {exc}", "bad_gateway", "worker_failed"
             )
-        body = b"".join(parts)
-        if upstream.status == 200 and (usage := _USAGE.search(body)) is not None:
+        body = first if len(parts) == 1 else b"".join(parts)
+        status = conn.status
+        if status == 200 and (usage := _USAGE.search(body)) is not None:
             self.tokens = (int(usage[1]), int(usage[2]))
-        start = self._start(upstream.status, upstream, record.beat.worker_id)
-        start["headers"].append((b"content-length", str(len(body)).encode()))
+        start = self._start(status, conn, record.beat.worker_id)
+        start["headers"].append((b"content-length", b"%d" % len(body)))
         self.started = True
         await self.send(start)
         await self.send({"type": "http.response.body", "body": body})
-        return upstream.status
+        return status
 
-    async def _pass_stream(
-        self, upstream: aiohttp.ClientResponse, first: bytes, record: WorkerRecord
-    ) -> int:
+    async def _pass_stream(self, conn: Connection, first: bytes, record: WorkerRecord) -> int:
         """A streamed answer: whole SSE events, passed on as they come."""
         send = self.send
         self.started = True
-        await send(self._start(200, upstream, record.beat.worker_id))
+        await send(self._start(200, conn, record.beat.worker_id))
         events = 0
         pending = b""
         chunk = first
-        idle = self.serving.idle_timeout
         try:
             while chunk:
                 if pending:
@@ -402,14 +397,11 @@ class _Call:
                 if chunk:
                     events += chunk.count(b"data:")
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                chunk = await conn.read()
+        except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             error = openai_error(
-                f"the worker failed mid-answer: {_describe(exc, self.serving)}",
-                "bad_gateway",
-                "worker_failed",
+                f"the worker failed mid-answer: {exc}", "bad_gateway", "worker_failed"
             )
             await send(
                 {
@@ -429,8 +421,8 @@ class _Call:
         return 200
 
     def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:
-        reason = _describe(exc, self.serving)
-        if isinstance(exc, TimeoutError):
+        reason = str(exc)
+        if isinstance(exc, UpstreamTimeout):
             self.relay._metrics.timeouts.labels(self.model, "idle").inc()
             self.relay._registry.mark_unhealthy(record, reason)
         else:
@@ -452,6 +444,7 @@ class _Call:
                 "no_worker",
                 retry_after=2,
             )
+        self.unknown_model = True
         return await self._refuse(
             404,
             f"the model {self.model!r} does not exist",
@@ -467,9 +460,3 @@ class _Call:
             headers.append((b"retry-after", str(retry_after).encode()))
         await send_error(self.send, status, message, type_, code, headers)
         return status
-
-
-def _describe(exc: BaseException, serving: Serving) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no data for {serving.idle_timeout:g} s"
-    return repr(exc)

@@ -227,7 +227,7 @@ def test_metrics_after_a_known_workload(start: Any, scripted: ScriptedWorkers) -
     assert missing.status_code == 404
     metrics = queen.metrics()
     assert _sample(metrics, "rbee_queen_requests_total", model=MODEL, status="200") == 4
-    assert _sample(metrics, "rbee_queen_requests_total", model="nope", status="404") == 1
+    assert _sample(metrics, "rbee_queen_requests_total", model="(unknown)", status="404") == 1
     # 5 tokens a non-streamed answer (its usage), 5 streamed chunks of a token each.
     assert _sample(metrics, "rbee_queen_tokens_out_total", model=MODEL) == 4 * len(TOKENS)
     assert _sample(metrics, "rbee_queen_time_to_first_token_seconds_count", model=MODEL) == 4

@@ -6,6 +6,7 @@ A real queen process; scripted workers (tests/fixtures/scripted.py) force each f
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,18 @@ def test_an_unhealthy_worker_is_passed_over_by_the_next_request(
         assert _chat(queen, False).headers["x-rbee-worker"] == "b-ok"
     metrics = queen.metrics()
     assert _counter(metrics, "rbee_queen_retries_total", model=MODEL) == 1
+
+
+def test_a_kept_alive_connection_the_worker_closed_is_not_a_failure(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    queen.add_worker("only", scripted.worker("ok"))
+    assert _chat(queen, False).status_code == 200
+    time.sleep(1.5)  # the worker closes the idle connection after 1 s
+    again = _chat(queen, True)
+    assert again.status_code == 200 and _text(_events(again)) == "".join(TOKENS)
+    assert queen.listed()["only"]["healthy"] is True
+    assert _counter(queen.metrics(), "rbee_queen_retries_total", model=MODEL) == 0
 
 
 def test_a_crash_before_the_first_byte_retries_elsewhere(
