@@ -407,13 +407,18 @@ ROUTES = [
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     queen: QueenState = app.state.queen
-    monitor = asyncio.create_task(
-        monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
-    )
+    tasks = [
+        asyncio.create_task(
+            monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
+        ),
+        asyncio.create_task(queen.relay.access.run()),
+    ]
     try:
         yield
     finally:
-        monitor.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await queen.relay.close()
         queen.store.close()
 

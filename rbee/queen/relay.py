@@ -22,16 +22,18 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from rbee.config.models import Serving
+from rbee.queen.access import AccessLog
 from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
 from rbee.queen.keys import Principal
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
-from rbee.wire import openai_error
+from rbee.wire import QueenArgs, openai_error
 
 __all__ = ["Relay", "send_error"]
 
@@ -105,6 +107,7 @@ class Relay:
             headers.append(("authorization", f"Bearer {token}"))
         self._headers = header_block(headers)
         self._pool = Pool()
+        self.access = AccessLog(QueenArgs.SCRIPT)
 
     async def close(self) -> None:
         self._pool.close()
@@ -144,22 +147,23 @@ class Relay:
         call = _Call(
             self, scope, receive, send, body, model, parsed.get("stream") is True, request_id
         )
+        started = time.monotonic()
         status = await call.run()
         # A model that does not exist gets no series of its own: names are the client's to
         # invent, and every new label value would be a series kept forever.
-        self._metrics.answered("(unknown)" if call.unknown_model else model, status)
+        label = "(unknown)" if call.unknown_model else model
+        self._metrics.answered(label, status)
         if call.tokens:
             self._metrics.model(model).tokens_out.inc(call.tokens[1])
             if principal.limiter is not None:
                 principal.limiter.spend(call.tokens[0] + call.tokens[1])
-        if call.worker is not None:
-            log.debug(
-                "event=relayed request_id=%s model=%s worker_id=%s status=%s",
-                request_id.decode(),
-                model,
-                call.worker,
-                status,
-            )
+        self.access.record(
+            request_id.decode(),
+            label if label.isprintable() and " " not in label else repr(label),
+            call.worker,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
 
 
 class _Call:

@@ -124,6 +124,29 @@ def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluste
     assert missing.value.code == "model_not_found"
 
 
+def test_the_queen_logs_each_request_with_its_id_and_worker(cluster: LocalCluster) -> None:
+    body = {
+        "model": "gemma3-270m",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+    }
+    response = httpx.post(
+        f"{cluster.queen_url}/v1/chat/completions",
+        json=body,
+        headers={"x-request-id": "e2e-trace-7"},
+        timeout=60,
+    )
+    assert response.headers["x-request-id"] == "e2e-trace-7"
+    log = cluster.home / ".local/state/rbee/queen.log"
+    deadline = time.monotonic() + 5
+    while "request_id=e2e-trace-7 " not in log.read_text():
+        assert time.monotonic() < deadline, "no access log line for the request"
+        time.sleep(0.1)
+    [line] = [x for x in log.read_text().splitlines() if "request_id=e2e-trace-7 " in x]
+    assert "event=request" in line and "model=gemma3-270m" in line
+    assert "worker_id=local.gemma3-270m.0" in line and "status=200" in line
+
+
 def _tokens_out(cluster: LocalCluster) -> float:
     text = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):

@@ -6,6 +6,7 @@ A real queen process; scripted workers (tests/fixtures/scripted.py) force each f
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,39 @@ def test_an_unhealthy_worker_is_passed_over_by_the_next_request(
         assert _chat(queen, False).headers["x-rbee-worker"] == "b-ok"
     metrics = queen.metrics()
     assert _counter(metrics, "rbee_queen_retries_total", model=MODEL) == 1
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose connects hang: a listener that never accepts, its backlog full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    yield port
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+def test_a_connect_that_hangs_times_out_and_another_worker_answers(
+    queen: ScriptedQueen, scripted: ScriptedWorkers, unanswered_port: int
+) -> None:
+    queen.add_worker("a-unanswered", f"http://127.0.0.1:{unanswered_port}")
+    queen.add_worker("b-ok", scripted.worker("ok"))
+    started = time.monotonic()
+    response = _chat(queen, False)
+    assert response.status_code == 200
+    assert response.headers["x-rbee-worker"] == "b-ok"
+    assert 0.5 <= time.monotonic() - started < 3  # connect_timeout is 0.5 s
+    assert queen.listed()["a-unanswered"]["healthy"] is False
+    assert _counter(queen.metrics(), "rbee_queen_timeouts_total", kind="connect") == 1
 
 
 def test_a_kept_alive_connection_the_worker_closed_is_not_a_failure(
