@@ -14,6 +14,7 @@ from rich.table import Table
 from rbee.cli.local_queen import ensure_queen
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.config.load import load_cluster
+from rbee.errors import RbeeError
 
 __all__ = ["key_app"]
 
@@ -41,6 +42,8 @@ def create(
     as_json: AsJson = False,
 ) -> None:
     """Create a key and print it. It is shown this once: the queen keeps only its hash."""
+    if scope not in ("inference", "admin"):
+        raise RbeeError(f"unknown scope {scope!r}", hint="choose inference or admin")
     client, _ = ensure_queen(load_cluster(file).queen)
     created = client.create_key(name, scope, rpm=rpm, tpm=tpm)
     if as_json:
