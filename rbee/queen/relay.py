@@ -47,6 +47,8 @@ Send = Callable[[Message], Awaitable[None]]
 #: Backoff between attempts: full jitter over an exponential base, capped.
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
+#: A request still running after this long starts watching for its client's disconnect.
+WATCH_AFTER_S = 0.05
 _JSON = (b"content-type", b"application/json")
 _SSE_END = b"\n\n"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
@@ -200,6 +202,7 @@ class _Call:
         task = asyncio.current_task()
         assert task is not None
         gone = False
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             nonlocal gone
@@ -208,7 +211,12 @@ class _Call:
             gone = True
             task.cancel()
 
-        watcher = loop.create_task(watch())
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        # Most answers take less than WATCH_AFTER_S: they never pay for a watching task.
+        later = loop.call_later(WATCH_AFTER_S, start_watching)
         try:
             return await self._serve(loop)
         except asyncio.CancelledError:
@@ -217,7 +225,9 @@ class _Call:
             task.uncancel()
             return 499
         finally:
-            watcher.cancel()
+            later.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         relay, serving, metrics = self.relay, self.serving, self.relay._metrics

@@ -1,0 +1,1091 @@
+"""The queen's OpenAI relay against peers: req/s and latency through queen-rbee, nginx and
+LiteLLM's proxy, all in front of the same stub upstream, measured with wrk in one run.
+
+Usage: .venv/bin/python bench/router.py [--duration 10] [--concurrency 1 16 64]
+           [--stub python|nginx] [--targets direct nginx litellm queen queen-keys]
+           [--modes non-stream stream] [--streams N [--only-streams]] [--keep]
+
+The stub upstream has one port per mode: one answers POST /v1/chat/completions with a small
+chat.completion JSON, the other with 8 SSE events (`chat.completion.chunk`s, then
+`data: [DONE]`), whatever the request says; the bodies are the same bytes with either --stub:
+
+- python (the default): bench/stub_upstream.py's `app`, a raw ASGI app (no framework) served by
+  uvicorn with httptools and uvloop, one process (one worker) per port: `python -m uvicorn
+  stub_upstream:app --http httptools --loop uvloop --no-access-log --log-level warning
+  --no-proxy-headers`. The issue's baseline (nginx 6,651 req/s at c=16, the queen 1,126) was
+  measured against a Python (uvicorn + httptools) stub, so this is the comparable setting:
+  the stub costs CPU on the same cores, as a real Python worker would.
+- nginx: nginx itself (its own instance, 1 worker process) with `return 200 '…'`: an upstream
+  that costs next to nothing, so the rows show each proxy's own ceiling.
+
+Each mode ("non-stream", "stream") starts every target afresh pointed at that mode's port;
+every target's answer is checked once (status, content, [DONE]) before wrk runs. Targets:
+
+- direct: wrk straight at the stub.
+- nginx: a second nginx instance (worker_processes 1) with proxy_pass to the stub,
+  proxy_buffering off, proxy_http_version 1.1, keepalive 64 to the upstream.
+- litellm: LiteLLM's proxy (`litellm[proxy]`, --litellm-spec) in its own venv
+  (--litellm-venv, installed on first use), as pip installs it (uvicorn with h11: the
+  [proxy] extra brings no httptools), 1 worker (--num_workers 1), model `stub` →
+  `openai/stub` at the stub. Telemetry and logging off as far as options allow: env
+  LITELLM_LOCAL_MODEL_COST_MAP=True (no cost-map fetch at start) and LITELLM_LOG=ERROR;
+  litellm_settings set_verbose/json_logs false, suppress_debug_info,
+  turn_off_message_logging and disable_streaming_logging true; general_settings
+  disable_spend_logs, disable_error_logs true, background_health_checks false; no database
+  (so no spend tracking). It refuses to start without a master key, so it has one, sent by
+  wrk (a plain string compare: no database for virtual keys). This LiteLLM's `--telemetry` is a
+  deprecated no-op: there is no telemetry left to turn off. The pin is the newest release
+  whose [proxy] extra resolved from PyPI here (1.107.0 was the compromised, yanked release).
+  If it cannot be installed or started, its rows say "n/a (reason)".
+- queen: `python -m rbee.queen.server` from this checkout, HOME in a temporary directory, the
+  stub registered as worker `stub-0` (slots_total 1024) by a heartbeat every second. No
+  cluster token and no key: a loopback queen serves anyone until its first key. Its metrics
+  are always on (there is no switch), in this variant too.
+- queen-keys ("queen (keys+metrics)"): the same, plus API keys: an admin key, then an
+  inference key made with it (POST /v1/keys), sent by wrk as `Authorization: Bearer …`, so
+  every request is looked up and scope-checked; GET /metrics is scraped once with the admin
+  key after its runs (the note under the table says whether it answered 200). Its rows say
+  "n/a (no /v1/keys yet)" while the queen has no such endpoint.
+
+Every (target, mode, c) runs a --warmup (2 s) wrk warm-up, then --duration seconds with
+threads = min(c, 2); wrk's Lua `done()` prints the numbers. "added p50" is the target's p50
+minus direct's at the same mode and c; "% of nginx" its req/s over nginx's; "errors" wrk's
+socket errors and non-2xx answers; "new upstream conns" the connections the stub accepted
+during the measured run, about 0 for a proxy that keeps its upstream connections alive. With
+--stub nginx they come from its stub_status: c + 1 for direct (wrk opens one connection of its
+own at start, and sends nothing on it). With --stub python the app counts the connections
+that sent it a request (GET /stub_status): c for direct, as wrk's own connection sends nothing;
+"-" where it cannot tell. Everything
+shares the machine's cores with wrk and the stub, so compare rows of one run, not runs of
+different machines.
+
+--streams N: N concurrent long streams (default 50 chunks 100 ms apart, bench/stub_upstream.py,
+aiohttp) opened at once by an aiohttp client in this process, through each of
+--stream-targets: how many complete, the longest gap between two chunks of any stream (a stall
+detector: 100 ms is no stall), time to first chunk, total time, and the peak RSS of the proxy
+(psutil, every 100 ms). direct is there to show what the client and the stub alone manage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import functools
+import itertools
+import json
+import os
+import platform
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+import psutil
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("direct", "nginx", "litellm", "queen", "queen-keys")
+LABELS = {"queen-keys": "queen (keys+metrics)"}
+MODES = ("non-stream", "stream")
+PATH = "/v1/chat/completions"
+BODY = {"model": "stub", "messages": [{"role": "user", "content": "hi"}]}
+LITELLM_SPEC = "litellm[proxy]==1.106.12"
+LITELLM_VENV = Path.home() / ".cache" / "rbee-bench" / "litellm-venv"
+WORDS = ["Hello", " from", " the", " stub", " up", "stream"]
+STUB_TEXT = "".join(WORDS)
+WRK_SLOTS = 1024
+T = TypeVar("T")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _completion() -> str:
+    """The stub's non-streamed answer."""
+    return _compact(
+        {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "stub",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": STUB_TEXT},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7},
+        }
+    )
+
+
+def _sse() -> str:
+    """The stub's streamed answer: a role chunk, one per word, a finish chunk, [DONE]."""
+    deltas: list[tuple[dict[str, str], str | None]] = [({"role": "assistant"}, None)]
+    deltas += [({"content": word}, None) for word in WORDS]
+    deltas.append(({}, "stop"))
+    events = [
+        "data: "
+        + _compact(
+            {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": "stub",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+        + "\n\n"
+        for delta, finish in deltas
+    ]
+    return "".join(events) + "data: [DONE]\n\n"
+
+
+def _nginx_string(text: str) -> str:
+    """`text` as a single-quoted nginx string (no variables in it: no `$`)."""
+    assert "$" not in text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """A target that cannot be measured; its rows say n/a (the reason)."""
+
+
+def _log(message: str) -> None:
+    print(f"[router] {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " / ".join([line.strip()[:200] for line in text if line.strip()][-lines:])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate `proc` and whatever it started; kill what is left after 10 s."""
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log: Path
+    name: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_ready(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Until `ready()`; Unavailable when the process exits or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (code := self.popen.poll()) is not None:
+                raise Unavailable(f"{self.name} exited with {code}: {_tail(self.log)}")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise Unavailable(f"{self.name} not ready after {timeout:.0f} s: {_tail(self.log)}")
+
+
+@contextlib.contextmanager
+def _process(
+    name: str, argv: list[str], logs: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[Proc]:
+    """`argv` running with its output in logs/NAME.log; stopped (and its children) at the end."""
+    log = logs / f"{name}.log"
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+    try:
+        yield Proc(popen, log, name)
+    finally:
+        _stop(popen)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _rss(pid: int) -> int:
+    """RSS of `pid` and its children, in bytes (0 once gone)."""
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
+# --- tools -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tools:
+    nginx: str
+    wrk: str
+
+
+def _find(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/usr/bin") if (p := Path(d) / name).exists()), None
+    )
+
+
+def _ensure_tools() -> Tools:
+    """nginx and wrk, installed with apt-get (nginx-light, wrk) when missing and root."""
+    nginx, wrk = _find("nginx"), _find("wrk")
+    if (nginx is None or wrk is None) and os.geteuid() == 0 and shutil.which("apt-get"):
+        _log("installing nginx-light and wrk with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "nginx-light", "wrk"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+            subprocess.run(install, env=env, capture_output=True)
+        nginx, wrk = _find("nginx"), _find("wrk")
+    if nginx is None or wrk is None:
+        sys.exit("router.py needs nginx and wrk: apt-get install -y nginx-light wrk")
+    return Tools(nginx, wrk)
+
+
+def _version(argv: list[str]) -> str:
+    """The first line `argv` prints, e.g. 'nginx version: nginx/1.22.1' → 'nginx/1.22.1'."""
+    out = subprocess.run(argv, capture_output=True, text=True)
+    line = (out.stdout + out.stderr).strip().splitlines()[0]
+    return line.removeprefix("nginx version: ").split(" Copyright")[0]
+
+
+# --- nginx -------------------------------------------------------------------------------------
+
+
+def _nginx_conf(prefix: Path, servers: str) -> str:
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+{servers}
+}}
+"""
+
+
+@contextlib.contextmanager
+def _nginx(ctx: Context, name: str, servers: str, ports: list[int]) -> Iterator[Proc]:
+    """A foreground nginx (`daemon off`) with its config, pid, logs and temp files in tmp/NAME."""
+    prefix = ctx.tmp / name
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(_nginx_conf(prefix, servers))
+    argv = [ctx.tools.nginx, "-p", f"{prefix}/", "-e", f"{prefix}/error.log", "-c", str(conf)]
+    with _process(name, [*argv, "-g", "daemon off;"], ctx.tmp) as proc:
+        proc.wait_ready(lambda: all(_port_open(port) for port in ports), 10)
+        yield proc
+
+
+@dataclass
+class Upstream:
+    port: int
+    pid: int
+    # How it counts accepted connections: "nginx" (stub_status at /nginx_status), "python"
+    # (bench/stub_upstream.py's GET /stub_status) or None (it does not).
+    status: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def accepted(self) -> int | None:
+        """Connections the stub has accepted so far (this call's own included)."""
+        if self.status == "nginx":
+            # "Active connections: 1 \nserver accepts handled requests\n 7 7 12 \n…"
+            return int(httpx.get(f"{self.url}/nginx_status", timeout=5).text.split()[7])
+        if self.status == "python":
+            count = httpx.get(f"{self.url}/stub_status", timeout=5).json()["connections"]
+            return None if count is None else int(count)
+        return None
+
+
+def _stub_bodies() -> dict[str, tuple[str, str]]:
+    """By mode, the stub's content type and body."""
+    return {
+        "non-stream": ("application/json", _completion()),
+        "stream": ("text/event-stream", _sse()),
+    }
+
+
+@contextlib.contextmanager
+def _stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
+    """The --stub upstream: by mode, the upstream that answers in that mode."""
+    starts = {"nginx": _nginx_stub, "python": _python_stub}
+    with starts[ctx.args.stub](ctx) as upstreams:
+        yield upstreams
+
+
+@contextlib.contextmanager
+def _python_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
+    """bench/stub_upstream.py's ASGI `app` under uvicorn (httptools, uvloop), one per mode."""
+    upstreams: dict[str, Upstream] = {}
+    with contextlib.ExitStack() as stack:
+        for mode, (ctype, body) in _stub_bodies().items():
+            port = _free_port()
+            env = {**os.environ, "RBEE_STUB_CONTENT_TYPE": ctype, "RBEE_STUB_BODY": body}
+            argv = [sys.executable, "-m", "uvicorn", "stub_upstream:app"]
+            argv += ["--app-dir", str(ROOT / "bench"), "--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
+            argv += ["--log-level", "warning", "--no-proxy-headers"]
+            name = f"stub-python-{mode}"
+            proc = stack.enter_context(_process(name, argv, ctx.tmp, env=env))
+            health = f"http://127.0.0.1:{port}/health"
+            proc.wait_ready(functools.partial(_http_ok, health), 30)
+            upstreams[mode] = Upstream(port, proc.pid, status="python")
+        yield upstreams
+
+
+@contextlib.contextmanager
+def _nginx_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
+    """nginx answering with `return 200 '…'`, one port per mode."""
+    ports = {mode: _free_port() for mode in MODES}
+    bodies = _stub_bodies()
+    servers = "\n".join(
+        f"""    server {{
+        listen 127.0.0.1:{ports[mode]} backlog=4096;
+        location = {PATH} {{ default_type {ctype}; return 200 {_nginx_string(body)}; }}
+        location = /health {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
+        location = /nginx_status {{ stub_status; }}
+        location / {{ return 404; }}
+    }}"""
+        for mode, (ctype, body) in bodies.items()
+    )
+    with _nginx(ctx, "stub-nginx", servers, list(ports.values())) as proc:
+        yield {mode: Upstream(port, proc.pid, status="nginx") for mode, port in ports.items()}
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # the proxy's process, for RSS
+    metrics_headers: dict[str, str] | None = None  # scrape GET /metrics with these, after
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    tmp: Path
+    tools: Tools
+    litellm: Path | Unavailable | None = None
+    started: int = 0
+
+    def name(self, base: str) -> str:
+        """A name of its own for each started thing (logs, directories)."""
+        self.started += 1
+        return f"{base}-{self.started}"
+
+
+@contextlib.contextmanager
+def _nginx_target(ctx: Context, upstream: Upstream) -> Iterator[Endpoint]:
+    port = _free_port()
+    server = f"""    upstream stub {{
+        server 127.0.0.1:{upstream.port};
+        keepalive 64;
+        keepalive_requests 10000000;  # default 1000: a new connection every 1000 requests
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://stub;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}"""
+    with _nginx(ctx, ctx.name("nginx"), server, [port]) as proc:
+        yield Endpoint(f"http://127.0.0.1:{port}", pid=proc.pid)
+
+
+def _litellm_exe(ctx: Context) -> Path:
+    """LiteLLM's `litellm` from its own venv, installed there the first time."""
+    if isinstance(ctx.litellm, Unavailable):
+        raise ctx.litellm
+    if ctx.litellm is not None:
+        return ctx.litellm
+    venv: Path = ctx.args.litellm_venv
+    exe = venv / "bin" / "litellm"
+    try:
+        if not exe.exists():
+            _log(f"installing {ctx.args.litellm_spec} into {venv} (once; minutes)")
+            python = shutil.which("python3") or sys.executable
+            subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+            pip = [str(venv / "bin" / "pip"), "install", "-q", ctx.args.litellm_spec]
+            out = subprocess.run(pip, capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0 or not exe.exists():
+                errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
+                raise Unavailable(f"pip install failed: {(errors or ['?'])[-1][:160]}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        ctx.litellm = Unavailable(f"cannot install LiteLLM: {exc}")
+        raise ctx.litellm from None
+    except Unavailable as exc:
+        ctx.litellm = exc
+        raise
+    ctx.litellm = exe
+    return exe
+
+
+def _litellm_version(venv: Path) -> str | None:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return None
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+@contextlib.contextmanager
+def _litellm_target(ctx: Context, upstream: Upstream) -> Iterator[Endpoint]:
+    exe = _litellm_exe(ctx)
+    name = ctx.name("litellm")
+    master_key = f"sk-{secrets.token_hex(32)}"
+    config = ctx.tmp / f"{name}.yaml"
+    config.write_text(
+        f"""model_list:
+  - model_name: stub
+    litellm_params:
+      model: openai/stub
+      api_base: {upstream.url}/v1
+      api_key: x
+litellm_settings:
+  set_verbose: false
+  json_logs: false
+  suppress_debug_info: true
+  turn_off_message_logging: true
+  disable_streaming_logging: true
+general_settings:
+  master_key: {master_key}
+  disable_spend_logs: true
+  disable_error_logs: true
+  background_health_checks: false
+"""
+    )
+    port = _free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    argv = [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    with _process(name, [*argv, "--num_workers", "1"], ctx.tmp, env=env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_ready(lambda: _http_ok(f"{url}/health/liveliness"), 180)
+        yield Endpoint(url, {"Authorization": f"Bearer {master_key}"}, proc.pid)
+
+
+class Heartbeats:
+    """Registers a worker with a queen: its heartbeat POSTed every second from a thread."""
+
+    def __init__(self, queen: str, beat: dict[str, Any]) -> None:
+        self._url = f"{queen}/v1/workers/heartbeat"
+        self._beat = beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self.last: str = "none sent"
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2) as client:
+            while not self._stop.is_set():
+                try:
+                    self.last = str(client.post(self._url, json=self._beat).status_code)
+                except httpx.HTTPError as exc:
+                    self.last = repr(exc)
+                self._stop.wait(1.0)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _make_key(queen: str, name: str, scope: str, headers: dict[str, str]) -> str:
+    """A new API key's secret (POST /v1/keys)."""
+    body = {"name": name, "scope": scope}
+    made = httpx.post(f"{queen}/v1/keys", json=body, headers=headers, timeout=10)
+    if made.status_code == 404:
+        raise Unavailable("no /v1/keys yet")
+    if made.status_code >= 300:
+        raise Unavailable(f"POST /v1/keys: {made.status_code} {made.text[:100]}")
+    return str(made.json()["key"])
+
+
+@contextlib.contextmanager
+def _queen_target(
+    ctx: Context, upstream: Upstream, slots: int, keys: bool = False
+) -> Iterator[Endpoint]:
+    name = ctx.name("queen-keys" if keys else "queen")
+    home = ctx.tmp / name
+    home.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "rbee.queen.server", "--port", str(port)]
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    beat = {
+        "worker_id": "stub-0",
+        "hive": "local",
+        "model": "stub",
+        "worker_binary": "cpu",
+        "url": upstream.url,
+        "pid": upstream.pid,
+        "device": "cpu",
+        "state": "idle",
+        "slots_total": slots,
+        "slots_busy": 0,
+    }
+    with _process(name, [*argv, "--db", str(home / "queen.db")], ctx.tmp, env=env) as proc:
+        proc.wait_ready(lambda: _http_ok(f"{url}/health"), 60)
+        with Heartbeats(url, beat) as heartbeats:
+            headers: dict[str, str] = {}
+            admin: dict[str, str] | None = None
+            if keys:
+                # An admin key first (the queen is open until its first key), for /metrics.
+                admin = {"Authorization": f"Bearer {_make_key(url, 'bench-admin', 'admin', {})}"}
+                headers["Authorization"] = f"Bearer {_make_key(url, 'bench', 'inference', admin)}"
+            try:
+                yield Endpoint(url, headers, proc.pid, metrics_headers=admin)
+            except Unavailable as exc:
+                raise Unavailable(f"{exc} (last heartbeat: {heartbeats.last})") from None
+
+
+@contextlib.contextmanager
+def _target(ctx: Context, name: str, upstream: Upstream, slots: int) -> Iterator[Endpoint]:
+    """Target `name` started in front of `upstream`, stopped at the end."""
+    if name == "direct":
+        yield Endpoint(upstream.url)
+        return
+    starts = {
+        "nginx": lambda: _nginx_target(ctx, upstream),
+        "litellm": lambda: _litellm_target(ctx, upstream),
+        "queen": lambda: _queen_target(ctx, upstream, slots),
+        "queen-keys": lambda: _queen_target(ctx, upstream, slots, keys=True),
+    }
+    with starts[name]() as endpoint:
+        yield endpoint
+
+
+def _check(endpoint: Endpoint, stream: bool) -> str | None:
+    """None when the target answers as the stub does, else what is wrong."""
+    try:
+        response = httpx.post(
+            endpoint.url + PATH,
+            json=BODY | {"stream": True} if stream else BODY,
+            headers=endpoint.headers,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        return repr(exc)
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:120]}"
+    try:
+        if not stream:
+            text = response.json()["choices"][0]["message"]["content"]
+        else:
+            data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+            if not data or data[-1] != "[DONE]":
+                return "no data: [DONE] at the end"
+            chunks = [json.loads(item)["choices"] for item in data[:-1]]
+            text = "".join(c[0]["delta"].get("content") or "" for c in chunks if c)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        return f"unexpected body ({exc!r}): {response.text[:120]}"
+    return None if text == STUB_TEXT else f"content {text!r}"
+
+
+def _checked(endpoint: Endpoint, stream: bool, within: float = 15) -> None:
+    """Retries _check for `within` seconds (a queen routes once the first heartbeat is in)."""
+    deadline = time.monotonic() + within
+    while (problem := _check(endpoint, stream)) is not None:
+        if time.monotonic() > deadline:
+            raise Unavailable(f"bad answer: {problem}")
+        time.sleep(0.5)
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+_DONE_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT {\"requests\":%d,\"duration_us\":%d,\"p50_us\":%.1f,\"p99_us\":%.1f," ..
+    "\"connect\":%d,\"read\":%d,\"write\":%d,\"status\":%d,\"timeout\":%d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def _lua(path: Path, body: dict[str, Any], headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = [==[{_compact(body)}]==]"]
+    for key, value in {"Content-Type": "application/json", **headers}.items():
+        lines.append(f'wrk.headers["{key}"] = [==[{value}]==]')
+    path.write_text("\n".join(lines) + "\n" + _DONE_LUA)
+    return path
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _wrk(ctx: Context, url: str, script: Path, connections: int, seconds: int) -> WrkResult:
+    threads = min(connections, 2)
+    argv = [ctx.tools.wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
+    argv += ["--timeout", "10s", "-s", str(script), url]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"wrk did not finish in {seconds + 60} s") from None
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise Unavailable(f"wrk: {(out.stderr or out.stdout).strip()[-160:]}")
+    r = json.loads(line[len("RESULT ") :])
+    errors = sum(r[key] for key in ("connect", "read", "write", "status", "timeout"))
+    rps = r["requests"] / (r["duration_us"] / 1e6)
+    return WrkResult(r["requests"], rps, r["p50_us"] / 1000, r["p99_us"] / 1000, errors)
+
+
+@dataclass
+class Row:
+    target: str
+    mode: str
+    c: int
+    result: WrkResult | None = None
+    note: str = ""
+    upstream_conns: int | None = None  # connections the stub accepted during the run
+
+
+def _bench_target(
+    ctx: Context, name: str, mode: str, upstream: Upstream, notes: list[str]
+) -> list[Row]:
+    args = ctx.args
+    rows: list[Row] = []
+    label = LABELS.get(name, name)
+    try:
+        with _target(ctx, name, upstream, WRK_SLOTS) as endpoint:
+            stream = mode == "stream"
+            _checked(endpoint, stream)
+            body = BODY | {"stream": True} if stream else BODY
+            script = _lua(ctx.tmp / f"{ctx.name('wrk')}.lua", body, endpoint.headers)
+            url = endpoint.url + PATH
+            for c in args.concurrency:
+                _log(f"{label} {mode} c={c}")
+                try:
+                    _wrk(ctx, url, script, c, args.warmup)
+                    before = upstream.accepted()
+                    result = _wrk(ctx, url, script, c, args.duration)
+                    after = upstream.accepted()
+                    # Less the status request of `after` itself.
+                    opened = (
+                        after - before - 1 if after is not None and before is not None else None
+                    )
+                    rows.append(Row(name, mode, c, result, upstream_conns=opened))
+                except Unavailable as exc:
+                    rows.append(Row(name, mode, c, note=str(exc)))
+            if endpoint.metrics_headers is not None:
+                notes.append(f"{label}, {mode}: GET /metrics → {_scrape(endpoint)}")
+    except Unavailable as exc:
+        _log(f"{label} {mode}: n/a ({exc})")
+        done = {row.c for row in rows}
+        rows += [Row(name, mode, c, note=str(exc)) for c in args.concurrency if c not in done]
+    return rows
+
+
+def _scrape(endpoint: Endpoint) -> str:
+    try:
+        response = httpx.get(
+            endpoint.url + "/metrics", headers=endpoint.metrics_headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        return repr(exc)
+    if response.status_code != 200:
+        return f"{response.status_code} (metrics not on)"
+    samples = [line for line in response.text.splitlines() if line and line[0] != "#"]
+    counted = [line for line in samples if line.startswith("rbee_queen_requests")]
+    return f"200, {len(samples)} samples ({'; '.join(counted[:3]) or 'no rbee_queen_requests'})"
+
+
+def _bench_wrk(ctx: Context) -> tuple[list[Row], list[str]]:
+    rows: list[Row] = []
+    notes: list[str] = []
+    with _stub(ctx) as stubs:
+        for mode in ctx.args.modes:
+            for name in ctx.args.targets:
+                rows += _bench_target(ctx, name, mode, stubs[mode], notes)
+    return rows, notes
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """`text` fit for one Markdown table cell."""
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _wrk_table(rows: list[Row]) -> list[str]:
+    by_key = {(row.target, row.mode, row.c): row.result for row in rows}
+    lines = [
+        "| target | mode | c | req/s | p50 ms | p99 ms | added p50 ms vs direct "
+        "| % of nginx req/s | errors | new upstream conns |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        label = LABELS.get(row.target, row.target)
+        r = row.result
+        if r is None:
+            lines.append(
+                f"| {label} | {row.mode} | {row.c} | n/a ({_cell(row.note)}) | | | | | | |"
+            )
+            continue
+        direct = by_key.get(("direct", row.mode, row.c))
+        nginx = by_key.get(("nginx", row.mode, row.c))
+        added = f"{r.p50_ms - direct.p50_ms:+.2f}" if direct else "-"
+        share = f"{r.rps / nginx.rps * 100:.0f} %" if nginx else "-"
+        lines.append(
+            f"| {label} | {row.mode} | {row.c} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {added} | {share} | {r.errors} | {_or_dash(row.upstream_conns)} |"
+        )
+    return lines
+
+
+# --- long streams ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    start: float
+    stamps: list[float] = field(default_factory=list)
+    done: bool = False
+    error: str = ""
+
+    def complete(self, chunks: int) -> bool:
+        """All `chunks` events and [DONE] came, and nothing went wrong."""
+        return self.done and not self.error and len(self.stamps) == chunks + 1
+
+
+async def _one_stream(session: aiohttp.ClientSession, endpoint: Endpoint) -> Stream:
+    loop = asyncio.get_running_loop()
+    stream = Stream(loop.time())
+    try:
+        async with session.post(
+            endpoint.url + PATH, json=BODY | {"stream": True}, headers=endpoint.headers
+        ) as response:
+            if response.status != 200:
+                stream.error = f"HTTP {response.status}"
+                return stream
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    stream.stamps.append(loop.time())
+                    stream.done = line.startswith(b"data: [DONE]")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        stream.error = type(exc).__name__
+    return stream
+
+
+async def _streams(endpoint: Endpoint, n: int) -> tuple[list[Stream], float]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        streams = await asyncio.gather(*(_one_stream(session, endpoint) for _ in range(n)))
+        return streams, time.perf_counter() - start
+
+
+class PeakRss:
+    """The peak RSS of a process (and its children), sampled every 100 ms from a thread."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.idle = _rss(pid) if pid else 0
+        self.peak = self.idle
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while self.pid and not self._stop.wait(0.1):
+            self.peak = max(self.peak, _rss(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _stream_ready(endpoint: Endpoint, chunks: int, within: float = 15) -> None:
+    """Until one stream comes through whole (a queen routes once the first heartbeat is in)."""
+    deadline = time.monotonic() + within
+    while True:
+        (stream,), _ = _run_async(_streams(endpoint, 1))
+        if stream.complete(chunks):
+            return
+        if time.monotonic() > deadline:
+            problem = stream.error or f"{len(stream.stamps)} of {chunks + 1} events"
+            raise Unavailable(f"a single stream did not complete: {problem}")
+        time.sleep(0.5)
+
+
+def _stream_row(ctx: Context, name: str, upstream: Upstream) -> list[str]:
+    args = ctx.args
+    n, chunks = args.streams, args.stream_chunks
+    label = LABELS.get(name, name)
+    try:
+        with _target(ctx, name, upstream, max(n, WRK_SLOTS)) as endpoint:
+            _log(f"{label}: {n} streams of {chunks} chunks")
+            _stream_ready(endpoint, chunks)
+            with PeakRss(endpoint.pid) as rss:
+                streams, total = _run_async(_streams(endpoint, n))
+    except Unavailable as exc:
+        return [f"| {label} | {n} | n/a ({_cell(str(exc))}) | | | | | | | |"]
+    complete = [s for s in streams if s.complete(chunks)]
+    gaps = [max(b - a for a, b in itertools.pairwise(s.stamps)) for s in complete]
+    first = [s.stamps[0] - s.start for s in streams if s.stamps]
+    errors = collections.Counter(s.error or "incomplete" for s in streams if not s.complete(chunks))
+    mib = 1024 * 1024
+    cells = [
+        label,
+        str(n),
+        str(len(complete)),
+        f"{total:.2f}",
+        f"{statistics.median(first) * 1000:.0f}" if first else "-",
+        f"{max(first) * 1000:.0f}" if first else "-",
+        f"{max(gaps) * 1000:.0f}" if gaps else "-",
+        f"{_percentile(gaps, 99) * 1000:.0f}" if gaps else "-",
+        f"{rss.peak / mib:.0f} ({rss.idle / mib:.0f})" if endpoint.pid else "-",
+        ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0",
+    ]
+    return ["| " + " | ".join(cells) + " |"]
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro` on a fresh uvloop event loop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _bench_streams(ctx: Context) -> list[str]:
+    args = ctx.args
+    port = _free_port()
+    stub = [sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(port)]
+    stub += ["--chunks", str(args.stream_chunks), "--interval", str(args.stream_interval)]
+    lines = [
+        f"{args.streams} concurrent streams, {args.stream_chunks} chunks "
+        f"{args.stream_interval * 1000:.0f} ms apart each (bench/stub_upstream.py):",
+        "",
+        "| target | streams | completed | total s | first chunk p50 ms | first chunk max ms "
+        "| max gap ms | p99 of per-stream max gap ms | peak RSS MiB (idle) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    with _process("slow-stub", stub, ctx.tmp) as proc:
+        proc.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), 30)
+        upstream = Upstream(port, proc.pid)
+        for name in args.stream_targets:
+            lines += _stream_row(ctx, name, upstream)
+    return lines
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    return f"{len(os.sched_getaffinity(0))} cores (nproc), {cpu}, Linux {platform.release()}"
+
+
+def _revision() -> str:
+    def git(*argv: str) -> str:
+        out = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        " (dirty)" if git("status", "--porcelain") else ""
+    )
+
+
+def _stub_line(stub: str, tools: Tools) -> str:
+    if stub == "nginx":
+        return f"nginx ({_version([tools.nginx, '-v'])}, 1 worker process, return 200 '…')"
+    uvicorn, httptools, uvloop_ = (version(name) for name in ("uvicorn", "httptools", "uvloop"))
+    return (
+        f"python (bench/stub_upstream.py's raw ASGI app; uvicorn {uvicorn} --http httptools "
+        f"{httptools} --loop uvloop {uvloop_}, 1 process per port)"
+    )
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up per run")
+    parser.add_argument("--concurrency", "-c", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--stub",
+        choices=("python", "nginx"),
+        default="python",
+        help="the wrk runs' upstream: uvicorn+httptools (as the issue's baseline) or nginx",
+    )
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--streams", type=int, default=0, help="N concurrent long streams")
+    parser.add_argument("--only-streams", action="store_true", help="skip the wrk runs")
+    parser.add_argument(
+        "--stream-targets", nargs="+", choices=TARGETS, default=["direct", "nginx", "queen"]
+    )
+    parser.add_argument("--stream-chunks", type=int, default=50)
+    parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds")
+    parser.add_argument("--litellm-spec", default=LITELLM_SPEC, help="pip requirement")
+    parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary dir (logs)")
+    args = parser.parse_args()
+    if args.only_streams and not args.streams:
+        parser.error("--only-streams needs --streams N")
+
+    # SIGTERM unwinds like Ctrl-C: every process started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _raise_fd_limit()
+    tools = _ensure_tools()
+    tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-router-"))
+    ctx = Context(args, tmp, tools)
+    wrk_rows: list[Row] = []
+    notes: list[str] = []
+    stream_lines: list[str] = []
+    try:
+        if not args.only_streams:
+            wrk_rows, notes = _bench_wrk(ctx)
+        if args.streams:
+            stream_lines = _bench_streams(ctx)
+    finally:
+        if args.keep:
+            _log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    litellm = _litellm_version(args.litellm_venv)
+    print(f"machine: {_machine()}")
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"command: {shlex.join(['python', 'bench/router.py', *sys.argv[1:]])}")
+    print(
+        f"rbee {_revision()}; {_version([tools.nginx, '-v'])}; {_version([tools.wrk, '-v'])}; "
+        f"LiteLLM {litellm or 'not installed'}"
+    )
+    if wrk_rows:
+        print(f"stub (wrk runs): {_stub_line(args.stub, tools)}")
+        print()
+        print(
+            f"wrk, {args.duration} s per row after a {args.warmup} s warm-up, "
+            "threads = min(c, 2), POST /v1/chat/completions:"
+        )
+        print()
+        print("\n".join(_wrk_table(wrk_rows)))
+        for note in notes:
+            print(f"\n{note}")
+    if stream_lines:
+        print(f"stub (streams): bench/stub_upstream.py, aiohttp {aiohttp.__version__} on uvloop")
+        print()
+        print("\n".join(stream_lines))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted (everything it started is stopped)")
+    except Unavailable as exc:
+        sys.exit(f"error: {exc}")
