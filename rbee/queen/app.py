@@ -413,6 +413,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
         ),
         asyncio.create_task(queen.relay.access.run()),
+        asyncio.create_task(queen.relay.watch_heartbeats()),
     ]
     # What the queen made at start lives as long as it does: out of the collector's way, so
     # its full collections stay short under load.

@@ -78,6 +78,7 @@ class Registry:
         self._workers: dict[str, WorkerRecord] = {}
         # Workers dropped on purpose, by id → pid: a stopping worker's last beats are ignored.
         self._retired: dict[str, int] = {}
+        self._lost: list[WorkerRecord] = []
 
     def beat(self, heartbeat: Heartbeat) -> WorkerRecord | None:
         """Record a heartbeat; the queen's own in-flight count and health mark survive it."""
@@ -98,8 +99,14 @@ class Registry:
         now = self._clock()
         expired = [wid for wid, rec in self._workers.items() if now - rec.last_seen > self._ttl]
         for wid in expired:
-            del self._workers[wid]
+            self._lost.append(self._workers.pop(wid))
         return list(self._workers.values())
+
+    def take_lost(self) -> list[WorkerRecord]:
+        """Workers whose heartbeats stopped since the last call (once each)."""
+        self.live()
+        lost, self._lost = self._lost, []
+        return lost
 
     def get(self, worker_id: str) -> WorkerRecord | None:
         return next((rec for rec in self.live() if rec.beat.worker_id == worker_id), None)

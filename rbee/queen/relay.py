@@ -110,6 +110,18 @@ class Relay:
         self._headers = header_block(headers)
         self._pool = Pool()
         self.access = AccessLog(QueenArgs.SCRIPT)
+        # Connections with a request in flight, by worker: a worker whose heartbeats stop
+        # has them cut, rather than leaving its clients to wait out their timeouts.
+        self._active: dict[str, set[Connection]] = {}
+
+    async def watch_heartbeats(self, every_s: float = 1.0) -> None:
+        """Every `every_s`, cut the requests in flight at workers that stopped beating: before
+        their first byte they go to another worker, after it they end with an error event."""
+        while True:
+            await asyncio.sleep(every_s)
+            for record in self._registry.take_lost():
+                for conn in self._active.pop(record.beat.worker_id, ()):
+                    conn.abort("the worker stopped sending heartbeats")
 
     async def close(self) -> None:
         self._pool.close()
@@ -309,6 +321,7 @@ class _Call:
         pool = relay._pool
         conn = pool.idle(address.host, address.port)
         reused = conn is not None
+        active = relay._active.setdefault(record.beat.worker_id, set())
         try:
             while True:
                 if conn is None:
@@ -323,6 +336,7 @@ class _Call:
                         ) from None
                     except OSError as exc:
                         raise _Failed(f"cannot connect: {exc}", gone=True) from None
+                active.add(conn)
                 try:
                     await conn.request(
                         address.prefix + self.scope["path"].encode(),
@@ -359,6 +373,7 @@ class _Call:
             return await self._pass_whole(conn, first, record)
         finally:
             if conn is not None:
+                active.discard(conn)
                 if conn.complete:
                     pool.release(conn)
                 else:

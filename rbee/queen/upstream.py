@@ -173,6 +173,11 @@ class Connection(asyncio.Protocol):
         self._chunks.clear()
         return joined
 
+    def abort(self, reason: str) -> None:
+        """Fail the request in flight with UpstreamClosed(`reason`) and close."""
+        self._fail(UpstreamClosed(reason))
+        self.close()
+
     def close(self) -> None:
         self.reusable = False
         self._disarm()

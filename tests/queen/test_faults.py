@@ -137,6 +137,25 @@ def test_a_connect_that_hangs_times_out_and_another_worker_answers(
     assert _counter(queen.metrics(), "rbee_queen_timeouts_total", kind="connect") == 1
 
 
+def test_a_worker_whose_heartbeats_stop_loses_its_requests_to_another(
+    tmp_path: Path, scripted: ScriptedWorkers
+) -> None:
+    # Long timeouts: what ends the wait is the missed heartbeats (a SIGSTOPped worker, say).
+    queen = ScriptedQueen.start(tmp_path, {**FAST, "first_byte_timeout": 60, "idle_timeout": 60})
+    try:
+        queen.add_worker("a-stopped", scripted.worker("slow:30"))
+        queen.add_worker("b-ok", scripted.worker("ok"))
+        del queen.workers["a-stopped"]  # no more heartbeats from it
+        started = time.monotonic()
+        response = _chat(queen, True)
+        assert response.status_code == 200
+        assert response.headers["x-rbee-worker"] == "b-ok"
+        assert _text(_events(response)) == "".join(TOKENS)
+        assert 5 < time.monotonic() - started < 10  # 3 missed beats of 2 s, then at once
+    finally:
+        queen.stop()
+
+
 def test_a_kept_alive_connection_the_worker_closed_is_not_a_failure(
     queen: ScriptedQueen, scripted: ScriptedWorkers
 ) -> None:
