@@ -420,8 +420,9 @@ class _Call:
                 if pending:
                     chunk = pending + chunk
                     pending = b""
-                if not chunk.endswith(_SSE_END):
-                    cut = chunk.rfind(_SSE_END) + 2
+                if not chunk.endswith(_SSE_END):  # hold back the part after the last event
+                    end = chunk.rfind(_SSE_END)
+                    cut = end + 2 if end >= 0 else 0
                     chunk, pending = chunk[:cut], chunk[cut:]
                 if chunk:
                     events += chunk.count(b"data:")

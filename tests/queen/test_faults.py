@@ -213,10 +213,11 @@ def test_a_hang_after_the_first_byte_ends_the_stream_with_one_error_event(
     assert _counter(queen.metrics(), "rbee_queen_timeouts_total", model=MODEL, kind="idle") == 1
 
 
+@pytest.mark.parametrize("behaviour", ["crash-after", "crash-after-split"])
 def test_a_crash_after_the_first_byte_drops_the_half_event(
-    queen: ScriptedQueen, scripted: ScriptedWorkers
+    queen: ScriptedQueen, scripted: ScriptedWorkers, behaviour: str
 ) -> None:
-    queen.add_worker("a-crash", scripted.worker("crash-after"))
+    queen.add_worker("a-crash", scripted.worker(behaviour))
     response = _chat(queen, True)
     events = _events(response)  # every block whole: the half event was not passed on
     assert _text(events) == TOKENS[0]
