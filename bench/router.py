@@ -37,6 +37,8 @@ every target's answer is checked once (status, content, [DONE]) before wrk runs.
   deprecated no-op: there is no telemetry left to turn off. The pin is the newest release
   whose [proxy] extra resolved from PyPI here (1.107.0 was the compromised, yanked release).
   If it cannot be installed or started, its rows say "n/a (reason)".
+- queen@REV: the same queen from a git worktree of revision REV (PYTHONPATH), to measure a
+  change against what came before it in one run.
 - queen: `python -m rbee.queen.server` from this checkout, HOME in a temporary directory, the
   stub registered as worker `stub-0` (slots_total 1024) by a heartbeat every second. No
   cluster token and no key: a loopback queen serves anyone until its first key. Its metrics
@@ -440,6 +442,7 @@ class Context:
     tools: Tools
     litellm: Path | Unavailable | None = None
     started: int = 0
+    worktrees: list[Path] = field(default_factory=list)
 
     def name(self, base: str) -> str:
         """A name of its own for each started thing (logs, directories)."""
@@ -583,8 +586,9 @@ def _make_key(queen: str, name: str, scope: str, headers: dict[str, str]) -> str
 
 @contextlib.contextmanager
 def _queen_target(
-    ctx: Context, upstream: Upstream, slots: int, keys: bool = False
+    ctx: Context, upstream: Upstream, slots: int, keys: bool = False, source: Path | None = None
 ) -> Iterator[Endpoint]:
+    """The queen of this checkout, or of `source` (a worktree of another revision)."""
     name = ctx.name("queen-keys" if keys else "queen")
     home = ctx.tmp / name
     home.mkdir()
@@ -592,6 +596,8 @@ def _queen_target(
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "rbee.queen.server", "--port", str(port)]
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if source is not None:  # ahead of the venv's editable install of this checkout
+        env["PYTHONPATH"] = str(source)
     beat = {
         "worker_id": "stub-0",
         "hive": "local",
@@ -625,6 +631,10 @@ def _target(ctx: Context, name: str, upstream: Upstream, slots: int) -> Iterator
     if name == "direct":
         yield Endpoint(upstream.url)
         return
+    if name.startswith("queen@"):
+        with _queen_target(ctx, upstream, slots, source=_worktree(ctx, name[6:])) as endpoint:
+            yield endpoint
+        return
     starts = {
         "nginx": lambda: _nginx_target(ctx, upstream),
         "litellm": lambda: _litellm_target(ctx, upstream),
@@ -633,6 +643,25 @@ def _target(ctx: Context, name: str, upstream: Upstream, slots: int) -> Iterator
     }
     with starts[name]() as endpoint:
         yield endpoint
+
+
+def _target_name(text: str) -> str:
+    if text in TARGETS or (text.startswith("queen@") and len(text) > 6):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(TARGETS)} or queen@REV")
+
+
+def _worktree(ctx: Context, rev: str) -> Path:
+    """A checkout of revision `rev` of this repository (made once per run)."""
+    path = ctx.tmp / f"worktree-{rev}"
+    if not path.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
+            check=True,
+            capture_output=True,
+        )
+        ctx.worktrees.append(path)
+    return path
 
 
 def _check(endpoint: Endpoint, stream: bool) -> str | None:
@@ -1021,12 +1050,18 @@ def main() -> None:
         default="python",
         help="the wrk runs' upstream: uvicorn+httptools (as the issue's baseline) or nginx",
     )
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        type=_target_name,
+        default=list(TARGETS),
+        help=f"of {', '.join(TARGETS)}, or queen@REV: the queen of git revision REV",
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--streams", type=int, default=0, help="N concurrent long streams")
     parser.add_argument("--only-streams", action="store_true", help="skip the wrk runs")
     parser.add_argument(
-        "--stream-targets", nargs="+", choices=TARGETS, default=["direct", "nginx", "queen"]
+        "--stream-targets", nargs="+", type=_target_name, default=["direct", "nginx", "queen"]
     )
     parser.add_argument("--stream-chunks", type=int, default=50)
     parser.add_argument("--stream-interval", type=float, default=0.1, help="seconds")
@@ -1052,6 +1087,11 @@ def main() -> None:
         if args.streams:
             stream_lines = _bench_streams(ctx)
     finally:
+        for worktree in ctx.worktrees:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
+                capture_output=True,
+            )
         if args.keep:
             _log(f"logs kept in {tmp}")
         else:
