@@ -598,6 +598,15 @@ def _queen_target(
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     if source is not None:  # ahead of the venv's editable install of this checkout
         env["PYTHONPATH"] = str(source)
+        where = subprocess.run(
+            [sys.executable, "-c", "import rbee; print(rbee.__file__)"],
+            env=env,
+            cwd=source,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if not where.startswith(str(source)):
+            raise Unavailable(f"rbee imports from {where}, not from {source}")
     beat = {
         "worker_id": "stub-0",
         "hive": "local",
@@ -610,7 +619,9 @@ def _queen_target(
         "slots_total": slots,
         "slots_busy": 0,
     }
-    with _process(name, [*argv, "--db", str(home / "queen.db")], ctx.tmp, env=env) as proc:
+    # `python -m` puts its working directory first on sys.path: run from the source wanted.
+    cwd = source or ROOT
+    with _process(name, [*argv, "--db", str(home / "queen.db")], ctx.tmp, env, cwd) as proc:
         proc.wait_ready(lambda: _http_ok(f"{url}/health"), 60)
         with Heartbeats(url, beat) as heartbeats:
             headers: dict[str, str] = {}
