@@ -52,10 +52,6 @@ class Admission:
     def serving(self, model: str) -> Serving:
         return self._serving.get(model) or _DEFAULT
 
-    def depth(self, model: str) -> int:
-        queue = self._queues.get(model)
-        return len(queue) if queue else 0
-
     def depths(self) -> dict[str, int]:
         return {model: len(queue) for model, queue in self._queues.items()}
 

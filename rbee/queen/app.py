@@ -66,16 +66,12 @@ log = logging.getLogger(__name__)
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
-def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse(openai_error(message, type_, code), status_code=status)
-
-
 class _Refused(Exception):
     """A request the queen refuses; the exception handler turns it into its JSON response."""
 
     def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.response = _error(status, message, type_, code)
+        self.response = JSONResponse(openai_error(message, type_, code), status_code=status)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

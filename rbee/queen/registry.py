@@ -54,10 +54,6 @@ class WorkerRecord:
         self.address = Address.of(self.beat.url)
 
     @property
-    def slots(self) -> int:
-        return self.beat.slots_total
-
-    @property
     def load(self) -> float:
         """Fraction of slots in use, counting what the queen relays now and what the worker says."""
         busy = max(self.in_flight, self.beat.slots_busy)
@@ -165,11 +161,6 @@ class Registry:
         chosen.picked_at = now
         chosen.in_flight += 1
         return chosen
-
-    def slots(self) -> tuple[int, int]:
-        """(slots the queen has claimed, slots in all) over live routable workers."""
-        workers = [rec for rec in self.live() if rec.beat.state in _ROUTABLE]
-        return sum(r.in_flight for r in workers), sum(r.beat.slots_total for r in workers)
 
     def view(self, record: WorkerRecord) -> WorkerView:
         now = self._clock()
