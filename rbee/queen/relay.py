@@ -415,11 +415,15 @@ class _Call:
         events = 0
         pending = b""
         chunk = first
+        tail = b""  # what goes out with the end of the response
         try:
             while chunk:
                 if pending:
                     chunk = pending + chunk
                     pending = b""
+                if conn.drained:  # the whole rest of the answer is in hand
+                    tail = chunk
+                    break
                 if not chunk.endswith(_SSE_END):  # hold back the part after the last event
                     end = chunk.rfind(_SSE_END)
                     cut = end + 2 if end >= 0 else 0
@@ -428,22 +432,17 @@ class _Call:
                     events += chunk.count(b"data:")
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await conn.read()
+            else:
+                tail = pending  # a last event without its blank line
+            events += tail.count(b"data:")
         except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             error = openai_error(
                 f"the worker failed mid-answer: {exc}", "bad_gateway", "worker_failed"
             )
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + json.dumps(error).encode() + b"\n\n",
-                    "more_body": True,
-                }
-            )
-        else:
-            if pending:  # a last event without its blank line
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tail = b"data: " + json.dumps(error).encode() + b"\n\n"
+        # The end goes in the same write as the last bytes: a short stream is one body write.
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
         # llama-cpp-python streams a chunk per token, plus a finish chunk and `[DONE]`, and
         # for chat a role chunk first.
         extra = 3 if self.scope["path"].endswith("/chat/completions") else 2

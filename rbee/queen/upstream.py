@@ -138,6 +138,11 @@ class Connection(asyncio.Protocol):
         """Whether the whole answer has arrived."""
         return self._complete
 
+    @property
+    def drained(self) -> bool:
+        """Whether the whole answer has arrived and been read."""
+        return self._complete and not self._chunks
+
     def _check(self) -> None:
         self._timer = None
         if self._complete or self._error is not None:
