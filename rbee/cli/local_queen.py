@@ -18,7 +18,7 @@ from rbee.paths import state_dir
 from rbee.process import start_daemon
 from rbee.wire import QueenArgs
 
-__all__ = ["ensure_queen", "is_local", "queen_log", "stop_queen"]
+__all__ = ["ensure_queen", "is_local", "local_queen_args", "queen_log", "stop_queen"]
 
 
 def queen_log() -> Path:
@@ -38,12 +38,10 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
             f"the queen at {queen.url} is not answering",
             hint="rbee only starts a queen on this machine; start it on its host",
         )
-    parts = urlsplit(queen.url)
-    args = QueenArgs(host=parts.hostname or LOOPBACK, port=parts.port or QUEEN_PORT)
     pid = asyncio.run(
         start_daemon(
             "the queen",
-            args.command(),
+            local_queen_args(queen).command(),
             queen_log(),
             queen.url,
             token=queen.token,
@@ -53,6 +51,12 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
         )
     )
     return client, pid
+
+
+def local_queen_args(queen: Queen) -> QueenArgs:
+    """The command line of the YAML's queen run on this machine: its URL's host and port."""
+    parts = urlsplit(queen.url)
+    return QueenArgs(host=parts.hostname or LOOPBACK, port=parts.port or QUEEN_PORT)
 
 
 def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:

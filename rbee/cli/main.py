@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -15,9 +15,16 @@ from rich.console import Console
 from rbee.cli import ops
 from rbee.cli.hive import hive_app
 from rbee.cli.keys import key_app
-from rbee.cli.local_queen import ensure_queen, is_local, stop_queen
+from rbee.cli.local_queen import ensure_queen, is_local, local_queen_args, stop_queen
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.cli.progress import ApplyView
+from rbee.cli.service import (
+    SERVICE,
+    install_queen_service,
+    queen_executable,
+    queen_unit,
+    unit_paths,
+)
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 from rbee.config.models import Cluster, Queen
@@ -370,6 +377,42 @@ def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
     cluster = load_cluster(file)
     pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
     out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
+
+
+@queen_app.command("install-service")
+def queen_install_service(
+    file: ConfigFile = DEFAULT_CONFIG,
+    system: Annotated[
+        bool,
+        typer.Option("--system", help="a system unit in /etc/systemd/system (root); default: user"),
+    ] = False,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="print the unit; write nothing")
+    ] = False,
+) -> None:
+    """Run the YAML's queen as a systemd service: restarted whenever it stops, started at boot,
+    logs in the journal. The cluster token goes into an environment file only you can read."""
+    cluster = load_cluster(file)
+    if not is_local(cluster.queen):
+        raise RbeeError(
+            f"the queen at {cluster.queen.url} is not on this machine",
+            hint="run `rbee queen install-service` on the queen's host",
+        )
+    args = local_queen_args(cluster.queen)
+    scope: Literal["user", "system"] = "system" if system else "user"
+    if print_only:
+        env_file = unit_paths(scope)[1]
+        sys.stdout.write(queen_unit(args, queen_executable(), scope, env_file))
+        return
+    installed = install_queen_service(args, cluster.queen.token, scope)
+    # Paths and commands to copy: never wrapped.
+    out.print(f"wrote {installed.unit}", soft_wrap=True)
+    if installed.env_file is not None:
+        out.print(f"wrote {installed.env_file} (the cluster token, mode 600)", soft_wrap=True)
+    if installed.enabled:
+        out.print(f"[green]enabled and started {SERVICE}[/green]")
+    for step in installed.next_steps:
+        out.print(step, highlight=False, markup=False, soft_wrap=True)
 
 
 @queen_app.command("status")
