@@ -29,7 +29,7 @@ from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 from rbee.config.models import Cluster, Queen
 from rbee.config.schema import schema_text
-from rbee.errors import RbeeError
+from rbee.errors import RbeeError, UnavailableError
 from rbee.plan.digest import SENSITIVE
 from rbee.plan.model import Plan
 from rbee.plan.render import plan_json, plan_text
@@ -256,9 +256,15 @@ def status(
     file: ConfigFile = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show the hives and workers the queen knows."""
+    """Show the hives and workers the queen knows; exit 1 when the queen is down."""
     cluster = load_cluster(file)
     client = QueenClient(cluster.queen.url, cluster.queen.token)
+    if client.health() is None:
+        raise UnavailableError(
+            f"the queen at {cluster.queen.url} is down: no request is routed until it is "
+            "back (workers and hives keep running)",
+            hint=_queen_down_hint(cluster.queen),
+        )
     body = client.status()
     if as_json:
         sys.stdout.write(body.model_dump_json(indent=2) + "\n")
@@ -377,6 +383,21 @@ def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
     cluster = load_cluster(file)
     pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
     out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
+
+
+def _queen_down_hint(queen: Queen) -> str:
+    """How to bring a queen back: its service, where one is installed, else `rbee queen start`."""
+    if not is_local(queen):
+        return f"start it on its host; this machine reaches it at {queen.url}"
+    for scope in ("user", "system"):
+        unit = unit_paths(scope)[0]
+        if unit.exists():
+            manage = "systemctl --user" if scope == "user" else "sudo systemctl"
+            return f"its service restarts it by itself; see `{manage} status {SERVICE}`"
+    return (
+        "start it with `rbee queen start`, or keep it running across crashes and reboots "
+        "with `rbee queen install-service`"
+    )
 
 
 @queen_app.command("install-service")

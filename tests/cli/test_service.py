@@ -15,6 +15,7 @@ from syrupy.assertion import SnapshotAssertion
 
 from rbee.cli.service import Scope, queen_unit, systemd_runs
 from rbee.wire import QueenArgs
+from tests.fixtures.ports import free_port
 
 ARGS = QueenArgs(host="0.0.0.0", port=7833, public_url="http://10.0.0.1:7833")
 
@@ -95,3 +96,27 @@ def test_a_queen_on_another_machine_gets_no_unit_here(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not on this machine" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / ".config/systemd").exists()
+
+
+def test_status_of_a_down_queen_says_how_to_bring_it_back(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(f"queen:\n  url: http://127.0.0.1:{free_port()}\n")
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rbee.cli", "status", "-f", str(config)],
+            env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    down = status()
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert "is down" in down.stderr and "rbee queen install-service" in down.stderr
+    unit = tmp_path / ".config/systemd/user/queen-rbee.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text(queen_unit(ARGS, "/opt/rbee/bin/queen-rbee", "user", tmp_path / "env"))
+    with_service = status()
+    assert with_service.returncode == 1
+    assert "systemctl --user status queen-rbee.service" in with_service.stderr
