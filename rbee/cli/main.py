@@ -25,6 +25,7 @@ from rbee.cli.service import (
     queen_unit,
     unit_paths,
 )
+from rbee.cli.source import applied_source
 from rbee.clients import QueenClient
 from rbee.config.load import load_cluster
 from rbee.config.models import Cluster, Queen
@@ -34,6 +35,7 @@ from rbee.plan.digest import SENSITIVE
 from rbee.plan.model import Plan
 from rbee.plan.render import plan_json, plan_text
 from rbee.plan.schema import plan_schema_text
+from rbee.wire import ApplyRecord
 
 __all__ = ["app", "main"]
 
@@ -209,7 +211,8 @@ def apply(
         client = _connect(cluster.queen)
         if not auto_approve:
             _confirm(Plan.model_validate(client.plan(_desired(cluster), **options)))
-        events = client.apply(_desired(cluster), parallelism, **options, **lock)
+        source = applied_source(file).model_dump()
+        events = client.apply(_desired(cluster), parallelism, **options, **lock, source=source)
     started_at = time.monotonic()
     with ApplyView(out) as view:
         for event in events:
@@ -270,6 +273,8 @@ def status(
         sys.stdout.write(body.model_dump_json(indent=2) + "\n")
         return
     out.print(f"queen  {cluster.queen.url}  [green]up[/green]")
+    if body.applied is not None:
+        out.print(f"applied {_applied(body.applied)}", highlight=False, soft_wrap=True)
     for hive in body.hives:
         colour = "green" if hive.state == "online" else "red"
         out.print(
@@ -383,6 +388,19 @@ def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
     cluster = load_cluster(file)
     pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
     out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
+
+
+def _applied(record: ApplyRecord) -> str:
+    """`sha256:0123456789ab from cluster.yaml @ 1a2b3c4 by HOLDER, 2026-11-27 10:00 (ok)`."""
+    line = f"sha256:{(record.digest or '?')[:12]}"
+    if record.source is not None:
+        line += f" from {record.source.file}"
+        if record.source.commit:
+            line += f" @ {record.source.commit[:12]}" + (
+                " (with changes)" if record.source.dirty else ""
+            )
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
+    return f"{line} by {record.holder}, {when} ({record.result})"
 
 
 def _queen_down_hint(queen: Queen) -> str:

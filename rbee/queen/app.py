@@ -228,7 +228,14 @@ async def apply_route(request: Request) -> Response:
     async def run() -> None:
         try:
             outcome = await control.apply(
-                cluster, holder, events.put, parallelism, options, saved, lock=lock
+                cluster,
+                holder,
+                events.put,
+                parallelism,
+                options,
+                saved,
+                lock=lock,
+                source=body.source,
             )
             await events.put(
                 SummaryEvent(

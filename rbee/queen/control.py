@@ -24,7 +24,15 @@ from rbee.queen.hives import HiveLifecycle
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
 from rbee.remote.connect import SshConnections
-from rbee.wire import ClusterStatus, DownResult, HiveStatus, LockEvent, PlanEvent, QueenInfo
+from rbee.wire import (
+    AppliedSource,
+    ClusterStatus,
+    DownResult,
+    HiveStatus,
+    LockEvent,
+    PlanEvent,
+    QueenInfo,
+)
 
 __all__ = ["ApplyLocked", "Control", "PlanOptions"]
 
@@ -137,6 +145,7 @@ class Control:
         *,
         lock: LockInfo | None = None,
         lock_timeout_s: float = 0.0,
+        source: AppliedSource | None = None,
     ) -> Outcome:
         """Plan (or check a saved plan) and execute under the apply lock.
 
@@ -149,7 +158,7 @@ class Control:
             await emit(LockEvent(**held.to_json()))
             async with SshConnections() as connections:
                 return await self._apply_locked(
-                    cluster, holder, emit, parallelism, options, saved, connections
+                    cluster, holder, emit, parallelism, options, saved, connections, source
                 )
         except Exception as exc:
             error = exc.message if isinstance(exc, RbeeError) else repr(exc)
@@ -168,6 +177,7 @@ class Control:
         options: PlanOptions | None,
         saved: Plan | None,
         connections: SshConnections,
+        source: AppliedSource | None = None,
     ) -> Outcome:
         if saved is None:
             the_plan = await self._plan(cluster, options or PlanOptions(), connections)
@@ -189,7 +199,11 @@ class Control:
             self.hive_registry.register(cluster.hives)
         lock_id = self._held.id if self._held else None
         apply_id = self.store.begin_apply(
-            holder, the_plan.counts(), cluster.model_dump(mode="json"), lock_id=lock_id
+            holder,
+            the_plan.counts(),
+            cluster.model_dump(mode="json"),
+            lock_id=lock_id,
+            source=source,
         )
         if lock_id is not None:
             self.lock.attach(lock_id, apply_id)
@@ -259,7 +273,12 @@ class Control:
                     )
                 )
         workers = [self.registry.view(r) for r in self.registry.live()]
-        return ClusterStatus(queen=QueenInfo(url=self.queen_url), hives=hives, workers=workers)
+        return ClusterStatus(
+            queen=QueenInfo(url=self.queen_url),
+            hives=hives,
+            workers=workers,
+            applied=self.store.last_apply(),
+        )
 
     async def down(self, cluster: Cluster | None) -> DownResult:
         """Stop every worker on the hives of `cluster` and of the last apply, then local hives."""

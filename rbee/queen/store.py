@@ -7,6 +7,7 @@ The last applied cluster and apply history are read and written here; the apply 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rbee.apply.lock import LOCK_SCHEMA
-from rbee.wire import ApplyRecord
+from rbee.wire import AppliedSource, ApplyRecord
 
 __all__ = ["Store"]
 
@@ -70,7 +71,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 """
 _HISTORY_COLUMNS = (
-    "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error"
+    "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error, "
+    "digest, source"
 )
 
 
@@ -113,9 +115,11 @@ class Store:
         cluster: dict[str, Any],
         *,
         lock_id: str | None = None,
+        source: AppliedSource | None = None,
     ) -> int:
         """Remember `cluster` as the desired one and open a history entry; returns its id."""
         now = time.time()
+        text = json.dumps(cluster, sort_keys=True)
         with self._db:
             self._db.execute(
                 "INSERT INTO desired (id, cluster, updated_at) VALUES (1, ?, ?) "
@@ -124,8 +128,16 @@ class Store:
                 (json.dumps(cluster), now),
             )
             cursor = self._db.execute(
-                "INSERT INTO applies (started_at, holder, summary, lock_id) VALUES (?, ?, ?, ?)",
-                (now, holder, json.dumps(summary), lock_id),
+                "INSERT INTO applies (started_at, holder, summary, lock_id, digest, source) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    now,
+                    holder,
+                    json.dumps(summary),
+                    lock_id,
+                    hashlib.sha256(text.encode()).hexdigest(),
+                    source.model_dump_json() if source else None,
+                ),
             )
         return int(cursor.lastrowid or 0)
 
@@ -179,6 +191,11 @@ class Store:
         )
         return cursor.rowcount
 
+    def last_apply(self) -> ApplyRecord | None:
+        """The newest apply, whatever its result."""
+        applies = self.history(1)
+        return applies[0] if applies else None
+
     def history(self, limit: int = 20) -> list[ApplyRecord]:
         """The last `limit` applies, newest first."""
         rows = self._db.execute(
@@ -210,7 +227,15 @@ def _api_keys(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_history_and_hives, _api_keys)
+def _applied_source(db: sqlite3.Connection) -> None:
+    _add_columns(db, "applies", {"digest": "TEXT", "source": "TEXT"})
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _history_and_hives,
+    _api_keys,
+    _applied_source,
+)
 
 
 def _entry(
@@ -225,6 +250,8 @@ def _entry(
     failed: str | None,
     skipped: str | None,
     error: str | None,
+    digest: str | None,
+    source: str | None,
 ) -> ApplyRecord:
     return ApplyRecord(
         id=apply_id,
@@ -239,4 +266,6 @@ def _entry(
         failed=json.loads(failed) if failed else {},
         skipped=json.loads(skipped) if skipped else [],
         error=error,
+        digest=digest,
+        source=AppliedSource.model_validate_json(source) if source else None,
     )

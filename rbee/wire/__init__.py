@@ -32,6 +32,7 @@ from rbee.wire.processes import (
 )
 from rbee.wire.queen import (
     ApiKey,
+    AppliedSource,
     ApplyEvent,
     ApplyRecord,
     ApplyRequest,
@@ -64,6 +65,7 @@ __all__ = [
     "AddModel",
     "AddWorkerBinary",
     "ApiKey",
+    "AppliedSource",
     "ApplyEvent",
     "ApplyRecord",
     "ApplyRequest",

@@ -10,6 +10,7 @@ from rbee.wire.bodies import Capabilities, Gpu, WorkerView
 
 __all__ = [
     "ApiKey",
+    "AppliedSource",
     "ApplyEvent",
     "ApplyRecord",
     "ApplyRequest",
@@ -88,6 +89,15 @@ class LockState(_Wire):
     stale: bool = False
 
 
+class AppliedSource(_Wire):
+    """Which file an apply came from: its path, and its git commit when it is in a repository
+    (`dirty` when the file differs from that commit)."""
+
+    file: str
+    commit: str | None = None
+    dirty: bool = False
+
+
 class ApplyRecord(_Wire):
     """One apply in the queen's history (`GET /v1/history`)."""
 
@@ -103,6 +113,8 @@ class ApplyRecord(_Wire):
     failed: dict[str, str] = Field(default_factory=dict, description="address → cause")
     skipped: list[str] = Field(default_factory=list)
     error: str | None = None
+    digest: str | None = Field(default=None, description="sha256 of the applied cluster's JSON")
+    source: AppliedSource | None = None
 
 
 class HiveRecord(_Wire):
@@ -146,6 +158,7 @@ class ClusterStatus(_Wire):
     queen: QueenInfo
     hives: list[HiveStatus]
     workers: list[WorkerView]
+    applied: ApplyRecord | None = Field(default=None, description="the last apply")
 
 
 class DownResult(_Wire):
@@ -288,6 +301,7 @@ class ApplyRequest(_Wire):
     refresh_only: bool = False
     prune: bool | None = None
     parallelism: int = Field(default=10, ge=1, le=1000)
+    source: AppliedSource | None = Field(default=None, description="the YAML it came from")
     lock_timeout_s: float = Field(
         default=0.0, ge=0, description="how long to wait for the apply lock (0: fail at once)"
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
+from rbee.cli.source import applied_source
 from rbee.queen.store import Store
+from rbee.wire import AppliedSource
 
 CLUSTER = {"version": 1}
 
@@ -105,3 +108,36 @@ def test_a_database_from_before_the_history_columns_is_upgraded(tmp_path: Path) 
     )
     store.end_apply(store.begin_apply("new", {}, CLUSTER), "ok", done=["hive.local"])
     assert store.history()[0].done == ["hive.local"]
+
+
+def test_an_apply_records_the_digest_and_source_of_its_yaml(tmp_path: Path) -> None:
+    store = Store(tmp_path / "queen.db")
+    source = AppliedSource(file="cluster.yaml", commit="a" * 40, dirty=True)
+    store.begin_apply("alice", {}, {"version": 1, "hives": []}, source=source)
+    again = store.begin_apply("bob", {}, {"hives": [], "version": 1})  # the same, reordered
+    first, second = store.history()[::-1]
+    assert first.source == source and second.source is None
+    assert first.digest == second.digest and first.digest is not None and len(first.digest) == 64
+    last = store.last_apply()
+    assert last is not None and last.id == again
+
+
+def test_applied_source_names_the_commit_and_whether_the_file_changed(tmp_path: Path) -> None:
+    alone = tmp_path / "alone" / "cluster.yaml"
+    alone.parent.mkdir()
+    alone.write_text("version: 1\n")
+    assert applied_source(alone) == AppliedSource(file=str(alone))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    config = repo / "cluster.yaml"
+    config.write_text("version: 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "cluster.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "cluster"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert applied_source(config) == AppliedSource(file=str(config), commit=head, dirty=False)
+    config.write_text("version: 1\nhives: []\n")
+    assert applied_source(config).dirty is True

@@ -241,7 +241,11 @@ def test_status_shows_hive_and_worker(cluster: LocalCluster) -> None:
     assert body["hives"][0]["model_facts"] == {
         "gemma3-270m": "gemma3 268M Q4_K_M, ctx 32768, no chat template"
     }
+    applied = body["applied"]
+    assert applied["result"] == "ok" and len(applied["digest"]) == 64
+    assert applied["source"] == {"file": str(cluster.config), "commit": None, "dirty": False}
     text = cluster.rbee("status").stdout
+    assert f"applied sha256:{applied['digest'][:12]} from {cluster.config}" in text
     assert "local.gemma3-270m.0" in text and "online" in text
     assert "model gemma3-270m  gemma3 268M Q4_K_M, ctx 32768, no chat template" in text
 
