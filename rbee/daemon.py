@@ -19,21 +19,28 @@ from rbee.net import LOCAL_HOSTS
 from rbee.wire import openai_error
 
 __all__ = [
+    "ASGIApp",
     "BearerAuth",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
     "bind",
     "env_token",
     "fail",
     "listen",
     "require_token_off_loopback",
     "run_daemon",
+    "send_error",
     "setup_logging",
 ]
 
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN_PATHS = frozenset({"/health"})
@@ -55,17 +62,9 @@ class BearerAuth:
         ):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            openai_error("missing or wrong bearer token", "authentication_error", "unauthorized")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [(b"content-type", b"application/json")],
-            }
+        await send_error(
+            send, 401, "missing or wrong bearer token", "authentication_error", "unauthorized"
         )
-        await send({"type": "http.response.body", "body": body})
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._expected is not None
@@ -73,6 +72,30 @@ class BearerAuth:
             if name == b"authorization":
                 return hmac.compare_digest(value, self._expected)
         return False
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A complete JSON error response in OpenAI's shape, straight on ASGI's `send`."""
+    body = json.dumps(openai_error(message, type_, code)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def env_token(flag: str | None) -> str | None:

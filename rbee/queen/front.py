@@ -20,8 +20,8 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Literal
 
+from rbee.daemon import Message, Receive, Scope, Send, send_error
 from rbee.queen.keys import Principal
-from rbee.queen.relay import Message, Receive, Scope, Send, send_error
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -162,25 +162,19 @@ class Front:
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None as soon as it passes `limit` bytes."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _Gone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        return body if len(body) <= limit else None
-    chunks = [body]
-    size = len(body)
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Gone
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -23,10 +23,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 from rbee.config.models import Serving
+from rbee.daemon import Message, Receive, Scope, Send, send_error
 from rbee.queen.access import AccessLog
 from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
 from rbee.queen.keys import Principal
@@ -35,21 +35,16 @@ from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
 from rbee.wire import QueenArgs, openai_error
 
-__all__ = ["Relay", "send_error"]
+__all__ = ["Relay"]
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 #: Backoff between attempts: full jitter over an exponential base, capped.
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 #: A request still running after this long starts watching for its client's disconnect.
 WATCH_AFTER_S = 0.05
-_JSON = (b"content-type", b"application/json")
 _SSE_END = b"\n\n"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 _RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"x-accel-buffering"})
@@ -63,30 +58,6 @@ class _Failed(Exception):
         self.reason = reason
         self.timeout = timeout  # connect | first_byte, when it was a timeout
         self.gone = gone  # the connection failed: the process is likely gone
-
-
-class _Disconnected(Exception):
-    """The client went away."""
-
-
-async def send_error(
-    send: Send,
-    status: int,
-    message: str,
-    type_: str,
-    code: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """A complete JSON error response in OpenAI's shape."""
-    body = json.dumps(openai_error(message, type_, code)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class Relay:
