@@ -173,6 +173,11 @@ class HiveClient:
         response = await self._http.post("/v1/worker-processes", json=request.model_dump())
         return WorkerProcess.model_validate(_check(response, "spawn worker").json())
 
+    async def worker_log(self, worker_id: str, lines: int = 20) -> str:
+        """The last `lines` lines of a worker's log on this hive (its process may be gone)."""
+        response = await self._http.get(f"/v1/worker-logs/{worker_id}", params={"lines": lines})
+        return _check(response, f"log of worker {worker_id}").text
+
     async def kill(self, pid: int, grace_s: float = 5.0) -> None:
         response = await self._http.delete(
             f"/v1/worker-processes/{pid}", params={"grace": grace_s}, timeout=grace_s + 10

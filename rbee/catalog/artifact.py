@@ -8,6 +8,7 @@ sees a half-written payload under the real name.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import hashlib
 import json
@@ -144,7 +145,7 @@ class ArtifactCatalog:
         except NotFoundError:
             return None
         same = entry.sha256 == expected if expected is not None else entry.source == source
-        return entry if same else None
+        return entry if same and entry.damaged is None else None
 
     def add(
         self,
@@ -307,6 +308,10 @@ class ArtifactCatalog:
             return None
         # The recorded path goes stale when the catalog moves; the directory is the truth.
         entry = entry.model_copy(update={"path": str(directory / Path(entry.path).name)})
+        damaged = _damage(directory, entry)
+        if damaged is not None:
+            _log.warning("artifact damaged name=%s why=%s", entry.name, damaged)
+            return entry.model_copy(update={"damaged": damaged})
         if entry.facts is None and entry.path.endswith((PAYLOAD, ".gguf")):
             entry = self._with_facts(directory, entry)
         return entry
@@ -403,6 +408,35 @@ class _Partial:
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _damage(directory: Path, entry: ModelEntry) -> str | None:
+    """Why the files under `directory` are no longer what `entry` recorded, or None.
+
+    Missing files and another size are seen from `stat`. A file written since its metadata
+    (mtime) is hashed once more: a mismatch is damage, a match is remembered by touching the
+    metadata, so a listing hashes a file only after it changed.
+    """
+    first = Path(entry.path)
+    parts = sorted(directory.glob(f"{PAYLOAD}-*-of-*.gguf")) or [first]
+    try:
+        size = sum(part.stat().st_size for part in parts)
+        metadata_mtime = (directory / METADATA).stat().st_mtime_ns
+        first_mtime = first.stat().st_mtime_ns
+    except FileNotFoundError as exc:
+        return f"{Path(str(exc.filename)).name} is missing"
+    if size != entry.size_bytes:
+        return f"its file holds {size} bytes, not the {entry.size_bytes} fetched"
+    if first_mtime > metadata_mtime:
+        digest = hashlib.sha256()
+        with first.open("rb") as payload:
+            while chunk := payload.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != entry.sha256:
+            return "its file no longer matches its sha256 (changed on disk)"
+        with contextlib.suppress(OSError):  # a read-only catalog: hashed again next time
+            os.utime(directory / METADATA)
+    return None
 
 
 def _facts(payloads: list[Path]) -> GgufFacts | None:

@@ -35,7 +35,7 @@ from rbee.plan.digest import SENSITIVE
 from rbee.plan.model import Plan
 from rbee.plan.render import plan_json, plan_text
 from rbee.plan.schema import plan_schema_text
-from rbee.wire import ApplyRecord
+from rbee.wire import ApplyRecord, SyncStatus
 
 __all__ = ["app", "main"]
 
@@ -275,6 +275,7 @@ def status(
     out.print(f"queen  {cluster.queen.url}  [green]up[/green]")
     if body.applied is not None:
         out.print(f"applied {_applied(body.applied)}", highlight=False, soft_wrap=True)
+    _print_sync(body.sync)
     for hive in body.hives:
         colour = "green" if hive.state == "online" else "red"
         out.print(
@@ -401,6 +402,34 @@ def _applied(record: ApplyRecord) -> str:
             )
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at))
     return f"{line} by {record.holder}, {when} ({record.result})"
+
+
+_SYNC_STYLE = {
+    "in_sync": ("green", "in sync"),
+    "healing": ("cyan", "healing"),
+    "degraded": ("red", "degraded"),
+    "suspended": ("yellow", "suspended"),
+    "unknown": ("dim", "unknown"),
+}
+
+
+def _print_sync(sync: SyncStatus) -> None:
+    """`sync   degraded  (self-heal on)` and why, each crash loop with its last log lines."""
+    colour, label = _SYNC_STYLE[sync.state]
+    heal = "self-heal on" if sync.self_heal else "self-heal off"
+    out.print(f"sync   [{colour}]{label}[/{colour}]  ({heal})", highlight=False)
+    for reason in sync.reasons:
+        out.print(f"  {reason}", highlight=False, soft_wrap=True, markup=False)
+    for loop in sync.crash_loops:
+        out.print(
+            f"  crash loop: {loop.worker_id} on {loop.hive}"
+            + (f": {loop.error}" if loop.error else ""),
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        for line in loop.log_tail.splitlines():
+            out.print(f"    | {line}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _queen_down_hint(queen: Queen) -> str:

@@ -78,7 +78,7 @@ def history(
         out.print("no applies yet")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("#", "started", "took", "holder", "plan", "result", "details"):
+    for column in ("#", "started", "took", "by", "plan", "result", "details"):
         table.add_column(column, overflow="fold")
     for entry in applies:
         table.add_row(
@@ -121,8 +121,16 @@ def _result(result: str) -> str:
 
 
 def _details(entry: ApplyRecord) -> str:
-    """What failed and why, one line per address; the apply's own error first."""
+    """What failed and why, one line per address; the apply's own error first. A self-heal
+    says what set it off and what it did, and why."""
     lines = [entry.error] if entry.error else []
+    if entry.kind == "self-heal":
+        lines.append(f"trigger: {entry.trigger}")
+        lines += [
+            f"{address}: {why}"
+            for address, why in entry.reasons.items()
+            if address not in entry.failed
+        ]
     lines += [f"{address}: {cause}" for address, cause in entry.failed.items()]
     if entry.skipped:
         lines.append(f"{len(entry.skipped)} skipped")

@@ -40,6 +40,7 @@ __all__ = [
     "Hive",
     "Model",
     "Queen",
+    "SelfHeal",
     "Serving",
     "Ssh",
     "WorkerBinary",
@@ -280,6 +281,29 @@ class Serving(_Strict):
         return self
 
 
+def _switch(value: object) -> object:
+    """`self_heal: false` (or true) is short for `self_heal: {enabled: false}`."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class SelfHeal(_Strict):
+    """How the queen keeps the last applied cluster converged between applies.
+
+    Only healing: it starts stopped hives, re-fetches missing or damaged model files and
+    respawns dead or silent workers. Deletes, prunes and YAML changes come only from apply.
+    """
+
+    enabled: bool = Field(default=True, description="heal between applies")
+    interval: Duration = Field(
+        default=30.0,
+        description="seconds between periodic checks (missed heartbeats and hives going "
+        "offline trigger a check at once)",
+    )
+    max_per_hour: int = Field(
+        default=60, ge=1, le=100_000, description="healing actions at most per hour"
+    )
+
+
 class Deployment(_Strict):
     """How many workers of which model run on which hives."""
 
@@ -332,6 +356,9 @@ class Cluster(_Strict):
     worker_binaries: list[WorkerBinary] = []
     deployments: list[Deployment] = []
     prune: bool = False
+    self_heal: Annotated[SelfHeal, BeforeValidator(_switch)] = Field(
+        default=SelfHeal(), description="keep the last applied cluster converged between applies"
+    )
     peer_fetch: bool = Field(
         default=True,
         description="hives copy models and runtime wheels from each other over the LAN "

@@ -16,7 +16,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 import rbee
@@ -26,7 +32,7 @@ from rbee.errors import NotFoundError, RbeeError
 from rbee.hive import capabilities
 from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.hive.operations import Operation, Operations
-from rbee.hive.processes import find_worker, list_workers, spawn_worker, stop_worker
+from rbee.hive.processes import find_worker, list_workers, log_tail, spawn_worker, stop_worker
 from rbee.net import LOOPBACK
 from rbee.paths import cache_dir
 from rbee.wire import (
@@ -211,6 +217,18 @@ def create_app(
         pid = request.path_params["pid"]
         return _json(await run_in_threadpool(stop_worker, pid, grace, models.root))
 
+    async def worker_log(request: Request) -> Response:
+        raw = request.query_params.get("lines", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise _HTTPError(
+                422, "lines must be a whole number from 1 to 10000", "validation_error"
+            )
+        try:
+            text = await run_in_threadpool(log_tail, request.path_params["worker_id"], int(raw))
+        except ValueError as exc:
+            raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
+        return PlainTextResponse(text)
+
     routes = [
         Route("/health", health),
         Route("/v1/capabilities", get_capabilities),
@@ -230,6 +248,7 @@ def create_app(
         Route("/v1/worker-processes", spawn_worker_process, methods=["POST"]),
         Route("/v1/worker-processes/{pid:int}", get_worker_process),
         Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
+        Route("/v1/worker-logs/{worker_id}", worker_log),
     ]
     handlers: dict[Any, Any] = {
         _HTTPError: _http_error,

@@ -33,6 +33,9 @@ def observed_digest(observed: Observed) -> str:
             if hive.ssh is None
             else (hive.ssh.reachable, hive.ssh.rbee_version, hive.ssh.hive_running),
         }
+    if observed.silenced:
+        # A worker gone silent since the plan was made is replaced by a fresh plan.
+        facts["silenced"] = sorted(observed.silenced.items())
     if observed.sources:
         # A Hub file that changed under a branch makes a saved plan stale too.
         facts["sources"] = {s: f.sha256 for s, f in sorted(observed.sources.items())}

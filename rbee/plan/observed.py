@@ -55,9 +55,13 @@ class SourceFacts(BaseModel):
 
 class Observed(BaseModel):
     """Every hive's facts (declared ones and ones the queen still knows) plus the heartbeat
-    registry, taken at time `at` (seconds since the epoch)."""
+    registry (live workers and silenced ones), taken at time `at` (seconds since the epoch)."""
 
     at: float = 0.0
     hives: dict[str, HiveFacts] = {}
     registry: list[WorkerView] = []
+    silenced: dict[str, int] = Field(
+        default_factory=dict,
+        description="workers (id → pid) that heartbeated, then stopped: hung or dead",
+    )
     sources: dict[str, SourceFacts] = {}

@@ -173,7 +173,10 @@ class _Context:
                         "hive upgraded"
                         if restart_all
                         else "model file changed"
-                        if model_action is not None and model_action.op == "replace"
+                        if model_action is not None
+                        and model_action.op == "replace"
+                        # A worker maps its file: one deleted under it serves on unharmed.
+                        and not (have_models[model.name].damaged or "").endswith("is missing")
                         else "worker binary changed"
                         if binary_action is not None and binary_action.op == "replace"
                         else None
@@ -337,6 +340,11 @@ class _Context:
         }
         if have is None:
             return Action(op="create", reason=_adding(model, resolved), **common)
+        if have.damaged is not None:
+            change = Change(field="file", old=have.damaged, new=have.sha256)
+            return Action(
+                op="replace", reason=f"{have.damaged}: fetch again", changes=[change], **common
+            )
         if expected is not None and have.sha256 != expected:
             change = Change(field="sha256", old=have.sha256, new=expected)
             why = "sha256 changed" if model.sha256 else f"{model.source} changed on the Hub:"
@@ -411,6 +419,8 @@ class _Context:
             causes = [f"{c.field} {c.old} → {c.new}" for c in changes]
             if restart is not None:
                 causes.append(restart)
+            elif self.observed.silenced.get(current.worker_id) == current.pid:
+                causes.append("alive but its heartbeats stopped (hung)")
             elif self._silent(current):
                 causes.append("alive but silent: no heartbeat reached the queen")
             if not causes:

@@ -35,6 +35,7 @@ from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.admission import Admission
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
 from rbee.queen.front import MAX_BODY_BYTES, Front
+from rbee.queen.heal import Healer
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
 from rbee.queen.keys import Keys
 from rbee.queen.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -153,6 +154,7 @@ class QueenState:
     keys: Keys
     metrics: Metrics
     relay: Relay
+    healer: Healer
     token: str | None
     hive_check_interval_s: float
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -321,7 +323,9 @@ async def import_ssh(request: Request) -> JSONResponse:
 
 
 async def status(request: Request) -> JSONResponse:
-    return JSONResponse((await _queen(request).control.status()).model_dump(mode="json"))
+    queen = _queen(request)
+    body = (await queen.control.status()).model_copy(update={"sync": queen.healer.sync})
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 async def down(request: Request) -> JSONResponse:
@@ -413,10 +417,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     queen: QueenState = app.state.queen
     tasks = [
         asyncio.create_task(
-            monitor_hives(queen.hive_registry, queen.token, queen.hive_check_interval_s)
+            monitor_hives(
+                queen.hive_registry,
+                queen.token,
+                queen.hive_check_interval_s,
+                on_offline=lambda name: queen.healer.poke(f"hive {name} stopped answering"),
+            )
         ),
         asyncio.create_task(queen.relay.access.run()),
         asyncio.create_task(queen.relay.watch_heartbeats()),
+        asyncio.create_task(queen.healer.run()),
     ]
     # What the queen made at start lives as long as it does: out of the collector's way, so
     # its full collections stay short under load.
@@ -451,6 +461,10 @@ def create_app(
     control = Control(registry, store, hive_registry, queen_url, token, admission)
     keys = Keys(store.connection)
     metrics_ = Metrics(registry, admission, hive_registry.up)
+    healer = Healer(control, on_action=metrics_.healed)
+    metrics_.watch_sync(lambda: healer.sync)
+    relay = Relay(registry, admission, metrics_, control.is_declared, token)
+    relay.on_worker_gone = lambda worker_id, why: healer.poke(f"worker {worker_id}: {why}")
     queen = QueenState(
         store=store,
         hive_registry=hive_registry,
@@ -459,7 +473,8 @@ def create_app(
         control=control,
         keys=keys,
         metrics=metrics_,
-        relay=Relay(registry, admission, metrics_, control.is_declared, token),
+        relay=relay,
+        healer=healer,
         token=token,
         hive_check_interval_s=hive_check_interval_s,
     )

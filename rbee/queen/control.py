@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from rbee.apply.actions import ClusterEffects
@@ -114,7 +115,16 @@ class Control:
             observe([*cluster.hives, *previous], views, self.token, connections),
             resolve_sources(cluster.models),
         )
-        return observed.model_copy(update={"sources": sources})
+        return observed.model_copy(
+            update={"sources": sources, "silenced": self.registry.silenced()}
+        )
+
+    async def observe_quick(self, cluster: Cluster) -> Observed:
+        """What self-heal checks: each hive's listings and the heartbeats, over HTTP only (no
+        SSH probe, no Hub request: a heal never upgrades or installs)."""
+        views = [self.registry.view(r) for r in self.registry.live()]
+        observed = await observe(cluster.hives, views, self.token)
+        return observed.model_copy(update={"silenced": self.registry.silenced()})
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
         """Observe now and plan `cluster` against it."""
@@ -208,6 +218,27 @@ class Control:
         if lock_id is not None:
             self.lock.attach(lock_id, apply_id)
 
+        effects = self._effects(hives, connections)
+        outcome = await execute(the_plan, effects, emit, parallelism)
+        # Hives that could not be observed were not planned: the apply did not converge.
+        for error in the_plan.errors:
+            outcome.failed[error.address] = error.message
+        for action in the_plan.actions:
+            if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
+                self.hive_registry.remove(action.hive)
+        await asyncio.gather(*(self.hive_registry.check(h, self.token) for h in cluster.hives))
+        self.store.end_apply(
+            apply_id,
+            "ok" if outcome.ok else "failed",
+            done=outcome.done,
+            failed=outcome.failed,
+            skipped=outcome.skipped,
+        )
+        return outcome
+
+    def _effects(self, hives: dict[str, Hive], connections: SshConnections) -> ClusterEffects:
+        """What the actions of an apply or a heal do, with `hives` by name."""
+
         async def start_hive(action: Action) -> None:
             await self.hive_lifecycle.start(
                 hives[action.hive],
@@ -225,23 +256,42 @@ class Control:
             record = self.registry.get(worker_id)
             return record.beat.state if record else None
 
-        effects = ClusterEffects(
+        return ClusterEffects(
             token=self.token,
             start_hive=start_hive,
             stop_hive=stop_hive,
             worker_state=worker_state,
             forget_worker=self.registry.retire,
         )
-        outcome = await execute(the_plan, effects, emit, parallelism)
-        # Hives that could not be observed were not planned: the apply did not converge.
-        for error in the_plan.errors:
-            outcome.failed[error.address] = error.message
-        for action in the_plan.actions:
-            if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
-                self.hive_registry.remove(action.hive)
-        await asyncio.gather(*(self.hive_registry.check(h, self.token) for h in cluster.hives))
+
+    async def heal(
+        self,
+        cluster: Cluster,
+        actions: list[Action],
+        trigger: str,
+        lock: LockInfo,
+        emit: Emit,
+        parallelism: int = 4,
+    ) -> Outcome:
+        """Run healing `actions` of `cluster` (the last applied) under `lock`, which the caller
+        took and this releases; recorded in history as a `self-heal` entry."""
+        self._held = lock
+        the_plan = Plan(actions=actions)
+        reasons = {a.address: f"{a.op}: {a.reason}" for a in actions}
+        heal_id = self.store.begin_heal(the_plan.counts(), reasons, trigger, lock.id)
+        self.lock.attach(lock.id, heal_id)
+        try:
+            async with SshConnections() as connections:
+                effects = self._effects({h.name: h for h in cluster.hives}, connections)
+                outcome = await execute(the_plan, effects, emit, parallelism)
+        except BaseException as exc:
+            self.store.end_apply(heal_id, "failed", error=repr(exc))
+            raise
+        finally:
+            self._held = None
+            self.lock.release(lock.id)
         self.store.end_apply(
-            apply_id,
+            heal_id,
             "ok" if outcome.ok else "failed",
             done=outcome.done,
             failed=outcome.failed,
@@ -286,6 +336,8 @@ class Control:
             raise ApplyLocked(
                 f"an apply is running ({live.describe()}); wait for it before `rbee down`"
             )
+        # Stopped on purpose: self-heal starts nothing again until the next apply.
+        self.store.suspend(f"`rbee down` at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         known = {h.name: h for c in (self._desired, cluster) if c is not None for h in c.hives}
         hives = list(known.values())
         stopped = await asyncio.gather(*(self._stop_workers(h) for h in hives))

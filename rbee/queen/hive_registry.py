@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rbee.clients import HiveClient
@@ -18,7 +19,7 @@ __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives
 
 log = logging.getLogger(__name__)
 
-HIVE_CHECK_INTERVAL_S = 15.0
+HIVE_CHECK_INTERVAL_S = 5.0
 
 
 class HiveRegistry:
@@ -100,12 +101,24 @@ class HiveRegistry:
 
 
 async def monitor_hives(
-    registry: HiveRegistry, token: str | None, interval_s: float = HIVE_CHECK_INTERVAL_S
+    registry: HiveRegistry,
+    token: str | None,
+    interval_s: float = HIVE_CHECK_INTERVAL_S,
+    on_offline: Callable[[str], None] = lambda name: None,
 ) -> None:
-    """Check every registered hive's /health every `interval_s`, forever."""
+    """Check every registered hive's /health every `interval_s`, forever; `on_offline` hears
+    of each hive that stops answering (once, as it goes)."""
     while True:
         hives = registry.hives()
-        await asyncio.gather(*(registry.check(h, token) for h in hives))
+        before = {r.name: r.state for r in registry.records()}
+        records = await asyncio.gather(*(registry.check(h, token) for h in hives))
+        for record in records:
+            if (
+                record is not None
+                and record.state == "offline"
+                and before.get(record.name) != "offline"
+            ):
+                on_offline(record.name)
         await asyncio.sleep(interval_s)
 
 

@@ -22,8 +22,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from rbee.plan.model import Action
     from rbee.queen.admission import Admission
     from rbee.queen.registry import Registry
+    from rbee.wire import SyncStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
 
@@ -88,9 +90,28 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(registry, admission, hives_up))
+        self.self_heal_actions = Counter(
+            "rbee_queen_self_heal_actions",
+            "Healing actions self-heal ran, by kind (hive, model, worker_binary, worker), "
+            "op and result (ok, failed)",
+            ["kind", "op", "result"],
+            registry=self.registry,
+        )
+        self._sync: Callable[[], SyncStatus] | None = None
+        self.registry.register(_StateCollector(registry, admission, hives_up, self._sync_state))
         self._models: dict[str, ModelMetrics] = {}
         self._answered: dict[tuple[str, int], Counter] = {}
+
+    def healed(self, action: Action, ok: bool) -> None:
+        """Count one healing action and how it ended."""
+        self.self_heal_actions.labels(action.kind, action.op, "ok" if ok else "failed").inc()
+
+    def watch_sync(self, sync: Callable[[], SyncStatus]) -> None:
+        """Read self-heal's sync status at scrape time."""
+        self._sync = sync
+
+    def _sync_state(self) -> SyncStatus | None:
+        return self._sync() if self._sync else None
 
     def model(self, model: str) -> ModelMetrics:
         """The hot path's series of one model, looked up once per model."""
@@ -123,14 +144,19 @@ class ModelMetrics:
 
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time: queue depth, slots, workers and hives up."""
+    """Gauges read at scrape time: queue depth, slots, workers and hives up, sync state."""
 
     def __init__(
-        self, registry: Registry, admission: Admission, hives_up: Callable[[], tuple[int, int]]
+        self,
+        registry: Registry,
+        admission: Admission,
+        hives_up: Callable[[], tuple[int, int]],
+        sync: Callable[[], SyncStatus | None],
     ) -> None:
         self._registry = registry
         self._admission = admission
         self._hives_up = hives_up
+        self._sync = sync
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -170,3 +196,21 @@ class _StateCollector(Collector):
         known = GaugeMetricFamily("rbee_queen_hives", "Registered hives")
         known.add_metric([], registered)
         yield known
+        sync = self._sync()
+        if sync is not None:
+            states = GaugeMetricFamily(
+                "rbee_queen_sync_state",
+                "1 for the cluster's state against the last apply, 0 for the others",
+                labels=["state"],
+            )
+            for name in ("in_sync", "healing", "degraded", "suspended", "unknown"):
+                states.add_metric([name], 1 if sync.state == name else 0)
+            yield states
+            loops = GaugeMetricFamily(
+                "rbee_queen_crash_looping_workers",
+                "Workers self-heal left down after they died too often",
+                labels=["worker", "hive"],
+            )
+            for loop in sync.crash_loops:
+                loops.add_metric([loop.worker_id, loop.hive], 1)
+            yield loops

@@ -75,11 +75,15 @@ class Registry:
         # Workers dropped on purpose, by id → pid: a stopping worker's last beats are ignored.
         self._retired: dict[str, int] = {}
         self._lost: list[WorkerRecord] = []
+        # Workers whose heartbeats stopped, by id → pid, until that id beats again or is
+        # retired: the planner replaces such a process when its hive still lists it.
+        self._silenced: dict[str, int] = {}
 
     def beat(self, heartbeat: Heartbeat) -> WorkerRecord | None:
         """Record a heartbeat; the queen's own in-flight count and health mark survive it."""
         if self._retired.get(heartbeat.worker_id) == heartbeat.pid:
             return None
+        self._silenced.pop(heartbeat.worker_id, None)
         record = self._workers.get(heartbeat.worker_id)
         if record is None or record.beat.pid != heartbeat.pid:
             record = self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
@@ -95,7 +99,9 @@ class Registry:
         now = self._clock()
         expired = [wid for wid, rec in self._workers.items() if now - rec.last_seen > self._ttl]
         for wid in expired:
-            self._lost.append(self._workers.pop(wid))
+            record = self._workers.pop(wid)
+            self._lost.append(record)
+            self._silenced[wid] = record.beat.pid
         return list(self._workers.values())
 
     def take_lost(self) -> list[WorkerRecord]:
@@ -103,6 +109,11 @@ class Registry:
         self.live()
         lost, self._lost = self._lost, []
         return lost
+
+    def silenced(self) -> dict[str, int]:
+        """Workers (id → pid) whose heartbeats stopped and have not come back."""
+        self.live()
+        return dict(self._silenced)
 
     def get(self, worker_id: str) -> WorkerRecord | None:
         return next((rec for rec in self.live() if rec.beat.worker_id == worker_id), None)
@@ -115,6 +126,7 @@ class Registry:
         """Forget a worker that is being stopped: beats still coming from that process are
         ignored; a new process with the same id (a replacement) registers as usual."""
         record = self._workers.pop(worker_id, None)
+        self._silenced.pop(worker_id, None)
         if record is not None:
             self._retired[worker_id] = record.beat.pid
 

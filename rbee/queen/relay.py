@@ -84,6 +84,8 @@ class Relay:
         # Connections with a request in flight, by worker: a worker whose heartbeats stop
         # has them cut, rather than leaving its clients to wait out their timeouts.
         self._active: dict[str, set[Connection]] = {}
+        # Told of a worker that seems gone (id, why): self-heal looks at its hive at once.
+        self.on_worker_gone: Callable[[str, str], None] = lambda worker_id, why: None
 
     async def watch_heartbeats(self, every_s: float = 1.0) -> None:
         """Every `every_s`, cut the requests in flight at workers that stopped beating: before
@@ -91,8 +93,15 @@ class Relay:
         while True:
             await asyncio.sleep(every_s)
             for record in self._registry.take_lost():
-                for conn in self._active.pop(record.beat.worker_id, ()):
+                worker_id = record.beat.worker_id
+                for conn in self._active.pop(worker_id, ()):
                     conn.abort("the worker stopped sending heartbeats")
+                self.on_worker_gone(worker_id, "its heartbeats stopped")
+
+    def _gone(self, worker_id: str, why: str) -> None:
+        """A connection to the worker failed: routed around until its next heartbeat."""
+        self._registry.drop(worker_id)
+        self.on_worker_gone(worker_id, why)
 
     async def close(self) -> None:
         self._pool.close()
@@ -263,7 +272,7 @@ class _Call:
                 if failure.timeout:
                     metrics.timeouts.labels(self.model, failure.timeout).inc()
                 if failure.gone:
-                    relay._registry.drop(record.beat.worker_id)
+                    relay._gone(record.beat.worker_id, failure.reason)
                 else:
                     relay._registry.mark_unhealthy(record, failure.reason)
                 log.warning(
@@ -426,7 +435,7 @@ class _Call:
             self.relay._metrics.timeouts.labels(self.model, "idle").inc()
             self.relay._registry.mark_unhealthy(record, reason)
         else:
-            self.relay._registry.drop(record.beat.worker_id)
+            self.relay._gone(record.beat.worker_id, reason)
         log.warning(
             "event=worker_failed_mid_answer request_id=%s worker_id=%s reason=%r",
             self.request_id.decode(),

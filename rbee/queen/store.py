@@ -1,8 +1,9 @@
 """The queen's SQLite: every table it keeps, made and migrated in one place.
 
-The last applied cluster and apply history are read and written here; the apply lock's row
-(`rbee.apply.lock`), the hive registry and the API keys share this connection
-(`Store.connection`). Never on the hot path: API keys are looked up in memory.
+The last applied cluster and the history of applies and self-heals are read and written
+here; the apply lock's row (`rbee.apply.lock`), the hive registry and the API keys share
+this connection (`Store.connection`). Never on the hot path: API keys are looked up in
+memory.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name)
 """
 _HISTORY_COLUMNS = (
     "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error, "
-    "digest, source"
+    "digest, source, kind, reasons, trigger"
 )
 
 
@@ -119,12 +120,11 @@ class Store:
     ) -> int:
         """Remember `cluster` as the desired one and open a history entry; returns its id."""
         now = time.time()
-        text = json.dumps(cluster, sort_keys=True)
         with self._db:
             self._db.execute(
                 "INSERT INTO desired (id, cluster, updated_at) VALUES (1, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET cluster = excluded.cluster, "
-                "updated_at = excluded.updated_at",
+                "updated_at = excluded.updated_at, suspended = NULL",
                 (json.dumps(cluster), now),
             )
             cursor = self._db.execute(
@@ -135,11 +135,34 @@ class Store:
                     holder,
                     json.dumps(summary),
                     lock_id,
-                    hashlib.sha256(text.encode()).hexdigest(),
+                    _digest(cluster),
                     source.model_dump_json() if source else None,
                 ),
             )
         return int(cursor.lastrowid or 0)
+
+    def begin_heal(
+        self, summary: dict[str, int], reasons: Mapping[str, str], trigger: str, lock_id: str
+    ) -> int:
+        """Open a `self-heal` history entry: what it does (address → why) and what set it off.
+        The desired cluster is not touched: a heal converges on the last apply's."""
+        row = self._db.execute("SELECT cluster FROM desired WHERE id = 1").fetchone()
+        digest = _digest(json.loads(row[0])) if row else None
+        cursor = self._db.execute(
+            "INSERT INTO applies (started_at, holder, summary, lock_id, digest, kind, reasons, "
+            "trigger) VALUES (?, 'self-heal', ?, ?, ?, 'self-heal', ?, ?)",
+            (time.time(), json.dumps(summary), lock_id, digest, json.dumps(dict(reasons)), trigger),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def suspend(self, why: str) -> None:
+        """Stop self-heal until the next apply (`rbee down` stopped the cluster on purpose)."""
+        self._db.execute("UPDATE desired SET suspended = ? WHERE id = 1", (why,))
+
+    def suspended(self) -> str | None:
+        """Why self-heal is stopped until the next apply, or None."""
+        row = self._db.execute("SELECT suspended FROM desired WHERE id = 1").fetchone()
+        return row[0] if row else None
 
     def end_apply(
         self,
@@ -192,16 +215,23 @@ class Store:
         return cursor.rowcount
 
     def last_apply(self) -> ApplyRecord | None:
-        """The newest apply, whatever its result."""
-        applies = self.history(1)
-        return applies[0] if applies else None
+        """The newest apply (not a self-heal), whatever its result."""
+        row = self._db.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM applies WHERE kind = 'apply' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return _entry(*row) if row else None
 
     def history(self, limit: int = 20) -> list[ApplyRecord]:
-        """The last `limit` applies, newest first."""
+        """The last `limit` applies and self-heals, newest first."""
         rows = self._db.execute(
             f"SELECT {_HISTORY_COLUMNS} FROM applies ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [_entry(*row) for row in rows]
+
+
+def _digest(cluster: dict[str, Any]) -> str:
+    """sha256 of a cluster's canonical JSON: which version of the YAML is live."""
+    return hashlib.sha256(json.dumps(cluster, sort_keys=True).encode()).hexdigest()
 
 
 def _add_columns(db: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
@@ -231,10 +261,20 @@ def _applied_source(db: sqlite3.Connection) -> None:
     _add_columns(db, "applies", {"digest": "TEXT", "source": "TEXT"})
 
 
+def _self_heal(db: sqlite3.Connection) -> None:
+    _add_columns(
+        db,
+        "applies",
+        {"kind": "TEXT NOT NULL DEFAULT 'apply'", "reasons": "TEXT", "trigger": "TEXT"},
+    )
+    _add_columns(db, "desired", {"suspended": "TEXT"})
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _history_and_hives,
     _api_keys,
     _applied_source,
+    _self_heal,
 )
 
 
@@ -252,6 +292,9 @@ def _entry(
     error: str | None,
     digest: str | None,
     source: str | None,
+    kind: Any,
+    reasons: str | None,
+    trigger: str | None,
 ) -> ApplyRecord:
     return ApplyRecord(
         id=apply_id,
@@ -268,4 +311,7 @@ def _entry(
         error=error,
         digest=digest,
         source=AppliedSource.model_validate_json(source) if source else None,
+        kind=kind,
+        reasons=json.loads(reasons) if reasons else {},
+        trigger=trigger,
     )

@@ -37,6 +37,7 @@ from rbee.wire.queen import (
     ApplyRecord,
     ApplyRequest,
     ClusterStatus,
+    CrashLoop,
     CreatedKey,
     CreateKey,
     DoneEvent,
@@ -58,6 +59,7 @@ from rbee.wire.queen import (
     SpawnedEvent,
     StartEvent,
     SummaryEvent,
+    SyncStatus,
     apply_event,
 )
 
@@ -72,6 +74,7 @@ __all__ = [
     "Capabilities",
     "ClusterStatus",
     "CommandLine",
+    "CrashLoop",
     "CreateKey",
     "CreatedKey",
     "DoneEvent",
@@ -103,6 +106,7 @@ __all__ = [
     "SpawnedEvent",
     "StartEvent",
     "SummaryEvent",
+    "SyncStatus",
     "WorkerArgs",
     "WorkerBinaryEntry",
     "WorkerProcess",

@@ -150,6 +150,11 @@ class ModelEntry(_Wire):
     path: str
     revision: str | None = Field(default=None, description="the Hub commit it came from")
     facts: GgufFacts | None = None
+    damaged: str | None = Field(
+        default=None,
+        description="why the file on disk is no longer what was fetched (missing, other size, "
+        "other sha256); such a model is fetched again",
+    )
 
 
 class OperationStarted(_Wire):

@@ -15,6 +15,7 @@ __all__ = [
     "ApplyRecord",
     "ApplyRequest",
     "ClusterStatus",
+    "CrashLoop",
     "CreateKey",
     "CreatedKey",
     "DoneEvent",
@@ -36,6 +37,7 @@ __all__ = [
     "SpawnedEvent",
     "StartEvent",
     "SummaryEvent",
+    "SyncStatus",
     "apply_event",
 ]
 
@@ -99,9 +101,10 @@ class AppliedSource(_Wire):
 
 
 class ApplyRecord(_Wire):
-    """One apply in the queen's history (`GET /v1/history`)."""
+    """One apply or self-heal in the queen's history (`GET /v1/history`)."""
 
     id: int
+    kind: Literal["apply", "self-heal"] = "apply"
     holder: str
     started_at: float
     finished_at: float | None = None
@@ -115,6 +118,10 @@ class ApplyRecord(_Wire):
     error: str | None = None
     digest: str | None = Field(default=None, description="sha256 of the applied cluster's JSON")
     source: AppliedSource | None = None
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="self-heal: address → why it acted"
+    )
+    trigger: str | None = Field(default=None, description="self-heal: what set it off")
 
 
 class HiveRecord(_Wire):
@@ -152,6 +159,33 @@ class QueenInfo(_Wire):
     url: str
 
 
+class CrashLoop(_Wire):
+    """A worker self-heal stopped respawning: it died too often, too fast."""
+
+    worker_id: str
+    hive: str
+    address: str
+    deaths: int
+    window_s: float
+    error: str | None = Field(default=None, description="how its last start failed, if it did")
+    log_tail: str = Field(default="", description="the last lines of its log")
+
+
+class SyncStatus(_Wire):
+    """Whether the cluster matches the last apply, as self-heal last found it.
+
+    `in_sync`: nothing to do. `healing`: self-heal is acting now. `degraded`: something differs
+    that self-heal cannot mend now (see `reasons`). `suspended`: `rbee down` stopped the cluster,
+    so nothing is healed until the next apply. `unknown`: nothing applied or not checked yet.
+    """
+
+    state: Literal["in_sync", "healing", "degraded", "suspended", "unknown"] = "unknown"
+    reasons: list[str] = Field(default_factory=list)
+    self_heal: bool = Field(default=True, description="whether self-heal acts (the YAML's)")
+    checked_at: float | None = None
+    crash_loops: list[CrashLoop] = Field(default_factory=list)
+
+
 class ClusterStatus(_Wire):
     """`GET /v1/status`: the hives of the last apply and the live workers."""
 
@@ -159,6 +193,7 @@ class ClusterStatus(_Wire):
     hives: list[HiveStatus]
     workers: list[WorkerView]
     applied: ApplyRecord | None = Field(default=None, description="the last apply")
+    sync: SyncStatus = Field(default_factory=SyncStatus)
 
 
 class DownResult(_Wire):

@@ -73,6 +73,7 @@ def test_add_writes_payload_and_metadata(catalog: ArtifactCatalog, source: str) 
         "path": str(directory / PAYLOAD),
         "revision": None,
         "facts": None,  # these test bytes are no GGUF
+        "damaged": None,
     }
     assert catalog.list() == [entry]
     assert catalog.get("m") == entry

@@ -43,6 +43,7 @@ def test_adding_the_real_model_streams_progress_and_succeeds(hive: Hive, gguf: P
                 "chat_template": False,
                 "kv_bytes_per_token": 18_432,
             },
+            "damaged": None,
         }
     ]
     assert one == listed[0]
