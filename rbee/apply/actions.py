@@ -105,8 +105,14 @@ class ClusterEffects:
         assert action.spawn is not None
         spawn = action.spawn
         async with self._hive(action) as hive:
-            proc = await hive.spawn(spawn)
-            await emit(SpawnedEvent(address=action.address, pid=proc.pid))
+            # A worker that outlived its hive is listed again once the hive is back: planned
+            # while the hive was down, its spawn adopts it rather than starting a duplicate.
+            running = [p for p in await hive.processes() if p.worker_id == spawn.worker_id]
+            if action.op == "create" and running:
+                proc = running[0]
+            else:
+                proc = await hive.spawn(spawn)
+                await emit(SpawnedEvent(address=action.address, pid=proc.pid))
             deadline = time.monotonic() + self._ready_timeout_s
             checks = 0
             while self._worker_state(spawn.worker_id) not in ("idle", "busy"):

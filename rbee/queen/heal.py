@@ -215,7 +215,7 @@ class Healer:
                 while track.respawns and now - track.respawns[0] > CRASH_WINDOW_S:
                     track.respawns.popleft()
                 if track.crash_loop is None and len(track.respawns) >= CRASH_LIMIT:
-                    track.crash_loop = await self._crash_loop(cluster, action, track)
+                    track.crash_loop = await self._crash_loop(action, track)
             if track.crash_loop is not None:
                 loop = track.crash_loop
                 reasons.append(
@@ -232,6 +232,10 @@ class Healer:
         # What waits for an action not run now is not run either (the executor would not wait).
         todo, waiting = _without(todo, {a.address for a in heal if a not in todo})
         reasons += [f"{a.address}: waits for {', '.join(a.depends_on)}" for a in waiting]
+        if any(a.kind == "hive" for a in todo):
+            # Hives first, alone: once they answer, their listings say what else is missing
+            # (workers outlive their hive and are adopted, not spawned again).
+            todo = [a for a in todo if a.kind == "hive"]
         budget = cluster.self_heal.max_per_hour
         while self._spent and now - self._spent[0] > 3600.0:
             self._spent.popleft()
@@ -244,7 +248,7 @@ class Healer:
             )
         return todo, reasons
 
-    async def _crash_loop(self, cluster: Cluster, action: Action, track: _Track) -> CrashLoop:
+    async def _crash_loop(self, action: Action, track: _Track) -> CrashLoop:
         worker_id = action.spawn.worker_id if action.spawn else action.address
         tail = ""
         if action.hive_url is not None:
@@ -298,6 +302,8 @@ class Healer:
                 track.failures += 1
                 track.error = outcome.failed[action.address]
                 track.retry_at = now + min(FIRST_RETRY_S * 2 ** (track.failures - 1), MAX_RETRY_S)
+                if action.kind == "worker" and len(track.respawns) >= CRASH_LIMIT:
+                    track.crash_loop = await self._crash_loop(action, track)
         log.info(
             "event=self_heal_done seconds=%.2f done=%d failed=%d skipped=%d",
             now - started, len(outcome.done), len(outcome.failed), len(outcome.skipped),

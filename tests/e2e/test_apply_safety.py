@@ -42,7 +42,8 @@ WORKER = "worker.local.gemma3-270m[0]"
 
 @pytest.fixture
 def cluster(tmp_path: Path, gguf: Path) -> Iterator[LocalCluster]:
-    the_cluster = new_cluster(tmp_path, gguf)
+    # Self-heal off: only the applies under test change the cluster.
+    the_cluster = new_cluster(tmp_path, gguf, self_heal="false")
     yield the_cluster
     the_cluster.rbee("down", check=False, timeout=60)
     kill_strays(the_cluster)

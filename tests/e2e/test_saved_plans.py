@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
-    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf)
+    # Self-heal off: only the applies under test change the cluster.
+    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf, self_heal="false")
     the_cluster.write(replicas=1)
     the_cluster.rbee("apply", "--auto-approve")
     yield the_cluster
