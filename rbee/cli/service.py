@@ -14,8 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from rbee.systemd import QUEEN_SERVICE, Scope, unit
 from rbee.wire import QueenArgs
 
 __all__ = [
@@ -29,31 +29,18 @@ __all__ = [
     "unit_paths",
 ]
 
-SERVICE = "queen-rbee.service"
-Scope = Literal["user", "system"]
+SERVICE = QUEEN_SERVICE
 
 
 def queen_unit(args: QueenArgs, executable: str, scope: Scope, env_file: Path) -> str:
     """The unit file's text for a queen started with `args` by `executable` (queen-rbee)."""
-    command = " ".join([executable, *args.to_argv()])
-    user = "" if scope == "user" else f"User={getpass.getuser()}\n"
-    wanted_by = "default.target" if scope == "user" else "multi-user.target"
-    return f"""[Unit]
-Description=rbee queen (queen-rbee): worker registry, plan/apply, OpenAI-compatible routing
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-{user}ExecStart={command}
-EnvironmentFile=-{env_file}
-Restart=always
-RestartSec=2
-TimeoutStopSec=15
-
-[Install]
-WantedBy={wanted_by}
-"""
+    return unit(
+        "rbee queen (queen-rbee): worker registry, plan/apply, OpenAI-compatible routing",
+        " ".join([executable, *args.to_argv()]),
+        str(env_file),
+        scope,
+        user=getpass.getuser(),
+    )
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,25 @@ from rbee.remote import (
     REMOTE_VENV,
 )
 from rbee.remote.connect import SshFailure, run_remote
+from rbee.systemd import HIVE_SERVICE, unit
 from rbee.wire import HiveArgs
 
-__all__ = ["HIVE_EXECUTABLE", "HIVE_PID_SHELL", "hive_log_tail", "start_hive", "stop_hive"]
+__all__ = [
+    "HIVE_ENV_FILE",
+    "HIVE_EXECUTABLE",
+    "HIVE_PID_SHELL",
+    "HIVE_UNIT_DIR",
+    "hive_log_tail",
+    "hive_unit",
+    "start_hive",
+    "stop_hive",
+]
 
 log = logging.getLogger(__name__)
 
 HIVE_EXECUTABLE = f"{REMOTE_VENV}/bin/rbee-hive"
+HIVE_UNIT_DIR = ".config/systemd/user"
+HIVE_ENV_FILE = ".config/rbee/hive.env"
 _ALIVE_CHECK_S = 1.0
 
 # Shell functions shared by the scripts here and the probe: `is_hive PID` (alive, not a
@@ -44,16 +56,40 @@ hive_pid() {
 }
 """
 
-# argv: sh -c SCRIPT STATE PIDFILE PORTFILE LOG PORT EXECUTABLE ARGS...; the token on stdin.
+# Where a host runs systemd (and this user's manager answers), the hive is a user unit with
+# lingering: restarted when it dies, started at boot. Elsewhere (containers, the test
+# namespaces) it is a setsid/nohup daemon, restarted by the queen's self-heal.
+_SYSTEMD_START = f"""\
+if [ -d /run/systemd/system ] && systemctl --user show-environment >/dev/null 2>&1; then
+  units=$HOME/{HIVE_UNIT_DIR} envfile=$HOME/{HIVE_ENV_FILE}
+  mkdir -p "$units" "${{envfile%/*}}"
+  (umask 077; if [ -n "$RBEE_TOKEN" ]; then echo "RBEE_TOKEN=$RBEE_TOKEN"; fi >"$envfile")
+  printf '%s' "$UNIT" >"$units/{HIVE_SERVICE}"
+  loginctl enable-linger "$(id -un)" >/dev/null 2>&1 || true
+  if systemctl --user daemon-reload && systemctl --user enable {HIVE_SERVICE} >/dev/null 2>&1 \\
+      && systemctl --user restart {HIVE_SERVICE}; then
+    pid=$(systemctl --user show -p MainPID --value {HIVE_SERVICE})
+    echo "$pid" >"$PIDFILE"
+    echo "$PORT" >"$PORTFILE"
+    echo "unit={HIVE_SERVICE}"
+    echo "pid=$pid"
+    exit 0
+  fi
+fi
+"""
+
+# argv: sh -c SCRIPT STATE PIDFILE PORTFILE LOG PORT UNIT EXECUTABLE ARGS...; the token on
+# stdin.
 _START = f"""\
 cd || exit 1
-STATE=$1 PIDFILE=$2 PORTFILE=$3 LOG=$4 PORT=$5
-shift 5
+STATE=$1 PIDFILE=$2 PORTFILE=$3 LOG=$4 PORT=$5 UNIT=$6
+shift 6
 {HIVE_PID_SHELL}
 if pid=$(hive_pid); then echo "already=$pid"; exit 0; fi
 mkdir -p "$STATE"
 IFS= read -r RBEE_TOKEN || true
 if [ -n "$RBEE_TOKEN" ]; then export RBEE_TOKEN; else unset RBEE_TOKEN; fi
+{_SYSTEMD_START}
 setsid nohup "$@" >>"$LOG" 2>&1 </dev/null &
 echo $! >"$PIDFILE"
 echo "$PORT" >"$PORTFILE"
@@ -64,6 +100,13 @@ echo "pid=$!"
 _STOP = f"""\
 cd || exit 1
 PIDFILE=$1 PORTFILE=$2 GRACE=$3
+if [ -f "{HIVE_UNIT_DIR}/{HIVE_SERVICE}" ] \\
+    && systemctl --user is-active --quiet {HIVE_SERVICE} 2>/dev/null; then
+  systemctl --user stop {HIVE_SERVICE}
+  rm -f "$PIDFILE" "$PORTFILE"
+  echo stopped=term
+  exit 0
+fi
 {HIVE_PID_SHELL}
 if ! pid=$(hive_pid); then rm -f "$PIDFILE" "$PORTFILE"; echo stopped=none; exit 0; fi
 kill -TERM "$pid" 2>/dev/null
@@ -78,6 +121,15 @@ _ALIVE = f"""\
 {HIVE_PID_SHELL}
 is_hive "$1"
 """
+
+
+def hive_unit(args: HiveArgs) -> str:
+    """The systemd user unit of a network hive started with `args` (`%h`: the user's home)."""
+    return unit(
+        f"rbee hive {args.name}: models, worker binaries and worker processes of this machine",
+        shlex.join([f"%h/{HIVE_EXECUTABLE}", *args.to_argv()]),
+        f"%h/{HIVE_ENV_FILE}",
+    )
 
 
 async def start_hive(
@@ -97,7 +149,14 @@ async def start_hive(
     """
     args = HiveArgs(host=hive.host, port=hive.port, name=hive.name, queen_url=queen_url)
     argv = [HIVE_EXECUTABLE, *args.to_argv()]
-    files = [REMOTE_STATE, REMOTE_HIVE_PID, REMOTE_HIVE_PORT, REMOTE_HIVE_LOG, str(hive.port)]
+    files = [
+        REMOTE_STATE,
+        REMOTE_HIVE_PID,
+        REMOTE_HIVE_PORT,
+        REMOTE_HIVE_LOG,
+        str(hive.port),
+        hive_unit(args),
+    ]
     command = shlex.join(["sh", "-c", _START, "sh", *files, *argv])
     started = time.monotonic()
     result = await run_remote(
@@ -155,7 +214,11 @@ async def stop_hive(
 async def hive_log_tail(
     conn: asyncssh.SSHClientConnection, lines: int = 20, *, hive: str | None = None
 ) -> str:
-    """The last lines of the remote hive's log (empty when there is none)."""
-    command = shlex.join(["tail", "-n", str(lines), REMOTE_HIVE_LOG])
+    """The last lines of the remote hive's log, or its unit's journal (empty when none)."""
+    script = (
+        f'if [ -f "{HIVE_UNIT_DIR}/{HIVE_SERVICE}" ]; then '
+        f'journalctl --user -u {HIVE_SERVICE} -n "$1" --no-pager; else tail -n "$1" "$2"; fi'
+    )
+    command = shlex.join(["sh", "-c", script, "sh", str(lines), REMOTE_HIVE_LOG])
     result = await run_remote(conn, command, hive=hive or "?", check=False)
     return str(result.stdout or "").rstrip()

@@ -14,7 +14,8 @@ import asyncssh
 
 from rbee.remote import REMOTE_CACHE, REMOTE_STATE, REMOTE_VENV, REMOTE_WHEELHOUSE
 from rbee.remote.connect import SshFailure, run_remote
-from rbee.remote.daemon import stop_hive
+from rbee.remote.daemon import HIVE_ENV_FILE, HIVE_UNIT_DIR, stop_hive
+from rbee.systemd import HIVE_SERVICE
 
 __all__ = ["install", "installed_version", "remote_python", "uninstall"]
 
@@ -129,7 +130,11 @@ async def uninstall(
     """Stop the hive if it runs and remove the venv; with `purge_caches`, models and logs too."""
     label = hive or _peer(conn)
     await stop_hive(conn, hive=label)
-    paths = [REMOTE_VENV]
+    unit_file = f"{HIVE_UNIT_DIR}/{HIVE_SERVICE}"
+    disable = f'if [ -f "{unit_file}" ]; then systemctl --user disable {HIVE_SERVICE}; fi; true'
+    script = f"cd && {{ {disable}; }} >/dev/null 2>&1"
+    await run_remote(conn, shlex.join(["sh", "-c", script]), hive=label)
+    paths = [REMOTE_VENV, unit_file, HIVE_ENV_FILE]
     if purge_caches:
         paths += [REMOTE_CACHE, REMOTE_STATE]
     await run_remote(conn, shlex.join(["rm", "-rf", "--", *paths]), hive=label)

@@ -1,5 +1,6 @@
-"""`rbee queen install-service`: the unit file, the token kept out of it, and what it says
-where systemd does not run (as in this sandbox and in CI containers)."""
+"""systemd units: `rbee queen install-service` (the unit file, the token kept out of it, and
+what it says where systemd does not run, as in this sandbox and in CI containers) and the
+user unit a network hive runs under where its host runs systemd."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from syrupy.assertion import SnapshotAssertion
 
 from rbee.cli.service import Scope, queen_unit, systemd_runs
-from rbee.wire import QueenArgs
+from rbee.remote.daemon import HIVE_ENV_FILE, HIVE_EXECUTABLE, hive_unit
+from rbee.wire import HiveArgs, QueenArgs
 from tests.fixtures.ports import free_port
 
 ARGS = QueenArgs(host="0.0.0.0", port=7833, public_url="http://10.0.0.1:7833")
@@ -52,6 +54,38 @@ def test_systemd_analyze_finds_nothing_wrong(tmp_path: Path) -> None:
     broken.write_text(unit.read_text().replace("Restart=always", "Restart=alwayz"))
     result = subprocess.run([analyze, "verify", str(broken)], capture_output=True, text=True)
     assert "alwayz" in result.stderr  # the check can fail
+
+
+HIVE_ARGS = HiveArgs(host="10.0.0.2", port=7835, name="h1", queen_url="http://10.0.0.1:7833")
+
+
+def test_a_network_hives_user_unit_restarts_it_and_leaves_its_workers_running(
+    snapshot: SnapshotAssertion, tmp_path: Path
+) -> None:
+    text = hive_unit(HIVE_ARGS)
+    assert text == snapshot
+    assert "Restart=always" in text and "KillMode=process" in text
+    assert f"ExecStart=%h/{HIVE_EXECUTABLE} --host 10.0.0.2" in text
+    assert f"EnvironmentFile=-%h/{HIVE_ENV_FILE}" in text
+    # What systemd makes of it, with the user's home (%h) made concrete.
+    executable = tmp_path / HIVE_EXECUTABLE
+    executable.parent.mkdir(parents=True)
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    assert _complaints(tmp_path, text.replace("%h", str(tmp_path))) == []
+
+
+def _complaints(tmp_path: Path, text: str) -> list[str]:
+    """What `systemd-analyze verify` says about this unit text (it prints what it ignores)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the snapshot checks the text")
+    unit = tmp_path / "checked.service"
+    unit.write_text(text)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    return [line for line in result.stderr.splitlines() if str(unit) in line]
 
 
 def test_install_service_writes_the_unit_and_keeps_the_token_out_of_it(tmp_path: Path) -> None:

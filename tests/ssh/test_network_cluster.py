@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,18 @@ class NetworkCluster:
         hives: list[dict[str, Any]],
         replicas: int = 1,
         more_models: list[dict[str, Any]] | None = None,
+        self_heal: dict[str, Any] | bool = False,
     ) -> None:
-        """The cluster YAML; `more_models` are declared on every hive without workers."""
+        """The cluster YAML; `more_models` are declared on every hive without workers.
+
+        Self-heal is off unless asked for: these tests break hives on purpose and expect
+        each apply to find them as they left them.
+        """
         extra = more_models or []
         body = {
             "version": 1,
             "queen": {"url": self.queen_url, "token": "${RBEE_TOKEN}"},
+            "self_heal": self_heal,
             "hives": hives,
             "models": [{"name": "gemma3-270m", "source": f"file://{self.model}"}, *extra],
             "worker_binaries": [{"name": "cpu"}],
@@ -325,3 +332,38 @@ def test_a_url_model_leaves_the_source_once_and_the_hives_copy_it(net: NetworkCl
         assert payload.stat().st_size == served.size
     assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
     net.write(net.good_hives())
+
+
+def test_a_killed_hive_daemon_is_restarted_over_ssh_and_its_workers_adopted(
+    net: NetworkCluster,
+) -> None:
+    net.write(net.good_hives(), self_heal={"interval": "5s"})
+    net.rbee("apply", "--auto-approve")
+    host = net.hosts[1]
+    before = sorted((w["worker_id"], w["pid"]) for w in net.get("/v1/workers"))
+    pid = host.run("cat", f"{host.home}/.local/state/rbee/hive.pid").stdout.strip()
+    host.run("kill", "-KILL", pid)
+    killed = time.monotonic()
+    hive_url = f"http://{host.address}:7835/health"
+    headers = {"authorization": f"Bearer {net.token}"}
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            health = httpx.get(hive_url, headers=headers, timeout=2).json()
+            if health["pid"] != int(pid):
+                break
+        assert time.monotonic() - killed < 30, "the hive was not restarted within 30 s"
+        time.sleep(0.5)
+    # Its worker outlived it and is adopted: the same processes, none spawned twice.
+    assert sorted((w["worker_id"], w["pid"]) for w in net.get("/v1/workers")) == before
+    listed = httpx.get(
+        f"http://{host.address}:7835/v1/worker-processes", headers=headers, timeout=5
+    ).json()
+    assert [(p["worker_id"], p["pid"]) for p in listed] == [
+        (w, p) for w, p in before if w.startswith("h1.")
+    ]
+    heal = net.get("/v1/history?limit=5")["applies"]
+    healed = [e for e in heal if e["kind"] == "self-heal"]
+    assert healed and healed[0]["done"] == ["hive.h1"], heal
+    assert "hive h1 stopped answering" in healed[0]["trigger"]
+    assert net.chat().status_code == 200
+    assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
