@@ -434,8 +434,9 @@ def _damage(directory: Path, entry: ModelEntry) -> str | None:
                 digest.update(chunk)
         if digest.hexdigest() != entry.sha256:
             return "its file no longer matches its sha256 (changed on disk)"
+        checked = max(time.time_ns(), first_mtime)
         with contextlib.suppress(OSError):  # a read-only catalog: hashed again next time
-            os.utime(directory / METADATA)
+            os.utime(directory / METADATA, ns=(checked, checked))
     return None
 
 

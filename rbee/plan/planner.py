@@ -341,7 +341,7 @@ class _Context:
         if have is None:
             return Action(op="create", reason=_adding(model, resolved), **common)
         if have.damaged is not None:
-            change = Change(field="file", old=have.damaged, new=have.sha256)
+            change = Change(field="file", old="damaged", new="intact")
             return Action(
                 op="replace", reason=f"{have.damaged}: fetch again", changes=[change], **common
             )

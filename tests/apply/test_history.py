@@ -100,7 +100,8 @@ def test_a_database_from_before_the_history_columns_is_upgraded(tmp_path: Path) 
     old.close()
     store = Store(path)
     [entry] = store.history()
-    assert (entry.holder, entry.result, entry.failed, entry.done) == (
+    assert (entry.kind, entry.holder, entry.result, entry.failed, entry.done) == (
+        "apply",
         "old",
         "ok",
         {},
@@ -141,3 +142,33 @@ def test_applied_source_names_the_commit_and_whether_the_file_changed(tmp_path: 
     assert applied_source(config) == AppliedSource(file=str(config), commit=head, dirty=False)
     config.write_text("version: 1\nhives: []\n")
     assert applied_source(config).dirty is True
+
+
+def test_a_self_heal_is_history_but_neither_the_last_apply_nor_the_desired_cluster(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "queen.db")
+    applied = store.begin_apply("alice", {"add": 1}, {"version": 1, "hives": []})
+    store.end_apply(applied, "ok", done=["hive.local"])
+    heal = store.begin_heal(
+        {"add": 1}, {"worker.local.m[0]": "create: spawn"}, "worker local.m.0: refused", "L1"
+    )
+    store.end_apply(heal, "failed", failed={"worker.local.m[0]": "exited while starting"})
+    newest, first = store.history()
+    assert (newest.kind, newest.holder, newest.result) == ("self-heal", "self-heal", "failed")
+    assert newest.reasons == {"worker.local.m[0]": "create: spawn"}
+    assert newest.trigger == "worker local.m.0: refused"
+    assert newest.digest == first.digest  # what it healed towards
+    last = store.last_apply()
+    assert last is not None and last.id == applied
+    assert store.desired() == {"version": 1, "hives": []}
+
+
+def test_down_suspends_self_heal_until_the_next_apply(tmp_path: Path) -> None:
+    store = Store(tmp_path / "queen.db")
+    store.begin_apply("alice", {}, CLUSTER)
+    assert store.suspended() is None
+    store.suspend("`rbee down` at noon")
+    assert Store(tmp_path / "queen.db").suspended() == "`rbee down` at noon"  # survives a restart
+    store.begin_apply("alice", {}, CLUSTER)
+    assert store.suspended() is None

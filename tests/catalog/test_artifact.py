@@ -220,3 +220,38 @@ def test_a_partial_nobody_continues_is_cleaned_and_removing_a_model_drops_its_pa
     assert (root / ".m.partial").is_dir()
     catalog.remove("m")
     assert sorted(p.name for p in root.iterdir()) == [".fresh.partial"]
+
+
+def test_a_missing_or_resized_file_is_listed_as_damaged_and_fetched_again(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    entry = catalog.add("m", source, SHA)
+    payload = Path(entry.path)
+    payload.unlink()
+    assert catalog.get("m").damaged == "payload is missing"
+    assert catalog.present("m", source, SHA) is None  # so `add` fetches it again
+    catalog.add("m", source, SHA)
+    assert catalog.get("m").damaged is None
+    payload.write_bytes(DATA[:-1])
+    assert (
+        catalog.get("m").damaged
+        == f"its file holds {len(DATA) - 1} bytes, not the {len(DATA)} fetched"
+    )
+
+
+def test_a_file_changed_in_place_is_hashed_once_and_found_out(
+    catalog: ArtifactCatalog, source: str
+) -> None:
+    entry = catalog.add("m", source, SHA)
+    payload, metadata = Path(entry.path), Path(entry.path).with_name(METADATA)
+    # Touched but unchanged: hashed once, then remembered as checked (metadata touched).
+    later = time.time() + 5
+    os.utime(payload, (later, later))
+    assert catalog.get("m").damaged is None
+    assert metadata.stat().st_mtime_ns >= payload.stat().st_mtime_ns
+    # Same size, other bytes: only the sha256 tells.
+    with payload.open("r+b") as file:
+        file.write(b"X")
+    os.utime(payload, (later + 5, later + 5))
+    assert catalog.get("m").damaged == "its file no longer matches its sha256 (changed on disk)"
+    assert catalog.present("m", source, SHA) is None

@@ -171,3 +171,19 @@ def test_prefer_hive_fills_that_hive_first() -> None:
     policy = policy_for(Serving(routing="prefer_hive", prefer_hive="big"))
     picked = [registry.claim("m", policy) for _ in range(3)]
     assert [r.beat.worker_id if r else None for r in picked] == ["gpu", "gpu", "cpu"]
+
+
+def test_a_worker_whose_beats_stop_is_silenced_until_it_beats_again_or_is_retired() -> None:
+    clock = Clock()
+    registry = Registry(clock=clock)
+    registry.beat(_beat("a"))
+    registry.beat(_beat("b"))
+    clock.now += 7  # three beats missed
+    registry.beat(_beat("b"))
+    assert registry.silenced() == {"a": 1}
+    registry.beat(_beat("a"))  # it was only slow: no longer silent
+    assert registry.silenced() == {}
+    clock.now += 7
+    assert registry.silenced() == {"a": 1, "b": 1}
+    registry.retire("b")  # being replaced: the planner need not replace it again
+    assert registry.silenced() == {"a": 1}
