@@ -248,6 +248,7 @@ async def apply_route(request: Request) -> Response:
             await events.put(ErrorEvent(error=exc.message, hint=exc.hint))
         finally:
             await events.put(None)
+            queen.healer.poke("an apply ended")  # what it left is in sync, or healed now
 
     # The apply runs on even if the keeper disconnects; the stream only reports it.
     task = asyncio.create_task(run())

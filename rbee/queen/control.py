@@ -275,7 +275,6 @@ class Control:
     ) -> Outcome:
         """Run healing `actions` of `cluster` (the last applied) under `lock`, which the caller
         took and this releases; recorded in history as a `self-heal` entry."""
-        self._held = lock
         the_plan = Plan(actions=actions)
         reasons = {a.address: f"{a.op}: {a.reason}" for a in actions}
         heal_id = self.store.begin_heal(the_plan.counts(), reasons, trigger, lock.id)
@@ -288,7 +287,6 @@ class Control:
             self.store.end_apply(heal_id, "failed", error=repr(exc))
             raise
         finally:
-            self._held = None
             self.lock.release(lock.id)
         self.store.end_apply(
             heal_id,

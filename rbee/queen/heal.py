@@ -111,6 +111,8 @@ class Healer:
         self._spent: deque[float] = deque()  # when each healing action of the last hour ran
         self._apply_id: int | None = None
         self.sync = SyncStatus()
+        # A queen just (re)started looks at once: its cluster may have changed while it was down.
+        self.poke("the queen started")
 
     def poke(self, why: str) -> None:
         """Check soon: something happened (`why` goes into history if it leads to a heal)."""
