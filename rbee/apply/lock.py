@@ -23,7 +23,7 @@ import psutil
 
 from rbee.errors import NotFoundError, RbeeError
 
-__all__ = ["LOCK_SCHEMA", "ApplyLock", "ApplyLocked", "LockInfo", "LockNotFound"]
+__all__ = ["HEAL_HOLDER", "LOCK_SCHEMA", "ApplyLock", "ApplyLocked", "LockInfo", "LockNotFound"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class LockInfo:
         return {**asdict(self), "since_text": _when(self.since), "stale": _is_stale(self)}
 
 
+#: The holder of the lock while the queen's self-heal acts.
+HEAL_HOLDER = "self-heal"
+
+
 class ApplyLocked(RbeeError):
     """Another apply holds the lock; `lock` is that lock when known."""
 
@@ -74,6 +78,12 @@ class ApplyLocked(RbeeError):
     def held(cls, lock: LockInfo, waited_s: float = 0.0) -> ApplyLocked:
         """The refusal a second apply gets, naming the holder and the way out."""
         waited = f" (waited {waited_s:.0f} s)" if waited_s else ""
+        if lock.holder == HEAL_HOLDER:
+            return cls(
+                f"the queen's self-heal is mending the cluster{waited}: {lock.describe()}; "
+                "it ends by itself: pass --lock-timeout (say 2m) to wait for it",
+                lock=lock,
+            )
         return cls(
             f"another apply is running{waited}: {lock.describe()}; wait for it, pass "
             f"--lock-timeout, or run `rbee force-unlock {lock.id}` if that apply is dead",

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rbee.apply.lock import ApplyLocked, LockInfo
+from rbee.apply.lock import HEAL_HOLDER, ApplyLocked, LockInfo
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster
 from rbee.errors import RbeeError
@@ -178,7 +178,7 @@ class Healer:
         todo, reasons = await self._select(cluster, the_plan)
         if todo and enabled:
             try:
-                lock = await self._control.lock.acquire("self-heal")
+                lock = await self._control.lock.acquire(HEAL_HOLDER)
             except ApplyLocked:
                 return
             # Under the lock, plan again: an apply may have changed things since.

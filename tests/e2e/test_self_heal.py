@@ -87,6 +87,7 @@ def test_a_hung_worker_is_replaced_and_a_ci_apply_waits_for_the_heals_lock(
         )
         refused = cluster.rbee("apply", "--auto-approve", "--lock-timeout", "0", check=False)
         assert refused.returncode == 1
+        assert "self-heal is mending the cluster" in refused.stderr
         assert "held by self-heal" in refused.stderr and "Traceback" not in refused.stderr
         waited = cluster.rbee("apply", "--auto-approve", "--lock-timeout", "60")
         assert "No changes" in waited.stdout, waited.stdout
