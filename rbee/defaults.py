@@ -16,6 +16,7 @@ __all__ = [
     "BACKEND",
     "CTX_SIZE",
     "DEVICE",
+    "HIVE_CHECK_INTERVAL_S",
     "HIVE_PORT",
     "QUEEN_PORT",
     "SLOTS",
@@ -31,6 +32,8 @@ __all__ = [
 
 QUEEN_PORT = 7833
 HIVE_PORT = 7835
+#: Seconds between the queen's health checks of every hive (a hive gone offline is healed).
+HIVE_CHECK_INTERVAL_S = 5.0
 SLOTS = 1
 CTX_SIZE = 4096
 DEVICE = "cpu"

@@ -283,6 +283,16 @@ class Control:
             async with SshConnections() as connections:
                 effects = self._effects({h.name: h for h in cluster.hives}, connections)
                 outcome = await execute(the_plan, effects, emit, parallelism)
+            # A hive started again is online now, not at the monitor's next look: if it dies
+            # again before then, the monitor still sees it go offline.
+            started = {a.hive for a in actions if a.kind == "hive" and a.address in outcome.done}
+            await asyncio.gather(
+                *(
+                    self.hive_registry.check(h, self.token)
+                    for h in cluster.hives
+                    if h.name in started
+                )
+            )
         except BaseException as exc:
             self.store.end_apply(heal_id, "failed", error=repr(exc))
             raise

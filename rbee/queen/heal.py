@@ -181,18 +181,19 @@ class Healer:
                 lock = await self._control.lock.acquire(HEAL_HOLDER)
             except ApplyLocked:
                 return
-            # Under the lock, plan again: an apply may have changed things since.
-            cluster = self._control.desired or cluster
-            the_plan = plan(
-                cluster, await self._control.observe_quick(cluster), self._control.queen_url
-            )
-            todo, reasons = await self._select(cluster, the_plan)
-            if not todo:
-                self._control.lock.release(lock.id)
-            else:
-                await self._heal(cluster, todo, trigger, lock)
-                self.poke("check after self-heal")
-                return
+            try:
+                # Under the lock, plan again: an apply may have changed things since.
+                cluster = self._control.desired or cluster
+                the_plan = plan(
+                    cluster, await self._control.observe_quick(cluster), self._control.queen_url
+                )
+                todo, reasons = await self._select(cluster, the_plan)
+                if todo:
+                    await self._heal(cluster, todo, trigger, lock)
+                    self.poke("check after self-heal")
+                    return
+            finally:
+                self._control.lock.release(lock.id)  # a no-op when the heal released it
         elif todo:
             reasons += [f"{a.address}: {a.reason} (self-heal is off)" for a in todo]
         self.sync = SyncStatus(

@@ -12,14 +12,13 @@ from typing import Any
 
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
+from rbee.defaults import HIVE_CHECK_INTERVAL_S
 from rbee.errors import RbeeError
 from rbee.wire import Capabilities, HiveRecord
 
 __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives"]
 
 log = logging.getLogger(__name__)
-
-HIVE_CHECK_INTERVAL_S = 5.0
 
 
 class HiveRegistry:

@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 from rbee.defaults import (
     CTX_SIZE,
     DEVICE,
+    HIVE_CHECK_INTERVAL_S,
     HIVE_PORT,
     QUEEN_PORT,
     SLOTS,
@@ -264,7 +265,9 @@ class QueenArgs(_ServerArgs):
         default=None, description="SQLite file (default: ~/.local/state/rbee/queen.db)"
     )
     hive_check_interval: float = Field(
-        default=15.0, gt=0, description="seconds between health checks of every hive"
+        default=HIVE_CHECK_INTERVAL_S,
+        gt=0,
+        description="seconds between health checks of every hive",
     )
     max_body_mb: float = Field(
         default=8.0, gt=0, le=1024, description="largest request body in MiB (413 beyond)"
