@@ -9,7 +9,10 @@ self-heal, a dead worker or hive stayed down until the next apply (every request
 the peer here is the same cluster with `self_heal: false`, checked for 20 s in the first run.
 
 - worker: SIGKILL the one worker of a local hive (a no-op apply before each run: a worker
-  respawned 3 times within 5 minutes is a crash loop, left down until the next apply).
+  respawned 3 times within 5 minutes is a crash loop, left down until the next apply). With
+  requests arriving, the first refused connection tells the queen; with none, the missed
+  heartbeats do (6 s). A SIGSTOPped (hung) worker is stopped (SIGTERM, SIGKILL after 5 s)
+  and replaced.
 - local hive: SIGKILL the hive daemon. Its worker outlives it, so serving should never stop;
   also timed: until the hive answers again (a new pid).
 - network hive (root: a netns host with real sshd): SIGKILL the hive daemon on the host; the
@@ -24,10 +27,8 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -136,6 +137,22 @@ def worker_death(cluster: LocalCluster) -> dict[str, float | None]:
     return {"serving": _until(lambda: _serves(cluster.queen_url))}
 
 
+def quiet_worker_death(cluster: LocalCluster, how: signal.Signals) -> dict[str, float | None]:
+    """`how` (SIGKILL, or SIGSTOP for a hung worker) with no inference traffic: only the
+    missed heartbeats tell the queen. Timed until a new worker is idle, then one request."""
+    cluster.rbee("apply", "--auto-approve")
+    _in_sync(cluster)
+    pid = _worker_pid(cluster)
+    os.kill(pid, how)
+    started = time.monotonic()
+    back = _until(lambda: any(w["pid"] != pid and w["state"] == "idle" for w in cluster.workers()))
+    serving = _serves(cluster.queen_url)
+    if how == signal.SIGSTOP:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return {"serving": time.monotonic() - started if back is not None and serving else None}
+
+
 def local_hive_death(cluster: LocalCluster) -> dict[str, float | None]:
     _in_sync(cluster)
     hive_url = f"http://127.0.0.1:{cluster.hive_port}"
@@ -149,24 +166,12 @@ def local_hive_death(cluster: LocalCluster) -> dict[str, float | None]:
 
 def queen_death(cluster: LocalCluster) -> dict[str, float | None]:
     _in_sync(cluster)
-    unit = cluster.rbee("queen", "install-service", "--print").stdout
-    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     pid = _health_pid(cluster.queen_url)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
-    log = (cluster.home / ".local/state/rbee/queen.log").open("ab")
-    restarted = subprocess.Popen(
-        shlex.split(exec_start.removeprefix("ExecStart=")),
-        env=cluster.env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    threading.Thread(target=restarted.wait, daemon=True).start()
+    cluster.restart_queen_as_its_unit_would()
     serving = _until(lambda: _serves(cluster.queen_url))
-    log.close()
     return {"serving": serving}
 
 
@@ -226,7 +231,13 @@ def main() -> None:
         peer = _peer(cluster)
     with _local("{}") as cluster:
         worker = [worker_death(cluster)["serving"] for _ in range(args.runs)]
-        rows.append(("worker SIGKILL → serving", _summary(worker), peer))
+        rows.append(("worker SIGKILL, requests arriving → serving", _summary(worker), peer))
+        quiet = [quiet_worker_death(cluster, signal.SIGKILL)["serving"] for _ in range(args.runs)]
+        rows.append(("worker SIGKILL, no requests → serving", _summary(quiet), peer))
+        hung = [quiet_worker_death(cluster, signal.SIGSTOP)["serving"] for _ in range(args.runs)]
+        rows.append(
+            ("worker SIGSTOP (hung) → serving", _summary(hung), "never (until `rbee apply`)")
+        )
         hive = [local_hive_death(cluster) for _ in range(args.runs)]
         failed = sum(int(h["failed requests"] or 0) for h in hive)
         asked = sum(int(h["asked"] or 0) for h in hive)
@@ -266,7 +277,8 @@ def main() -> None:
     print(f"|{'-' * (width + 2)}|---|---|")
     for case, now, before in rows:
         print(f"| {case.ljust(width)} | {now} | {before} |")
-    print(f"\nraw: worker {worker}\n     hive {hive}\n     queen {queen}")
+    print(f"\nraw: worker {worker}\n     quiet {quiet}\n     hung {hung}")
+    print(f"     hive {hive}\n     queen {queen}")
 
 
 if __name__ == "__main__":

@@ -227,14 +227,18 @@ class Control:
             if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
                 self.hive_registry.remove(action.hive)
         await asyncio.gather(*(self.hive_registry.check(h, self.token) for h in cluster.hives))
+        self._record(apply_id, outcome)
+        return outcome
+
+    def _record(self, entry_id: int, outcome: Outcome) -> None:
+        """Close a history entry (apply or self-heal) with how it went."""
         self.store.end_apply(
-            apply_id,
+            entry_id,
             "ok" if outcome.ok else "failed",
             done=outcome.done,
             failed=outcome.failed,
             skipped=outcome.skipped,
         )
-        return outcome
 
     def _effects(self, hives: dict[str, Hive], connections: SshConnections) -> ClusterEffects:
         """What the actions of an apply or a heal do, with `hives` by name."""
@@ -298,13 +302,7 @@ class Control:
             raise
         finally:
             self.lock.release(lock.id)
-        self.store.end_apply(
-            heal_id,
-            "ok" if outcome.ok else "failed",
-            done=outcome.done,
-            failed=outcome.failed,
-            skipped=outcome.skipped,
-        )
+        self._record(heal_id, outcome)
         return outcome
 
     async def status(self) -> ClusterStatus:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -196,8 +194,6 @@ def test_the_queen_killed_and_restarted_as_its_unit_would_serves_within_5_s(
 ) -> None:
     _worker(cluster)
     history = _history(cluster)
-    unit = cluster.rbee("queen", "install-service", "--print").stdout
-    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     errors: list[BaseException] = []
 
     def stream() -> None:
@@ -222,17 +218,7 @@ def test_the_queen_killed_and_restarted_as_its_unit_would_serves_within_5_s(
     assert not client.is_alive() and errors, "the client was not told the queen died"
     assert time.monotonic() - killed < 5
 
-    log = (cluster.home / ".local/state/rbee/queen.log").open("ab")
-    restarted = subprocess.Popen(
-        shlex.split(exec_start.removeprefix("ExecStart=")),
-        env=cluster.env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    # Reaped when it exits (`rbee down` waits for its pid to go), as its service manager would.
-    threading.Thread(target=restarted.wait, daemon=True).start()
+    restarted = cluster.restart_queen_as_its_unit_would()
     try:
         started = time.monotonic()
         while True:
@@ -246,8 +232,7 @@ def test_the_queen_killed_and_restarted_as_its_unit_would_serves_within_5_s(
         assert _history(cluster) == history
         _in_sync(cluster)
     finally:
-        log.close()
-    assert psutil.pid_exists(restarted.pid)
+        assert psutil.pid_exists(restarted.pid)
 
 
 def test_a_worker_that_crashes_at_load_is_left_down_after_three_tries(
