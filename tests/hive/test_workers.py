@@ -101,6 +101,23 @@ def test_spawning_a_model_not_in_the_catalog_is_404(hive: Hive) -> None:
     assert resp.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_workers_log_tail_outlives_it_and_its_id_cannot_leave_the_log_directory(
+    hive: Hive,
+) -> None:
+    logs = hive.home / ".local" / "state" / "rbee" / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "w9.log").write_text("".join(f"line {n}\n" for n in range(100)))
+    with hive.client() as client:
+        tail = client.get("/v1/worker-logs/w9", params={"lines": 3})
+        none = client.get("/v1/worker-logs/never-ran")
+        escape = client.get("/v1/worker-logs/..%2F..%2Fhive", params={"lines": 3})
+        bad = client.get("/v1/worker-logs/w9", params={"lines": "all"})
+    assert (tail.status_code, tail.text) == (200, "line 97\nline 98\nline 99")
+    assert (none.status_code, none.text) == (200, "")
+    assert escape.status_code in (404, 422)  # never a file outside the log directory
+    assert bad.status_code == 422
+
+
 def test_a_bad_grace_is_422(hive: Hive) -> None:
     with hive.client() as client:
         resp = client.delete(f"/v1/worker-processes/{os.getpid()}", params={"grace": "soon"})
