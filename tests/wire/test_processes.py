@@ -28,7 +28,7 @@ QUEEN = QueenArgs(
     port=7900,
     public_url="http://10.0.0.1:7900",
     db="/var/lib/rbee/queen.db",
-    hive_check_interval=5.0,
+    hive_check_interval=7.0,
     max_body_mb=2.5,
 )
 SAMPLES = pytest.mark.parametrize("args", [WORKER, HIVE, QUEEN], ids=["worker", "hive", "queen"])
