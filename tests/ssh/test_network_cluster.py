@@ -339,10 +339,6 @@ def test_a_killed_hive_daemon_is_restarted_over_ssh_and_its_workers_adopted(
 ) -> None:
     net.write(net.good_hives(), self_heal={"interval": "5s"})
     net.rbee("apply", "--auto-approve")
-    deadline = time.monotonic() + 30
-    while net.get("/v1/status")["sync"]["state"] != "in_sync":
-        assert time.monotonic() < deadline, net.get("/v1/status")["sync"]
-        time.sleep(0.5)
     host = net.hosts[1]
     before = sorted((w["worker_id"], w["pid"]) for w in net.get("/v1/workers"))
     pid = host.run("cat", f"{host.home}/.local/state/rbee/hive.pid").stdout.strip()
@@ -368,8 +364,8 @@ def test_a_killed_hive_daemon_is_restarted_over_ssh_and_its_workers_adopted(
     heal = net.get("/v1/history?limit=5")["applies"]
     healed = [e for e in heal if e["kind"] == "self-heal"]
     assert healed and healed[0]["done"] == ["hive.h1"], heal
-    # Whichever saw it first: the hive monitor (every 5 s) or the periodic check (5 s here).
-    trigger = healed[0]["trigger"]
-    assert "hive h1 stopped answering" in trigger or trigger == "periodic check", trigger
+    # What set it off is whichever check ran first after the kill (the hive monitor's, the
+    # periodic one, or one a moment earlier event started); what it did is the same.
+    assert "hive.h1" in healed[0]["reasons"] and healed[0]["trigger"], healed[0]
     assert net.chat().status_code == 200
     assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
