@@ -33,12 +33,12 @@ class Placement:
 
 
 def vram_bytes(entry: ModelEntry, slots: int, ctx_size: int) -> int | None:
-    """What one worker of this model holds on its GPU: the weights once per slot (each slot is
-    its own llama context with its own copy today) plus the KV cache of every slot's context.
-    None when the model's header facts are unknown."""
+    """What one worker of this model holds on its GPU: the weights once (its slots are
+    sequences of one context) plus `ctx_size` KV cells per slot. None when the model's header
+    facts are unknown."""
     if entry.facts is None or entry.facts.kv_bytes_per_token is None:
         return None
-    return slots * (entry.size_bytes + ctx_size * entry.facts.kv_bytes_per_token)
+    return entry.size_bytes + slots * ctx_size * entry.facts.kv_bytes_per_token
 
 
 def place(

@@ -207,7 +207,7 @@ class WorkerArgs(SpawnWorker, CommandLine):
     host: str = Field(default=LOOPBACK, description="address to listen on")
     port: int = Field(ge=0, le=65535, description="port to listen on (0 picks a free one)")
     threads: int | None = Field(
-        default=None, ge=1, description="threads per slot (default: cores/slots)"
+        default=None, ge=1, description="threads decoding the batch (default: every core)"
     )
 
     @computed_field  # type: ignore[prop-decorator]

@@ -52,13 +52,16 @@ class _Sampling(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, description="llama.cpp's; 0 turns it off")
+    min_p: float | None = Field(default=None, ge=0, le=1, description="llama.cpp's")
+    repeat_penalty: float | None = Field(default=None, gt=0, description="llama.cpp's")
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
     def params(self) -> dict[str, Any]:
-        """Keyword arguments for llama-cpp's create_(chat_)completion."""
+        """The sampling settings and prompt the engine takes."""
         params = self.model_dump(
             exclude_none=True, exclude={"model", "stream", "max_completion_tokens"}
         )

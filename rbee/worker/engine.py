@@ -1,31 +1,36 @@
-"""Slots over llama-cpp-python: N contexts of one GGUF, each running one sequence in a thread.
+"""The worker's engine: one GGUF, one llama context, its slots decoded as one batch.
 
-The weights are mmapped once and shared by every context; llama-cpp releases the GIL while it
-evaluates, so N threads generate in parallel. Chunks cross from a slot's thread to the event
-loop one at a time, as llama-cpp yields them: nothing buffers a whole answer.
+`Engine` is what the HTTP app talks to: it formats requests (the chat format of the GGUF's
+template, else by architecture), waits for a free slot, hands the request to the decode loop
+(`rbee.worker.batch.Batcher`) and turns the loop's events into OpenAI chunks (`Generation`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import queue
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import llama_cpp
+from llama_cpp import _internals
+from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.wire import WorkerArgs
+from rbee.worker.batch import Batcher, Formatted, Request, SlotStats, formatter
 
-__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "threads_per_slot"]
+__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "worker_threads"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion"]  # as rbee.worker.batch.Kind
 
 # Used only when the GGUF carries no chat template: llama-cpp would otherwise fall back to
 # "llama-2", and gemma answers that prompt with nothing at all.
@@ -49,110 +54,130 @@ def chat_format_for(metadata: Mapping[str, str], fallback: str | None) -> str | 
     return fallback
 
 
-def threads_per_slot(threads: int | None, slots: int) -> int:
-    """`--threads` when given, else the machine's cores shared evenly between the slots."""
-    if threads is not None:
-        return max(1, threads)
-    return max(1, (os.cpu_count() or 1) // slots)
+def worker_threads(threads: int | None) -> int:
+    """`--threads` when given, else every core: all of them serve the one batch."""
+    return max(1, threads if threads is not None else (os.cpu_count() or 1))
 
 
-class _Cancelled:
-    """A llama-cpp stopping criterion: true once the current request has been cancelled.
-
-    Each request brings its own event, so a late `cancel()` from a finished request can never
-    stop the next request on the same slot.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, input_ids: Any, logits: Any) -> bool:
-        return self.event.is_set()
-
-
-class _Context(llama_cpp.Llama):
-    """One slot's llama context and the one thread that runs its requests, in turn.
-
-    Every completion stops between tokens when cancelled: the chat handlers call
-    `create_completion` without passing a caller's stopping criteria through, so the cancel
-    check is added here, where both chat and plain completions pass. The thread lives as long
-    as the slot, so a request starts without a new thread (or a new OpenMP team for llama.cpp).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cancelled = _Cancelled()
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run `job` on this slot's thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="rbee-slot", daemon=True)
-            self._thread.start()
-        self._jobs.put(job)
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except Exception:
-                log.exception("a slot's job failed")
-
-    def create_completion(self, *args: Any, **kwargs: Any) -> Any:
-        criteria = llama_cpp.StoppingCriteriaList([self.cancelled])
-        criteria.extend(kwargs.get("stopping_criteria") or [])
-        kwargs["stopping_criteria"] = criteria
-        return super().create_completion(*args, **kwargs)
-
-
-_END = object()
+_DEFAULTS: dict[Kind, dict[str, Any]] = {
+    # llama-cpp-python's defaults for each call, kept so answers read as they did.
+    "chat": {"temperature": 0.2, "repeat_penalty": 1.1, "max_tokens": None},
+    "completion": {"temperature": 0.8, "repeat_penalty": 1.0, "max_tokens": 16},
+}
 
 
 class Generation:
-    """One request running on one slot: iterate it for its chunks (stream) or its one answer."""
+    """One request in the batch: iterate it for its OpenAI chunks (stream) or its one answer.
 
-    def __init__(self, cancel: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
-        self._cancel = cancel
-        self._loop = loop
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+    The decode loop's events cross to the event loop one at a time, as tokens come: nothing
+    buffers a whole streamed answer. A chat stream's first chunk (the assistant role) is sent
+    with the first text, so a request the worker refuses (a prompt too long) is still an
+    error before any chunk.
+    """
+
+    def __init__(self, kind: Kind, model: str, stream: bool, cancelled: threading.Event) -> None:
+        self._kind = kind
+        self._model = model
+        self._stream = stream
+        self._cancelled = cancelled
+        self._events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._pending: list[dict[str, Any]] = []
         self._finished = False
+        self._started = False
+        self._id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4()}"
+        self._created = int(time.time())
 
-    def push(self, item: object) -> None:
-        """Hand a chunk, the end marker or an exception over from the slot's thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+    def deliver(self, event: tuple[Any, ...]) -> None:
+        """An event from the decode loop (on the event loop's thread)."""
+        self._events.put_nowait(event)
 
     def cancel(self) -> None:
-        """Stop generating after the current token (a no-op once finished)."""
-        self._cancel.set()
+        """Stop generating after the current step (a no-op once finished)."""
+        self._cancelled.set()
 
     def __aiter__(self) -> Generation:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        if self._pending:
+            return self._pending.pop(0)
         if self._finished:
             raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is _END:
+        if not self._stream:
+            return await self._whole()
+        event = await self._events.get()
+        if event[0] == "error":
             self._finished = True
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
+            raise event[1]
+        chunks = []
+        if not self._started and self._kind == "chat":
+            chunks.append(self._chunk({"role": "assistant"}, None))
+        self._started = True
+        if event[0] == "text":
+            chunks.append(self._chunk(event[1], None))
+        else:
             self._finished = True
-            raise item
-        assert isinstance(item, dict)
-        return item
+            chunks.append(self._chunk(None, event[1]))
+        self._pending = chunks[1:]
+        return chunks[0]
+
+    async def _whole(self) -> dict[str, Any]:
+        parts: list[str] = []
+        while (event := await self._events.get())[0] == "text":
+            parts.append(event[1])
+        self._finished = True
+        if event[0] == "error":
+            raise event[1]
+        _, reason, prompt_tokens, completion_tokens = event
+        text = "".join(parts)
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
+        if self._kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {
+            "id": self._id,
+            "object": "chat.completion" if self._kind == "chat" else "text_completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _chunk(self, content: str | dict[str, str] | None, reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
+        if self._kind == "chat":
+            delta = content if isinstance(content, dict) else {}
+            if isinstance(content, str):
+                delta = {"content": content}
+            choice["delta"] = delta
+        else:
+            choice["text"] = content if isinstance(content, str) else ""
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk" if self._kind == "chat" else "text_completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": [choice],
+        }
 
 
 class Engine:
-    """N llama contexts of one GGUF, handed out one request at a time, first come first served."""
+    """One model, one context, `slots` sequences decoded as one batch (`rbee.worker.batch`)."""
 
     def __init__(self, config: WorkerArgs, on_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self._on_change = on_change
-        self._free: asyncio.Queue[_Context] = asyncio.Queue()
-        self._contexts: list[_Context] = []
+        self._slots = asyncio.Semaphore(config.slots)
         self._busy = 0
+        self._batcher: Batcher | None = None
+        self._model: _internals.LlamaModel | None = None
+        self._formatter: Any = None
+        self._running: set[threading.Event] = set()
         self.loaded = False
 
     @property
@@ -165,83 +190,114 @@ class Engine:
         """Slots running a request right now."""
         return self._busy
 
+    @property
+    def stats(self) -> SlotStats:
+        """The prompt cache's counters."""
+        return self._batcher.stats if self._batcher else SlotStats()
+
     async def load(self) -> None:
-        """Load every context in a daemon thread (a stuck load must not hold up exit)."""
-        self._contexts = await _in_daemon_thread(self._load_contexts, name="rbee-load")
-        for context in self._contexts:
-            self._free.put_nowait(context)
+        """Load the model and make the context in a daemon thread (a stuck load must not hold
+        up exit)."""
+        await _in_daemon_thread(self._load, name="rbee-load")
         self.loaded = True
         self._on_change()
 
-    def _load_contexts(self) -> list[_Context]:
+    def _load(self) -> None:
         config = self.config
-        threads = threads_per_slot(config.threads, config.slots)
-        kwargs: dict[str, Any] = {
-            "model_path": config.model_path,
-            "n_ctx": config.ctx_size,
-            "n_threads": threads,
-            "n_threads_batch": threads,
-            **placement(config.device),
-            "verbose": False,
-        }
-        first = _Context(**kwargs)
-        chat_format = chat_format_for(first.metadata, config.chat_format)
-        if chat_format is not None:
-            first.chat_format = chat_format
-            kwargs["chat_format"] = chat_format
-        contexts = [first] + [_Context(**kwargs) for _ in range(config.slots - 1)]
+        params = llama_cpp.llama_model_default_params()
+        for key, value in placement(config.device).items():
+            setattr(params, key, value)
+        with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
+            model = _internals.LlamaModel(
+                path_model=config.model_path, params=params, verbose=False
+            )
+        metadata = model.metadata()
+        chosen = chat_format_for(metadata, config.chat_format)
+        self._formatter = formatter(model, metadata, chosen)
+        threads = worker_threads(config.threads)
+        self._batcher = Batcher(model, config.slots, config.ctx_size, threads)
+        self._model = model
         log.info(
-            "loaded model=%s slots=%d threads_per_slot=%d chat_format=%s",
-            config.model,
-            config.slots,
-            threads,
-            first.chat_format,
+            "loaded model=%s slots=%d threads=%d chat_format=%s",
+            config.model, config.slots, threads, chosen or "gguf template",
+        )  # fmt: skip
+
+    def _format(self, kind: Kind, params: dict[str, Any]) -> Formatted:
+        assert self._model is not None
+        user_stop = params.get("stop") or []
+        stop = [user_stop] if isinstance(user_stop, str) else list(user_stop)
+        if kind == "completion":
+            text = params["prompt"].encode()
+            tokens = self._model.tokenize(text, True, True) if text else [self._model.token_bos()]
+            return Formatted(tokens, stop, frozenset())
+        result = self._formatter(messages=params["messages"])
+        tokens = self._model.tokenize(result.prompt.encode(), not result.added_special, True)
+        more = (
+            result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         )
-        return contexts
+        # A GGUF template's formatter names its end tokens (beyond the vocabulary's EOG).
+        ends = frozenset(getattr(self._formatter, "stop_token_ids", None) or ())
+        return Formatted(tokens, stop + more, ends)
 
     async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
-        """Wait for a free slot, then start generating on that slot's thread."""
-        context = await self._free.get()
-        cancel = context.cancelled.event = threading.Event()
+        """Wait for a free slot, then put the request into the batch."""
+        assert self._batcher is not None
+        await self._slots.acquire()
         self._busy += 1
         self._on_change()
+        try:
+            prompt = self._format(kind, params)
+        except BaseException:
+            self._release(None)
+            raise
+        cancelled = threading.Event()
+        generation = Generation(kind, self.config.model, stream, cancelled)
         loop = asyncio.get_running_loop()
-        generation = Generation(cancel, loop)
-        put = generation.push
-        args = {**params, "model": self.config.model, "stream": stream}
+        self._running.add(cancelled)
 
-        def run() -> None:
-            try:
-                output: Any
-                if kind == "chat":
-                    output = context.create_chat_completion(**args)
-                else:
-                    output = context.create_completion(**args)
-                if stream:
-                    for chunk in output:
-                        put(chunk)
-                        if cancel.is_set():
-                            break
-                else:
-                    put(output)
-                put(_END)
-            except Exception as exc:
-                put(exc)
-            finally:
-                loop.call_soon_threadsafe(self._release, context)
+        def deliver(event: tuple[Any, ...]) -> None:
+            generation.deliver(event)
+            if event[0] != "text":
+                self._release(cancelled)
 
-        context.submit(_quiet_after_loop_closed(run))
+        def emit(event: tuple[Any, ...]) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop closed first (exit)
+                loop.call_soon_threadsafe(deliver, event)
+
+        merged = {**_DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+        self._batcher.submit(
+            Request(
+                prompt=prompt,
+                max_tokens=merged["max_tokens"],
+                temperature=float(merged["temperature"]),
+                top_p=float(merged.get("top_p", 0.95)),
+                top_k=int(merged.get("top_k", 40)),
+                min_p=float(merged.get("min_p", 0.05)),
+                repeat_penalty=float(merged["repeat_penalty"]),
+                frequency_penalty=float(merged.get("frequency_penalty", 0.0)),
+                presence_penalty=float(merged.get("presence_penalty", 0.0)),
+                seed=merged.get("seed"),
+                emit=emit,
+                cancelled=cancelled,
+            )
+        )
         return generation
 
-    def _release(self, context: _Context) -> None:
+    def _release(self, cancelled: threading.Event | None) -> None:
+        if cancelled is not None:
+            if cancelled not in self._running:
+                return
+            self._running.discard(cancelled)
         self._busy -= 1
-        self._free.put_nowait(context)
+        self._slots.release()
         self._on_change()
 
     def cancel_all(self) -> None:
-        """Stop every running generation (shutdown)."""
-        for context in self._contexts:
-            context.cancelled.event.set()
+        """Stop every running generation, and the decode loop (shutdown)."""
+        for cancelled in list(self._running):
+            cancelled.set()
+        if self._batcher is not None:
+            self._batcher.close()
 
 
 def placement(device: str) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def test_a_hive_that_cannot_run_a_binary_is_an_error_and_the_others_proceed() ->
 def test_an_over_committed_gpu_names_the_bytes_and_places_nothing_on_it() -> None:
     plan_ = _case("gpu_over_committed_is_an_error_naming_bytes")
     [error] = plan_.errors
-    assert "GPU cuda:1" in error.message and "need 6855838208 bytes, 1073741824" in error.message
+    assert "GPU cuda:1" in error.message and "need 5084838208 bytes, 1073741824" in error.message
     assert plan_.actions == []
 
 

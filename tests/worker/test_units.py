@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 
 import httpx
 import llama_cpp
@@ -12,7 +13,7 @@ import pytest
 
 from rbee.wire import Heartbeat, WorkerArgs
 from rbee.worker.app import create_app
-from rbee.worker.engine import chat_format_for, placement, threads_per_slot
+from rbee.worker.engine import chat_format_for, placement, worker_threads
 from rbee.worker.heartbeat import HeartbeatSender
 
 CONFIG = WorkerArgs(
@@ -43,9 +44,9 @@ def test_an_unknown_architecture_falls_back_to_the_flag() -> None:
     assert chat_format_for({}, None) is None
 
 
-def test_cores_are_shared_between_slots_unless_threads_is_given() -> None:
-    assert threads_per_slot(3, slots=4) == 3
-    assert threads_per_slot(None, slots=10_000) == 1
+def test_every_core_serves_the_batch_unless_threads_is_given() -> None:
+    assert worker_threads(3) == 3
+    assert worker_threads(None) == (os.cpu_count() or 1)
 
 
 def _client() -> httpx.AsyncClient:
