@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -356,7 +357,10 @@ class _EventStream(Response):
 async def _health(request: Request) -> Response:
     worker: _Worker = request.app.state.worker
     health = Health(service=SERVICE, version=__version__, pid=os.getpid())
-    return JSONResponse(health.model_dump() | worker.snapshot().model_dump())
+    cache = dataclasses.asdict(worker.engine.stats)
+    return JSONResponse(
+        health.model_dump() | worker.snapshot().model_dump() | {"prompt_cache": cache}
+    )
 
 
 async def _models(request: Request) -> Response:
