@@ -13,11 +13,16 @@ counts completion tokens of every request over the wall time of the round; time 
 token is the median over the round's requests. Both servers run side by side, idle but
 for their own rounds, which alternate.
 Targets (issue 10): at 1 request >= 95 % of llama-server, at 4 and 8 >= 100 % of its aggregate.
+
+Then a 5-turn chat with a long system prompt on a 1-slot worker: the time to first token of
+each turn when it follows the last at once (the prompt cache reuses its KV cells), against the
+same turns each after an unrelated request took the slot (`--chat-only` runs just this).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -98,7 +103,9 @@ class Server:
             body = httpx.get(f"{self.url}/health", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return False
-        return bool(body.get("state") == "idle" or body.get("status") == "ok")
+        if "state" in body:  # rbee's worker answers /health while it loads
+            return bool(body["state"] == "idle")
+        return bool(body.get("status") == "ok")  # llama-server answers 503 until loaded
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -140,6 +147,76 @@ def _round(server: Server, concurrency: int, tokens: int) -> tuple[float, float]
     return sum(n for _, n in results) / wall, statistics.median(t for t, _ in results) * 1000
 
 
+SYSTEM = (
+    "You are the help desk of a beekeeping club. Answer in two sentences. "
+    + "The club keeps twelve hives on the hill behind the school, inspects them every "
+    "Saturday morning, harvests honey in August and sells it at the autumn fair. " * 8
+)
+QUESTIONS = [
+    "When do you inspect the hives?",
+    "Where are they?",
+    "When is the honey harvested?",
+    "Where can I buy it?",
+    "How many hives are there?",
+]
+
+
+def _ttft(url: str, messages: list[dict[str, str]]) -> tuple[float, str]:
+    """(time to the first content, the whole answer) of a streamed greedy chat turn."""
+    body = {"messages": messages, "max_tokens": 24, "temperature": 0, "stream": True}
+    started = time.perf_counter()
+    first = None
+    parts = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content"' in line:
+                first = first or time.perf_counter() - started
+                parts.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
+    return first or 0.0, "".join(parts)
+
+
+def chat_cache(model: Path, threads: int, logs: Path) -> None:
+    """A 5-turn chat on a 1-slot worker: each turn right after the last (its KV cells reused),
+    against each turn after an unrelated request took the slot (the whole chat read again)."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "rbee.worker.server", "--worker-id", "chat", "--hive", "bench",
+        "--model", "gemma3-270m", "--model-path", str(model), "--worker-binary", "cpu",
+        "--host", "127.0.0.1", "--port", str(port), "--slots", "1", "--ctx-size", "4096",
+        "--threads", str(threads), "--device", "cpu", "--queen-url", "http://127.0.0.1:9",
+    ]  # fmt: skip
+    server = Server("rbee worker", argv, port, logs / "chat.log")
+    times: dict[str, list[float]] = {"kept": [], "evicted": []}
+    try:
+        _one(server, 4)  # warm-up
+        for mode in ("evicted", "kept", "evicted", "kept"):
+            messages = [{"role": "system", "content": SYSTEM}]
+            turns = []
+            for question in QUESTIONS:
+                if mode == "evicted":
+                    _one(server, 1)  # another request takes the one slot
+                messages.append({"role": "user", "content": question})
+                ttft, answer = _ttft(server.url, messages)
+                messages.append({"role": "assistant", "content": answer})
+                turns.append(ttft)
+            best = times[mode] or turns
+            times[mode] = [min(a, b) for a, b in zip(best, turns, strict=True)]
+        cache = httpx.get(f"{server.url}/health", timeout=5).json()["prompt_cache"]
+    finally:
+        server.stop()
+    print("\n5-turn chat, 1 slot, time to first token per turn (ms), best of 2:\n")
+    print("| turn | next turn reuses the KV cells | slot taken in between (read again) |")
+    print("|---|---|---|")
+    for turn, (kept, evicted) in enumerate(zip(times["kept"], times["evicted"], strict=True), 1):
+        print(f"| {turn} | {kept * 1000:.0f} | {evicted * 1000:.0f} |")
+    kept_total, evicted_total = sum(times["kept"]), sum(times["evicted"])
+    print(
+        f"| all 5 | {kept_total * 1000:.0f} | {evicted_total * 1000:.0f} |\n\n"
+        f"saved {(evicted_total - kept_total) * 1000:.0f} ms of {evicted_total * 1000:.0f} "
+        f"({1 - kept_total / evicted_total:.0%}); prompt cache: {cache}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, default=4)
@@ -148,7 +225,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--chat-only", action="store_true", help="only the 5-turn chat")
     args = parser.parse_args()
+    if args.chat_only:
+        chat_cache(_model(), args.threads, Path(tempfile.mkdtemp(prefix="rbee-bench-chat-")))
+        return
 
     binary = llama_server()
     model = _model()
@@ -203,6 +284,7 @@ def main() -> None:
             f"| {statistics.median(t for _, t in ours):.0f} "
             f"| {statistics.median(t for _, t in theirs):.0f} |"
         )
+    chat_cache(model, args.threads, logs)
     print(f"\nlogs: {logs}")
 
 

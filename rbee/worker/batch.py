@@ -117,6 +117,10 @@ class Batcher:
         params.n_seq_max = slots
         params.n_batch = max(chunk + slots, 512)
         params.n_ubatch = params.n_batch
+        # Logits are read for one token per sequence a step: the output buffer needs no room
+        # for every token of a batch (262k-entry vocabularies make that hundreds of MiB).
+        params.n_outputs_max = slots
+        params.n_outputs_max_per_seq = 1
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each sequence gets its own ctx_size cells
@@ -200,7 +204,10 @@ class Batcher:
             seq_id = max(self._free, key=lambda s: _common(self._cached[s], prompt))
             self._free.remove(seq_id)
             keep = min(_common(self._cached[seq_id], prompt), len(prompt) - 1)
-            llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1)
+            if not llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1):
+                # This cache cannot drop a tail (a recurrent model's state): start afresh.
+                llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+                keep = 0
             self._cached[seq_id] = prompt[:keep]
             self.stats.prompt_tokens += len(prompt)
             if keep:
