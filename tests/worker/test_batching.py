@@ -6,7 +6,8 @@ slots by the KV cache, not by the model.
 Bit-identical text between a request alone and the same request in a batch of 4 is not a
 property llama.cpp's CPU kernels have: a batch of one row and a batch of four take different
 matrix-multiplication paths, and greedy decoding flips where two tokens tie within rounding
-(measured here: 2 of 4 prompts diverge after 4 and 17 tokens; llama-server does the same).
+(measured here: 2 of 4 open-ended prompts diverge within their first 20 tokens; llama-server
+of the same llama.cpp diverges on 2 of them too).
 What batching must not do is mix sequences up: so a batch must give each request exactly its
 solo text on prompts whose continuation is far from a tie, and identical requests in one batch
 identical text.
@@ -61,25 +62,26 @@ def _together(worker: Worker, prompts: list[str], **more: Any) -> list[str]:
     return [a["choices"][0]["text"] for a in answers]
 
 
-#: Prompts whose greedy continuation is far from any tie: no rounding can flip them, so a
-#: batch must give exactly the text each gets alone. A mix-up of sequences (KV cells,
-#: positions, the row sampled) would not.
+#: Long patterns whose greedy continuation is far from any tie (unlike "a, b, c, d, e,", which
+#: this model continues as the alphabet or as Python's `a, b, c, d, e, f = map(...)`, flipping
+#: with the batch): no rounding flips them, so a batch must give exactly the text each gets
+#: alone. A mix-up of sequences (KV cells, positions, the row sampled) would not.
 SEQUENCES = {
-    "1, 2, 3, 4, 5,": " 6, 7, 8, 9,",
-    "a, b, c, d, e,": " f, g, h, i, j, k,",
-    "Monday, Tuesday, Wednesday,": " Thursday, Friday, Saturday, Sunday,",
-    "January, February, March,": " April, May, June, July, August, September,",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,": " 11, 12",
+    "A, B, C, D, E, F, G, H, I, J,": " K, L, M",
+    "Monday, Tuesday, Wednesday,": " Thursday, Friday",
+    "January, February, March,": " April, May, June",
 }
 
 
 def test_a_batch_gives_each_request_the_text_it_gets_alone(four: Worker) -> None:
     prompts = list(SEQUENCES)
-    alone = [_complete(four, p, max_tokens=12)["choices"][0]["text"] for p in prompts]
+    alone = [_complete(four, p, max_tokens=8)["choices"][0]["text"] for p in prompts]
     for prompt, text in zip(prompts, alone, strict=True):
         assert text.startswith(SEQUENCES[prompt]), (prompt, text)
-    assert _together(four, prompts, max_tokens=12) == alone
+    assert _together(four, prompts, max_tokens=8) == alone
     # Other slots, other rows of the batch: the same texts.
-    assert _together(four, prompts[::-1], max_tokens=12)[::-1] == alone
+    assert _together(four, prompts[::-1], max_tokens=8)[::-1] == alone
 
 
 def test_identical_requests_in_one_batch_get_identical_text(four: Worker) -> None:
