@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -33,9 +34,9 @@ from rbee.config.schema import schema_text
 from rbee.errors import RbeeError, UnavailableError
 from rbee.plan.digest import SENSITIVE
 from rbee.plan.model import Plan
-from rbee.plan.render import plan_json, plan_text
+from rbee.plan.render import plan_dot, plan_json, plan_markdown, plan_text
 from rbee.plan.schema import plan_schema_text
-from rbee.wire import ApplyRecord, SyncStatus
+from rbee.wire import ApplyRecord, ErrorEvent, SummaryEvent, SyncStatus
 
 __all__ = ["app", "main"]
 
@@ -166,6 +167,49 @@ def plan(
         raise typer.Exit(2)
 
 
+class PlanFormat(enum.StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command()
+def show(
+    plan_file: Annotated[Path, typer.Argument(help="a plan saved by `rbee plan --out`")],
+    format_: Annotated[
+        PlanFormat,
+        typer.Option("--format", help="text (as `rbee plan`), markdown (a PR comment) or json"),
+    ] = PlanFormat.text,
+) -> None:
+    """Print a saved plan: as text, as Markdown for a pull request's comment, or as JSON.
+    Needs no queen."""
+    the_plan = Plan.model_validate(_read_plan(plan_file))
+    render = {
+        PlanFormat.text: lambda p: plan_text(p, colour=out.is_terminal),
+        PlanFormat.markdown: plan_markdown,
+        PlanFormat.json: plan_json,
+    }[format_]
+    sys.stdout.write(render(the_plan))
+
+
+@app.command()
+def graph(
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(help="a plan saved by `rbee plan --out` (default: plan the YAML now)"),
+    ] = None,
+    file: ConfigFile = DEFAULT_CONFIG,
+) -> None:
+    """Print the apply graph as Graphviz DOT (`rbee graph plan.json | dot -Tsvg > plan.svg`):
+    an edge from each action to those that wait for it."""
+    if plan_file is not None:
+        the_plan = Plan.model_validate(_read_plan(plan_file))
+    else:
+        cluster = load_cluster(file)
+        the_plan = Plan.model_validate(_connect(cluster.queen).plan(_desired(cluster)))
+    sys.stdout.write(plan_dot(the_plan))
+
+
 @app.command()
 def apply(
     plan_file: Annotated[
@@ -192,11 +236,16 @@ def apply(
             help="wait this long for another apply's lock (30s, 2m)",
         ),
     ] = 0.0,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="stream the apply's events as JSON lines (for CI logs)"),
+    ] = False,
 ) -> None:
     """Make the cluster match the YAML: start hives, add models, spawn and stop workers.
 
-    Runs in the queen; this command shows its progress. Exit 0 when every action succeeded,
-    1 otherwise (the summary lists what failed and why; a rerun converges).
+    Runs in the queen; this command shows its progress (with --json: one JSON object per
+    event on stdout). Exit 0 when every action succeeded, 1 otherwise (the summary lists what
+    failed and why; a rerun converges).
     """
     options: dict[str, Any] = {"targets": target or [], "prune": prune}
     lock: dict[str, Any] = {"lock_timeout_s": lock_timeout}
@@ -214,11 +263,21 @@ def apply(
         source = applied_source(file).model_dump()
         events = client.apply(_desired(cluster), parallelism, **options, **lock, source=source)
     started_at = time.monotonic()
-    with ApplyView(out) as view:
+    summary: SummaryEvent | None = None
+    if as_json:
         for event in events:
-            view.handle(event)
+            sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+            if isinstance(event, ErrorEvent):
+                raise RbeeError(event.error, hint=event.hint)
+            if isinstance(event, SummaryEvent):
+                summary = event
+    else:
+        with ApplyView(out) as view:
+            for event in events:
+                view.handle(event)
+        summary = view.summary
     elapsed = time.monotonic() - started_at
-    summary = view.summary
     if summary is None:
         raise RbeeError("the queen ended the apply without a summary")
     if not summary.ok:
@@ -228,7 +287,8 @@ def apply(
             f"apply failed after {elapsed:.1f} s{skipped}: {failed}",
             hint="fix the cause and run apply again: it picks up where this one stopped",
         )
-    out.print(f"[green]Apply complete![/green] {len(summary.done)} actions in {elapsed:.1f} s.")
+    if not as_json:
+        out.print(f"[green]Apply complete![/green] {len(summary.done)} actions in {elapsed:.1f} s.")
 
 
 def _read_plan(path: Path) -> dict[str, Any]:

@@ -85,6 +85,17 @@ def _seconds(value: object) -> object:
 Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=86_400)]
 
 
+def _url_port(value: str) -> str:
+    """`value` unchanged when its port, if any, is a TCP port (1 to 65535)."""
+    try:
+        port = urlsplit(value).port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"the port in {value!r} is out of range (1 to 65535)")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,7 +112,7 @@ class Queen(_Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an http:// or https:// URL with a host")
-        return value.rstrip("/")
+        return _url_port(value).rstrip("/")
 
     @property
     def is_loopback(self) -> bool:
@@ -162,6 +173,8 @@ class Model(_Strict):
             raise ValueError("the source names no location after the scheme")
         if scheme == "hf" and not _HF_SOURCE.match(value):
             raise ValueError("expected hf://ORG/REPO/PATH.gguf, optionally @REVISION")
+        if scheme in ("http", "https"):
+            _url_port(value)
         split = split_gguf(value)
         if split is not None and int(split["part"]) != 1:
             raise ValueError("name the first part of a split GGUF (…-00001-of-…): rbee fetches all")
@@ -220,7 +233,7 @@ class WorkerBinary(_Strict):
             not value.startswith(("https://", "http://")) or not value.endswith(".whl")
         ):
             raise ValueError("expected an https:// URL of a .whl file")
-        return value
+        return None if value is None else _url_port(value)
 
     @model_validator(mode="after")
     def _servable(self) -> WorkerBinary:

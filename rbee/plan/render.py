@@ -1,13 +1,16 @@
-"""Plans as people and programs read them: text with + ~ -/+ -, or versioned JSON."""
+"""Plans as people and programs read them: text with + ~ -/+ -, Markdown for a pull request's
+comment, Graphviz DOT of the apply order, or versioned JSON. Secrets never appear: a plan's
+cluster is redacted when the plan is made."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rbee.plan.model import Plan
 
-__all__ = ["plan_json", "plan_text"]
+__all__ = ["plan_dot", "plan_json", "plan_markdown", "plan_text"]
 
 _SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-"}
 _ANSI = {"create": "32", "update": "33", "replace": "33", "delete": "31"}
@@ -74,3 +77,76 @@ def plan_json(plan: Plan) -> str:
     body = plan.model_dump(mode="json")
     body["summary"] = plan.counts()
     return json.dumps(body, indent=2) + "\n"
+
+
+_EMOJI = {"create": "🟢", "update": "🟡", "replace": "🟠", "delete": "🔴"}
+_VERB = {"create": "add", "update": "change", "replace": "replace", "delete": "destroy"}
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell, with credentials in URLs hidden."""
+    return _USERINFO.sub("(sensitive)@", text).replace("|", "\\|").replace("\n", " ")
+
+
+def plan_markdown(plan: Plan) -> str:
+    """A pull request's comment: the summary line, a table of actions, then one collapsed
+    details block per action with its field changes and what it waits for."""
+    counts = plan.counts()
+    lines = ["### rbee plan", ""]
+    if plan.errors:
+        lines += [f"> **Error** `{e.address}`: {_cell(e.message)}" for e in plan.errors]
+        lines.append("")
+    if plan.refresh_only:
+        lines.append(f"**Drift:** {len(plan.drift)} resources differ. Nothing is changed.")
+        lines += ["", "| resource | drift |", "|---|---|"]
+        lines += [f"| `{n.address}` | {_cell(n.message)} |" for n in plan.drift]
+        return "\n".join(lines) + "\n"
+    if not plan.actions:
+        lines.append("**No changes.** The cluster matches the configuration.")
+    else:
+        lines += [
+            f"**Plan:** {counts['add']} to add, {counts['change']} to change, "
+            f"{counts['destroy']} to destroy.",
+            "",
+            "| | action | resource | why |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_EMOJI[a.op]} | {_VERB[a.op]} | `{a.address}` | {_cell(a.reason)} |"
+            for a in plan.actions
+        ]
+        lines.append("")
+        for action in plan.actions:
+            lines += ["<details>", f"<summary><code>{action.address}</code></summary>", ""]
+            lines.append(f"- {_VERB[action.op]}: {_cell(action.reason)}")
+            for change in action.changes:
+                lines.append(f"- `{change.field}`: `{_value(change.old)}` → `{_value(change.new)}`")
+            if action.depends_on:
+                waits = ", ".join(f"`{d}`" for d in action.depends_on)
+                lines.append(f"- after {waits}")
+            lines += ["", "</details>", ""]
+    if plan.unmanaged:
+        lines += ["", "Unmanaged, kept (`prune: true` or `--prune` removes them):", ""]
+        lines += [f"- `{n.address}`: {_cell(n.message)}" for n in plan.unmanaged]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def plan_dot(plan: Plan) -> str:
+    """The apply graph as Graphviz DOT: one node per action (coloured by what it does), an
+    edge from each action to what waits for it."""
+    colours = {"create": "palegreen", "update": "khaki", "replace": "orange", "delete": "salmon"}
+    lines = ["digraph rbee_plan {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
+    known = {a.address for a in plan.actions}
+    for action in plan.actions:
+        label = f"{_SYMBOL[action.op]} {action.address}"
+        lines.append(f"  {json.dumps(action.address)} [label={json.dumps(label)}, "
+                     f"fillcolor={colours[action.op]}];")  # fmt: skip
+    for action in plan.actions:
+        for dependency in action.depends_on:
+            if dependency in known:
+                lines.append(f"  {json.dumps(dependency)} -> {json.dumps(action.address)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -83,3 +83,14 @@ def test_json_plan_is_machine_readable(cluster: LocalCluster) -> None:
     assert body["format_version"] == 1
     assert body["summary"] == {"add": 1, "change": 0, "destroy": 0}
     assert body["cluster"]["queen"]["url"] == cluster.queen_url
+
+
+def test_apply_json_streams_one_event_per_line_for_ci_logs(cluster: LocalCluster) -> None:
+    result = cluster.rbee("apply", "--auto-approve", "--json")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "lock" and kinds[1] == "plan" and kinds[-1] == "summary"
+    assert {"start", "spawned", "done"} <= set(kinds)
+    summary = events[-1]
+    assert summary["ok"] and summary["done"] == ["worker.local.gemma3-270m[0]"]
+    assert "Apply complete" not in result.stdout  # stdout is JSON lines only

@@ -15,7 +15,7 @@ from rbee.config.models import Cluster
 from rbee.plan.model import Plan
 from rbee.plan.observed import Observed
 from rbee.plan.planner import plan
-from rbee.plan.render import plan_json, plan_text
+from rbee.plan.render import plan_dot, plan_json, plan_markdown, plan_text
 
 CASES = Path(__file__).parent / "cases"
 NAMES = sorted(p.stem for p in CASES.glob("*.yaml"))
@@ -198,3 +198,39 @@ def test_with_peer_fetch_off_every_hive_fetches_from_the_source() -> None:
     models = [a for a in actions if a.kind == "model"]
     assert len(models) == 3
     assert all(a.peers == [] and a.depends_on == [] for a in models)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "empty_cluster",
+        "ctx_size_change_restarts_worker",
+        "unlisted_model_deleted_with_prune",
+        "unlisted_model_kept_without_prune",
+        "in_sync",
+    ],
+)
+def test_plan_markdown_for_a_pull_request(name: str, snapshot: SnapshotAssertion) -> None:
+    assert plan_markdown(_case(name)) == snapshot
+
+
+@pytest.mark.parametrize("name", ["empty_cluster", "ctx_size_change_restarts_worker"])
+def test_plan_dot_has_a_node_per_action_and_an_edge_per_dependency(
+    name: str, snapshot: SnapshotAssertion
+) -> None:
+    the_plan = _case(name)
+    dot = plan_dot(the_plan)
+    assert dot == snapshot
+    assert dot.count(" [label=") == len(the_plan.actions)
+    edges = sum(len(a.depends_on) for a in the_plan.actions)
+    assert dot.count(" -> ") == edges
+
+
+def test_markdown_hides_credentials_in_urls() -> None:
+    the_plan = _case("empty_cluster")
+    action = the_plan.actions[0].model_copy(
+        update={"reason": "install https://alice:s3cret@wheels.example/rbee.whl (cpu)"}
+    )
+    text = plan_markdown(the_plan.model_copy(update={"actions": [action]}))
+    assert "s3cret" not in text and "alice" not in text
+    assert "https://(sensitive)@wheels.example/rbee.whl" in text
