@@ -28,6 +28,7 @@ from rbee.cli.service import (
 )
 from rbee.cli.source import applied_source
 from rbee.clients import QueenClient
+from rbee.config.fmt import formatted
 from rbee.config.load import load_cluster
 from rbee.config.models import Cluster, Queen
 from rbee.config.schema import schema_text
@@ -76,6 +77,38 @@ def validate(file: ConfigFile = DEFAULT_CONFIG) -> None:
         f"{file}: valid ({len(cluster.hives)} hives, {len(cluster.models)} models, "
         f"{len(cluster.deployments)} deployments)"
     )
+
+
+@app.command()
+def fmt(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="cluster YAML files (default: the -f file, cluster.yaml)"),
+    ] = None,
+    file: ConfigFile = DEFAULT_CONFIG,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="change nothing; exit 1 when a file is not formatted"),
+    ] = False,
+) -> None:
+    """Rewrite cluster YAML files in one layout, keeping their comments (for pull requests:
+    `rbee fmt --check`). Invalid files are reported as validate reports them, and left as
+    they are."""
+    unformatted = []
+    for path in files or [Path(file)]:
+        text, tidy = formatted(path)
+        if text == tidy:
+            continue
+        unformatted.append(path)
+        if check:
+            err.print(
+                f"{path}: not formatted (run `rbee fmt {path}`)", highlight=False, soft_wrap=True
+            )
+        else:
+            path.write_text(tidy, encoding="utf-8")
+            out.print(f"{path}: formatted", highlight=False, soft_wrap=True)
+    if check and unformatted:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,95 @@
+"""`rbee fmt`: one layout for cluster YAML, comments and quoting kept, `--check` for CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rbee.config.load import load_cluster
+
+MESSY = """\
+# the lab's cluster
+version: 1
+queen:
+    url: http://127.0.0.1:7833   # the queen
+    token: "0123"
+hives:
+- name: local     # this machine
+  host: localhost
+
+
+
+models:
+-   name: m
+    source: file:///m.gguf
+worker_binaries:
+- name: cpu
+deployments:
+- {model: m, worker: cpu, hives: [local]}
+"""
+
+TIDY = """\
+# the lab's cluster
+version: 1
+queen:
+  url: http://127.0.0.1:7833     # the queen
+  token: "0123"
+hives:
+  - name: local   # this machine
+    host: localhost
+
+models:
+  - name: m
+    source: file:///m.gguf
+worker_binaries:
+  - name: cpu
+deployments:
+  - {model: m, worker: cpu, hives: [local]}
+"""
+
+
+def _rbee(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rbee.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(cwd)},
+        cwd=cwd,
+    )
+
+
+def test_fmt_rewrites_in_one_layout_keeping_comments_and_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(MESSY)
+    check = _rbee("fmt", "--check", str(path), cwd=tmp_path)
+    assert check.returncode == 1
+    assert f"{path}: not formatted" in check.stderr
+    assert path.read_text() == MESSY  # --check changes nothing
+    assert _rbee("fmt", str(path), cwd=tmp_path).returncode == 0
+    assert path.read_text() == TIDY
+    assert load_cluster(path).queen.token == "0123"  # still a string
+    again = _rbee("fmt", "--check", str(path), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == ""
+
+
+def test_the_example_file_is_formatted(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "cluster.example.yaml"
+    copy = tmp_path / "cluster.example.yaml"
+    shutil.copyfile(example, copy)
+    result = _rbee("fmt", "--check", str(copy), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_invalid_file_is_reported_with_its_position_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    broken = "version: 1\nhives:\n  - name: local\n    hostt: localhost\n"
+    path.write_text(broken)
+    result = _rbee("fmt", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{path}:4:5: hives[0].hostt: unknown key 'hostt'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert path.read_text() == broken
