@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import dotenv
 import typer
 from rich.console import Console
 
@@ -70,8 +71,24 @@ def _options(
 
 
 @app.command()
-def validate(file: ConfigFile = DEFAULT_CONFIG) -> None:
-    """Check the cluster YAML: every error is printed as file:line:col: field: message."""
+def validate(
+    file: ConfigFile = DEFAULT_CONFIG,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="KEY=VALUE lines (dotenv) that the YAML's ${VAR}s read, as a CI job's "
+            "secrets would set them; checked without a queen",
+        ),
+    ] = None,
+) -> None:
+    """Check the cluster YAML without a queen: schema, references between its parts, and that
+    every ${VAR} it reads is set. Every error is printed as file:line:col: field: message."""
+    if env_file is not None:
+        if not env_file.is_file():
+            raise RbeeError(f"{env_file}: no such env file")
+        values = dotenv.dotenv_values(env_file)
+        os.environ.update({key: value for key, value in values.items() if value is not None})
     cluster = load_cluster(file)
     out.print(
         f"{file}: valid ({len(cluster.hives)} hives, {len(cluster.models)} models, "

@@ -93,3 +93,25 @@ def test_an_invalid_file_is_reported_with_its_position_and_left_alone(tmp_path: 
     assert f"{path}:4:5: hives[0].hostt: unknown key 'hostt'" in result.stderr
     assert "Traceback" not in result.stderr
     assert path.read_text() == broken
+
+
+def test_validate_checks_the_yamls_variables_against_an_env_file(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text("version: 1\nqueen:\n  url: http://10.0.0.10:7833\n  token: ${RBEE_TOKEN}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
+    missing = subprocess.run(
+        [sys.executable, "-m", "rbee.cli", "validate", "-f", str(path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert f"{path}:4:3: queen.token: environment variable RBEE_TOKEN is not set" in (
+        missing.stderr
+    ), missing.stderr
+    secrets = tmp_path / "ci.env"
+    secrets.write_text("# the CI job's secrets\nRBEE_TOKEN=s3cret\n")
+    valid = subprocess.run(
+        [sys.executable, "-m", "rbee.cli", "validate", "-f", str(path), "--env-file", str(secrets)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert valid.returncode == 0, valid.stderr
+    assert "valid" in valid.stdout and "s3cret" not in valid.stdout
