@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rbee.config.load import load_cluster
+from tests.fixtures.cluster import rbee_in
 
 MESSY = """\
 # the lab's cluster
@@ -51,28 +52,17 @@ deployments:
 """
 
 
-def _rbee(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rbee.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "HOME": str(cwd)},
-        cwd=cwd,
-    )
-
-
 def test_fmt_rewrites_in_one_layout_keeping_comments_and_quotes(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yaml"
     path.write_text(MESSY)
-    check = _rbee("fmt", "--check", str(path), cwd=tmp_path)
+    check = rbee_in(tmp_path, "fmt", "--check", str(path))
     assert check.returncode == 1
     assert f"{path}: not formatted" in check.stderr
     assert path.read_text() == MESSY  # --check changes nothing
-    assert _rbee("fmt", str(path), cwd=tmp_path).returncode == 0
+    assert rbee_in(tmp_path, "fmt", str(path)).returncode == 0
     assert path.read_text() == TIDY
     assert load_cluster(path).queen.token == "0123"  # still a string
-    again = _rbee("fmt", "--check", str(path), cwd=tmp_path)
+    again = rbee_in(tmp_path, "fmt", "--check", str(path))
     assert again.returncode == 0 and again.stdout == ""
 
 
@@ -80,7 +70,7 @@ def test_the_example_file_is_formatted(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "cluster.example.yaml"
     copy = tmp_path / "cluster.example.yaml"
     shutil.copyfile(example, copy)
-    result = _rbee("fmt", "--check", str(copy), cwd=tmp_path)
+    result = rbee_in(tmp_path, "fmt", "--check", str(copy))
     assert result.returncode == 0, result.stderr
 
 
@@ -88,7 +78,7 @@ def test_an_invalid_file_is_reported_with_its_position_and_left_alone(tmp_path: 
     path = tmp_path / "cluster.yaml"
     broken = "version: 1\nhives:\n  - name: local\n    hostt: localhost\n"
     path.write_text(broken)
-    result = _rbee("fmt", str(path), cwd=tmp_path)
+    result = rbee_in(tmp_path, "fmt", str(path))
     assert result.returncode == 1
     assert f"{path}:4:5: hives[0].hostt: unknown key 'hostt'" in result.stderr
     assert "Traceback" not in result.stderr
