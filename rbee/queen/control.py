@@ -278,7 +278,7 @@ class Control:
         parallelism: int = 4,
     ) -> Outcome:
         """Run healing `actions` of `cluster` (the last applied) under `lock`, which the caller
-        took and this releases; recorded in history as a `self-heal` entry."""
+        took and releases; recorded in history as a `self-heal` entry."""
         the_plan = Plan(actions=actions)
         reasons = {a.address: f"{a.op}: {a.reason}" for a in actions}
         heal_id = self.store.begin_heal(the_plan.counts(), reasons, trigger, lock.id)
@@ -300,8 +300,6 @@ class Control:
         except BaseException as exc:
             self.store.end_apply(heal_id, "failed", error=repr(exc))
             raise
-        finally:
-            self.lock.release(lock.id)
         self._record(heal_id, outcome)
         return outcome
 

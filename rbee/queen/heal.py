@@ -172,10 +172,7 @@ class Healer:
             return
         if self._control.is_locked:
             return  # an apply (or a heal) runs: it converges, and the next check looks again
-        the_plan = plan(
-            cluster, await self._control.observe_quick(cluster), self._control.queen_url
-        )
-        todo, reasons = await self._select(cluster, the_plan)
+        todo, reasons = await self._select(cluster, await self._plan(cluster))
         if todo and enabled:
             try:
                 lock = await self._control.lock.acquire(HEAL_HOLDER)
@@ -184,16 +181,13 @@ class Healer:
             try:
                 # Under the lock, plan again: an apply may have changed things since.
                 cluster = self._control.desired or cluster
-                the_plan = plan(
-                    cluster, await self._control.observe_quick(cluster), self._control.queen_url
-                )
-                todo, reasons = await self._select(cluster, the_plan)
+                todo, reasons = await self._select(cluster, await self._plan(cluster))
                 if todo:
                     await self._heal(cluster, todo, trigger, lock)
                     self.poke("check after self-heal")
                     return
             finally:
-                self._control.lock.release(lock.id)  # a no-op when the heal released it
+                self._control.lock.release(lock.id)
         elif todo:
             reasons += [f"{a.address}: {a.reason} (self-heal is off)" for a in todo]
         self.sync = SyncStatus(
@@ -203,6 +197,11 @@ class Healer:
             checked_at=time.time(),
             crash_loops=self.crash_loops,
         )
+
+    async def _plan(self, cluster: Cluster) -> Plan:
+        """The last applied cluster planned against what the hives list now."""
+        observed = await self._control.observe_quick(cluster)
+        return plan(cluster, observed, self._control.queen_url)
 
     async def _select(self, cluster: Cluster, the_plan: Plan) -> tuple[list[Action], list[str]]:
         """The healing actions due now, and why the cluster differs from the last apply

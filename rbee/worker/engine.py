@@ -130,39 +130,34 @@ class Generation:
             raise event[1]
         _, reason, prompt_tokens, completion_tokens = event
         text = "".join(parts)
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
-        if self._kind == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {
-            "id": self._id,
-            "object": "chat.completion" if self._kind == "chat" else "text_completion",
-            "created": self._created,
-            "model": self._model,
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+        chat = self._kind == "chat"
+        answer = self._body(
+            "chat.completion" if chat else "text_completion",
+            reason,
+            **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+        )
+        answer["usage"] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         }
+        return answer
 
     def _chunk(self, content: str | dict[str, str] | None, reason: str | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": reason}
-        if self._kind == "chat":
-            delta = content if isinstance(content, dict) else {}
-            if isinstance(content, str):
-                delta = {"content": content}
-            choice["delta"] = delta
-        else:
-            choice["text"] = content if isinstance(content, str) else ""
+        if self._kind != "chat":
+            text = content if isinstance(content, str) else ""
+            return self._body("text_completion", reason, text=text)
+        delta = {"content": content} if isinstance(content, str) else content or {}
+        return self._body("chat.completion.chunk", reason, delta=delta)
+
+    def _body(self, object_: str, reason: str | None, **choice: Any) -> dict[str, Any]:
+        """An OpenAI answer or chunk of this generation with its one choice."""
         return {
             "id": self._id,
-            "object": "chat.completion.chunk" if self._kind == "chat" else "text_completion",
+            "object": object_,
             "created": self._created,
             "model": self._model,
-            "choices": [choice],
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": reason, **choice}],
         }
 
 
