@@ -23,9 +23,9 @@ install: $(VENV)/.installed
 
 # Debian packages the tests use (real sshd, network namespaces); needs root, skipped if present.
 system-deps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null || ! command -v tmux >/dev/null; then \
 		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 tmux; \
 	fi
 
 demo: install

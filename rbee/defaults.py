@@ -22,6 +22,7 @@ __all__ = [
     "SLOTS",
     "SOURCE_SCHEMES",
     "SPLIT_GGUF",
+    "SSH_IDLE_S",
     "WORKER_BINARY",
     "Backend",
     "CtxSize",
@@ -34,6 +35,8 @@ QUEEN_PORT = 7833
 HIVE_PORT = 7835
 #: Seconds between the queen's health checks of every hive (a hive gone offline is healed).
 HIVE_CHECK_INTERVAL_S = 5.0
+#: Seconds the queen keeps an unused SSH connection to a network hive open for the next plan.
+SSH_IDLE_S = 300.0
 SLOTS = 1
 CTX_SIZE = 4096
 DEVICE = "cpu"

@@ -1,12 +1,14 @@
-"""Shared fixtures: the real model, free ports, temporary homes."""
+"""Shared fixtures: the real model, free ports, temporary homes, a local Hub."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import ports
+from tests.fixtures.hub import FakeHub, fake_hub
 from tests.fixtures.model import model_path
 
 
@@ -20,3 +22,14 @@ def gguf() -> Path:
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     return ports.free_port()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """A FakeHub that huggingface_hub in this process and its children talks to, anonymously."""
+    for served in fake_hub():
+        monkeypatch.setenv("HF_ENDPOINT", served.url)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved token either
+        yield served

@@ -6,30 +6,34 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from ruamel.yaml import YAML
 
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
-from rbee.clients import QueenClient
-from rbee.config.load import load_cluster
 from rbee.errors import RbeeError
-from rbee.wire import HiveRecord
+
+if TYPE_CHECKING:
+    from rbee.clients import QueenClient
+    from rbee.wire import HiveRecord
 
 __all__ = ["hive_app"]
 
-hive_app = typer.Typer(help="The hives the queen manages.", no_args_is_help=True)
+hive_app = typer.Typer(
+    help="The hives the queen manages.", no_args_is_help=True, rich_markup_mode=None
+)
 out = Console()
 
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def _client(file: Path) -> QueenClient:
-    cluster = load_cluster(file)
-    return QueenClient(cluster.queen.url, cluster.queen.token)
+    """The queen of the YAML in `file` (never started here: these commands only look)."""
+    from rbee.cli.local_queen import client_for
+    from rbee.config.load import load_cluster
+
+    return client_for(load_cluster(file).queen)
 
 
 def _when(stamp: float | None) -> str:
@@ -39,6 +43,8 @@ def _when(stamp: float | None) -> str:
 
 
 def _show(records: list[HiveRecord]) -> None:
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("hive", "mode", "url", "state", "version", "checked", "error"):
         table.add_column(column)
@@ -133,12 +139,15 @@ def ssh_test(
     Exit 1 when the host cannot be reached (unknown or changed host key, refused key, port
     closed, host down); the message says which.
     """
+    from rbee.cli.local_queen import client_for
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     hive = next((h for h in cluster.hives if h.name == name), None)
     if hive is None:
         known = ", ".join(h.name for h in cluster.hives) or "none"
         raise RbeeError(f"no hive named {name!r} in {file}", hint=f"declared: {known}")
-    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    client = client_for(cluster.queen)
     facts = client.ssh_test(hive.model_dump(mode="json"))
     if as_json:
         sys.stdout.write(json.dumps(facts, indent=2) + "\n")
@@ -160,6 +169,8 @@ def import_ssh(file: ConfigFile = DEFAULT_CONFIG) -> None:
     body = _client(file).import_ssh()
     if not body["hives"]:
         raise RbeeError(f"no concrete Host entries in {body['path']}")
+    from ruamel.yaml import YAML
+
     yaml = YAML()
     yaml.default_flow_style = False
     sys.stdout.write(f"# from {body['path']}; review before adding to the cluster YAML\n")

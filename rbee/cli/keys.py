@@ -9,11 +9,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from rbee.cli.local_queen import ensure_queen
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
-from rbee.config.load import load_cluster
+from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect_yaml
 from rbee.errors import RbeeError
 
 __all__ = ["key_app"]
@@ -23,6 +20,7 @@ key_app = typer.Typer(
     "(or the cluster token): inference keys may call /v1/chat/completions, /v1/completions "
     "and /v1/models; admin keys may do everything, plan and apply included.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True)
@@ -44,7 +42,7 @@ def create(
     """Create a key and print it. It is shown this once: the queen keeps only its hash."""
     if scope not in ("inference", "admin"):
         raise RbeeError(f"unknown scope {scope!r}", hint="choose inference or admin")
-    client, _ = ensure_queen(load_cluster(file).queen)
+    client = connect_yaml(file)
     created = client.create_key(name, scope, rpm=rpm, tpm=tpm)
     if as_json:
         sys.stdout.write(created.model_dump_json(indent=2) + "\n")
@@ -60,7 +58,7 @@ def create(
 @key_app.command("list")
 def list_keys(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> None:
     """List the live keys: name, scope, limits and the key's first characters."""
-    client, _ = ensure_queen(load_cluster(file).queen)
+    client = connect_yaml(file)
     keys = client.keys()
     if as_json:
         sys.stdout.write(json.dumps([k.model_dump() for k in keys], indent=2) + "\n")
@@ -68,6 +66,8 @@ def list_keys(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> Non
     if not keys:
         out.print("no keys: a loopback queen without a cluster token is open to anyone")
         return
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("name", "scope", "key", "rpm", "tpm", "created"):
         table.add_column(column)
@@ -89,6 +89,6 @@ def revoke(
     file: ConfigFile = DEFAULT_CONFIG,
 ) -> None:
     """Revoke a key: requests with it get 401 from now on."""
-    client, _ = ensure_queen(load_cluster(file).queen)
+    client = connect_yaml(file)
     key = client.revoke_key(name)
     out.print(f"revoked {key.scope} key {key.name!r}")

@@ -1,13 +1,16 @@
-"""Starting and stopping a queen on this machine, as a detached daemon process."""
+"""Reaching the queen, and starting and stopping one on this machine as a detached daemon.
+
+Starting and stopping import what they use (asyncio, psutil, the daemon starter) when they
+run: most commands only reach a queen that is up.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import socket
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psutil
+from pydantic import ValidationError
 
 from rbee.clients import QueenClient
 from rbee.config.models import Queen
@@ -15,29 +18,70 @@ from rbee.defaults import QUEEN_PORT
 from rbee.errors import RbeeError, UnavailableError
 from rbee.net import LOOPBACK
 from rbee.paths import state_dir
-from rbee.process import start_daemon
 from rbee.wire import QueenArgs
 
-__all__ = ["ensure_queen", "is_local", "local_queen_args", "queen_log", "stop_queen"]
+__all__ = [
+    "QUEEN_URL_ENV",
+    "client_for",
+    "ensure_queen",
+    "is_local",
+    "local_queen_args",
+    "queen_log",
+    "reached_queen",
+    "stop_queen",
+]
+
+QUEEN_URL_ENV = "RBEE_QUEEN_URL"
 
 
 def queen_log() -> Path:
     return state_dir() / "queen.log"
 
 
+def reached_queen(queen: Queen) -> Queen:
+    """The queen this keeper talks to: the YAML's, or the one $RBEE_QUEEN_URL names (a queen
+    on another machine, reached from CI with an admin key in $RBEE_API_KEY)."""
+    url = os.environ.get(QUEEN_URL_ENV)
+    if not url:
+        return queen
+    try:
+        return Queen(url=url, token=queen.token)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise RbeeError(f"{QUEEN_URL_ENV}={url!r} is not a queen URL: {reason}") from None
+
+
+def client_for(queen: Queen) -> QueenClient:
+    """A client for the queen the keeper reaches (see `reached_queen`); starts nothing."""
+    reached = reached_queen(queen)
+    named_by = QUEEN_URL_ENV if reached is not queen else "queen.url in the YAML"
+    return QueenClient(reached.url, reached.token, named_by=named_by)
+
+
 def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
-    """A client for a running queen; a loopback queen that is down is started first.
+    """A client for a running queen; a loopback queen that is down is started first, unless
+    $RBEE_QUEEN_URL names the queen: then it is only ever reached, never started.
 
     Returns the client and the pid of a queen started now (None when one was running).
     """
-    client = QueenClient(queen.url, queen.token)
+    client = client_for(queen)
     if client.health() is not None:
         return client, None
+    if os.environ.get(QUEEN_URL_ENV):
+        raise UnavailableError(
+            f"the queen at {client.url} ({QUEEN_URL_ENV}) is not answering",
+            hint=f"check {QUEEN_URL_ENV} and that the queen runs on its host; rbee never "
+            f"starts a queen when {QUEEN_URL_ENV} is set",
+        )
     if not is_local(queen):
         raise UnavailableError(
             f"the queen at {queen.url} is not answering",
             hint="rbee only starts a queen on this machine; start it on its host",
         )
+    import asyncio
+
+    from rbee.process import start_daemon
+
     pid = asyncio.run(
         start_daemon(
             "the queen",
@@ -61,6 +105,8 @@ def local_queen_args(queen: Queen) -> QueenArgs:
 
 def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
     """Ask a running queen to shut down and wait until its process is gone; returns its pid."""
+    import psutil
+
     health = client.health()
     if health is None:
         return None
@@ -83,6 +129,10 @@ def is_local(queen: Queen) -> bool:
 
 def _local_addresses() -> set[str]:
     """Every IP address of this machine's interfaces."""
+    import socket
+
+    import psutil
+
     return {
         address.address.split("%")[0]
         for addresses in psutil.net_if_addrs().values()

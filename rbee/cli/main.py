@@ -1,44 +1,32 @@
-"""`rbee`: the keeper CLI. Thin: parse, call the queen over HTTP, render."""
+"""`rbee`: the keeper CLI. Thin: parse, call the queen over HTTP, render.
+
+Each command imports what it uses when it runs, so `rbee --help` and `rbee validate` start
+without the HTTP client, the wire models or the plan renderer.
+"""
 
 from __future__ import annotations
 
 import enum
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import dotenv
 import typer
 from rich.console import Console
 
 from rbee.cli import ops
 from rbee.cli.hive import hive_app
+from rbee.cli.init import init as init_command
 from rbee.cli.keys import key_app
-from rbee.cli.local_queen import ensure_queen, is_local, local_queen_args, stop_queen
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
-from rbee.cli.progress import ApplyView
-from rbee.cli.service import (
-    SERVICE,
-    install_queen_service,
-    queen_executable,
-    queen_unit,
-    unit_paths,
-)
-from rbee.cli.source import applied_source
-from rbee.clients import QueenClient
-from rbee.config.fmt import formatted
-from rbee.config.load import load_cluster
-from rbee.config.models import Cluster, Queen
-from rbee.config.schema import schema_text
+from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect
 from rbee.errors import RbeeError, UnavailableError
-from rbee.plan.digest import SENSITIVE
-from rbee.plan.model import Plan
-from rbee.plan.render import plan_dot, plan_json, plan_markdown, plan_text
-from rbee.plan.schema import plan_schema_text
-from rbee.wire import ApplyRecord, ErrorEvent, SummaryEvent, SyncStatus
+
+if TYPE_CHECKING:
+    from rbee.config.models import Cluster, Queen
+    from rbee.plan.model import Plan
+    from rbee.wire import ApplyRecord, SyncStatus
 
 __all__ = ["app", "main"]
 
@@ -50,11 +38,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: rich's help boxes cost 70 ms of imports on every run.
+    rich_markup_mode=None,
 )
-queen_app = typer.Typer(help="Run the queen on this machine.", no_args_is_help=True)
+queen_app = typer.Typer(
+    help="Run the queen on this machine.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(queen_app, name="queen")
 app.add_typer(hive_app, name="hive")
 app.add_typer(key_app, name="key")
+app.command("init")(init_command)
 
 err = Console(stderr=True)
 out = Console()
@@ -84,7 +77,11 @@ def validate(
 ) -> None:
     """Check the cluster YAML without a queen: schema, references between its parts, and that
     every ${VAR} it reads is set. Every error is printed as file:line:col: field: message."""
+    from rbee.config.load import load_cluster
+
     if env_file is not None:
+        import dotenv
+
         if not env_file.is_file():
             raise RbeeError(f"{env_file}: no such env file")
         values = dotenv.dotenv_values(env_file)
@@ -111,6 +108,8 @@ def fmt(
     """Rewrite cluster YAML files in one layout, keeping their comments (for pull requests:
     `rbee fmt --check`). Invalid files are reported as validate reports them, and left as
     they are."""
+    from rbee.config.fmt import formatted
+
     unformatted = []
     for path in files or [Path(file)]:
         text, tidy = formatted(path)
@@ -136,18 +135,15 @@ def schema(
 ) -> None:
     """Print a JSON Schema: of the cluster YAML (for editors and CI) or of JSON plans."""
     if what == "cluster":
+        from rbee.config.schema import schema_text
+
         sys.stdout.write(schema_text())
     elif what == "plan":
+        from rbee.plan.schema import plan_schema_text
+
         sys.stdout.write(plan_schema_text())
     else:
         raise RbeeError(f"unknown schema {what!r}", hint="choose cluster or plan")
-
-
-def _connect(queen: Queen) -> QueenClient:
-    client, started = ensure_queen(queen)
-    if started is not None:
-        err.print(f"[dim]started local queen (pid {started}) at {queen.url}[/dim]")
-    return client
 
 
 def _desired(cluster: Cluster) -> dict[str, Any]:
@@ -196,8 +192,12 @@ def plan(
     Exit codes: 0 success (with --detailed-exitcode: no changes), 2 changes present (only with
     --detailed-exitcode), 1 error (bad YAML, queen unreachable, a hive that cannot be observed).
     """
+    from rbee.config.load import load_cluster
+    from rbee.plan.model import Plan
+    from rbee.plan.render import plan_json, plan_text
+
     cluster = load_cluster(file)
-    body = _connect(cluster.queen).plan(
+    body = connect(cluster.queen).plan(
         _desired(cluster), targets=target or [], refresh_only=refresh_only, prune=prune
     )
     the_plan = Plan.model_validate(body)
@@ -233,6 +233,9 @@ def show(
 ) -> None:
     """Print a saved plan: as text, as Markdown for a pull request's comment, or as JSON.
     Needs no queen."""
+    from rbee.plan.model import Plan
+    from rbee.plan.render import plan_json, plan_markdown, plan_text
+
     the_plan = Plan.model_validate(_read_plan(plan_file))
     render = {
         PlanFormat.text: lambda p: plan_text(p, colour=out.is_terminal),
@@ -252,11 +255,16 @@ def graph(
 ) -> None:
     """Print the apply graph as Graphviz DOT (`rbee graph plan.json | dot -Tsvg > plan.svg`):
     an edge from each action to those that wait for it."""
+    from rbee.plan.model import Plan
+    from rbee.plan.render import plan_dot
+
     if plan_file is not None:
         the_plan = Plan.model_validate(_read_plan(plan_file))
     else:
+        from rbee.config.load import load_cluster
+
         cluster = load_cluster(file)
-        the_plan = Plan.model_validate(_connect(cluster.queen).plan(_desired(cluster)))
+        the_plan = Plan.model_validate(connect(cluster.queen).plan(_desired(cluster)))
     sys.stdout.write(plan_dot(the_plan))
 
 
@@ -297,17 +305,25 @@ def apply(
     event on stdout). Exit 0 when every action succeeded, 1 otherwise (the summary lists what
     failed and why; a rerun converges).
     """
+    from rbee.cli.progress import ApplyView
+    from rbee.cli.source import applied_source
+    from rbee.config.load import load_cluster
+    from rbee.config.models import Queen
+    from rbee.plan.digest import SENSITIVE
+    from rbee.plan.model import Plan
+    from rbee.wire import ErrorEvent, SummaryEvent
+
     options: dict[str, Any] = {"targets": target or [], "prune": prune}
     lock: dict[str, Any] = {"lock_timeout_s": lock_timeout}
     if plan_file is not None:
         saved = _read_plan(plan_file)
         queen = Queen.model_validate(saved["cluster"]["queen"])
         token = os.environ.get("RBEE_TOKEN") if queen.token == SENSITIVE else queen.token
-        client = _connect(queen.model_copy(update={"token": token}))
+        client = connect(queen.model_copy(update={"token": token}))
         events = client.apply(None, parallelism, saved_plan=saved, **lock)
     else:
         cluster = load_cluster(file)
-        client = _connect(cluster.queen)
+        client = connect(cluster.queen)
         if not auto_approve:
             _confirm(Plan.model_validate(client.plan(_desired(cluster), **options)))
         source = applied_source(file).model_dump()
@@ -342,6 +358,8 @@ def apply(
 
 
 def _read_plan(path: Path) -> dict[str, Any]:
+    import json
+
     try:
         saved: dict[str, Any] = json.loads(path.read_text())
     except OSError as exc:
@@ -354,6 +372,8 @@ def _read_plan(path: Path) -> dict[str, Any]:
 
 
 def _confirm(the_plan: Plan) -> None:
+    from rbee.plan.render import plan_text
+
     sys.stdout.write(plan_text(the_plan, colour=out.is_terminal))
     if not the_plan.has_changes:
         raise typer.Exit(0)
@@ -370,11 +390,14 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show the hives and workers the queen knows; exit 1 when the queen is down."""
+    from rbee.cli.local_queen import client_for
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
-    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    client = client_for(cluster.queen)
     if client.health() is None:
         raise UnavailableError(
-            f"the queen at {cluster.queen.url} is down: no request is routed until it is "
+            f"the queen at {client.url} is down: no request is routed until it is "
             "back (workers and hives keep running)",
             hint=_queen_down_hint(cluster.queen),
         )
@@ -382,7 +405,7 @@ def status(
     if as_json:
         sys.stdout.write(body.model_dump_json(indent=2) + "\n")
         return
-    out.print(f"queen  {cluster.queen.url}  [green]up[/green]")
+    out.print(f"queen  {client.url}  [green]up[/green]")
     if body.applied is not None:
         out.print(f"applied {_applied(body.applied)}", highlight=False, soft_wrap=True)
     _print_sync(body.sync)
@@ -425,11 +448,16 @@ def infer(
     ] = False,
 ) -> None:
     """Stream an answer from the cluster through the queen."""
+    import json
+
+    from rbee.cli.local_queen import client_for
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     name = model or (cluster.deployments[0].model if cluster.deployments else None)
     if name is None:
         raise RbeeError("no model to ask", hint="pass --model or declare a deployment")
-    client = QueenClient(cluster.queen.url, cluster.queen.token)
+    client = client_for(cluster.queen)
     body = {
         "model": name,
         "messages": [{"role": "user", "content": prompt}],
@@ -469,15 +497,18 @@ def infer(
 @app.command()
 def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop all workers and hives, then the local queen."""
+    from rbee.cli.local_queen import QUEEN_URL_ENV, is_local, stop_queen
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     # A local queen is started if needed: it is the one that knows how to stop hives.
-    client = _connect(cluster.queen)
+    client = connect(cluster.queen)
     result = client.down(_desired(cluster))
     out.print(
         f"stopped {result.stopped_workers} workers and hives: "
         f"{', '.join(result.stopped_hives) or 'none'}"
     )
-    if is_local(cluster.queen):
+    if is_local(cluster.queen) and not os.environ.get(QUEEN_URL_ENV):
         pid = stop_queen(client)
         out.print(f"stopped queen (pid {pid})")
 
@@ -485,6 +516,9 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
 @queen_app.command("start")
 def queen_start(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Start the queen of the YAML on this machine, detached (logs in ~/.local/state/rbee)."""
+    from rbee.cli.local_queen import ensure_queen
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     client, started = ensure_queen(cluster.queen)
     health = client.health()
@@ -496,6 +530,10 @@ def queen_start(file: ConfigFile = DEFAULT_CONFIG) -> None:
 @queen_app.command("stop")
 def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop the queen (workers and hives keep running; `rbee down` stops everything)."""
+    from rbee.cli.local_queen import stop_queen
+    from rbee.clients import QueenClient
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
     out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
@@ -544,6 +582,11 @@ def _print_sync(sync: SyncStatus) -> None:
 
 def _queen_down_hint(queen: Queen) -> str:
     """How to bring a queen back: its service, where one is installed, else `rbee queen start`."""
+    from rbee.cli.local_queen import QUEEN_URL_ENV, is_local
+    from rbee.cli.service import SERVICE, unit_paths
+
+    if os.environ.get(QUEEN_URL_ENV):
+        return f"start it on its host, or check {QUEEN_URL_ENV}"
     if not is_local(queen):
         return f"start it on its host; this machine reaches it at {queen.url}"
     for scope in ("user", "system"):
@@ -570,6 +613,16 @@ def queen_install_service(
 ) -> None:
     """Run the YAML's queen as a systemd service: restarted whenever it stops, started at boot,
     logs in the journal. The cluster token goes into an environment file only you can read."""
+    from rbee.cli.local_queen import is_local, local_queen_args
+    from rbee.cli.service import (
+        SERVICE,
+        install_queen_service,
+        queen_executable,
+        queen_unit,
+        unit_paths,
+    )
+    from rbee.config.load import load_cluster
+
     cluster = load_cluster(file)
     if not is_local(cluster.queen):
         raise RbeeError(
@@ -596,14 +649,15 @@ def queen_install_service(
 @queen_app.command("status")
 def queen_status(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Say whether the queen answers."""
-    cluster = load_cluster(file)
-    health = QueenClient(cluster.queen.url, cluster.queen.token).health()
+    from rbee.cli.local_queen import client_for
+    from rbee.config.load import load_cluster
+
+    client = client_for(load_cluster(file).queen)
+    health = client.health()
     if health is None:
-        out.print(f"queen at {cluster.queen.url}: [red]not running[/red]")
+        out.print(f"queen at {client.url}: [red]not running[/red]")
         raise typer.Exit(1)
-    out.print(
-        f"queen at {cluster.queen.url}: [green]up[/green] (pid {health.pid}, v{health.version})"
-    )
+    out.print(f"queen at {client.url}: [green]up[/green] (pid {health.pid}, v{health.version})")
 
 
 ops.register(app)
@@ -616,9 +670,7 @@ def main() -> None:
     except RbeeError as exc:
         if _debug or os.environ.get("RBEE_DEBUG"):
             raise
-        err.print(f"[red]Error:[/red] {exc.message}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            err.print(f"[dim]hint: {exc.hint}[/dim]", highlight=False, soft_wrap=True)
+        ops.print_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -7,18 +7,26 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from rbee.cli.local_queen import ensure_queen
-from rbee.clients import QueenClient
-from rbee.config.load import load_cluster
-from rbee.wire import ApplyRecord
+if TYPE_CHECKING:
+    from rbee.clients import QueenClient
+    from rbee.config.models import Queen
+    from rbee.errors import RbeeError
+    from rbee.wire import ApplyRecord
 
-__all__ = ["force_unlock", "history", "parse_duration", "register"]
+__all__ = [
+    "connect",
+    "connect_yaml",
+    "force_unlock",
+    "history",
+    "parse_duration",
+    "print_error",
+    "register",
+]
 
 err = Console(stderr=True)
 out = Console()
@@ -45,6 +53,13 @@ def parse_duration(text: str | float) -> float:
     return float(match[1]) * _UNIT_S[match[2] or "s"]
 
 
+def print_error(exc: RbeeError) -> None:
+    """`exc` as the keeper shows an expected failure: a red line, and its hint dimmed."""
+    err.print(f"[red]Error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]hint: {exc.hint}[/dim]", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add `history` and `force-unlock` to the keeper's app (those it has not got yet)."""
     have = {command.name for command in app.registered_commands}
@@ -54,12 +69,22 @@ def register(app: typer.Typer) -> None:
         app.command("force-unlock")(force_unlock)
 
 
-def _connect(file: Path) -> QueenClient:
-    cluster = load_cluster(file)
-    client, started = ensure_queen(cluster.queen)
+def connect(queen: Queen) -> QueenClient:
+    """A client for the queen the keeper reaches; a local queen that is down is started (and
+    said so on stderr)."""
+    from rbee.cli.local_queen import ensure_queen
+
+    client, started = ensure_queen(queen)
     if started is not None:
-        err.print(f"[dim]started local queen (pid {started}) at {cluster.queen.url}[/dim]")
+        err.print(f"[dim]started local queen (pid {started}) at {queen.url}[/dim]")
     return client
+
+
+def connect_yaml(file: Path) -> QueenClient:
+    """`connect` to the queen of the cluster YAML in `file`."""
+    from rbee.config.load import load_cluster
+
+    return connect(load_cluster(file).queen)
 
 
 def history(
@@ -70,13 +95,15 @@ def history(
     ] = 20,
 ) -> None:
     """Show the last applies, newest first: who ran them, when, the plan and the result."""
-    applies = _connect(file).history(limit)
+    applies = connect_yaml(file).history(limit)
     if as_json:
         sys.stdout.write(json.dumps([a.model_dump(mode="json") for a in applies], indent=2) + "\n")
         return
     if not applies:
         out.print("no applies yet")
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for column in ("#", "started", "took", "by", "plan", "result", "details"):
         table.add_column(column, overflow="fold")
@@ -99,7 +126,7 @@ def force_unlock(
     file: ConfigFile = DEFAULT_CONFIG,
 ) -> None:
     """Remove the apply lock left by an apply that died; only the lock with this ID is removed."""
-    lock = _connect(file).force_unlock(lock_id)
+    lock = connect_yaml(file).force_unlock(lock_id)
     out.print(f"Lock {lock.id} removed (it was held by {lock.holder} since {lock.since_text}).")
     if not lock.stale:
         err.print(

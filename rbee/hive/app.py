@@ -40,6 +40,7 @@ from rbee.wire import (
     AddWorkerBinary,
     Health,
     HiveArgs,
+    HiveState,
     OperationStarted,
     SpawnWorker,
     openai_error,
@@ -84,6 +85,24 @@ def create_app(
     async def health(request: Request) -> Response:
         body = Health(service=SERVICE, version=rbee.__version__, pid=os.getpid()).model_dump()
         return JSONResponse({**body, "name": name})
+
+    async def state(request: Request) -> Response:
+        listed_models, binaries, workers, caps = await asyncio.gather(
+            run_in_threadpool(models.list),
+            run_in_threadpool(worker_binaries.list),
+            run_in_threadpool(list_workers, models.root),
+            run_in_threadpool(capabilities.gather),
+        )
+        health = Health(service=SERVICE, version=rbee.__version__, pid=os.getpid())
+        return _json(
+            HiveState(
+                health=health,
+                models=listed_models,
+                worker_binaries=binaries,
+                workers=workers,
+                capabilities=caps,
+            )
+        )
 
     async def get_capabilities(request: Request) -> Response:
         return _json(await run_in_threadpool(capabilities.gather))
@@ -231,6 +250,7 @@ def create_app(
 
     routes = [
         Route("/health", health),
+        Route("/v1/state", state),
         Route("/v1/capabilities", get_capabilities),
         Route("/v1/models", list_models),
         Route("/v1/models", add_model, methods=["POST"]),

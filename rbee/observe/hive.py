@@ -7,11 +7,11 @@ import time
 
 from rbee.clients import HiveClient
 from rbee.config.models import Hive
-from rbee.errors import RbeeError, UnavailableError
+from rbee.errors import NotFoundError, RbeeError, UnavailableError
 from rbee.observe.ssh import probe
 from rbee.plan.observed import HiveFacts, Observed, SshFacts
 from rbee.remote.connect import SshConnections
-from rbee.wire import WorkerView
+from rbee.wire import HiveState, WorkerView
 
 __all__ = ["observe", "observe_hive"]
 
@@ -20,29 +20,45 @@ async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
     """Ask one hive for its health and listings; an unreachable hive is `running=False`."""
     down = HiveFacts(name=hive.name, running=False, url=hive.url, mode=hive.effective_mode)
     async with HiveClient(hive.url, token, timeout=5.0) as client:
+        state: HiveState | str
         try:
-            health = await client.health()
+            state = await client.state()
         except UnavailableError:
             return down
+        except NotFoundError:
+            state = await _listed_one_by_one(client)
         except RbeeError as exc:
             return down.model_copy(update={"error": exc.message})
-        if health.service != "rbee-hive":
-            error = f"{hive.url} answers as {health.service!r}, not rbee-hive"
-            return down.model_copy(update={"error": error})
-        try:
-            models, binaries, workers, caps = await asyncio.gather(
-                client.models(), client.worker_binaries(), client.processes(), client.capabilities()
-            )
-        except RbeeError as exc:
-            return down.model_copy(update={"error": exc.message})
+    if isinstance(state, str):
+        return down.model_copy(update={"error": state})
+    if state.health.service != "rbee-hive":
+        error = f"{hive.url} answers as {state.health.service!r}, not rbee-hive"
+        return down.model_copy(update={"error": error})
     return down.model_copy(
         update={
             "running": True,
-            "models": models,
-            "worker_binaries": binaries,
-            "workers": workers,
-            "capabilities": caps,
+            "models": state.models,
+            "worker_binaries": state.worker_binaries,
+            "workers": state.workers,
+            "capabilities": state.capabilities,
         }
+    )
+
+
+async def _listed_one_by_one(client: HiveClient) -> HiveState | str:
+    """The state of a hive without `/v1/state` (older than it, or not a hive at all), from its
+    health and each listing; an error message when it cannot be had."""
+    try:
+        health = await client.health()
+        if health.service != "rbee-hive":
+            return f"{client.url} answers as {health.service!r}, not rbee-hive"
+        models, binaries, workers, caps = await asyncio.gather(
+            client.models(), client.worker_binaries(), client.processes(), client.capabilities()
+        )
+    except RbeeError as exc:
+        return exc.message
+    return HiveState(
+        health=health, models=models, worker_binaries=binaries, workers=workers, capabilities=caps
     )
 
 

@@ -24,6 +24,8 @@ _BEGIN = "rbee_probe=1"
 _END = "rbee_probe_end=1"
 
 # POSIX sh, run from the user's home. Paths are quoted constants; nothing comes from the YAML.
+# rbee's version is read from its installed metadata, not by starting Python: a plan probes
+# every host, every time.
 _SCRIPT = f"""\
 cd || exit 1
 echo {_BEGIN}
@@ -33,9 +35,10 @@ if [ -r /etc/os-release ]; then
   ( . /etc/os-release && echo "distro=${{ID:-}}" && echo "distro_version=${{VERSION_ID:-}}" )
 fi
 if py=$(python3 -V 2>&1); then echo "python=${{py#Python }}"; fi
-v={shlex.quote(REMOTE_VENV + "/bin/python")}
-if [ -x "$v" ]; then
-  "$v" -c 'import rbee; print("rbee=" + rbee.__version__)' 2>/dev/null || echo rbee_broken=1
+if [ -x {shlex.quote(REMOTE_VENV + "/bin/python")} ]; then
+  for m in {shlex.quote(REMOTE_VENV)}/lib/python3*/site-packages/rbee-*.dist-info/METADATA; do
+    [ -r "$m" ] && sed -n 's/^Version: /rbee=/p;/^$/q' "$m"
+  done
 fi
 PIDFILE={shlex.quote(REMOTE_HIVE_PID)}
 {HIVE_PID_SHELL}
@@ -101,8 +104,7 @@ async def probe(
     started = time.monotonic()
     try:
         if connections is not None:
-            conn = await connections.get(hive)
-            facts = await _probe_on(conn, hive, timeout_s)
+            facts = await _probe_pooled(connections, hive, timeout_s)
         else:
             async with await connect(hive, timeout_s=timeout_s) as conn:
                 facts = await _probe_on(conn, hive, timeout_s)
@@ -114,6 +116,21 @@ async def probe(
         return SshFacts(reachable=reachable, error_kind=exc.kind, error=error)
     log.info("event=ssh_probe hive=%s ok=true seconds=%.3f", hive.name, time.monotonic() - started)
     return facts
+
+
+async def _probe_pooled(connections: SshConnections, hive: Hive, timeout_s: float) -> SshFacts:
+    """Probe on the pool's connection. It is dropped when the probe fails; when the failure was
+    the connection itself, lost since its last use (sshd restarted, host rebooted), the probe
+    is tried once more on a new one."""
+    conn = await connections.get(hive)
+    try:
+        return await _probe_on(conn, hive, timeout_s)
+    except SshFailure:
+        lost = conn.is_closed()
+        await connections.forget(hive)
+        if not lost:
+            raise
+    return await _probe_on(await connections.get(hive), hive, timeout_s)
 
 
 async def _probe_on(conn: asyncssh.SSHClientConnection, hive: Hive, timeout_s: float) -> SshFacts:

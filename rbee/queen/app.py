@@ -439,6 +439,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await queen.relay.close()
+        await queen.control.ssh.close()
         queen.store.close()
 
 

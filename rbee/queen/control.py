@@ -12,6 +12,7 @@ from rbee.apply.executor import Emit, Outcome, execute
 from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive
+from rbee.defaults import SSH_IDLE_S
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
 from rbee.observe.sources import resolve_sources
@@ -68,6 +69,8 @@ class Control:
         self.queen_url = queen_url
         self.token = token
         self.hive_lifecycle = HiveLifecycle(queen_url, token)
+        # One pool for the queen's life: plans, applies and heals reuse their SSH connections.
+        self.ssh = SshConnections(idle_s=SSH_IDLE_S)
         self.lock = ApplyLock(store.connection)
         self._held: LockInfo | None = None
         live = self.lock.live()
@@ -128,8 +131,7 @@ class Control:
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
         """Observe now and plan `cluster` against it."""
-        async with SshConnections() as connections:
-            return await self._plan(cluster, options or PlanOptions(), connections)
+        return await self._plan(cluster, options or PlanOptions(), self.ssh)
 
     async def _plan(
         self, cluster: Cluster, options: PlanOptions, connections: SshConnections
@@ -166,10 +168,9 @@ class Control:
         self._held = held
         try:
             await emit(LockEvent(**held.to_json()))
-            async with SshConnections() as connections:
-                return await self._apply_locked(
-                    cluster, holder, emit, parallelism, options, saved, connections, source
-                )
+            return await self._apply_locked(
+                cluster, holder, emit, parallelism, options, saved, self.ssh, source
+            )
         except Exception as exc:
             error = exc.message if isinstance(exc, RbeeError) else repr(exc)
             self.store.fail_apply(held.id, holder, error)
@@ -284,9 +285,8 @@ class Control:
         heal_id = self.store.begin_heal(the_plan.counts(), reasons, trigger, lock.id)
         self.lock.attach(lock.id, heal_id)
         try:
-            async with SshConnections() as connections:
-                effects = self._effects({h.name: h for h in cluster.hives}, connections)
-                outcome = await execute(the_plan, effects, emit, parallelism)
+            effects = self._effects({h.name: h for h in cluster.hives}, self.ssh)
+            outcome = await execute(the_plan, effects, emit, parallelism)
             # A hive started again is online now, not at the monitor's next look: if it dies
             # again before then, the monitor still sees it go offline.
             started = {a.hive for a in actions if a.kind == "hive" and a.address in outcome.done}
@@ -345,11 +345,10 @@ class Control:
         known = {h.name: h for c in (self._desired, cluster) if c is not None for h in c.hives}
         hives = list(known.values())
         stopped = await asyncio.gather(*(self._stop_workers(h) for h in hives))
-        async with SshConnections() as connections:
-            results = await asyncio.gather(
-                *(self.hive_lifecycle.stop(h, connections=connections) for h in hives),
-                return_exceptions=True,
-            )
+        results = await asyncio.gather(
+            *(self.hive_lifecycle.stop(h, connections=self.ssh) for h in hives),
+            return_exceptions=True,
+        )
         stopped_hives = [h.name for h, ok in zip(hives, results, strict=True) if ok is True]
         for hive, result in zip(hives, results, strict=True):
             if isinstance(result, BaseException):

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _SSH_PORT = 22
 _TRANSIENT: frozenset[SshErrorKind] = frozenset({"timeout", "unreachable"})
+_KEEPALIVE_S = 15.0
 _DOWN_HINT = "is the host up, and reachable from the queen's machine?"
 
 
@@ -109,6 +111,9 @@ async def connect(hive: Hive, *, timeout_s: float = 5.0) -> asyncssh.SSHClientCo
             config=[],
             preferred_auth="publickey",
             connect_timeout=timeout_s,
+            # A pooled connection to a host that vanished is closed within a minute.
+            keepalive_interval=_KEEPALIVE_S,
+            keepalive_count_max=3,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise _host_key_failure(target, known_hosts) from None
@@ -245,33 +250,57 @@ def _keyscan_hint(target: SshTarget) -> str:
 
 
 class SshConnections:
-    """A cache for one plan or apply run: one connection per SSH target, opened once, reused."""
+    """SSH connections by target, opened on first use and reused.
 
-    def __init__(self, *, timeout_s: float = 5.0) -> None:
+    A run's own cache (`async with SshConnections()`) closes them at its end. The queen keeps
+    one for its lifetime with `idle_s`, as OpenSSH's ControlPersist does: each plan's probes
+    ride the connections of the one before, instead of a key exchange per host per plan, and a
+    connection unused for `idle_s` is closed.
+    """
+
+    def __init__(self, *, timeout_s: float = 5.0, idle_s: float | None = None) -> None:
         self.timeout_s = timeout_s
+        self.idle_s = idle_s
         self._conns: dict[_Endpoint, asyncssh.SSHClientConnection] = {}
+        self._used: dict[_Endpoint, float] = {}
         self._locks: dict[_Endpoint, asyncio.Lock] = {}
 
     async def get(self, hive: Hive) -> asyncssh.SSHClientConnection:
         """The open connection to `hive`, connecting on first use (or after it dropped)."""
         endpoint = SshTarget.of(hive).endpoint
+        self._close_idle()
         async with self._locks.setdefault(endpoint, asyncio.Lock()):
             conn = self._conns.get(endpoint)
             if conn is None or conn.is_closed():
                 conn = await connect(hive, timeout_s=self.timeout_s)
                 self._conns[endpoint] = conn
+            self._used[endpoint] = time.monotonic()
             return conn
 
+    def _close_idle(self) -> None:
+        if self.idle_s is None:
+            return
+        now = time.monotonic()
+        for endpoint, used in list(self._used.items()):
+            if now - used > self.idle_s and not self._locks[endpoint].locked():
+                del self._used[endpoint]
+                conn = self._conns.pop(endpoint, None)
+                if conn is not None:
+                    conn.close()
+
     async def forget(self, hive: Hive) -> None:
-        """Close and drop the connection to `hive` (e.g. after the host was reinstalled)."""
-        conn = self._conns.pop(SshTarget.of(hive).endpoint, None)
+        """Drop the connection to `hive` (after the host was reinstalled, or when it failed):
+        aborted, as a dead peer would never answer a polite close."""
+        endpoint = SshTarget.of(hive).endpoint
+        self._used.pop(endpoint, None)
+        conn = self._conns.pop(endpoint, None)
         if conn is not None:
-            conn.close()
+            conn.abort()
             await conn.wait_closed()
 
     async def close(self) -> None:
         """Close every connection."""
-        conns, self._conns = list(self._conns.values()), {}
+        conns, self._conns, self._used = list(self._conns.values()), {}, {}
         for conn in conns:
             conn.close()
         await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rbee.defaults import BACKEND, Backend
+from rbee.wire.processes import WorkerProcess
 
 __all__ = [
     "AddModel",
@@ -19,6 +20,7 @@ __all__ = [
     "Gpu",
     "Health",
     "Heartbeat",
+    "HiveState",
     "ModelEntry",
     "OperationEvent",
     "OperationStarted",
@@ -211,6 +213,18 @@ class WorkerBinaryEntry(_Wire):
     python: str
     llama_cpp_version: str
     spec: dict[str, Any] = {}
+
+
+class HiveState(_Wire):
+    """`GET /v1/state` of a hive: all a plan observes of it, in one request (its health and
+    the listings of `/v1/models`, `/v1/worker-binaries`, `/v1/worker-processes` and
+    `/v1/capabilities`)."""
+
+    health: Health
+    models: list[ModelEntry]
+    worker_binaries: list[WorkerBinaryEntry]
+    workers: list[WorkerProcess]
+    capabilities: Capabilities
 
 
 def openai_error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp
@@ -12,21 +11,12 @@ import pytest
 from rbee.catalog import ArtifactCatalog, ChecksumMismatchError
 from rbee.catalog.gguf import read_facts
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
-from tests.fixtures.hub import FakeHub, fake_hub
+from tests.fixtures.hub import FakeHub
 from tests.fixtures.synthetic_gguf import write_model
 
 REPO = "rbee-test/tiny-GGUF"
 FILE = "tiny-Q4_K_M.gguf"
 SOURCE = f"hf://{REPO}/{FILE}"
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
-    for served in fake_hub():
-        monkeypatch.setenv("HF_ENDPOINT", served.url)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved token either
-        yield served
 
 
 @pytest.fixture

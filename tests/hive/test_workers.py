@@ -50,6 +50,27 @@ def test_a_spawned_worker_is_listed_and_serves_health(hive_with_model: Hive) -> 
 
 
 @pytest.mark.slow
+def test_state_is_health_and_every_listing_in_one_answer(hive_with_model: Hive) -> None:
+    hive = hive_with_model
+    with hive.client() as client:
+        worker = spawn(client, hive)
+        state = client.get("/v1/state").json()
+        listed = {
+            "health": {k: v for k, v in client.get("/health").json().items() if k != "name"},
+            "models": client.get("/v1/models").json(),
+            "worker_binaries": client.get("/v1/worker-binaries").json(),
+            "workers": client.get("/v1/worker-processes").json(),
+        }
+        capabilities = client.get("/v1/capabilities").json()
+    assert {key: state[key] for key in listed} == listed
+    assert [m["name"] for m in state["models"]] == [MODEL]
+    assert state["workers"] == [worker]
+    # Capabilities move (free RAM): the same machine, not the same bytes.
+    assert state["capabilities"].keys() == capabilities.keys()
+    assert state["capabilities"]["hostname"] == capabilities["hostname"]
+
+
+@pytest.mark.slow
 def test_delete_stops_the_worker(hive_with_model: Hive) -> None:
     hive = hive_with_model
     with hive.client() as client:

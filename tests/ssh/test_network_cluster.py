@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -197,6 +198,60 @@ def test_second_apply_is_a_noop(net: NetworkCluster) -> None:
     result = net.rbee("plan", "--detailed-exitcode", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No changes." in result.stdout
+
+
+def test_ci_on_another_host_plans_through_the_remote_queen_with_an_admin_key(
+    net: NetworkCluster, tmp_path: Path
+) -> None:
+    """A CI runner on another host: RBEE_QUEEN_URL names the queen, RBEE_API_KEY is an admin
+    key, no cluster token; the YAML's own queen URL (loopback here) is never started."""
+    key = net.rbee("key", "create", "ci", "--scope", "admin").stdout.strip().splitlines()[-1]
+    local_port = free_port("127.0.0.1")
+    ci = json.loads(net.config.read_text())
+    ci["queen"] = {"url": f"http://127.0.0.1:{local_port}"}
+    config = tmp_path / "cluster.yaml"
+    config.write_text(json.dumps(ci))
+    runner = net.hosts[0]  # its namespace is the CI machine: the queen is across the bridge
+    env = {k: v for k, v in net.env.items() if k != "RBEE_TOKEN"}
+    env.update(HOME=str(tmp_path), RBEE_QUEEN_URL=net.queen_url)
+
+    def ci_rbee(*args: str, api_key: str) -> subprocess.CompletedProcess[str]:
+        command = ["ip", "netns", "exec", runner.namespace, sys.executable, "-m", "rbee.cli"]
+        return subprocess.run(
+            [*command, *args, "-f", str(config)],
+            env={**env, "RBEE_API_KEY": api_key},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    plan = ci_rbee("plan", "--detailed-exitcode", api_key=key)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "No changes" in plan.stdout
+    status = ci_rbee("status", "--json", api_key=key)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["queen"]["url"]
+
+    refused = ci_rbee("plan", api_key="rbee-not-a-key")
+    assert refused.returncode == 1
+    assert f"the queen {net.queen_url}" in refused.stderr and "401" in refused.stderr
+    assert "RBEE_API_KEY" in refused.stderr and "Traceback" not in refused.stderr
+
+    env["RBEE_QUEEN_URL"] = f"http://{_gateway(runner)}:{free_port(_gateway(runner))}"
+    down = ci_rbee("plan", api_key=key)
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert f"the queen at {env['RBEE_QUEEN_URL']} (RBEE_QUEEN_URL) is not answering" in (
+        down.stderr
+    )
+    assert "never starts a queen when RBEE_QUEEN_URL is set" in down.stderr
+    # Nothing was started in the runner's namespace on the YAML's loopback queen URL.
+    listening = subprocess.run(
+        ["ip", "netns", "exec", runner.namespace, "ss", "-Htln", f"sport = :{local_port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert listening.stdout.strip() == ""
 
 
 def test_ssh_test_reports_the_machine(net: NetworkCluster) -> None:

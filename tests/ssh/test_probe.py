@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psutil
 import pytest
 
 from rbee.config.models import Hive
@@ -146,3 +147,45 @@ def test_connections_are_reused_within_a_run(hosts: list[SshHost]) -> None:
 def test_probe_all_bounds_concurrency(hosts: list[SshHost]) -> None:
     facts = asyncio.run(probe_all([h.hive() for h in hosts], concurrency=1))
     assert all(f.reachable for f in facts.values())
+
+
+def _sessions(host: SshHost) -> set[int]:
+    """Pids of the sshd processes serving a session of the host's user (not its listener)."""
+    return {
+        proc.pid
+        for proc in psutil.process_iter(["name", "username"])
+        if proc.info["name"] == "sshd" and proc.info["username"] == host.user
+    }
+
+
+def test_a_pool_reuses_its_connection_and_reconnects_once_it_died(hosts: list[SshHost]) -> None:
+    async def run() -> None:
+        hive = hosts[0].hive()
+        before = _sessions(hosts[0])  # sessions other tests may still be closing
+        async with SshConnections(idle_s=300) as pool:
+            assert (await probe(hive, connections=pool)).error is None
+            ours = _sessions(hosts[0]) - before
+            assert len(ours) == 1
+            assert (await probe(hive, connections=pool)).error is None
+            assert ours <= _sessions(hosts[0])  # the same session: no second key exchange
+            assert not _sessions(hosts[0]) - before - ours
+            for pid in ours:  # the session dies (sshd restarted, host rebooted, ...)
+                psutil.Process(pid).kill()
+            await asyncio.sleep(0.2)
+            again = await probe(hive, connections=pool)
+            assert again.reachable and again.error is None, again.error
+            assert _sessions(hosts[0]) - before - ours
+
+    asyncio.run(run())
+
+
+def test_a_pool_closes_connections_idle_longer_than_its_limit(hosts: list[SshHost]) -> None:
+    async def run() -> None:
+        async with SshConnections(idle_s=0.1) as pool:
+            first = await pool.get(hosts[0].hive())
+            await asyncio.sleep(0.3)
+            await pool.get(hosts[1].hive())  # any use sweeps the idle ones
+            assert first.is_closed()
+            assert not (await pool.get(hosts[0].hive())).is_closed()
+
+    asyncio.run(run())
