@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from rbee.cli.console import out
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.errors import RbeeError
 
@@ -23,7 +23,6 @@ __all__ = ["hive_app"]
 hive_app = typer.Typer(
     help="The hives the queen manages.", no_args_is_help=True, rich_markup_mode=None
 )
-out = Console()
 
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 

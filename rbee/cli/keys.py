@@ -8,8 +8,8 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rbee.cli.console import err, out
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect_yaml
 from rbee.errors import RbeeError
 
@@ -22,8 +22,6 @@ key_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-out = Console()
-err = Console(stderr=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 
 from rbee.cli import ops
+from rbee.cli.console import err, out
 from rbee.cli.hive import hive_app
 from rbee.cli.init import init as init_command
 from rbee.cli.keys import key_app
@@ -49,8 +49,6 @@ app.add_typer(hive_app, name="hive")
 app.add_typer(key_app, name="key")
 app.command("init")(init_command)
 
-err = Console(stderr=True)
-out = Console()
 
 _debug = False
 
@@ -87,9 +85,9 @@ def validate(
         values = dotenv.dotenv_values(env_file)
         os.environ.update({key: value for key, value in values.items() if value is not None})
     cluster = load_cluster(file)
-    out.print(
+    sys.stdout.write(
         f"{file}: valid ({len(cluster.hives)} hives, {len(cluster.models)} models, "
-        f"{len(cluster.deployments)} deployments)"
+        f"{len(cluster.deployments)} deployments)\n"
     )
 
 
@@ -320,7 +318,9 @@ def apply(
         queen = Queen.model_validate(saved["cluster"]["queen"])
         token = os.environ.get("RBEE_TOKEN") if queen.token == SENSITIVE else queen.token
         client = connect(queen.model_copy(update={"token": token}))
-        events = client.apply(None, parallelism, saved_plan=saved, **lock)
+        # The YAML beside the plan (a CI job's checkout of the planned commit) names its commit.
+        source = applied_source(file).model_dump() if Path(file).is_file() else None
+        events = client.apply(None, parallelism, saved_plan=saved, **lock, source=source)
     else:
         cluster = load_cluster(file)
         client = connect(cluster.queen)

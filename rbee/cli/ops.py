@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+
+from rbee.cli.console import err, out
 
 if TYPE_CHECKING:
     from rbee.clients import QueenClient
@@ -28,8 +29,6 @@ __all__ = [
     "register",
 ]
 
-err = Console(stderr=True)
-out = Console()
 
 ConfigFile = Annotated[
     Path,
@@ -54,10 +53,13 @@ def parse_duration(text: str | float) -> float:
 
 
 def print_error(exc: RbeeError) -> None:
-    """`exc` as the keeper shows an expected failure: a red line, and its hint dimmed."""
-    err.print(f"[red]Error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+    """`exc` as the keeper shows an expected failure: a red line, and its hint dimmed. The
+    message is printed as written: it may quote the YAML, where `[/red]` is no markup."""
+    from rich.markup import escape
+
+    err.print(f"[red]Error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint: {exc.hint}[/dim]", highlight=False, soft_wrap=True)
+        err.print(f"[dim]hint: {escape(exc.hint)}[/dim]", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -102,6 +104,7 @@ def history(
     if not applies:
         out.print("no applies yet")
         return
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)

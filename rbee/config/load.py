@@ -20,7 +20,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import MaxDepthExceededError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from rbee.config.models import Cluster, Loc, check_references
@@ -30,33 +32,46 @@ __all__ = ["load_cluster", "load_cluster_text"]
 
 _HINT = "see cluster.example.yaml; `rbee schema` prints the JSON Schema"
 _YAML_HINT = "check the indentation and quoting around that line"
+_PLAIN_KEY = re.compile(r"[A-Za-z_][\w-]*")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _FILE = "file://"
+#: Far more than the schema needs (about 5 levels); deeper input would exhaust Python's stack.
+_MAX_DEPTH = 64
+#: A hand-written cluster YAML is kilobytes; anything larger is the wrong file, refused at once.
+_MAX_CHARS = 1_000_000
 
 
 def load_cluster(path: str | Path) -> Cluster:
     """Read, interpolate and validate a cluster YAML; relative `file://` sources follow the file."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", hint="pass the cluster YAML with -f") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = _where(str(path), data[: exc.start].decode("utf-8"))
+        raise ConfigError(f"{where}: not UTF-8 text") from None
     return load_cluster_text(text, str(path), file.expanduser().absolute().parent)
 
 
 def load_cluster_text(text: str, filename: str, base_dir: Path) -> Cluster:
     """Validate YAML text; `filename` prefixes errors, `base_dir` anchors relative file:// paths."""
+    if len(text) > _MAX_CHARS:
+        raise ConfigError(
+            f"{filename}:1:1: {len(text):,} characters is too large for a cluster YAML "
+            f"(at most {_MAX_CHARS:,})"
+        )
     root = _parse(text, filename)
     if root is None:
         raise ConfigError(
-            f"{filename}: the file is empty", hint="a cluster YAML starts with `version: 1`"
+            f"{filename}:1:1: the file is empty", hint="a cluster YAML starts with `version: 1`"
         )
     unset: list[_Error] = []
-    data = _interpolate(root, (), unset)
+    data = _interpolate(root, (), unset, {})
     skip = {error.loc for error in unset}
     errors = list(unset)
     cluster: Cluster | None = None
@@ -76,23 +91,63 @@ def load_cluster_text(text: str, filename: str, base_dir: Path) -> Cluster:
 
 
 def _parse(text: str, filename: str) -> Any:
+    yaml = YAML(typ="rt")
+    yaml.max_depth = _MAX_DEPTH
     try:
-        return YAML(typ="rt").load(text)
+        return yaml.load(text)
+    except MaxDepthExceededError as exc:
+        where = _marked(filename, exc.problem_mark)
+        problem = f"nested deeper than {_MAX_DEPTH} levels"
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        raise ConfigError(f"{where}: invalid YAML: {problem}", hint=_YAML_HINT) from None
+        where = _marked(filename, exc.problem_mark or exc.context_mark)
+        problem = (exc.problem or exc.context or "invalid YAML").replace("\n", "\\n")
+    except ReaderError as exc:
+        where = _where(filename, text[: exc.position])
+        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
     except YAMLError as exc:
-        raise ConfigError(f"{filename}: invalid YAML: {exc}", hint=_YAML_HINT) from None
+        where, problem = f"{filename}:1:1", str(exc).replace("\n", " ")
+    except Exception:
+        # ruamel's constructors fail unmarked on some scalars (`!!int x`, `2001-13-01`, an
+        # integer of 5,000 digits); the node they were building is the last one unfinished.
+        unfinished = list(yaml.constructor.recursive_objects)
+        if not unfinished:
+            raise
+        node = unfinished[-1]
+        where = _marked(filename, node.start_mark)
+        problem = f"cannot read {_shown(node.value)} as {str(node.tag).rsplit(':', 1)[-1]}"
+    raise ConfigError(f"{where}: invalid YAML: {problem}", hint=_YAML_HINT)
 
 
-def _interpolate(node: Any, loc: Loc, unset: list[_Error]) -> Any:
-    """Plain Python values with `${VAR}` expanded; unset variables are reported, left as written."""
+def _marked(filename: str, mark: Any) -> str:
+    """`file:line:col` of a ruamel mark (0-based), the file's start when there is none."""
+    return f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else f"{filename}:1:1"
+
+
+def _where(filename: str, before: str) -> str:
+    """`file:line:col` of the character that follows the text `before` it."""
+    line = before.count("\n") + 1
+    column = len(before) - before.rfind("\n")
+    return f"{filename}:{line}:{column}"
+
+
+def _interpolate(node: Any, loc: Loc, unset: list[_Error], seen: dict[int, Any]) -> Any:
+    """Plain Python values with `${VAR}` expanded; unset variables are reported, left as written.
+
+    A mapping or list reached again through a YAML alias is converted once (`seen`), so that
+    aliases of aliases cannot blow up into an exponentially large tree.
+    """
+    if isinstance(node, Mapping | list) and id(node) in seen:
+        return seen[id(node)]
     if isinstance(node, Mapping):
-        return {key: _interpolate(value, (*loc, key), unset) for key, value in node.items()}
+        seen[id(node)] = {
+            key: _interpolate(value, (*loc, key), unset, seen) for key, value in node.items()
+        }
+        return seen[id(node)]
     if isinstance(node, list):
-        return [_interpolate(item, (*loc, index), unset) for index, item in enumerate(node)]
+        seen[id(node)] = [
+            _interpolate(item, (*loc, index), unset, seen) for index, item in enumerate(node)
+        ]
+        return seen[id(node)]
     if isinstance(node, str):
         text = str(node)
         missing = [
@@ -158,11 +213,14 @@ def _position(root: Any, loc: Loc) -> tuple[int, int]:
     node = root
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
-            line, column = node.lc.key(part)
+            found = node.lc.key(part)
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line, column = node.lc.item(part)
+            found = node.lc.item(part)
         else:
             break
+        if found is None:  # entries that ruamel built itself (a `!!omap`) carry no position
+            break
+        line, column = found
         node = node[part]
     return line + 1, column + 1
 
@@ -170,7 +228,12 @@ def _position(root: Any, loc: Loc) -> tuple[int, int]:
 def _dotted(loc: Loc) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            text += f".{part}" if text else part
+        else:  # quoted, so that a key holding a line break cannot split the error's line
+            text += f"[{part!r}]"
     return text
 
 
@@ -181,9 +244,10 @@ def _pydantic_errors(exc: ValidationError, data: Any) -> list[_Error]:
         loc, in_union = _strip_tags(detail["loc"], data, detail["type"] == "missing")
         found.setdefault(loc, []).append((in_union, detail))
     errors = []
+    above = {loc[:depth] for loc in found for depth in range(len(loc))}
     for loc, details in found.items():
         union = [detail for in_union, detail in details if in_union]
-        if any(other[: len(loc)] == loc and len(other) > len(loc) for other in found):
+        if loc in above:
             union = []  # a union branch that got deeper explains the input better
         if len(union) > 1:
             errors.append(_Error(loc, _union_message(union)))
@@ -285,6 +349,8 @@ def _shown(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int) and value.bit_length() > 200:
+        return "an integer too large to show"  # str() refuses one of thousands of digits
     return str(value)
 
 

@@ -34,7 +34,7 @@ WorkerState = Literal["loading", "idle", "busy", "draining"]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class Health(_Wire):

@@ -51,7 +51,7 @@ class CommandLine(BaseModel):
 
     # A process started by another rbee version may carry flags this one does not know:
     # reading it back must still work, so its hive can list and stop it.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     SCRIPT: ClassVar[str]
     MODULE: ClassVar[str]
@@ -164,7 +164,7 @@ class SpawnWorker(BaseModel):
     `WorkerArgs`.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     #: Who the worker is and where it reports; every other field is what it runs.
     IDENTITY: ClassVar[frozenset[str]] = frozenset({"worker_id", "hive", "model", "queen_url"})

@@ -52,9 +52,11 @@ def test_error_position_points_at_the_offending_entry(
     lines = (BAD / case).read_text().splitlines()
     for error in _error_for(case, monkeypatch).message.splitlines():
         where = LINE.match(error)
-        if where is None:
-            continue  # whole-file errors (empty file) carry no position
+        assert where is not None, f"{error!r} has no file:line:col"
         assert where["file"] == case
+        if not lines:  # an empty file: its error points at its start
+            assert (where["line"], where["col"]) == ("1", "1")
+            continue
         text = lines[int(where["line"]) - 1]
         column = int(where["col"]) - 1
         field = FIELD_PATH.match(where["rest"])

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from rbee.cli.console import err, out
 from rbee.cli.init.answers import InitAnswers
 from rbee.cli.init.facts import HUB_TIMEOUT_S, probe_machine, ssh_hives
 from rbee.cli.init.questions import (
@@ -27,9 +27,6 @@ from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
 from rbee.errors import RbeeError
 
 __all__ = ["init"]
-
-err = Console(stderr=True)
-out = Console()
 
 
 def init(

@@ -13,8 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console
-
+from rbee.cli.console import err
 from rbee.errors import NotFoundError, RbeeError
 from rbee.remote.ssh_config import hives_from_ssh_config
 
@@ -55,8 +54,6 @@ _PROBE = (
     "import sys; from rbee.hive.capabilities import gather; "
     "sys.stdout.write(gather().model_dump_json())"
 )
-
-err = Console(stderr=True)
 
 
 def probe_machine() -> Capabilities | None:

@@ -7,8 +7,8 @@ import re
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
+from rbee.cli.console import out
 from rbee.cli.init.answers import ModelFacts
 from rbee.cli.init.facts import (
     checked,
@@ -32,8 +32,6 @@ __all__ = ["DEFAULT_MODEL", "ask_hosts", "ask_local", "ask_model", "ask_queen", 
 #: Small enough to try on a laptop's CPU (the example cluster's model).
 DEFAULT_MODEL = "hf://ggml-org/gemma-3-270m-GGUF/gemma-3-270m-Q4_K_M.gguf"
 _LOCAL_HIVE = "local"
-
-out = Console()
 
 
 def ask_model(given: str | None, name: str | None, sha256: str | None, ask: bool) -> ModelFacts:
