@@ -162,7 +162,14 @@ def _plan_ssh(hosts: int, runs: int, env: dict[str, str]) -> list[float]:
     with lab(hosts) as the_lab:
         the_lab.env.update(PYTHONPATH=env["PYTHONPATH"])
         the_lab.write({"self_heal": False})
-        the_lab.rbee("apply", "--auto-approve")
+        # From the tree's directory, as _times runs: the queen the apply starts is the tree's.
+        subprocess.run(
+            _rbee("apply", "--auto-approve", "-f", str(the_lab.config)),
+            env=the_lab.env,
+            cwd=env["PYTHONPATH"],
+            check=True,
+            capture_output=True,
+        )
         plan = _rbee("plan", "--detailed-exitcode", "-f", str(the_lab.config))
         return _times(runs, plan, the_lab.env)
 
