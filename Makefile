@@ -21,12 +21,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed
 
-# Debian packages the tests use (real sshd, network namespaces); needs root, skipped if present.
+# Debian packages the tests use (real sshd, network namespaces, chromium for the status page,
+# driven by Playwright: its own browser download is never used); needs root, skipped if present.
 system-deps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null || ! command -v tmux >/dev/null; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ip >/dev/null || ! command -v tmux >/dev/null \
+			|| [ ! -x /usr/bin/chromium ]; then \
 		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 tmux; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 tmux chromium; \
 	fi
+	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium is missing (apt-get install chromium)"; exit 1; }
 
 demo: install
 	$(BIN)/python -c "import importlib.util, pathlib, shutil; \

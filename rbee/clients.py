@@ -39,8 +39,11 @@ from rbee.wire import (
     SpawnWorker,
     WorkerBinaryEntry,
     WorkerProcess,
+    WorkerView,
     apply_event,
 )
+from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, job_event
+from rbee.wire.logs import LogQuery
 
 __all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message"]
 
@@ -194,6 +197,19 @@ class HiveClient:
         response = await self._http.get(f"/v1/worker-logs/{worker_id}", params={"lines": lines})
         return _check(response, f"log of worker {worker_id}").text
 
+    @contextlib.asynccontextmanager
+    async def log_stream(self, path: str, query: LogQuery) -> AsyncIterator[httpx.Response]:
+        """The answer of one of this hive's log routes (`/v1/logs`, `/v1/worker-logs/ID`),
+        its body unread: an error as the hive sent it, or the log, endless with `follow`."""
+        timeout = httpx.Timeout(10.0, read=None if query.follow else 30.0)
+        try:
+            async with self._http.stream(
+                "GET", path, params=query.params(), timeout=timeout
+            ) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"hive at {self.url} is unreachable: {exc!r}") from exc
+
     async def kill(self, pid: int, grace_s: float = 5.0) -> None:
         response = await self._http.delete(
             f"/v1/worker-processes/{pid}", params={"grace": grace_s}, timeout=grace_s + 10
@@ -224,14 +240,17 @@ class QueenClient:
     def close(self) -> None:
         self._http.close()
 
+    def _unreachable(self, exc: httpx.TransportError) -> UnavailableError:
+        return UnavailableError(
+            f"the queen at {self.url} is unreachable ({type(exc).__name__})",
+            hint=f"check that it runs and that {self.named_by} is right",
+        )
+
     def _request(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise UnavailableError(
-                f"the queen at {self.url} is unreachable ({type(exc).__name__})",
-                hint=f"check that it runs and that {self.named_by} is right",
-            ) from exc
+            raise self._unreachable(exc) from exc
         if response.status_code in (401, 403):
             what = f"{what} at the queen {self.url}"
         return _check(response, what).json()
@@ -296,6 +315,19 @@ class QueenClient:
     def status(self) -> ClusterStatus:
         return ClusterStatus.model_validate(self._request("GET", "/v1/status", "status"))
 
+    def workers(self) -> list[WorkerView]:
+        body = self._request("GET", "/v1/workers", "workers")
+        return [WorkerView.model_validate(w) for w in body]
+
+    def worker(self, worker_id: str) -> WorkerView:
+        body = self._request("GET", f"/v1/workers/{worker_id}", f"worker {worker_id}")
+        return WorkerView.model_validate(body)
+
+    def retire_worker(self, worker_id: str) -> WorkerView:
+        """Have the queen drain the worker and then stop it; answers at once (draining)."""
+        path = f"/v1/workers/{worker_id}/retire"
+        return WorkerView.model_validate(self._request("POST", path, f"retire {worker_id}"))
+
     def down(self, cluster: dict[str, Any] | None = None) -> DownResult:
         body = {"cluster": cluster}
         return DownResult.model_validate(
@@ -335,6 +367,50 @@ class QueenClient:
         """The last `limit` applies, newest first."""
         body = self._request("GET", "/v1/history", "history", params={"limit": limit})
         return [ApplyRecord.model_validate(a) for a in body["applies"]]
+
+    def logs(self, path: str, query: LogQuery) -> Iterator[str]:
+        """A log through the queen (`/v1/logs/queen`, `/v1/logs/hives/NAME`,
+        `/v1/logs/workers/ID`) as text as it comes; with `follow`, until the caller stops."""
+        timeout = httpx.Timeout(30.0, read=None if query.follow else 60.0)
+        try:
+            with self._http.stream("GET", path, params=query.params(), timeout=timeout) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    _check(stream, f"logs at the queen {self.url}")
+                yield from stream.iter_text()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def submit_job(self, body: dict[str, Any]) -> JobCreated:
+        """Queue an OpenAI chat or completion body (with its `priority`) as a job."""
+        return JobCreated.model_validate(self._request("POST", "/v1/jobs", "submit job", json=body))
+
+    def job(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._request("GET", f"/v1/jobs/{job_id}", f"job {job_id}"))
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """The newest `limit` jobs (in `state`, if given), newest first."""
+        params: dict[str, Any] = {"limit": limit} | ({"state": state} if state else {})
+        body = self._request("GET", "/v1/jobs", "jobs", params=params)
+        return [JobRecord.model_validate(j) for j in body["jobs"]]
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(
+            self._request("DELETE", f"/v1/jobs/{job_id}", f"cancel job {job_id}")
+        )
+
+    def job_events(self, job_id: str) -> Iterator[JobEvent]:
+        """A job's events, from its first until it ends (done or error)."""
+        path = f"/v1/jobs/{job_id}/events"
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    _check(stream, f"events of job {job_id}")
+                for event in _sse_events(stream):
+                    yield job_event(event)
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"lost the queen at {self.url}: {exc!r}") from exc
 
     @contextlib.contextmanager
     def chat_stream(self, body: dict[str, Any]) -> Iterator[ChatStream]:

@@ -19,8 +19,11 @@ from rbee.cli import ops
 from rbee.cli.console import err, out
 from rbee.cli.hive import hive_app
 from rbee.cli.init import init as init_command
+from rbee.cli.jobs import job_app
 from rbee.cli.keys import key_app
+from rbee.cli.logs import logs_app
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect
+from rbee.cli.workers import worker_app
 from rbee.errors import RbeeError, UnavailableError
 
 if TYPE_CHECKING:
@@ -46,7 +49,10 @@ queen_app = typer.Typer(
 )
 app.add_typer(queen_app, name="queen")
 app.add_typer(hive_app, name="hive")
+app.add_typer(worker_app, name="worker")
 app.add_typer(key_app, name="key")
+app.add_typer(job_app, name="job")
+app.add_typer(logs_app, name="logs")
 app.command("init")(init_command)
 
 

@@ -395,10 +395,12 @@ def _children(annotation: Any, part: str | int) -> Iterator[Any]:
 
 
 def _flatten(annotations: list[Any]) -> list[Any]:
-    """Unions and Optionals opened into their members."""
+    """Unions and Optionals opened into their members (tagged ones too)."""
     flat = []
     for annotation in annotations:
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if typing.get_origin(annotation) is typing.Annotated:
+            flat += _flatten([typing.get_args(annotation)[0]])
+        elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
             flat += _flatten(list(typing.get_args(annotation)))
         else:
             flat.append(annotation)

@@ -12,7 +12,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +43,7 @@ __all__ = [
     "Hive",
     "Model",
     "Queen",
+    "ReplicaRange",
     "SelfHeal",
     "Serving",
     "Ssh",
@@ -317,6 +321,33 @@ class SelfHeal(_Strict):
     )
 
 
+class ReplicaRange(_Strict):
+    """An elastic worker count per hive: apply keeps it within `min`..`max`, the queen spawns
+    workers for queued requests up to `max` and stops idle ones (`idle_ttl`) down to `min`."""
+
+    min: int = Field(ge=0, description="workers kept running per hive, idle or not")
+    max: int = Field(ge=1, description="workers at most per hive")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.min}..{self.max}"
+
+
+def _replicas_kind(value: object) -> str:
+    return "range" if isinstance(value, dict | ReplicaRange) else "fixed"
+
+
+Replicas = Annotated[
+    Annotated[int, Tag("fixed"), Field(ge=0)] | Annotated[ReplicaRange, Tag("range")],
+    Discriminator(_replicas_kind),
+]
+
+
 class Deployment(_Strict):
     """How many workers of which model run on which hives."""
 
@@ -328,7 +359,16 @@ class Deployment(_Strict):
     model: str
     worker: str
     hives: list[str] | Literal["all"] = "all"
-    replicas: int = Field(default=1, ge=0, description="workers per hive")
+    replicas: Replicas = Field(
+        default=1,
+        description="workers per hive: a number, or a range {min: N, max: M} the queen scales "
+        "within by demand",
+    )
+    idle_ttl: Duration | None = Field(
+        default=None,
+        description="with a range of replicas: a worker idle this long is stopped (least "
+        "recently used first, never below min); unset: idle workers are kept",
+    )
     slots: Slots = SLOTS
     device: Device = DEVICE
     devices: list[GpuDevice] | Literal["all"] | None = Field(
@@ -345,6 +385,20 @@ class Deployment(_Strict):
     def key(self) -> str:
         """The name its workers and their addresses carry: `worker.HIVE.KEY[i]`."""
         return self.name or self.model
+
+    @property
+    def elastic(self) -> ReplicaRange | None:
+        """The range of replicas the queen scales within; None for a fixed count."""
+        return self.replicas if isinstance(self.replicas, ReplicaRange) else None
+
+    @field_validator("idle_ttl")
+    @classmethod
+    def _idle_ttl_needs_a_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and not isinstance(info.data.get("replicas"), ReplicaRange):
+            raise ValueError(
+                "applies to a range of replicas only: give `replicas: {min: N, max: M}`, or drop it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _devices_or_replicas(self) -> Deployment:

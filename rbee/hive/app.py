@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
     JSONResponse,
-    PlainTextResponse,
     Response,
     StreamingResponse,
 )
@@ -32,7 +31,8 @@ from rbee.errors import NotFoundError, RbeeError
 from rbee.hive import capabilities
 from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.hive.operations import Operation, Operations
-from rbee.hive.processes import find_worker, list_workers, log_tail, spawn_worker, stop_worker
+from rbee.hive.processes import find_worker, list_workers, log_path, spawn_worker, stop_worker
+from rbee.logsource import LogFile, log_response, own_log
 from rbee.net import LOOPBACK
 from rbee.paths import cache_dir
 from rbee.wire import (
@@ -46,6 +46,7 @@ from rbee.wire import (
     openai_error,
     sse,
 )
+from rbee.wire.logs import LogQuery
 
 __all__ = ["SERVICE", "create_app"]
 
@@ -237,16 +238,21 @@ def create_app(
         return _json(await run_in_threadpool(stop_worker, pid, grace, models.root))
 
     async def worker_log(request: Request) -> Response:
-        raw = request.query_params.get("lines", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-            raise _HTTPError(
-                422, "lines must be a whole number from 1 to 10000", "validation_error"
-            )
+        query = _log_query(request)
         try:
-            text = await run_in_threadpool(log_tail, request.path_params["worker_id"], int(raw))
+            path = log_path(request.path_params["worker_id"])
         except ValueError as exc:
             raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
-        return PlainTextResponse(text)
+        return await log_response(LogFile(path), query)
+
+    async def own_log_route(request: Request) -> Response:
+        """The hive's own log: the file its output goes to, or its systemd unit's journal."""
+        query = _log_query(request)
+        source = own_log()
+        if source is None:
+            message = "this hive's output goes to a terminal or a pipe, not to a log file"
+            raise _HTTPError(404, message, "no_log")
+        return await log_response(source, query)
 
     routes = [
         Route("/health", health),
@@ -269,6 +275,7 @@ def create_app(
         Route("/v1/worker-processes/{pid:int}", get_worker_process),
         Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
         Route("/v1/worker-logs/{worker_id}", worker_log),
+        Route("/v1/logs", own_log_route),
     ]
     handlers: dict[Any, Any] = {
         _HTTPError: _http_error,
@@ -309,6 +316,13 @@ async def _parse(request: Request, model: type[_M]) -> _M:
             for error in exc.errors()
         )
         raise _HTTPError(422, problems, "validation_error") from None
+
+
+def _log_query(request: Request) -> LogQuery:
+    try:
+        return LogQuery.parse(request.query_params)
+    except ValueError as exc:
+        raise _HTTPError(422, str(exc), "validation_error") from None
 
 
 def _grace(raw: str) -> float:

@@ -27,7 +27,6 @@ __all__ = [
     "find_worker",
     "list_workers",
     "log_path",
-    "log_tail",
     "parse_worker",
     "spawn_worker",
     "stop_worker",
@@ -41,21 +40,6 @@ def log_path(worker_id: str) -> Path:
     directory = state_dir() / "workers"
     directory.mkdir(parents=True, exist_ok=True)
     return contained(directory, f"{worker_id}.log")
-
-
-def log_tail(worker_id: str, lines: int) -> str:
-    """The last `lines` lines of a worker's log (empty when it has none); ValueError for an id
-    that escapes the log directory."""
-    path = log_path(worker_id)
-    try:
-        with path.open("rb") as log:
-            log.seek(0, os.SEEK_END)
-            # Enough for `lines` lines of a llama.cpp log; a line past it is cut, not a crash.
-            log.seek(max(0, log.tell() - 256 * lines))
-            text = log.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def spawn_worker(

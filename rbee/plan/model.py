@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 
 import rbee
 from rbee.wire import AddWorkerBinary, SpawnWorker
@@ -72,6 +72,11 @@ class Plan(BaseModel):
     drift: list[Note] = []
     unmanaged: list[Note] = []
     errors: list[Note] = []
+    scaling: list[Note] = Field(
+        default_factory=list,
+        description="each deployment with a range of replicas, per hive: its range and how "
+        "many workers run (the queen scales within the range; no change while within it)",
+    )
 
     @property
     def has_changes(self) -> bool:

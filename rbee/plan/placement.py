@@ -23,7 +23,8 @@ _MIB = 1 << 20
 
 @dataclass
 class Placement:
-    """Per deployment (by its key) the device of each replica, or why it cannot be placed."""
+    """Per deployment (by its key) the device of each replica (of each possible one, for a
+    range of replicas), or why it cannot be placed."""
 
     devices: dict[str, list[str]] = field(default_factory=dict)
     errors: list[Note] = field(default_factory=list)
@@ -99,10 +100,11 @@ def _devices(
         if not caps.gpus:
             return [], f"`devices: all`: hive {hive.name} has no NVIDIA GPU"
         return [f"cuda:{gpu.index}" for gpu in caps.gpus], None
+    # A range is placed at its max: the queen may scale up to it between applies.
+    replicas = deployment.replicas
+    count = replicas if isinstance(replicas, int) else replicas.max
     devices = (
-        list(deployment.devices)
-        if deployment.devices is not None
-        else [deployment.device] * deployment.replicas
+        list(deployment.devices) if deployment.devices is not None else [deployment.device] * count
     )
     if caps is not None:
         have = {gpu.index for gpu in caps.gpus}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
 from rbee.plan.placement import place
 from rbee.plan.resources import (
+    deployment_address,
     hive_address,
     model_address,
     parse_worker_id,
@@ -27,7 +29,7 @@ from rbee.plan.resources import (
 )
 from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
 
-__all__ = ["SILENT_GRACE_S", "plan"]
+__all__ = ["SILENT_GRACE_S", "plan", "scale_up_action"]
 
 # A worker process this old that never heartbeated is hung, not loading.
 SILENT_GRACE_S = 120.0
@@ -75,6 +77,7 @@ def plan(
         actions=actions,
         unmanaged=ctx.unmanaged,
         errors=ctx.errors,
+        scaling=ctx.scaling,
     )
     if refresh_only:
         drift = [Note(address=a.address, message=a.reason) for a in actions]
@@ -99,6 +102,7 @@ class _Context:
         self.errors: list[Note] = []
         self.unlisted: list[Note] = []
         self.prunable: list[Action] = []
+        self.scaling: list[Note] = []
 
     def plan_hive(self, hive: Hive, facts: HiveFacts) -> list[Action]:
         if facts.ssh is not None and not facts.ssh.reachable:
@@ -382,24 +386,15 @@ class _Context:
         for proc in procs:
             index = parse_worker_id(hive.name, deployment.key, proc.worker_id)
             assert index is not None  # procs are this deployment's (`_belongs`)
-            if index >= len(devices):
-                why = f"replicas → {len(devices)}"
+            by_index.setdefault(index, []).append(proc)
+        wanted, cut, scaling = self._replicas(hive, deployment, devices, sorted(by_index))
+        for index in cut:
+            why = f"above max ({scaling})" if scaling else f"replicas → {len(devices)}"
+            for proc in by_index.pop(index):
                 actions.append(_delete_worker(hive.name, hive.url, proc, why, deployment.key))
-            else:
-                by_index.setdefault(index, []).append(proc)
         previous_replace: str | None = None
-        for index, device in enumerate(devices):
-            spawn = SpawnWorker(
-                worker_id=worker_id(hive.name, deployment.key, index),
-                hive=hive.name,
-                model=deployment.model,
-                worker_binary=deployment.worker,
-                slots=deployment.slots,
-                ctx_size=deployment.ctx_size,
-                device=device,
-                chat_format=model.chat_format,
-                queen_url=self.queen_url,
-            )
+        for index, device in wanted:
+            spawn = _worker_spawn(hive.name, deployment, model, index, device, self.queen_url)
             address = worker_address(hive.name, deployment.key, index)
             existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
             for duplicate in existing[1:]:
@@ -409,9 +404,7 @@ class _Context:
                     )
                 )
             if not existing:
-                reason = (
-                    f"spawn (slots {deployment.slots}, ctx_size {deployment.ctx_size}, {device})"
-                )
+                reason = _spawning(spawn) + (f": below min ({scaling})" if scaling else "")
                 actions.append(_worker_action(address, "create", hive, reason, deps, spawn))
                 continue
             current = existing[0]
@@ -440,6 +433,28 @@ class _Context:
             actions.append(action)
             previous_replace = action.address
         return actions
+
+    def _replicas(
+        self, hive: Hive, deployment: Deployment, devices: list[str], running: list[int]
+    ) -> tuple[list[tuple[int, str]], list[int], str | None]:
+        """The replicas to keep or spawn (index, device), the indices to stop, and for a range
+        what it is and how many run (`replicas 0..3, 2 live`).
+
+        A fixed count wants replicas 0 … N-1. A range keeps what runs while it is within
+        `min`..`max` (the queen scales it between applies), spawns the lowest free indices up
+        to `min` and stops the highest down to `max`; the plan notes it either way.
+        """
+        elastic = deployment.elastic
+        if elastic is None:
+            return list(enumerate(devices)), [i for i in running if i >= len(devices)], None
+        live = len(running)
+        address = deployment_address(hive.name, deployment.key)
+        self.scaling.append(Note(address=address, message=f"replicas {elastic} ({live} live)"))
+        kept = running[: elastic.max]
+        free = (index for index in itertools.count() if index not in running)
+        added = [next(free) for _ in range(elastic.min - len(kept))]
+        wanted = [(index, deployment.device) for index in sorted(kept + added)]
+        return wanted, running[elastic.max :], f"replicas {elastic}, {live} live"
 
     def _silent(self, proc: WorkerProcess) -> bool:
         if (proc.worker_id, proc.pid) in self.heartbeats or not self.observed.at:
@@ -617,6 +632,39 @@ def _field(path: str) -> str:
     return ".".join(
         part.strip("'\"") for part in path.removeprefix("root[").rstrip("]").split("][")
     )
+
+
+def _worker_spawn(
+    hive: str, deployment: Deployment, model: Model, index: int, device: str, queen_url: str
+) -> SpawnWorker:
+    """What replica `index` of `deployment` on `hive` runs: one spec for apply and for the
+    queen's autoscaler, so a worker spawned on demand is the one apply would have spawned."""
+    return SpawnWorker(
+        worker_id=worker_id(hive, deployment.key, index),
+        hive=hive,
+        model=deployment.model,
+        worker_binary=deployment.worker,
+        slots=deployment.slots,
+        ctx_size=deployment.ctx_size,
+        device=device,
+        chat_format=model.chat_format,
+        queen_url=queen_url,
+    )
+
+
+def scale_up_action(
+    desired: Cluster, hive: Hive, deployment: Deployment, index: int, queen_url: str, why: str
+) -> Action:
+    """The create action of replica `index`, as a plan would hold it, for a worker the queen
+    spawns on demand (`why`) between applies."""
+    model = next(m for m in desired.models if m.name == deployment.model)
+    spawn = _worker_spawn(hive.name, deployment, model, index, deployment.device, queen_url)
+    address = worker_address(hive.name, deployment.key, index)
+    return _worker_action(address, "create", hive, f"{_spawning(spawn)}: {why}", [], spawn)
+
+
+def _spawning(spawn: SpawnWorker) -> str:
+    return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device})"
 
 
 def _worker_action(

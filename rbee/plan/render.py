@@ -47,6 +47,10 @@ def plan_text(plan: Plan, colour: bool = False) -> str:
                 lines.append(
                     f"        ~ {change.field}: {_value(change.old)} → {_value(change.new)}"
                 )
+    if plan.scaling:
+        width = max(len(note.address) for note in plan.scaling)
+        lines += ["", "Elastic, scaled by the queen within their range:"]
+        lines += [f"  {note.address:<{width}}  {note.message}" for note in plan.scaling]
     if plan.unmanaged:
         lines += ["", "Unmanaged, kept (set `prune: true` or pass --prune to remove):"]
         lines += [f"  {note.address}: {note.message}" for note in plan.unmanaged]
@@ -128,6 +132,9 @@ def plan_markdown(plan: Plan) -> str:
                 waits = ", ".join(f"`{d}`" for d in action.depends_on)
                 lines.append(f"- after {waits}")
             lines += ["", "</details>", ""]
+    if plan.scaling:
+        lines += ["", "Elastic, scaled by the queen within their range:", ""]
+        lines += [f"- `{n.address}`: {_cell(n.message)}" for n in plan.scaling]
     if plan.unmanaged:
         lines += ["", "Unmanaged, kept (`prune: true` or `--prune` removes them):", ""]
         lines += [f"- `{n.address}`: {_cell(n.message)}" for n in plan.unmanaged]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "deployment_address",
     "hive_address",
     "model_address",
     "parse_worker_id",
@@ -24,8 +25,13 @@ def worker_binary_address(hive: str, name: str) -> str:
     return f"worker_binary.{hive}.{name}"
 
 
+def deployment_address(hive: str, model: str) -> str:
+    """`worker.HIVE.KEY`: all the replicas of one deployment on one hive."""
+    return f"worker.{hive}.{model}"
+
+
 def worker_address(hive: str, model: str, index: int) -> str:
-    return f"worker.{hive}.{model}[{index}]"
+    return f"{deployment_address(hive, model)}[{index}]"
 
 
 def worker_id(hive: str, model: str, index: int) -> str:

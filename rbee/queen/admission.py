@@ -3,7 +3,9 @@
 The queues live in memory, one per model, first come first served and bounded by the model's
 `serving.max_queue`. A slot given back goes straight to the first waiter (`pump`), so a freed
 slot is never taken by a newcomer while others wait; a heartbeat that brings new capacity
-(a worker done loading, a new worker) pumps too.
+(a worker done loading, a new worker) pumps too. Each model has a second queue for batch
+waiters (jobs, `rbee.queen.jobs`): they get a slot only when no interactive one (every
+OpenAI request) waits.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from rbee.config.models import Serving
 from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.scheduler import policy_for
+from rbee.wire.jobs import Priority
 
-__all__ = ["Admission", "NoWorker", "QueueFull", "QueueTimeout"]
+__all__ = ["Admission", "NoWorker", "QueueFull", "QueueTimeout", "Scaler"]
 
 
 class NoWorker(Exception):
@@ -31,6 +35,18 @@ class QueueTimeout(Exception):
     """No slot came free within the request's `queue_timeout`."""
 
 
+class Scaler(Protocol):
+    """What admission asks of the autoscaler (rbee.queen.autoscale)."""
+
+    def elastic(self, model: str) -> bool:
+        """Whether the queen scales `model`'s workers (a range of replicas is declared)."""
+        ...
+
+    def demand(self, model: str) -> None:
+        """A request of `model` is queued: spawn workers if the queue needs more slots."""
+        ...
+
+
 @dataclass(eq=False)
 class _Waiter:
     future: asyncio.Future[WorkerRecord]
@@ -43,7 +59,10 @@ class Admission:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._queues: dict[str, deque[_Waiter]] = {}
+        self._batch_queues: dict[str, deque[_Waiter]] = {}
         self._serving: dict[str, Serving] = {}
+        #: Spawns workers of models with a range of replicas for requests that must wait.
+        self.scaler: Scaler | None = None
 
     def configure(self, serving: dict[str, Serving]) -> None:
         """Each declared model's settings (from the last apply); others get the defaults."""
@@ -53,24 +72,37 @@ class Admission:
         return self._serving.get(model) or _DEFAULT
 
     def depths(self) -> dict[str, int]:
-        return {model: len(queue) for model, queue in self._queues.items()}
+        depths = {model: len(queue) for model, queue in self._queues.items()}
+        for model, queue in self._batch_queues.items():
+            depths[model] = depths.get(model, 0) + len(queue)
+        return depths
 
     async def acquire(
-        self, model: str, serving: Serving, deadline: float, exclude: frozenset[str] = frozenset()
+        self,
+        model: str,
+        serving: Serving,
+        deadline: float,
+        exclude: frozenset[str] = frozenset(),
+        priority: Priority = "interactive",
     ) -> WorkerRecord:
         """A claimed slot of a worker of `model` (not one in `exclude`), waiting in the queue
-        until the loop's time `deadline` at the latest."""
+        of its `priority` until the loop's time `deadline` at the latest."""
         record = self.registry.claim(model, policy_for(serving), exclude)
         if record is not None:
             return record
-        if not self.registry.serves(model):
+        # A model the queen scales waits for the worker it spawns rather than fail at once.
+        scaler = self.scaler if self.scaler is not None and self.scaler.elastic(model) else None
+        if scaler is None and not self.registry.serves(model):
             raise NoWorker(model)
-        queue = self._queues.setdefault(model, deque())
+        queues = self._queues if priority == "interactive" else self._batch_queues
+        queue = queues.setdefault(model, deque())
         if len(queue) >= serving.max_queue:
             raise QueueFull(model)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), exclude)
         queue.append(waiter)
+        if scaler is not None:
+            scaler.demand(model)
         try:
             async with asyncio.timeout_at(deadline):
                 return await waiter.future
@@ -89,14 +121,22 @@ class Admission:
 
     def release(self, record: WorkerRecord) -> None:
         """Give a claimed slot back; the model's first waiter gets it."""
-        record.in_flight -= 1
+        self.registry.release(record)
         self.pump(record.beat.model)
 
+    def waiting(self, model: str) -> int:
+        """Requests of `model` waiting for a slot now (interactive and batch)."""
+        return len(self._queues.get(model) or ()) + len(self._batch_queues.get(model) or ())
+
     def pump(self, model: str) -> None:
-        """Hand free slots of `model`'s workers to its waiters, first come first served."""
-        queue = self._queues.get(model)
-        if not queue:
-            return
+        """Hand free slots of `model`'s workers to its waiters: interactive ones first, then
+        batch ones, first come first served within each."""
+        for queue in (self._queues.get(model), self._batch_queues.get(model)):
+            if queue and not self._hand_out(model, queue):
+                return
+
+    def _hand_out(self, model: str, queue: deque[_Waiter]) -> bool:
+        """Free slots to `queue`'s waiters in order; False when the slots ran out first."""
         policy = policy_for(self.serving(model))
         while queue:
             waiter = queue[0]
@@ -105,9 +145,10 @@ class Admission:
                 continue
             record = self.registry.claim(model, policy, waiter.exclude)
             if record is None:
-                return
+                return False
             queue.popleft()
             waiter.future.set_result(record)
+        return True
 
 
 _DEFAULT = Serving()

@@ -33,16 +33,21 @@ from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
 from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.admission import Admission
+from rbee.queen.autoscale import Autoscaler
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
 from rbee.queen.front import MAX_BODY_BYTES, Front
 from rbee.queen.heal import Healer
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
+from rbee.queen.job_routes import JOB_ROUTES
+from rbee.queen.jobs import Jobs
 from rbee.queen.keys import Keys
+from rbee.queen.logs import hive_log, queen_log, worker_log
 from rbee.queen.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
+from rbee.queen.ui import events, login, login_form, page
 from rbee.remote.ssh_config import hives_from_ssh_config
 from rbee.wire import (
     ApplyEvent,
@@ -155,6 +160,8 @@ class QueenState:
     metrics: Metrics
     relay: Relay
     healer: Healer
+    autoscaler: Autoscaler
+    jobs: Jobs
     token: str | None
     hive_check_interval_s: float
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -191,10 +198,26 @@ async def list_workers(request: Request) -> JSONResponse:
 
 async def get_worker(request: Request) -> JSONResponse:
     registry = _queen(request).registry
-    record = registry.get(request.path_params["worker_id"])
+    worker_id = request.path_params["worker_id"]
+    # A retired worker shows as draining until it has stopped (`rbee worker retire --wait`).
+    record = registry.get(worker_id) or registry.stopping(worker_id)
     if record is None:
         raise _Refused(404, "no such live worker", "not_found_error")
     return JSONResponse(registry.view(record).model_dump())
+
+
+async def retire_worker(request: Request) -> JSONResponse:
+    """Drain a worker (no new request; those in flight finish), then stop it: 202."""
+    queen = _queen(request)
+    worker_id = request.path_params["worker_id"]
+    try:
+        record = queen.autoscaler.retire(worker_id, "retired by request")
+    except RbeeError as exc:
+        raise _Refused(409, exc.message, "conflict", "unknown_hive") from None
+    if record is None:
+        raise _Refused(404, f"no live worker {worker_id!r}", "not_found_error")
+    log.info("event=retire_requested worker=%s", worker_id)
+    return JSONResponse(queen.registry.view(record).model_dump(), status_code=202)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -393,6 +416,7 @@ ROUTES = [
     Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
     Route("/v1/workers", list_workers),
     Route("/v1/workers/{worker_id}", get_worker),
+    Route("/v1/workers/{worker_id}/retire", retire_worker, methods=["POST"]),
     Route("/v1/models", list_models),
     Route("/v1/plan", plan_route, methods=["POST"]),
     Route("/v1/apply", apply_route, methods=["POST"]),
@@ -410,13 +434,23 @@ ROUTES = [
     Route("/v1/keys", list_keys),
     Route("/v1/keys", create_key, methods=["POST"]),
     Route("/v1/keys/{name}", revoke_key, methods=["DELETE"]),
+    *JOB_ROUTES,
+    Route("/v1/logs/queen", queen_log),
+    Route("/v1/logs/hives/{name}", hive_log),
+    Route("/v1/logs/workers/{worker_id}", worker_log),
+    Route("/", page),
+    Route("/ui/events", events),
+    Route("/ui/login", login_form),
+    Route("/ui/login", login, methods=["POST"]),
 ]
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     queen: QueenState = app.state.queen
+    await queen.jobs.start()  # the jobs a previous queen left go on
     tasks = [
+        asyncio.create_task(queen.jobs.prune_forever()),
         asyncio.create_task(
             monitor_hives(
                 queen.hive_registry,
@@ -428,6 +462,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.create_task(queen.relay.access.run()),
         asyncio.create_task(queen.relay.watch_heartbeats()),
         asyncio.create_task(queen.healer.run()),
+        asyncio.create_task(queen.autoscaler.run()),
     ]
     # What the queen made at start lives as long as it does: out of the collector's way, so
     # its full collections stay short under load.
@@ -438,6 +473,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await queen.jobs.close()
         await queen.relay.close()
         await queen.control.ssh.close()
         queen.store.close()
@@ -467,6 +503,14 @@ def create_app(
     metrics_.watch_sync(lambda: healer.sync)
     relay = Relay(registry, admission, metrics_, control.is_declared, token)
     relay.on_worker_gone = lambda worker_id, why: healer.poke(f"worker {worker_id}: {why}")
+    autoscaler = Autoscaler(control, admission, metrics_)
+    admission.scaler = autoscaler
+    jobs = Jobs(
+        store.path,
+        admission,
+        relay,
+        knows_model=lambda model: control.is_declared(model) or registry.serves(model),
+    )
     queen = QueenState(
         store=store,
         hive_registry=hive_registry,
@@ -477,14 +521,18 @@ def create_app(
         metrics=metrics_,
         relay=relay,
         healer=healer,
+        autoscaler=autoscaler,
+        jobs=jobs,
         token=token,
         hive_check_interval_s=hive_check_interval_s,
     )
     app = Starlette(routes=ROUTES, lifespan=_lifespan, exception_handlers={_Refused: _refused})
     app.state.queen = queen
-    return Front(
+    front = Front(
         app, queen, open_on_loopback=open_on_loopback and not token, max_body_bytes=max_body_bytes
     )
+    app.state.front = front  # the status page's login checks keys as the front door does
+    return front
 
 
 def _limit(request: Request, default: int = 20) -> int:

@@ -241,6 +241,12 @@ class Control:
             skipped=outcome.skipped,
         )
 
+    def worker_effects(self) -> ClusterEffects:
+        """Apply's own effects on the hives of the last apply: the autoscaler spawns and stops
+        workers through them, exactly as an apply would."""
+        hives = self._desired.hives if self._desired else []
+        return self._effects({h.name: h for h in hives}, self.ssh)
+
     def _effects(self, hives: dict[str, Hive], connections: SshConnections) -> ClusterEffects:
         """What the actions of an apply or a heal do, with `hives` by name."""
 

@@ -7,8 +7,13 @@ Who may call what:
 - `/health` is open.
 - `/v1/workers/heartbeat` is worker traffic: the cluster token (open when the queen has none,
   which a queen only may on loopback).
-- `/v1/chat/completions`, `/v1/completions`, `/v1/models`: an inference or admin key.
-- Everything else (plan, apply, down, shutdown, locks, hives, keys, metrics): an admin key.
+- `/v1/chat/completions`, `/v1/completions`, `/v1/models`, and the jobs (`/v1/jobs*`): an
+  inference or admin key.
+- Everything else (plan, apply, down, shutdown, locks, hives, keys, metrics, logs, the status
+  page): an admin key.
+- The status page (`/` and `/ui/*`) also takes the admin key from the `rbee_ui` cookie that its
+  login form (`/ui/login`, open) sets: a browser cannot send a bearer header. `/` without a
+  credential redirects to that form.
 - The cluster token opens every route: it is the operator's credential from the YAML.
 - A loopback queen without a cluster token serves anyone until the first key is created.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Literal
 
 from rbee.daemon import Message, Receive, Scope, Send, send_error
@@ -28,10 +34,12 @@ if TYPE_CHECKING:
 
     from rbee.queen.app import QueenState
 
-__all__ = ["MAX_BODY_BYTES", "Front"]
+__all__ = ["MAX_BODY_BYTES", "UI_COOKIE", "Front"]
 
 #: The largest request body the queen reads (413 beyond).
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The cookie holding the status page's admin key.
+UI_COOKIE = "rbee_ui"
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
 _NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
@@ -40,6 +48,7 @@ _NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
     "/v1/chat/completions": "inference",
     "/v1/completions": "inference",
     "/v1/models": "inference",
+    "/ui/login": "open",
 }
 _OPEN = Principal("anyone", "open")
 _CLUSTER = Principal("cluster-token", "cluster")
@@ -73,7 +82,7 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = request_id = length = None
+        authorization = request_id = length = cookie = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -81,11 +90,19 @@ class Front:
                 request_id = value
             elif name == b"content-length":
                 length = value
+            elif name == b"cookie":
+                cookie = value
         if request_id is None or not _REQUEST_ID.match(request_id):
             request_id = secrets.token_hex(12).encode()
         path = scope["path"]
-        principal = self._authenticate(authorization, _NEEDS.get(path, "admin"))
+        on_ui = path == "/" or path.startswith("/ui/")
+        if on_ui and authorization is None and cookie is not None:
+            authorization = _ui_credential(cookie)
+        principal = self._authenticate(authorization, _NEEDS.get(path) or _needs(path))
         if not isinstance(principal, Principal):
+            if path == "/" and scope["method"] in ("GET", "HEAD"):
+                await _to_login(send, request_id)
+                return
             await self._deny(send, principal, request_id)
             return
         body = b""
@@ -105,6 +122,11 @@ class Front:
                 await self._relay.handle(scope, receive, send, body, principal, request_id)
                 return
         await self.app(scope, _replay(body, receive), _with_request_id(send, request_id))
+
+    def check(self, secret: str) -> Principal | int:
+        """Who `secret` (an API key or the cluster token) is on the admin routes, or the HTTP
+        status that refuses it (401 unknown, 403 an inference key)."""
+        return self._authenticate(b"Bearer " + secret.encode(), "admin")
 
     def _authenticate(
         self, authorization: bytes | None, needed: Literal["open", "cluster", "inference", "admin"]
@@ -158,6 +180,30 @@ class Front:
             "request_too_large",
             [(b"x-request-id", request_id), (b"connection", b"close")],
         )
+
+
+def _ui_credential(cookie: bytes) -> bytes | None:
+    """The `Authorization` value that the status page's cookie stands for."""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie.decode("latin-1"))
+    except CookieError:
+        return None
+    morsel = jar.get(UI_COOKIE)
+    return None if morsel is None or not morsel.value else b"Bearer " + morsel.value.encode()
+
+
+async def _to_login(send: Send, request_id: bytes) -> None:
+    """303 to the status page's login form."""
+    headers = [(b"location", b"/ui/login"), (b"content-length", b"0")]
+    headers.append((b"x-request-id", request_id))
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _needs(path: str) -> Literal["inference", "admin"]:
+    """What a route outside `_NEEDS` asks for."""
+    return "inference" if path == "/v1/jobs" or path.startswith("/v1/jobs/") else "admin"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -97,6 +97,28 @@ class Metrics:
             ["kind", "op", "result"],
             registry=self.registry,
         )
+        self.scale_ups = Counter(
+            "rbee_queen_scale_ups",
+            "Workers spawned on demand for queued requests (a range of replicas), by result: "
+            "ok, failed, no_room (no hive had room, the model or the memory for one), "
+            "suspended (after `rbee down`, until the next apply)",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.scale_up_seconds = Histogram(
+            "rbee_queen_scale_up_seconds",
+            "Time from a scale-up decision to the new worker taking requests",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.workers_retired = Counter(
+            "rbee_queen_workers_retired",
+            "Workers drained and stopped by the queen, by reason: idle (past idle_ttl) or "
+            "retire (asked by POST /v1/workers/{id}/retire)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self._sync: Callable[[], SyncStatus] | None = None
         self.registry.register(_StateCollector(registry, admission, hives_up, self._sync_state))
         self._models: dict[str, ModelMetrics] = {}

@@ -48,10 +48,18 @@ class WorkerRecord:
     picked_at: float = 0.0
     unhealthy_until: float = 0.0
     unhealthy_reason: str | None = None
+    #: Retired by the queen: no new request goes to it; it is stopped once none is in flight.
+    draining: bool = False
+    #: When its last request ended (or it registered): idle eviction stops the least recent.
+    last_used: float = field(init=False)
     address: Address = field(init=False)
+    #: The registry's clock at this process's first heartbeat (the status page's uptime).
+    since: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.address = Address.of(self.beat.url)
+        self.last_used = self.last_seen
+        self.since = self.last_seen
 
     @property
     def load(self) -> float:
@@ -78,6 +86,8 @@ class Registry:
         # Workers whose heartbeats stopped, by id → pid, until that id beats again or is
         # retired: the planner replaces such a process when its hive still lists it.
         self._silenced: dict[str, int] = {}
+        # Drained workers whose stop is under way, shown (`stopping`) until it is done.
+        self._stopping: dict[str, WorkerRecord] = {}
 
     def beat(self, heartbeat: Heartbeat) -> WorkerRecord | None:
         """Record a heartbeat; the queen's own in-flight count and health mark survive it."""
@@ -118,6 +128,11 @@ class Registry:
     def get(self, worker_id: str) -> WorkerRecord | None:
         return next((rec for rec in self.live() if rec.beat.worker_id == worker_id), None)
 
+    def stopping(self, worker_id: str) -> WorkerRecord | None:
+        """The drained worker `worker_id` while its stop is under way (it is no longer live:
+        nothing routes to it, and a replacement of that id registers as usual)."""
+        return self._stopping.get(worker_id)
+
     def drop(self, worker_id: str) -> None:
         """Forget a worker until its next heartbeat (it refused a connection)."""
         self._workers.pop(worker_id, None)
@@ -129,6 +144,12 @@ class Registry:
         self._silenced.pop(worker_id, None)
         if record is not None:
             self._retired[worker_id] = record.beat.pid
+            if record.draining:
+                self._stopping[worker_id] = record
+
+    def stopped(self, worker_id: str) -> None:
+        """The stop of a drained worker is over (done or failed)."""
+        self._stopping.pop(worker_id, None)
 
     def mark_unhealthy(self, record: WorkerRecord, reason: str, for_s: float = UNHEALTHY_S) -> None:
         """Pass `record` over for `for_s` seconds: it failed a request (timeout, reset, 5xx)."""
@@ -146,6 +167,7 @@ class Registry:
         return any(
             rec.beat.model == model
             and rec.beat.state in _SERVING
+            and not rec.draining
             and rec.unhealthy_until <= now
             and now - rec.last_seen <= self._ttl
             for rec in self._workers.values()
@@ -163,6 +185,7 @@ class Registry:
             if rec.beat.model == model
             and rec.in_flight < rec.beat.slots_total
             and rec.beat.state in _ROUTABLE
+            and not rec.draining
             and rec.unhealthy_until <= now
             and now - rec.last_seen <= self._ttl
             and rec.beat.worker_id not in exclude
@@ -174,10 +197,35 @@ class Registry:
         chosen.in_flight += 1
         return chosen
 
+    def release(self, record: WorkerRecord) -> None:
+        """Give back a slot taken by `claim`: the worker was in use until now."""
+        record.in_flight -= 1
+        record.last_used = self._clock()
+
+    def drain(self, worker_id: str) -> WorkerRecord | None:
+        """Take a live worker out of rotation for good (None when there is no such worker):
+        its requests in flight finish, no new one is given to it."""
+        record = self.get(worker_id)
+        if record is not None:
+            record.draining = True
+        return record
+
+    def idle_for(self, record: WorkerRecord) -> float | None:
+        """Seconds since `record` last finished a request (or registered); None while a request
+        runs on it (relayed by the queen, or reported by its heartbeat)."""
+        if record.in_flight or record.beat.slots_busy:
+            return None
+        return self._clock() - record.last_used
+
     def view(self, record: WorkerRecord) -> WorkerView:
         now = self._clock()
+        idle_for = self.idle_for(record)
+        beat = record.beat.model_dump()
+        if record.draining:
+            beat["state"] = "draining"
         return WorkerView(
-            **record.beat.model_dump(),
+            **beat,
+            idle_s=None if idle_for is None else round(idle_for, 3),
             last_seen_s=round(now - record.last_seen, 3),
             in_flight=record.in_flight,
             healthy=record.unhealthy_until <= now,

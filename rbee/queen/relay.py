@@ -13,6 +13,9 @@ Failures, by when they happen:
   close (never text twice); a non-streaming client gets a 502.
 A client that disconnects cancels its request: the connection to the worker is closed, which
 is how the worker learns to stop.
+
+Jobs (`rbee.queen.jobs`) call workers the same way: `call_worker`, `done` and the failure
+bookkeeping are the relay's, whoever reads the answer.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
 from rbee.wire import QueenArgs, openai_error
 
-__all__ = ["Relay"]
+__all__ = ["AttemptFailed", "Relay"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)',
 _RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"x-accel-buffering"})
 
 
-class _Failed(Exception):
+class AttemptFailed(Exception):
     """An attempt at one worker failed before its first byte."""
 
     def __init__(self, reason: str, *, timeout: str | None = None, gone: bool = False) -> None:
@@ -105,6 +108,119 @@ class Relay:
 
     async def close(self) -> None:
         self._pool.close()
+
+    async def call_worker(
+        self, record: WorkerRecord, path: bytes, body: bytes, serving: Serving
+    ) -> tuple[Connection, bytes]:
+        """POST `body` to `path` of `record`'s worker: the connection once the answer's head
+        (`conn.status`) and its first bytes are in. Give the connection back with `done`.
+        Raises AttemptFailed when the attempt failed before the worker's first byte."""
+        address, pool = record.address, self._pool
+        conn = pool.idle(address.host, address.port)
+        reused = conn is not None
+        active = self._active.setdefault(record.beat.worker_id, set())
+        try:
+            while True:
+                if conn is None:
+                    try:
+                        conn = await pool.connect(
+                            address.host, address.port, serving.connect_timeout
+                        )
+                    except TimeoutError:
+                        raise AttemptFailed(
+                            f"connect timed out after {serving.connect_timeout:g} s",
+                            timeout="connect",
+                        ) from None
+                    except OSError as exc:
+                        raise AttemptFailed(f"cannot connect: {exc}", gone=True) from None
+                active.add(conn)
+                try:
+                    await conn.request(
+                        address.prefix + path,
+                        address.host_header,
+                        body,
+                        self._headers,
+                        serving.first_byte_timeout,
+                        serving.idle_timeout,
+                    )
+                    status = conn.status
+                    if status >= 500 and status != 503:
+                        raise AttemptFailed(f"the worker answered {status}")
+                    if status == 503:  # draining or still loading: another may take it
+                        raise AttemptFailed("the worker is not taking requests (503)")
+                    first = await conn.read()
+                    break
+                except UpstreamTimeout as exc:
+                    raise AttemptFailed(str(exc), timeout=exc.kind) from None
+                except UpstreamClosed as exc:
+                    if reused and not conn.got_body:
+                        # A kept-alive connection the worker had closed: try a fresh one.
+                        conn.close()
+                        conn, reused = None, False
+                        continue
+                    # Reset or closed: the process most likely died; forgotten until it
+                    # beats again.
+                    message = f"connection lost before the first byte: {exc}"
+                    raise AttemptFailed(message, gone=True) from None
+            if not first and status < 400 and not conn.complete:
+                raise AttemptFailed("the worker closed the connection without answering")
+        except BaseException:
+            if conn is not None:
+                self.done(conn, record)
+            raise
+        return conn, first
+
+    def done(self, conn: Connection, record: WorkerRecord) -> None:
+        """The answer on `conn` is over: kept alive for the next request when it was read to
+        its end, closed otherwise (which tells the worker to stop generating)."""
+        active = self._active.get(record.beat.worker_id)
+        if active is not None:
+            active.discard(conn)
+        if conn.complete:
+            self._pool.release(conn)
+        else:
+            conn.close()
+
+    def attempt_failed(
+        self,
+        model: str,
+        record: WorkerRecord,
+        failure: AttemptFailed,
+        request_id: str,
+        attempt: int,
+    ) -> None:
+        """Count a failed attempt and pass its worker over: forgotten until it beats again
+        when the connection failed, marked unhealthy for a while otherwise."""
+        if failure.timeout:
+            self._metrics.timeouts.labels(model, failure.timeout).inc()
+        if failure.gone:
+            self._gone(record.beat.worker_id, failure.reason)
+        else:
+            self._registry.mark_unhealthy(record, failure.reason)
+        log.warning(
+            "event=worker_failed request_id=%s worker_id=%s attempt=%d reason=%r",
+            request_id,
+            record.beat.worker_id,
+            attempt,
+            failure.reason,
+        )
+
+    def failed_mid_answer(
+        self, model: str, record: WorkerRecord, exc: BaseException, request_id: str
+    ) -> None:
+        """The worker failed after its first byte (the answer cannot be tried elsewhere)."""
+        reason = str(exc)
+        if isinstance(exc, UpstreamTimeout):
+            self._metrics.timeouts.labels(model, "idle").inc()
+            self._registry.mark_unhealthy(record, reason)
+        else:
+            self._gone(record.beat.worker_id, reason)
+        log.warning(
+            "event=worker_failed_mid_answer request_id=%s worker_id=%s reason=%r",
+            request_id,
+            record.beat.worker_id,
+            reason,
+        )
 
     async def handle(
         self,
@@ -226,7 +342,7 @@ class _Call:
         arrived = loop.time()
         deadline = arrived + serving.queue_timeout
         tried: set[str] = set()
-        last: _Failed | None = None
+        last: AttemptFailed | None = None
         for attempt in range(serving.attempts):
             if attempt:
                 metrics.model(self.model).retries.inc()
@@ -266,21 +382,11 @@ class _Call:
             self.worker = record.beat.worker_id
             try:
                 return await self._relay(record, arrived, loop)
-            except _Failed as failure:
+            except AttemptFailed as failure:
                 last = failure
                 tried.add(record.beat.worker_id)
-                if failure.timeout:
-                    metrics.timeouts.labels(self.model, failure.timeout).inc()
-                if failure.gone:
-                    relay._gone(record.beat.worker_id, failure.reason)
-                else:
-                    relay._registry.mark_unhealthy(record, failure.reason)
-                log.warning(
-                    "event=worker_failed request_id=%s worker_id=%s attempt=%d reason=%r",
-                    self.request_id.decode(),
-                    record.beat.worker_id,
-                    attempt + 1,
-                    failure.reason,
+                relay.attempt_failed(
+                    self.model, record, failure, self.request_id.decode(), attempt + 1
                 )
             finally:
                 relay._admission.release(record)
@@ -297,67 +403,16 @@ class _Call:
         self, record: WorkerRecord, arrived: float, loop: asyncio.AbstractEventLoop
     ) -> int:
         """Send the request to `record`'s worker and its answer to the client."""
-        relay, serving, address = self.relay, self.serving, record.address
-        pool = relay._pool
-        conn = pool.idle(address.host, address.port)
-        reused = conn is not None
-        active = relay._active.setdefault(record.beat.worker_id, set())
+        relay = self.relay
+        path = self.scope["path"].encode()
+        conn, first = await relay.call_worker(record, path, self.body, self.serving)
         try:
-            while True:
-                if conn is None:
-                    try:
-                        conn = await pool.connect(
-                            address.host, address.port, serving.connect_timeout
-                        )
-                    except TimeoutError:
-                        raise _Failed(
-                            f"connect timed out after {serving.connect_timeout:g} s",
-                            timeout="connect",
-                        ) from None
-                    except OSError as exc:
-                        raise _Failed(f"cannot connect: {exc}", gone=True) from None
-                active.add(conn)
-                try:
-                    await conn.request(
-                        address.prefix + self.scope["path"].encode(),
-                        address.host_header,
-                        self.body,
-                        relay._headers,
-                        serving.first_byte_timeout,
-                        serving.idle_timeout,
-                    )
-                    status = conn.status
-                    if status >= 500 and status != 503:
-                        raise _Failed(f"the worker answered {status}")
-                    if status == 503:  # draining or still loading: another may take it
-                        raise _Failed("the worker is not taking requests (503)")
-                    first = await conn.read()
-                    break
-                except UpstreamTimeout as exc:
-                    raise _Failed(str(exc), timeout=exc.kind) from None
-                except UpstreamClosed as exc:
-                    if reused and not conn.got_body:
-                        # A kept-alive connection the worker had closed: try a fresh one.
-                        conn.close()
-                        conn, reused = None, False
-                        continue
-                    # Reset or closed: the process most likely died; forgotten until it
-                    # beats again.
-                    message = f"connection lost before the first byte: {exc}"
-                    raise _Failed(message, gone=True) from None
-            if not first and status < 400 and not conn.complete:
-                raise _Failed("the worker closed the connection without answering")
             relay._metrics.model(self.model).ttft_seconds.observe(loop.time() - arrived)
-            if self.stream and status == 200:
+            if self.stream and conn.status == 200:
                 return await self._pass_stream(conn, first, record)
             return await self._pass_whole(conn, first, record)
         finally:
-            if conn is not None:
-                active.discard(conn)
-                if conn.complete:
-                    pool.release(conn)
-                else:
-                    conn.close()
+            relay.done(conn, record)
 
     def _start(self, status: int, conn: Connection, worker_id: str) -> Message:
         headers = [(name, value) for name, value in conn.headers if name in _RELAYED_HEADERS]
@@ -430,18 +485,7 @@ class _Call:
         return 200
 
     def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:
-        reason = str(exc)
-        if isinstance(exc, UpstreamTimeout):
-            self.relay._metrics.timeouts.labels(self.model, "idle").inc()
-            self.relay._registry.mark_unhealthy(record, reason)
-        else:
-            self.relay._gone(record.beat.worker_id, reason)
-        log.warning(
-            "event=worker_failed_mid_answer request_id=%s worker_id=%s reason=%r",
-            self.request_id.decode(),
-            record.beat.worker_id,
-            reason,
-        )
+        self.relay.failed_mid_answer(self.model, record, exc, self.request_id.decode())
 
     async def _no_worker(self, had_workers: bool) -> int:
         relay = self.relay

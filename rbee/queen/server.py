@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from rbee.daemon import env_token, listen, run_daemon
@@ -13,6 +14,8 @@ from rbee.wire import QueenArgs
 
 __all__ = ["main"]
 
+_log = logging.getLogger(__name__)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `queen-rbee`."""
@@ -21,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sock = listen(QueenArgs.SCRIPT, args.host, args.port, token)
     public_url = args.public_url or http_url(args.host, args.port)
     db = args.db or state_dir() / "queen.db"
+    _log.info(
+        "listening host=%s port=%d url=%s auth=%s",
+        args.host, sock.getsockname()[1], public_url, "token" if token else "keys",
+    )  # fmt: skip
     app = create_app(
         Store(db),
         public_url,

@@ -2,8 +2,8 @@
 
 The last applied cluster and the history of applies and self-heals are read and written
 here; the apply lock's row (`rbee.apply.lock`), the hive registry and the API keys share
-this connection (`Store.connection`). Never on the hot path: API keys are looked up in
-memory.
+this connection (`Store.connection`); the jobs have one of their own, in a thread
+(`rbee.queen.job_table`). Never on the hot path: API keys are looked up in memory.
 """
 
 from __future__ import annotations
@@ -71,6 +71,28 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 """
+# Jobs (`rbee.queen.jobs`): `seq` is the order they came in, which a restart keeps.
+_JOBS = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    priority TEXT NOT NULL CHECK (priority IN ('interactive', 'batch')),
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('chat', 'completion')),
+    body TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    worker TEXT,
+    runs INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+"""
 _HISTORY_COLUMNS = (
     "id, holder, started_at, finished_at, summary, result, lock_id, done, failed, skipped, error, "
     "digest, source, kind, reasons, trigger"
@@ -81,6 +103,7 @@ class Store:
     """A small SQLite database in the queen's state directory."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -241,20 +264,24 @@ def _add_columns(db: sqlite3.Connection, table: str, columns: Mapping[str, str])
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def _execute(db: sqlite3.Connection, script: str) -> None:
+    """Run `script`'s statements inside the migration's transaction (`executescript` would
+    commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _history_and_hives(db: sqlite3.Connection) -> None:
     """Everything from before migrations were counted: applies, desired, lock, hives."""
     for script in (_APPLIES, LOCK_SCHEMA, _HIVES):
-        for statement in script.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        _execute(db, script)
     _add_columns(db, "applies", _APPLIES_ADDED)
     _add_columns(db, "hives", _HIVES_ADDED)
 
 
 def _api_keys(db: sqlite3.Connection) -> None:
-    for statement in _API_KEYS.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    _execute(db, _API_KEYS)
 
 
 def _applied_source(db: sqlite3.Connection) -> None:
@@ -270,11 +297,16 @@ def _self_heal(db: sqlite3.Connection) -> None:
     _add_columns(db, "desired", {"suspended": "TEXT"})
 
 
+def _jobs(db: sqlite3.Connection) -> None:
+    _execute(db, _JOBS)
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _history_and_hives,
     _api_keys,
     _applied_source,
     _self_heal,
+    _jobs,
 )
 
 

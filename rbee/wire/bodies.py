@@ -66,6 +66,9 @@ class WorkerView(Heartbeat):
 
     last_seen_s: float = Field(description="seconds since the last heartbeat")
     in_flight: int = Field(description="requests the queen is relaying to it now")
+    idle_s: float | None = Field(
+        default=None, description="seconds since its last request ended; null while busy"
+    )
     healthy: bool = Field(default=True, description="false for a while after it failed a request")
     unhealthy_reason: str | None = Field(default=None, description="why it is passed over")
 

@@ -50,7 +50,9 @@ def test_help_imports_neither_pydantic_nor_yaml_nor_the_queen_side() -> None:
     assert not _QUEEN_SIDE & modules
 
 
-@pytest.mark.parametrize("command", ["plan", "apply", "hive", "key", "queen", "init"])
+@pytest.mark.parametrize(
+    "command", ["plan", "apply", "hive", "key", "job", "logs", "queen", "init"]
+)
 def test_a_command_s_help_imports_nothing_of_the_queen_side(command: str) -> None:
     assert not _QUEEN_SIDE & _imported(command, "--help")
 

@@ -15,6 +15,9 @@ __all__ = ["broken_documents"]
 def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema:
         schema = SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if "oneOf" in schema:  # a tagged union (`replicas`: a count or a range) is a union here too
+        rest = {key: value for key, value in schema.items() if key != "oneOf"}
+        return {**rest, "anyOf": schema["oneOf"]}
     return schema
 
 

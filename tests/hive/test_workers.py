@@ -133,7 +133,7 @@ def test_a_workers_log_tail_outlives_it_and_its_id_cannot_leave_the_log_director
         none = client.get("/v1/worker-logs/never-ran")
         escape = client.get("/v1/worker-logs/..%2F..%2Fhive", params={"lines": 3})
         bad = client.get("/v1/worker-logs/w9", params={"lines": "all"})
-    assert (tail.status_code, tail.text) == (200, "line 97\nline 98\nline 99")
+    assert (tail.status_code, tail.text) == (200, "line 97\nline 98\nline 99\n")
     assert (none.status_code, none.text) == (200, "")
     assert escape.status_code in (404, 422)  # never a file outside the log directory
     assert bad.status_code == 422

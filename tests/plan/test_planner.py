@@ -234,3 +234,24 @@ def test_markdown_hides_credentials_in_urls() -> None:
     text = plan_markdown(the_plan.model_copy(update={"actions": [action]}))
     assert "s3cret" not in text and "alice" not in text
     assert "https://(sensitive)@wheels.example/rbee.whl" in text
+
+
+def test_a_range_within_min_and_max_plans_nothing_and_notes_its_count() -> None:
+    the_plan = _case("range_within_min_and_max_is_in_sync")
+    assert not the_plan.has_changes
+    assert [(n.address, n.message) for n in the_plan.scaling] == [
+        ("worker.local.gemma3-270m", "replicas 0..3 (2 live)")
+    ]
+
+
+def test_a_range_below_min_spawns_the_lowest_free_replicas_up_to_min_only() -> None:
+    actions = _case("range_below_min_spawns_the_lowest_free_indices").actions
+    assert [(a.address, a.op) for a in actions] == [
+        ("worker.local.gemma3-270m[0]", "create"),
+        ("worker.local.gemma3-270m[2]", "create"),
+    ]
+
+
+def test_a_range_above_max_stops_the_highest_replicas_down_to_max_only() -> None:
+    actions = _case("range_above_max_stops_the_highest_down_to_max").actions
+    assert [(a.op, a.pid) for a in actions] == [("delete", 101), ("delete", 102)]

@@ -194,6 +194,25 @@ def test_inference_through_the_queen_reaches_every_hive(net: NetworkCluster) -> 
     assert served == {"h0.gemma3-270m.0", "h1.gemma3-270m.0", "h2.gemma3-270m.0"}
 
 
+def test_network_hives_and_their_workers_logs_come_through_the_queen(
+    net: NetworkCluster,
+) -> None:
+    """The keeper asks the queen, which asks the hive over HTTP: no SSH from the keeper."""
+    host = net.hosts[1]
+
+    def logs(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "rbee.cli", "logs", *args, "--file", str(net.config)]
+        return subprocess.run(command, env=net.env, capture_output=True, text=True, timeout=60)
+
+    hive = logs("hive", "h1", "-n", "10000")
+    assert hive.returncode == 0, hive.stderr
+    assert f"listening host={host.address} port=7835 name=h1" in hive.stdout
+    written = (host.home / ".local/state/rbee/workers/h1.gemma3-270m.0.log").read_text()
+    worker = logs("worker", "h1.gemma3-270m.0", "-n", "3")
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.splitlines() == written.splitlines()[-3:]
+
+
 def test_second_apply_is_a_noop(net: NetworkCluster) -> None:
     result = net.rbee("plan", "--detailed-exitcode", check=False)
     assert result.returncode == 0, result.stdout + result.stderr

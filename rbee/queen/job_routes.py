@@ -1,0 +1,113 @@
+"""The job API's routes (`/v1/jobs`), thin handlers over `rbee.queen.jobs.Jobs`.
+
+`POST /v1/jobs` (201 `JobCreated`), `GET /v1/jobs[?state=&limit=]`, `GET /v1/jobs/{id}`,
+`GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}` (cancel). Errors are OpenAI-style
+bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.front`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rbee.queen.jobs import JobEnded, JobsFull, NoSuchJob, UnknownModel
+from rbee.wire import openai_error, sse
+from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
+
+if TYPE_CHECKING:
+    from rbee.queen.jobs import Jobs
+
+__all__ = ["JOB_ROUTES"]
+
+
+def _jobs(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.queen.jobs
+    return jobs
+
+
+def _refuse(
+    status: int, message: str, type_: str, code: str | None = None, retry_after: int | None = None
+) -> JSONResponse:
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(openai_error(message, type_, code), status_code=status, headers=headers)
+
+
+def _no_such_job(job_id: str) -> JSONResponse:
+    return _refuse(404, f"no job {job_id!r} (or it was pruned)", "not_found_error", "job_not_found")
+
+
+async def submit_job(request: Request) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        return _refuse(400, f"malformed JSON body: {exc}", "invalid_request_error")
+    try:
+        asked = SubmitJob.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return _refuse(422, f"{where}: {first['msg']}", "invalid_request_error")
+    try:
+        record = await _jobs(request).submit(asked)
+    except UnknownModel:
+        message = f"the model {asked.model!r} does not exist"
+        return _refuse(404, message, "invalid_request_error", "model_not_found")
+    except JobsFull:
+        message = "too many jobs are queued or running; retry later"
+        return _refuse(503, message, "service_unavailable", "jobs_full", retry_after=30)
+    created = JobCreated(job_id=record.job_id, sse_url=f"/v1/jobs/{record.job_id}/events")
+    return JSONResponse(created.model_dump(), status_code=201)
+
+
+async def list_jobs(request: Request) -> Response:
+    state = request.query_params.get("state")
+    if state is not None and state not in JOB_STATES:
+        return _refuse(
+            422, f"state must be one of {', '.join(JOB_STATES)}", "invalid_request_error"
+        )
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        return _refuse(422, "limit must be a whole number from 1 to 1000", "invalid_request_error")
+    records = await _jobs(request).stored(state, int(raw))
+    return JSONResponse({"jobs": [r.model_dump(mode="json") for r in records]})
+
+
+async def get_job(request: Request) -> Response:
+    job_id = request.path_params["job_id"]
+    try:
+        return JSONResponse((await _jobs(request).get(job_id)).model_dump(mode="json"))
+    except NoSuchJob:
+        return _no_such_job(job_id)
+
+
+async def cancel_job(request: Request) -> Response:
+    job_id = request.path_params["job_id"]
+    try:
+        return JSONResponse((await _jobs(request).cancel(job_id)).model_dump(mode="json"))
+    except NoSuchJob:
+        return _no_such_job(job_id)
+    except JobEnded as exc:
+        return _refuse(409, str(exc), "conflict", "job_ended")
+
+
+async def job_events(request: Request) -> Response:
+    job_id = request.path_params["job_id"]
+    try:
+        events = await _jobs(request).follow(job_id)
+    except NoSuchJob:
+        return _no_such_job(job_id)
+    return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+
+
+JOB_ROUTES = [
+    Route("/v1/jobs", submit_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs),
+    Route("/v1/jobs/{job_id}", get_job),
+    Route("/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/v1/jobs/{job_id}/events", job_events),
+]

@@ -1,0 +1,595 @@
+"""Jobs: OpenAI requests the queen runs on its own, followed by id (`/v1/jobs`).
+
+Order. Each model has a queue of jobs: interactive ones before batch ones, first come first
+served within each. One dispatcher per model waits for a worker slot for the job at the head,
+through the same admission as every OpenAI request (an interactive job waits among them, a
+batch job behind them all), starts it, and takes the next. A job that comes in ahead of the
+one waiting (interactive before batch) or a cancelled head is seen at once.
+
+Running. A job calls its worker as the relay does (`Relay.call_worker`: the same connections,
+timeouts and failure bookkeeping), always streamed: its events are the worker's chunks. Before
+the worker's first byte, a failure sends it to another worker (`serving.attempts` in all);
+after it, the job fails (the chunks already went to its readers).
+
+Durability. Every job is written to SQLite before its id is answered, and at each change of
+state; the update that ends it stores its one result. A queen that starts takes over the jobs
+its predecessor left: queued ones in their order, and those that were running are run again
+from the start, because their result was never stored (the rule: a job running when its queen
+died runs once more, and its `runs` says 2). Interactive jobs are kept as well as batch ones:
+a write per change of state costs little next to a generation, and a job id once answered is
+never lost.
+
+Events. A job's events stay in memory while it lives, so a reader gets them from the start;
+the last `ENDED_KEPT` ended jobs keep them too. Later (or after a restart) a reader gets only
+the end. Results are the text and a token count, never the chunks; ended jobs are deleted
+after `RETENTION_S`, and beyond the newest `KEEP_ENDED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from rbee.config.models import Serving
+from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
+from rbee.queen.job_table import JobTable
+from rbee.queen.registry import WorkerRecord
+from rbee.queen.relay import AttemptFailed, Relay
+from rbee.queen.upstream import UpstreamClosed, UpstreamTimeout
+from rbee.wire import sse
+from rbee.wire.jobs import (
+    ENDED,
+    JobAssigned,
+    JobChunk,
+    JobDone,
+    JobError,
+    JobFirstToken,
+    JobPosition,
+    JobQueued,
+    JobRecord,
+    JobResult,
+    JobState,
+    Priority,
+    SubmitJob,
+    chunk_text,
+)
+
+__all__ = ["JobEnded", "Jobs", "JobsFull", "NoSuchJob", "UnknownModel"]
+
+log = logging.getLogger(__name__)
+
+#: Jobs queued or running at most; more are refused (503) until some end.
+MAX_LIVE = 10_000
+#: Ended jobs whose events stay in memory for late readers.
+ENDED_KEPT = 256
+#: Ended jobs are deleted after this long, and beyond the newest KEEP_ENDED.
+RETENTION_S = 24 * 3600.0
+KEEP_ENDED = 10_000
+PRUNE_EVERY_S = 600.0
+#: How long the head job waits in admission before it asks again: it stays first among the
+#: jobs, but plain requests that came meanwhile go before it.
+_TURN_S = 60.0
+#: How long a head job waits before it asks again when no worker serves its model yet.
+_NO_WORKER_S = 0.5
+_PATHS = {"chat": b"/v1/chat/completions", "completion": b"/v1/completions"}
+_SSE_END = b"\n\n"
+
+
+class NoSuchJob(Exception):
+    """No job has this id (or it was pruned)."""
+
+
+class JobEnded(Exception):
+    """The job has ended already: it cannot be cancelled."""
+
+    def __init__(self, record: JobRecord) -> None:
+        super().__init__(f"job {record.job_id} has ended already ({record.state})")
+        self.record = record
+
+
+class JobsFull(Exception):
+    """`MAX_LIVE` jobs are queued or running."""
+
+
+class UnknownModel(Exception):
+    """No deployment declares the model and no worker serves it."""
+
+
+class _Failed(Exception):
+    """The job failed; its message says why."""
+
+
+class _Feed:
+    """A job's events so far, as SSE bytes, and a way to wait for what comes next."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.ended = False  # its last event is in
+        self._changed: asyncio.Event | None = None
+
+    def push(self, event: BaseModel, *, last: bool = False) -> None:
+        self.events.append(sse.json_event(event.model_dump(mode="json")))
+        self.ended = last
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake its readers (a new event, or the job's place in the queue moved)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
+
+
+@dataclass(eq=False)
+class _Job:
+    record: JobRecord
+    body: dict[str, Any]  # the OpenAI body, without `priority` and `stream`
+    feed: _Feed = field(default_factory=_Feed)
+    queued_at_position: int = 0  # what its `queued` event said
+    task: asyncio.Task[None] | None = None
+    slot: WorkerRecord | None = None  # the worker slot it holds while it runs
+    assigned_at: float = 0.0
+
+
+class _Queue:
+    """One model's jobs waiting for a slot: interactive ones first, FIFO within each."""
+
+    def __init__(self) -> None:
+        self._interactive: deque[_Job] = deque()
+        self._batch: deque[_Job] = deque()
+        self.moved = asyncio.Event()  # the head changed
+
+    def head(self) -> _Job | None:
+        queue = self._interactive or self._batch
+        return queue[0] if queue else None
+
+    def push(self, job: _Job) -> int:
+        """Queue `job`; its position (1 is next)."""
+        if job.record.priority == "interactive":
+            self._interactive.append(job)
+            self._moved(self.head() is job, self._batch)
+            return len(self._interactive)
+        self._batch.append(job)
+        self._moved(self.head() is job, ())
+        return len(self._interactive) + len(self._batch)
+
+    def remove(self, job: _Job) -> None:
+        was_head = self.head() is job
+        mine = self._interactive if job.record.priority == "interactive" else self._batch
+        index = mine.index(job)
+        del mine[index]
+        behind: Iterable[_Job] = itertools.islice(mine, index, None)
+        if mine is self._interactive:
+            behind = itertools.chain(behind, self._batch)
+        self._moved(was_head, behind)
+
+    def position(self, job: _Job) -> int:
+        if job.record.priority == "interactive":
+            return self._interactive.index(job) + 1
+        return len(self._interactive) + self._batch.index(job) + 1
+
+    def _moved(self, head_changed: bool, behind: Iterable[_Job]) -> None:
+        """Wake the dispatcher when the head changed, and the readers of the jobs whose
+        place moved."""
+        if head_changed:
+            self.moved.set()
+        for job in behind:
+            job.feed.poke()
+
+
+class Jobs:
+    """Every job of a queen: submitted, queued, run on workers, followed, cancelled."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        admission: Admission,
+        relay: Relay,
+        knows_model: Callable[[str], bool],
+        *,
+        max_live: int = MAX_LIVE,
+        retention_s: float = RETENTION_S,
+        keep_ended: int = KEEP_ENDED,
+    ) -> None:
+        self._table = JobTable(db_path)
+        self._admission = admission
+        self._relay = relay
+        self._knows_model = knows_model
+        self._max_live = max_live
+        self._retention_s = retention_s
+        self._keep_ended = keep_ended
+        self._live: dict[str, _Job] = {}
+        self._ended: OrderedDict[str, _Job] = OrderedDict()
+        self._queues: dict[str, _Queue] = {}
+        self._dispatchers: list[asyncio.Task[None]] = []
+
+    # -- what the routes call ---------------------------------------------------------------
+
+    async def submit(self, request: SubmitJob) -> JobRecord:
+        """Store a new job and queue it; raises UnknownModel, JobsFull."""
+        if not self._knows_model(request.model):
+            raise UnknownModel(request.model)
+        if len(self._live) >= self._max_live:
+            raise JobsFull
+        record = JobRecord(
+            job_id=f"job-{secrets.token_hex(8)}",
+            priority=request.priority,
+            model=request.model,
+            kind=request.kind,
+            state="queued",
+            runs=0,
+            created_at=time.time(),
+        )
+        body = request.model_dump(
+            exclude={"priority", "stream", "stream_options"}, exclude_none=True
+        )
+        await self._table.call(self._table.insert, record, body)  # durable before it is answered
+        self._queue(_Job(record, body))
+        log.info(
+            "event=job_submitted job_id=%s model=%s priority=%s",
+            record.job_id,
+            record.model,
+            record.priority,
+        )
+        return self._view(self._live[record.job_id])
+
+    async def get(self, job_id: str) -> JobRecord:
+        job = self._live.get(job_id) or self._ended.get(job_id)
+        if job is not None:
+            return self._view(job)
+        record = await self._table.call(self._table.get, job_id)
+        if record is None:
+            raise NoSuchJob(job_id)
+        return record
+
+    async def stored(self, state: JobState | None = None, limit: int = 100) -> list[JobRecord]:
+        """The newest `limit` jobs (in `state`, if given), newest first."""
+        records = await self._table.call(self._table.recent, state, limit)
+        return [self._view(self._live[r.job_id]) if r.job_id in self._live else r for r in records]
+
+    def recent(self, limit: int = 10) -> list[JobRecord]:
+        """The newest `limit` jobs this queen holds in memory (every live one, and the last
+        `ENDED_KEPT` that ended), newest first, without waiting for SQLite."""
+        jobs = itertools.chain(self._live.values(), self._ended.values())
+        newest = heapq.nlargest(limit, jobs, key=lambda job: job.record.created_at)
+        return [self._view(job) for job in newest]
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job (a running one's worker stops generating)."""
+        job = self._live.get(job_id)
+        if job is None or job.record.state in ENDED:
+            raise JobEnded(await self.get(job_id))
+        if job.record.state == "queued":
+            self._queues[job.record.model].remove(job)
+        elif job.task is not None:
+            job.task.cancel()  # its connection closes: the worker stops generating
+        await self._end(job, "cancelled", error="cancelled by a client")
+        return job.record.model_copy()
+
+    async def follow(self, job_id: str) -> AsyncIterator[bytes]:
+        """The job's events as SSE bytes, from its first until it ends; raises NoSuchJob."""
+        job = self._live.get(job_id) or self._ended.get(job_id)
+        if job is not None:
+            return self._follow(job)
+        return _end_only(await self.get(job_id))
+
+    # -- the queen's lifespan ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take over the jobs a previous queen left, in their order, and start dispatching."""
+        for row in await self._table.call(self._table.unfinished):
+            self._queue(_Job(row.record, row.body))
+        if self._live:
+            log.info("event=jobs_resumed count=%d", len(self._live))
+
+    async def prune_forever(self, every_s: float = PRUNE_EVERY_S) -> None:
+        """Delete old ended jobs now and every `every_s`."""
+        while True:
+            cutoff = time.time() - self._retention_s
+            pruned = await self._table.call(self._table.prune, cutoff, self._keep_ended)
+            if pruned:
+                log.info("event=jobs_pruned count=%d", pruned)
+            await asyncio.sleep(every_s)
+
+    async def close(self) -> None:
+        """Stop dispatching and running. Nothing is written: a running job stays `running`
+        in SQLite, and the next queen runs it again."""
+        tasks = [*self._dispatchers, *(j.task for j in self._live.values() if j.task)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._table.close()
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def _view(self, job: _Job) -> JobRecord:
+        if job.record.state != "queued":
+            return job.record.model_copy()
+        position = self._queues[job.record.model].position(job)
+        return job.record.model_copy(update={"position": position})
+
+    def _queue(self, job: _Job) -> None:
+        model = job.record.model
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = _Queue()
+            self._dispatchers.append(asyncio.create_task(self._dispatch(model, queue)))
+        self._live[job.record.job_id] = job
+        job.queued_at_position = queue.push(job)
+        job.feed.push(JobQueued(position=job.queued_at_position))
+
+    async def _dispatch(self, model: str, queue: _Queue) -> None:
+        """Start `model`'s jobs in their order, each once admission gives it a slot."""
+        while True:
+            try:
+                await self._dispatch_next(queue, model)
+            except Exception:
+                # A bug here would leave every job of the model waiting: log it, go on.
+                log.exception("event=job_dispatch_failed model=%s", model)
+                await asyncio.sleep(1.0)
+
+    async def _dispatch_next(self, queue: _Queue, model: str) -> None:
+        queue.moved.clear()
+        head = queue.head()
+        if head is None:
+            await queue.moved.wait()
+            return
+        slot = await self._slot(model, head.record.priority, queue)
+        if slot is None:
+            return
+        job = queue.head()  # the one that waited, or one that came in ahead of it since
+        if job is None:
+            self._admission.release(slot)
+            return
+        queue.remove(job)
+        self._start(job, slot)
+
+    async def _slot(self, model: str, priority: Priority, queue: _Queue) -> WorkerRecord | None:
+        """A slot for the head job, or None when the head changed (or no worker serves
+        `model` yet) before one came free."""
+        loop = asyncio.get_running_loop()
+        serving = self._admission.serving(model)
+        acquire = asyncio.ensure_future(
+            self._admission.acquire(model, serving, loop.time() + _TURN_S, priority=priority)
+        )
+        moved = asyncio.ensure_future(queue.moved.wait())
+        try:
+            await asyncio.wait((acquire, moved), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not acquire.done():
+                acquire.cancel()  # admission passes on a slot handed over meanwhile
+        if not acquire.done():
+            await asyncio.wait((acquire,))  # until its cancellation has run
+        if acquire.cancelled():
+            return None
+        try:
+            return acquire.result()
+        except (NoWorker, QueueFull):
+            # A worker may be loading, or re-register after a queen restart: ask again soon.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.moved.wait(), _NO_WORKER_S)
+            return None
+        except QueueTimeout:
+            return None
+
+    def _start(self, job: _Job, slot: WorkerRecord) -> None:
+        record = job.record
+        record.state = "running"
+        record.runs += 1
+        record.started_at = time.time()
+        self._assigned(job, slot)
+        job.task = asyncio.create_task(self._run(job))
+        # Given back however the task ends, even cancelled before it began.
+        job.task.add_done_callback(lambda _: self._release(job))
+
+    def _release(self, job: _Job) -> None:
+        slot, job.slot = job.slot, None
+        if slot is not None:
+            self._admission.release(slot)
+
+    def _assigned(self, job: _Job, slot: WorkerRecord) -> None:
+        job.slot = slot
+        job.record.worker = slot.beat.worker_id
+        job.assigned_at = time.monotonic()
+        job.feed.push(JobAssigned(worker=slot.beat.worker_id, run=job.record.runs))
+
+    async def _run(self, job: _Job) -> None:
+        """Run `job` on its slot's worker (others, if it fails before its first byte) to its
+        end. A cancelled task writes nothing: `cancel` has ended the job, or the queen is
+        stopping and the next one runs it again."""
+        record = job.record
+        serving = self._admission.serving(record.model)
+        body = json.dumps({**job.body, "stream": True}).encode()
+        tried: set[str] = set()
+        reason = ""
+        try:
+            for attempt in range(1, serving.attempts + 1):
+                if job.slot is None:
+                    self._assigned(job, await self._another_slot(job, serving, tried, reason))
+                slot = job.slot
+                assert slot is not None
+                # Stored before the worker hears of it: `runs` never undercounts.
+                await self._table.call(self._table.started, record.model_copy())
+                try:
+                    result = await self._generate(job, slot, serving, body)
+                except AttemptFailed as failure:
+                    self._release(job)
+                    tried.add(slot.beat.worker_id)
+                    reason = failure.reason
+                    self._relay.attempt_failed(record.model, slot, failure, record.job_id, attempt)
+                    continue
+                self._release(job)
+                await self._end(job, "done", result=result)
+                return
+            raise _Failed(f"no worker could run the job: {reason}")
+        except _Failed as exc:
+            await self._end(job, "failed", error=str(exc))
+        except Exception as exc:
+            log.exception("event=job_crashed job_id=%s", record.job_id)
+            await self._end(job, "failed", error=f"the queen failed running the job: {exc!r}")
+
+    async def _another_slot(
+        self, job: _Job, serving: Serving, tried: set[str], reason: str
+    ) -> WorkerRecord:
+        loop = asyncio.get_running_loop()
+        try:
+            return await self._admission.acquire(
+                job.record.model,
+                serving,
+                loop.time() + serving.queue_timeout,
+                frozenset(tried),
+                priority=job.record.priority,
+            )
+        except (NoWorker, QueueFull, QueueTimeout):
+            raise _Failed(f"no worker could run the job: {reason}") from None
+
+    async def _generate(
+        self, job: _Job, slot: WorkerRecord, serving: Serving, body: bytes
+    ) -> JobResult:
+        """Stream the job's answer from `slot`'s worker into its events; its result."""
+        record = job.record
+        conn, data = await self._relay.call_worker(slot, _PATHS[record.kind], body, serving)
+        try:
+            if conn.status != 200:
+                while more := await conn.read():
+                    data += more
+                raise _Failed(f"the worker refused the job ({conn.status}): {_message(data)}")
+            answer = _Answer()
+            job.feed.push(JobFirstToken(after_s=round(time.monotonic() - job.assigned_at, 4)))
+            pending = b""
+            while data:
+                events, pending = _split(pending + data)
+                for chunk in events:
+                    answer.add(chunk)
+                    job.feed.push(JobChunk(chunk=chunk))
+                data = await conn.read()
+            return answer.result()
+        except (UpstreamTimeout, UpstreamClosed) as exc:
+            self._relay.failed_mid_answer(record.model, slot, exc, record.job_id)
+            raise _Failed(f"the worker failed mid-answer: {exc}") from None
+        finally:
+            self._relay.done(conn, slot)
+
+    async def _end(
+        self,
+        job: _Job,
+        state: JobState,
+        *,
+        result: JobResult | None = None,
+        error: str | None = None,
+    ) -> None:
+        """End the job: at once in memory, then in SQLite, then in its events (so a reader
+        never sees an end that a queen restart could still undo)."""
+        record = job.record
+        record.state = state
+        record.result = result
+        record.error = error
+        record.finished_at = time.time()
+        await self._table.call(self._table.ended, record.model_copy())
+        del self._live[record.job_id]
+        self._ended[record.job_id] = job
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+        job.feed.push(_end_event(record), last=True)
+        log.info(
+            "event=job_ended job_id=%s state=%s runs=%d worker=%s",
+            record.job_id,
+            state,
+            record.runs,
+            record.worker,
+        )
+
+    async def _follow(self, job: _Job) -> AsyncIterator[bytes]:
+        sent, shown = 0, job.queued_at_position
+        while True:
+            events = job.feed.events
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if job.feed.ended:
+                return
+            if job.record.state == "queued":
+                position = self._queues[job.record.model].position(job)
+                if position != shown:
+                    shown = position
+                    yield sse.json_event(JobPosition(position=position).model_dump())
+            await job.feed.wait()
+
+
+class _Answer:
+    """The text of a streamed answer, gathered chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._finish: str | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        if "error" in chunk:  # the worker failed mid-stream and said so
+            error = chunk["error"]
+            raise _Failed(str(error.get("message") if isinstance(error, dict) else error))
+        text = chunk_text(chunk)
+        if text is not None:
+            self._parts.append(text)
+        for choice in chunk.get("choices") or ():
+            self._finish = choice.get("finish_reason") or self._finish
+
+    def result(self) -> JobResult:
+        return JobResult(
+            text="".join(self._parts),
+            finish_reason=self._finish,
+            completion_tokens=len(self._parts),
+        )
+
+
+def _split(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """The JSON payloads of the whole SSE events in `buffer` (OpenAI's `[DONE]` skipped), and
+    what is left after the last one."""
+    *whole, rest = buffer.split(_SSE_END)
+    payloads = []
+    for event in whole:
+        for line in event.splitlines():
+            if line.startswith(b"data:") and (data := line[5:].strip()) != b"[DONE]":
+                try:
+                    payloads.append(json.loads(data))
+                except ValueError:
+                    raise _Failed(f"the worker sent a malformed chunk: {data[:100]!r}") from None
+    return payloads, rest
+
+
+def _message(body: bytes) -> str:
+    """The message of an OpenAI-style error body, else the body."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return str(json.loads(body)["error"]["message"])
+    return body.decode(errors="replace")[:200]
+
+
+def _end_event(record: JobRecord) -> JobDone | JobError:
+    if record.state == "done":
+        assert record.result is not None
+        return JobDone(result=record.result)
+    assert record.state in ("failed", "cancelled")
+    return JobError(state=record.state, message=record.error or record.state)
+
+
+async def _end_only(record: JobRecord) -> AsyncIterator[bytes]:
+    """A job no longer in memory: how it ended (it ended: live jobs are all in memory)."""
+    if record.state in ENDED:
+        yield sse.json_event(_end_event(record).model_dump(mode="json"))

@@ -1,0 +1,175 @@
+"""Jobs, isolated: the queue order in admission, the retention of ended jobs, and a real queen
+process in front of scripted workers for what a real model cannot be told to do (fail before
+its first byte, die mid-answer). The real model's path is tests/e2e/test_jobs.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rbee.config.models import Serving
+from rbee.queen.admission import Admission
+from rbee.queen.job_table import JobTable
+from rbee.queen.registry import Registry
+from rbee.queen.store import Store
+from rbee.wire import Heartbeat
+from rbee.wire.jobs import JobRecord
+from tests.fixtures.scripted import MODEL, TOKENS, ScriptedQueen, ScriptedWorkers, scripted_workers
+
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[ScriptedWorkers]:
+    yield from scripted_workers()
+
+
+@pytest.fixture
+def queen(tmp_path: Path) -> Iterator[ScriptedQueen]:
+    started = ScriptedQueen.start(tmp_path, {"attempts": 2, "queue_timeout": 5})
+    yield started
+    started.stop()
+
+
+def test_a_freed_slot_goes_to_interactive_waiters_before_batch_ones_fifo_within_each() -> None:
+    async def scenario() -> list[str]:
+        registry = Registry()
+        registry.beat(
+            Heartbeat(
+                worker_id="w",
+                hive="local",
+                model=MODEL,
+                worker_binary="cpu",
+                url="http://127.0.0.1:9",
+                pid=1,
+                device="cpu",
+                state="idle",
+                slots_total=1,
+                slots_busy=0,
+            )
+        )
+        admission = Admission(registry)
+        loop = asyncio.get_running_loop()
+        held = await admission.acquire(MODEL, Serving(), loop.time() + 5)
+        served: list[str] = []
+
+        async def wait(name: str, priority: Any) -> None:
+            slot = await admission.acquire(MODEL, Serving(), loop.time() + 5, priority=priority)
+            served.append(name)
+            admission.release(slot)
+
+        names = [("b1", "batch"), ("i1", "interactive"), ("b2", "batch"), ("i2", "interactive")]
+        waiters = [asyncio.create_task(wait(name, priority)) for name, priority in names]
+        while sum(admission.depths().values()) < len(waiters):
+            await asyncio.sleep(0)
+        admission.release(held)
+        await asyncio.gather(*waiters)
+        return served
+
+    assert asyncio.run(scenario()) == ["i1", "i2", "b1", "b2"]
+
+
+def test_ended_jobs_go_after_the_retention_or_beyond_the_newest_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "queen.db")  # makes the table
+    table = JobTable(store.path)
+    now = time.time()
+    for index, (state, finished) in enumerate(
+        [
+            ("done", now - 100),
+            ("failed", now - 50),
+            ("done", now - 10),
+            ("done", now - 5),
+            ("queued", None),
+            ("running", None),
+        ]
+    ):
+        record = JobRecord(
+            job_id=f"job-{index}",
+            priority="batch",
+            model=MODEL,
+            kind="chat",
+            state="queued",
+            runs=0,
+            created_at=now - 200,
+        )
+        table.insert(record, BODY)
+        if finished is not None:
+            table.ended(record.model_copy(update={"state": state, "finished_at": finished}))
+        elif state == "running":
+            table.started(record.model_copy(update={"state": state, "runs": 1}))
+    assert table.prune(finished_before=now - 60, keep=100) == 1  # job-0: ended 100 s ago
+    assert table.prune(finished_before=now - 3600, keep=2) == 1  # job-1: the third newest
+    assert [r.job_id for r in table.recent(None, 10)] == [f"job-{i}" for i in (5, 4, 3, 2)]
+    # A queen that starts queues the running job again, after the one queued before it.
+    assert [row.record.job_id for row in table.unfinished()] == ["job-4", "job-5"]
+    assert table.get("job-5") == table.unfinished()[1].record
+    table.close()
+    store.close()
+
+
+def test_a_job_whose_worker_fails_before_its_first_byte_runs_on_another(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    queen.add_worker("bad", scripted.worker("fail:500"))
+    queen.add_worker("good", scripted.worker("ok"))
+    _, events = _run(queen, BODY)
+    assigned = [e["worker"] for e in events if e["event"] == "assigned"]
+    assert assigned == ["bad", "good"]
+    assert events[-1] == {
+        "event": "done",
+        "result": {"text": "".join(TOKENS), "finish_reason": "stop", "completion_tokens": 5},
+    }
+    assert queen.listed()["bad"]["healthy"] is False
+
+
+def test_a_worker_that_dies_mid_answer_ends_the_job_with_an_error_event(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    queen.add_worker("crashing", scripted.worker("crash-after"))
+    job_id, events = _run(queen, BODY)
+    assert [e["event"] for e in events] == [
+        "queued",
+        "assigned",
+        "first_token",
+        "chunk",
+        "chunk",
+        "error",
+    ]
+    assert events[-1]["state"] == "failed"
+    assert "the worker failed mid-answer" in events[-1]["message"]
+    job = httpx.get(f"{queen.url}/v1/jobs/{job_id}", timeout=5).json()
+    assert job["state"] == "failed" and job["result"] is None
+
+
+def test_jobs_need_an_inference_key_as_the_openai_routes_do(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    queen.add_worker("w", scripted.worker("ok"))
+    created = httpx.post(f"{queen.url}/v1/keys", json={"name": "app"}, timeout=5).json()
+    job = {**BODY, "priority": "interactive"}
+    assert httpx.post(f"{queen.url}/v1/jobs", json=job, timeout=5).status_code == 401
+    auth = {"authorization": f"Bearer {created['key']}"}
+    response = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=auth, timeout=5)
+    assert response.status_code == 201
+    job_id = response.json()["job_id"]
+    assert httpx.get(f"{queen.url}/v1/jobs/{job_id}", headers=auth, timeout=5).status_code == 200
+    assert httpx.get(f"{queen.url}/v1/keys", headers=auth, timeout=5).status_code == 403
+
+
+def _run(queen: ScriptedQueen, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Submit a job and read its events to the end: its id and its events."""
+    response = httpx.post(f"{queen.url}/v1/jobs", json=body, timeout=5)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+    url = f"{queen.url}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, timeout=30) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
+    return job_id, events
