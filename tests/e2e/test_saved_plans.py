@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
+from tests.fixtures.cluster import LocalCluster, applied_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -18,12 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
     # Self-heal off: only the applies under test change the cluster.
-    the_cluster = new_cluster(tmp_path_factory.mktemp("home"), gguf, self_heal="false")
-    the_cluster.write(replicas=1)
-    the_cluster.rbee("apply", "--auto-approve")
-    yield the_cluster
-    the_cluster.rbee("down", check=False, timeout=60)
-    kill_strays(the_cluster)
+    with applied_cluster(tmp_path_factory.mktemp("home"), gguf) as the_cluster:
+        yield the_cluster
 
 
 def test_saved_plan_is_applied_exactly(cluster: LocalCluster) -> None:
