@@ -96,11 +96,19 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
     """
     uid = os.getuid()
     workers = []
-    for proc in psutil.process_iter(["cmdline", "uids", "create_time"]):
-        info = proc.info
-        if not info["cmdline"] or info["uids"] is None or info["uids"].real != uid:
+    # Only the command line of every process (one read each); owner and start time only of
+    # the few that are workers: a plan, a heal check and the status page all list workers.
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"]
+        if not cmdline or WorkerArgs.from_cmdline(cmdline) is None:
             continue
-        worker = parse_worker(proc.pid, info["cmdline"], info["create_time"])
+        try:
+            if proc.uids().real != uid:
+                continue
+            started_at = proc.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        worker = parse_worker(proc.pid, cmdline, started_at)
         if worker is not None and _serves_from(worker, models_root):
             workers.append(worker)
     return sorted(workers, key=lambda w: (w.started_at, w.pid))
