@@ -100,7 +100,8 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
     # the few that are workers: a plan, a heal check and the status page all list workers.
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"]
-        if not cmdline or WorkerArgs.from_cmdline(cmdline) is None:
+        args = WorkerArgs.from_cmdline(cmdline) if cmdline else None
+        if args is None:
             continue
         try:
             if proc.uids().real != uid:
@@ -108,8 +109,8 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
             started_at = proc.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        worker = parse_worker(proc.pid, cmdline, started_at)
-        if worker is not None and _serves_from(worker, models_root):
+        worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
+        if _serves_from(worker, models_root):
             workers.append(worker)
     return sorted(workers, key=lambda w: (w.started_at, w.pid))
 
