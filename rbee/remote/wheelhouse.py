@@ -1,15 +1,14 @@
 """The wheelhouse: rbee's wheel and every wheel it needs, so a remote host installs offline.
 
 Built on the queen's machine with its own pip (which may reach an index and has its wheel
-cache); dependencies are pinned to the versions installed next to the queen, so a remote
-hive runs the same, tested set. Kept per rbee version and Python tag: a second call with an
-unchanged source tree returns at once.
+cache) from the lock in rbee's source tree (`requirements/hive.txt`, hash-checked), so a
+remote hive runs exactly the set CI tested. Kept per rbee version and Python tag: a second
+call with an unchanged source tree and lock returns at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -25,13 +24,27 @@ from typing import Any
 import rbee
 from rbee.errors import RbeeError
 from rbee.paths import cache_dir
+from rbee.remote.requirements import pins_for, read_lock, requirement_lines
 
-__all__ = ["WHEELHOUSE_EXTRAS", "build_wheelhouse", "project_dir", "wheelhouse_tag"]
+__all__ = [
+    "BUILD_CONSTRAINTS",
+    "HIVE_LOCK",
+    "WHEELHOUSE_EXTRAS",
+    "build_wheelhouse",
+    "project_dir",
+    "wheelhouse_tag",
+]
 
 log = logging.getLogger(__name__)
 
 # What a hive needs: the daemon (`rbee-hive`) and its workers (`llm-worker-rbee`).
 WHEELHOUSE_EXTRAS = "worker"
+# Relative to the source tree, both written by `make lock`: what a hive installs, and the
+# versions of the build backends pip sets up to compile rbee's and llama-cpp-python's wheels.
+HIVE_LOCK = "requirements/hive.txt"
+BUILD_CONSTRAINTS = "requirements/build.txt"
+# Compiled here for any Python: it has no binary wheels on PyPI and its wheel is `py3-none`.
+_COMPILED = "llama-cpp-python"
 _MANIFEST = "manifest.json"
 _PIP_TIMEOUT_S = 1800
 
@@ -64,21 +77,21 @@ def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> lis
     """Build (or reuse) the wheelhouse for a host's `python` (`major.minor`, default this
     one's) under `dest/<tag>/`; returns its wheel files.
 
-    For this Python the dependencies are built as wheels; for another they are downloaded as
+    Every dependency is the lock's pin for that Python, checked against the lock's sha256s:
     binary wheels for it, while llama-cpp-python (a `py3-none` ctypes wheel, good for any
     CPython of this platform) is compiled once, here. `dest` defaults to `$RBEE_WHEELHOUSE`,
     else `~/.cache/rbee/wheelhouse`. Rebuilds only what changed: rbee's wheel when its source
-    changed, the dependencies when the pinned set changed.
+    changed, the dependencies when the lock changed.
     """
     root = project_dir()
     target = python or own_python()
     default = Path(os.environ.get("RBEE_WHEELHOUSE") or cache_dir("wheelhouse"))
     house = (dest or default) / wheelhouse_tag(target)
     source = _source_digest(root)
-    pins = _pins()
-    deps = hashlib.sha256(
-        (target + pins + (root / "pyproject.toml").read_text()).encode()
-    ).hexdigest()
+    pins = pins_for(read_lock(root / HIVE_LOCK), target)
+    locked = requirement_lines(pins)
+    build = (root / BUILD_CONSTRAINTS).read_text()
+    deps = hashlib.sha256((target + locked + build).encode()).hexdigest()
     manifest = _read_manifest(house)
     listed = [str(name) for name in manifest.get("wheels") or []]
     if (
@@ -91,21 +104,25 @@ def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> lis
 
     started = time.monotonic()
     house.mkdir(parents=True, exist_ok=True)
+    constraints = ("--build-constraint", str(root / BUILD_CONSTRAINTS))
     with tempfile.TemporaryDirectory(prefix="rbee-wheelhouse-") as tmp:
         work = Path(tmp)
-        rbee_wheel = _build_rbee_wheel(root, work / "rbee")
+        rbee_wheel = _build_rbee_wheel(root, work / "rbee", constraints)
         if manifest.get("deps") != deps or not listed:
-            constraints = work / "constraints.txt"
-            constraints.write_text(pins)
-            if target == own_python():
-                _pip(
-                    "wheel", "--quiet", "--wheel-dir", str(work / "deps"),
-                    "--constraint", str(constraints),
-                    f"{rbee_wheel}[{WHEELHOUSE_EXTRAS}]",
-                )  # fmt: skip
-            else:
-                _download_for(target, rbee_wheel, constraints, work)
+            compiled = work / "compiled.txt"
+            compiled.write_text(requirement_lines({_COMPILED: pins[_COMPILED]}))
+            binary = work / "binary.txt"
+            binary.write_text(requirement_lines({n: p for n, p in pins.items() if n != _COMPILED}))
+            _pip(
+                "wheel", "--quiet", "--no-deps", "--require-hashes", *constraints,
+                "--wheel-dir", str(work / "deps"), "--requirement", str(compiled),
+            )  # fmt: skip
+            _pip(
+                "download", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
+                *_target_flags(target), "--dest", str(work / "deps"), "--requirement", str(binary),
+            )  # fmt: skip
             wheels = sorted((work / "deps").glob("*.whl"))
+            wheels.append(rbee_wheel)
             for old in house.glob("*.whl"):
                 old.unlink()
         else:
@@ -124,33 +141,21 @@ def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> lis
     return [house / name for name in names]
 
 
-def _build_rbee_wheel(root: Path, out: Path) -> Path:
-    _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(root))
+def _build_rbee_wheel(root: Path, out: Path, constraints: tuple[str, ...]) -> Path:
+    _pip("wheel", "--quiet", "--no-deps", *constraints, "--wheel-dir", str(out), str(root))
     wheels = list(out.glob("rbee-*.whl"))
     if len(wheels) != 1:
         raise RbeeError(f"building rbee's wheel from {root} produced {len(wheels)} wheels")
     return wheels[0]
 
 
-def _download_for(python: str, rbee_wheel: Path, constraints: Path, work: Path) -> None:
-    """Binary wheels of rbee's dependencies for another CPython of this platform, plus
-    llama-cpp-python compiled here (it has no binary wheels on PyPI; its wheel is `py3-none`)."""
-    llama = work / "llama"
-    _pip(
-        "wheel", "--quiet", "--no-deps", "--wheel-dir", str(llama),
-        f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}",
-    )  # fmt: skip
+def _target_flags(python: str) -> list[str]:
+    """pip's flags to fetch binary wheels for CPython `python` on this machine's platform."""
     machine = sysconfig.get_platform().split("-")[-1]
     platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(5, 40)]
     platforms += [f"manylinux2014_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
-    _pip(
-        "download", "--quiet", "--only-binary=:all:", "--dest", str(work / "deps"),
-        "--python-version", python, "--implementation", "cp",
-        *(arg for platform in platforms for arg in ("--platform", platform)),
-        "--find-links", str(llama), "--find-links", str(rbee_wheel.parent),
-        "--constraint", str(constraints),
-        f"{rbee_wheel.name.split('-')[0]}[{WHEELHOUSE_EXTRAS}]=={rbee_wheel.name.split('-')[1]}",
-    )  # fmt: skip
+    flags = ["--python-version", python, "--implementation", "cp"]
+    return flags + [arg for platform in platforms for arg in ("--platform", platform)]
 
 
 def _pip(*args: str) -> None:
@@ -165,16 +170,6 @@ def _pip(*args: str) -> None:
             f"building the wheelhouse failed: pip {args[0]} exited {proc.returncode}: {tail}",
             hint="the queen's machine needs a package index (or pip's cache) to build it",
         )
-
-
-def _pins() -> str:
-    """`name==version` for every distribution installed next to the queen, rbee excluded."""
-    lines = set()
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() != "rbee":
-            lines.add(f"{name}=={dist.version}")
-    return "\n".join(sorted(lines, key=str.lower)) + "\n"
 
 
 def _source_digest(root: Path) -> str:

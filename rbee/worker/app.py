@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 SERVICE = WorkerArgs.SCRIPT
 # Accepted requests get this long to finish after SIGTERM; the hive's SIGKILL may come sooner.
 _DRAIN_TIMEOUT_S = 300.0
+# At exit, the decode loop gets this long to end its step before the context is freed.
+_CLOSE_TIMEOUT_S = 10.0
 
 _T = TypeVar("_T")
 
@@ -380,10 +382,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        worker.engine.cancel_all()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(worker.engine.close, _CLOSE_TIMEOUT_S)
 
 
 def create_app(config: WorkerArgs, token: str | None = None) -> Starlette:

@@ -148,6 +148,11 @@ class Batcher:
         """Stop the loop after the current step (pending requests are cancelled)."""
         self._incoming.put(None)
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the loop to end (it frees the context); whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     # The loop's thread from here on.
 
     def _loop(self) -> None:

@@ -23,6 +23,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.wire import WorkerArgs
 from rbee.worker.batch import Batcher, Formatted, Request, SlotStats, formatter
+from rbee.worker.llama_output import forward_llama_logs
 
 __all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "worker_threads"]
 
@@ -198,6 +199,7 @@ class Engine:
         self._on_change()
 
     def _load(self) -> None:
+        forward_llama_logs()
         config = self.config
         params = llama_cpp.llama_model_default_params()
         for key, value in placement(config.device).items():
@@ -287,12 +289,18 @@ class Engine:
         self._slots.release()
         self._on_change()
 
-    def cancel_all(self) -> None:
-        """Stop every running generation, and the decode loop (shutdown)."""
+    def close(self, timeout: float) -> None:
+        """Shutdown: stop every running generation and the decode loop, then free the context
+        and the model while the process is whole (freed at interpreter exit instead, llama.cpp
+        would log into a half torn-down Python). A loop still busy after `timeout` s keeps
+        both: the process exits around it."""
         for cancelled in list(self._running):
             cancelled.set()
-        if self._batcher is not None:
-            self._batcher.close()
+        if self._batcher is None or self._model is None:
+            return
+        self._batcher.close()
+        if self._batcher.join(timeout):
+            self._model.close()  # type: ignore[no-untyped-call]
 
 
 def placement(device: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from rbee.daemon import BearerAuth, env_token, fail, listen, run_daemon
 from rbee.errors import NotFoundError
 from rbee.wire import WorkerArgs
 from rbee.worker.app import SERVICE, create_app
+from rbee.worker.llama_output import close_devnull_files
 
 __all__ = ["main"]
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # With a cluster token, every address demands it, loopback too: otherwise anyone on the
     # machine could reach the worker around the queen's keys and limits.
     run_daemon(BearerAuth(app, token), sock)
+    close_devnull_files()
     raise SystemExit(app.state.worker.exit_code)
 
 
