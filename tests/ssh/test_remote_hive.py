@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -11,13 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from rbee import __version__
 from rbee.observe.ssh import probe
+from rbee.remote import REMOTE_VENV
 from rbee.remote.connect import connect
 from rbee.remote.daemon import start_hive, stop_hive
 from rbee.remote.install import install, installed_version, uninstall
-from rbee.remote.wheelhouse import build_wheelhouse
+from rbee.remote.requirements import pins_for, read_lock
+from rbee.remote.wheelhouse import HIVE_LOCK, build_wheelhouse, project_dir
 from rbee.wire import WorkerArgs
 from tests.fixtures.netns import SshHost
 from tests.fixtures.ports import free_port
@@ -45,6 +50,7 @@ def test_install_start_probe_stop_on_a_remote_host(
         async with await connect(hive) as conn:
             assert await installed_version(conn) is None
             assert await install(conn, wheels, hive=hive.name) == __version__
+            _assert_runs_the_locked_versions(install_host)
             # A second install finds everything in place and sends nothing.
             assert await install(conn, wheels, hive=hive.name) == __version__
 
@@ -74,6 +80,29 @@ def test_install_start_probe_stop_on_a_remote_host(
             assert not (install_host.home / ".cache" / "rbee").exists()
 
     asyncio.run(scenario())
+
+
+def _assert_runs_the_locked_versions(host: SshHost) -> None:
+    """The host's venv holds the lock's version of every locked distribution, and nothing
+    else but rbee and the venv's own pip."""
+    python = str(host.home / REMOTE_VENV / "bin" / "python")
+    script = (
+        "import importlib.metadata as m, json, sys; "
+        "print(json.dumps(['%d.%d' % sys.version_info[:2], "
+        "{d.metadata['Name']: d.version for d in m.distributions()}]))"
+    )
+    version, found = json.loads(host.run(python, "-c", script).stdout)
+    installed = {canonicalize_name(name): v for name, v in found.items()}
+    locked = pins_for(read_lock(project_dir() / HIVE_LOCK), version)
+    assert {name: installed.get(name) for name in locked} == {
+        name: pin.version for name, pin in locked.items()
+    }
+    assert set(installed) - set(locked) <= {"rbee", "pip", "setuptools"}
+    # Read without rbee's parser too: the one pin the 2026-12 suite failed on.
+    [cryptography] = re.findall(
+        r"^cryptography==(\S+)", (project_dir() / HIVE_LOCK).read_text(), re.M
+    )
+    assert installed["cryptography"] == cryptography
 
 
 def _pyenv_python(version: str) -> Path:
