@@ -31,6 +31,7 @@ __all__ = [
     "spawn_detached",
     "start_daemon",
     "terminate",
+    "wait_gone",
     "wait_healthy",
 ]
 
@@ -172,18 +173,20 @@ def terminate(proc: psutil.Process, grace_s: float) -> Literal["term", "kill", "
         proc.terminate()
     except psutil.NoSuchProcess:
         return "gone"
-    if _wait_gone(proc, grace_s):
+    if wait_gone(proc, grace_s):
         return "term"
     log.warning("event=kill pid=%d reason=ignored_sigterm grace_s=%s", proc.pid, grace_s)
     try:
         proc.kill()
     except psutil.NoSuchProcess:
         return "term"
-    _wait_gone(proc, _KILL_WAIT_S)
+    wait_gone(proc, _KILL_WAIT_S)
     return "kill"
 
 
-def _wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
+def wait_gone(proc: psutil.Process, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for `proc` to end; whether it did. A zombie has ended: an
+    orphan's reaper (init, or a container's) may take seconds to collect it."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:

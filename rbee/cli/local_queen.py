@@ -107,18 +107,18 @@ def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
     """Ask a running queen to shut down and wait until its process is gone; returns its pid."""
     import psutil
 
+    from rbee.process import wait_gone
+
     health = client.health()
     if health is None:
         return None
-    client.shutdown()
     try:
-        psutil.Process(health.pid).wait(timeout_s)
+        queen = psutil.Process(health.pid)
     except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired as exc:
-        raise RbeeError(
-            f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s"
-        ) from exc
+        return health.pid
+    client.shutdown()
+    if not wait_gone(queen, timeout_s):
+        raise RbeeError(f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s")
     return health.pid
 
 

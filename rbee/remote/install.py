@@ -81,7 +81,9 @@ async def install(
     uploaded = time.monotonic()
 
     pip = [_PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input", "install"]
-    offline = ["--no-index", "--find-links", REMOTE_WHEELHOUSE]
+    # --no-compile: byte-compiling every module of every wheel is 60 % of an install's time
+    # (10.4 s -> 3.9 s here); Python compiles what the hive imports, once, on its first start.
+    offline = ["--no-index", "--find-links", REMOTE_WHEELHOUSE, "--no-compile"]
     steps = [
         f"[ -x {shlex.quote(_PYTHON)} ] || {shlex.join(['python3', '-m', 'venv', REMOTE_VENV])}",
         shlex.join([*pip, *offline, "--quiet", f"rbee[worker]=={_wheel_version(rbee_wheel)}"]),
