@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -21,14 +22,17 @@ from rbee.wire import openai_error
 __all__ = [
     "ASGIApp",
     "BearerAuth",
+    "BrowserGuard",
     "Message",
     "Receive",
     "Scope",
     "Send",
     "bind",
+    "browser_refusal",
     "env_token",
     "fail",
     "listen",
+    "own_names",
     "require_token_off_loopback",
     "run_daemon",
     "send_error",
@@ -72,6 +76,75 @@ class BearerAuth:
             if name == b"authorization":
                 return hmac.compare_digest(value, self._expected)
         return False
+
+
+def own_names(*names: str | None) -> frozenset[str]:
+    """The host names a daemon answers to besides IP literals: localhost, this machine's
+    names, and `names` (its bind address or public URL's host, when those are names)."""
+    found = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(found | {name.lower() for name in names if name})
+
+
+def browser_refusal(
+    scope: Scope, names: frozenset[str], *, form_paths: frozenset[str] = frozenset()
+) -> tuple[int, str, str] | None:
+    """Why a request that a web page could have made is refused ((status, message, code)), or
+    None. rbee's clients send none of what is refused here:
+
+    - an `Origin` other than the daemon's own (a page elsewhere calling it cross-site);
+    - a `Host` that is not an IP literal or one of `names` (DNS rebinding: a page whose
+      name resolves to this machine is same-origin with it, but names itself in `Host`);
+    - a request body that is not `application/json` (a form or `text/plain` POST, which a
+      browser sends cross-site without asking first); `form_paths` take a form too.
+    """
+    host = origin = content_type = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1").lower()
+        elif name == b"origin":
+            origin = value.decode("latin-1").lower()
+        elif name == b"content-type":
+            content_type = value.decode("latin-1").lower()
+    if host is not None and not _is_own_host(host, names):
+        return 400, f"this server does not answer to the host name in Host: {host!r}", "bad_host"
+    if origin is not None and origin.partition("://")[2] != host:
+        return 403, f"cross-origin requests are refused (Origin: {origin!r})", "cross_origin"
+    if content_type is not None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+        media = content_type.partition(";")[0].strip()
+        if media != "application/json" and not (
+            media == "application/x-www-form-urlencoded" and scope["path"] in form_paths
+        ):
+            return 415, f"send the body as application/json, not {media!r}", "unsupported_media"
+    return None
+
+
+def _is_own_host(host: str, names: frozenset[str]) -> bool:
+    """Whether `Host` (name or address, with or without a port) names this daemon."""
+    if host.startswith("["):  # [v6]:port
+        literal = host[1 : host.find("]")] if "]" in host else host
+    else:
+        literal = host.rpartition(":")[0] if host.count(":") == 1 else host
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return literal in names
+    return True
+
+
+class BrowserGuard:
+    """ASGI middleware: what `browser_refusal` refuses gets its error, in OpenAI's shape."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self.app = app
+        self._names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = browser_refusal(scope, self._names) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message, code = refusal
+        await send_error(send, status, message, "invalid_request_error", code)
 
 
 async def send_error(

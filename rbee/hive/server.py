@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from rbee.daemon import BearerAuth, env_token, listen, run_daemon
+from rbee.daemon import BearerAuth, BrowserGuard, env_token, listen, own_names, run_daemon
 from rbee.hive.app import SERVICE, create_app
 from rbee.net import LOOPBACK
 from rbee.wire import HiveArgs
@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Workers listen where the hive listens; a wildcard bind gives them loopback only.
     worker_host = LOOPBACK if args.host in ("0.0.0.0", "::") else args.host
     app = create_app(args.name, token=token, worker_host=worker_host)
-    run_daemon(BearerAuth(app, token) if token else app, sock)
+    guarded = BrowserGuard(BearerAuth(app, token) if token else app, own_names(args.host))
+    run_daemon(guarded, sock)
 
 
 if __name__ == "__main__":

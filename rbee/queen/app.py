@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -29,6 +30,7 @@ import rbee
 from rbee.apply.lock import LockNotFound
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive, check_references
+from rbee.daemon import own_names
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
 from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
@@ -529,7 +531,11 @@ def create_app(
     app = Starlette(routes=ROUTES, lifespan=_lifespan, exception_handlers={_Refused: _refused})
     app.state.queen = queen
     front = Front(
-        app, queen, open_on_loopback=open_on_loopback and not token, max_body_bytes=max_body_bytes
+        app,
+        queen,
+        open_on_loopback=open_on_loopback and not token,
+        max_body_bytes=max_body_bytes,
+        host_names=own_names(urlsplit(queen_url).hostname),
     )
     app.state.front = front  # the status page's login checks keys as the front door does
     return front

@@ -16,6 +16,10 @@ Who may call what:
   credential redirects to that form.
 - The cluster token opens every route: it is the operator's credential from the YAML.
 - A loopback queen without a cluster token serves anyone until the first key is created.
+
+Before any of that, what only a web page would send is refused (`rbee.daemon.browser_refusal`:
+a foreign Origin, a Host that does not name the queen, a body that is not JSON), so a page the
+operator visits can neither call the queen cross-site nor rebind a name to it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import secrets
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Literal
 
-from rbee.daemon import Message, Receive, Scope, Send, send_error
+from rbee.daemon import Message, Receive, Scope, Send, browser_refusal, own_names, send_error
 from rbee.queen.keys import Principal
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ _NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
     "/v1/models": "inference",
     "/ui/login": "open",
 }
+_FORMS = frozenset({"/ui/login"})  # the status page's login form posts a form
 _OPEN = Principal("anyone", "open")
 _CLUSTER = Principal("cluster-token", "cluster")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -69,6 +74,7 @@ class Front:
         *,
         open_on_loopback: bool,
         max_body_bytes: int = MAX_BODY_BYTES,
+        host_names: frozenset[str] | None = None,
     ) -> None:
         self.app = app
         self.queen = queen
@@ -77,10 +83,16 @@ class Front:
         self._token = f"Bearer {queen.token}".encode() if queen.token else None
         self._open = open_on_loopback
         self._max_body = max_body_bytes
+        self._names = own_names() if host_names is None else host_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refusal = browser_refusal(scope, self._names, form_paths=_FORMS)
+        if refusal is not None:
+            status, message, code = refusal
+            await send_error(send, status, message, "invalid_request_error", code)
             return
         authorization = request_id = length = cookie = None
         for name, value in scope["headers"]:

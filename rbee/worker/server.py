@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from rbee.daemon import BearerAuth, env_token, fail, listen, run_daemon
+from rbee.daemon import BearerAuth, BrowserGuard, env_token, fail, listen, own_names, run_daemon
 from rbee.errors import NotFoundError
 from rbee.wire import WorkerArgs
 from rbee.worker.app import SERVICE, create_app
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(config, token)
     # With a cluster token, every address demands it, loopback too: otherwise anyone on the
     # machine could reach the worker around the queen's keys and limits.
-    run_daemon(BearerAuth(app, token), sock)
+    run_daemon(BrowserGuard(BearerAuth(app, token), own_names(config.host)), sock)
     close_devnull_files()
     raise SystemExit(app.state.worker.exit_code)
 

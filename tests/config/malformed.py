@@ -8,6 +8,8 @@ valid file fails the sweep rather than passing it.
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -105,6 +107,12 @@ def mutations(examples: dict[str, str]) -> list[Malformed]:
 
 
 def _load(text: str) -> Any:
+    """A fresh copy of `text` parsed (round-trip): parsed once, copied for each edit."""
+    return copy.deepcopy(_parsed(text))
+
+
+@functools.cache
+def _parsed(text: str) -> Any:
     return YAML(typ="rt").load(text)
 
 

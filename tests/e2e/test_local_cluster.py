@@ -21,7 +21,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster
+from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +116,11 @@ def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluste
         if part.choices and part.choices[0].delta.content is not None
     ]
     assert "".join(pieces) == answer.choices[0].message.content  # greedy: the same text
-    # The queen counts the answer's usage, and a streamed chunk per token.
-    counted = _tokens_out(cluster) - before
-    assert counted == answer.usage.completion_tokens + len(pieces)
+    # The queen counts the answer's usage, and a streamed chunk per token: the stream's once
+    # the relay has closed it, which may be just after the client read its last chunk.
+    expected = answer.usage.completion_tokens + len(pieces)
+    wait_until("the queen to count the stream", lambda: _tokens_out(cluster) - before >= expected)
+    assert _tokens_out(cluster) - before == expected
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-model", messages=messages)
     assert missing.value.code == "model_not_found"
