@@ -17,6 +17,7 @@ import uvicorn
 
 from rbee.errors import PortInUseError, RbeeError
 from rbee.net import LOCAL_HOSTS
+from rbee.paths import cache_dir, private_dir, state_dir
 from rbee.wire import openai_error
 
 __all__ = [
@@ -177,8 +178,15 @@ def env_token(flag: str | None) -> str | None:
 
 
 def listen(service: str, host: str, port: int, token: str | None) -> socket.socket:
-    """A daemon's start: logging set up and its port bound. A non-loopback address without a
-    token, or a port in use, ends the process with one line on stderr (exit 1)."""
+    """A daemon's start: what it writes private to the operator, logging set up and its port
+    bound. A non-loopback address without a token, or a port in use, ends the process with one
+    line on stderr (exit 1)."""
+    # Every file and directory a daemon makes (database, logs, catalogs, runtimes) is 0600 or
+    # 0700; the roots an older rbee made open are closed.
+    os.umask(0o077)
+    state_dir()
+    if cache_dir().is_dir():
+        private_dir(cache_dir())
     setup_logging(service)
     try:
         require_token_off_loopback(host, token, service)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["cache_dir", "contained", "state_dir"]
+__all__ = ["cache_dir", "contained", "private_dir", "state_dir"]
 
 
 def cache_dir(kind: str = "") -> Path:
@@ -14,9 +14,17 @@ def cache_dir(kind: str = "") -> Path:
 
 
 def state_dir() -> Path:
-    """`~/.local/state/rbee`: daemon logs, pid files and the queen's SQLite database."""
-    path = Path.home() / ".local" / "state" / "rbee"
-    path.mkdir(parents=True, exist_ok=True)
+    """`~/.local/state/rbee` (0700): daemon logs, pid files and the queen's SQLite database."""
+    return private_dir(Path.home() / ".local" / "state" / "rbee")
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, made with its parents if missing, and 0700: rbee's state and caches (the applied
+    cluster with its secrets, prompts, logs, models) are the operator's alone. A directory an
+    older rbee made open is closed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
     return path
 
 

@@ -23,6 +23,7 @@ import psutil
 from pydantic import ValidationError
 
 from rbee.errors import RbeeError, UnavailableError
+from rbee.paths import private_dir
 from rbee.wire import Health
 
 __all__ = [
@@ -56,8 +57,9 @@ def spawn_detached(
     env = {**os.environ, **(env or {})}
     if token:
         env["RBEE_TOKEN"] = token
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as output:
+    private_dir(log_path.parent)
+    # 0600 whatever this process's umask: a daemon's log holds what it was asked.
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as output:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

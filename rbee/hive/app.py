@@ -4,7 +4,6 @@ operations, workers."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -43,6 +42,7 @@ from rbee.wire import (
     HiveState,
     OperationStarted,
     SpawnWorker,
+    json_object,
     openai_error,
     sse,
 )
@@ -300,9 +300,9 @@ def _json(value: BaseModel | list[Any], status: int = 200) -> JSONResponse:
 
 async def _parse(request: Request, model: type[_M]) -> _M:
     try:
-        data = json.loads(await request.body())
-    except ValueError:
-        raise _HTTPError(400, "request body is not valid JSON", "invalid_json") from None
+        data = json_object(await request.body())
+    except ValueError as exc:
+        raise _HTTPError(400, str(exc), "invalid_json") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

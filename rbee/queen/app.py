@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
@@ -64,6 +63,7 @@ from rbee.wire import (
     PlanRequest,
     QueenArgs,
     SummaryEvent,
+    json_object,
     openai_error,
     sse,
 )
@@ -91,12 +91,9 @@ async def _json_body(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body and its JSON object; malformed JSON is a 400."""
     raw = await request.body()
     try:
-        parsed = json.loads(raw)
+        return raw, json_object(raw)
     except ValueError as exc:
-        raise _Refused(400, f"malformed JSON body: {exc}", "invalid_request_error") from None
-    if not isinstance(parsed, dict):
-        raise _Refused(400, "the JSON body must be an object", "invalid_request_error")
-    return raw, parsed
+        raise _Refused(400, str(exc), "invalid_request_error") from None
 
 
 async def parse_body(request: Request, model: type[_Body]) -> _Body:

@@ -36,7 +36,7 @@ from rbee.queen.keys import Principal
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
-from rbee.wire import QueenArgs, openai_error
+from rbee.wire import QueenArgs, json_object, openai_error
 
 __all__ = ["AttemptFailed", "Relay"]
 
@@ -233,11 +233,11 @@ class Relay:
     ) -> None:
         """Answer one inference request whose `body` has been read."""
         try:
-            parsed = json.loads(body)
+            parsed = json_object(body)
         except ValueError as exc:
-            await send_error(send, 400, f"malformed JSON body: {exc}", "invalid_request_error")
+            await send_error(send, 400, str(exc), "invalid_request_error")
             return
-        model = parsed.get("model") if isinstance(parsed, dict) else None
+        model = parsed.get("model")
         if not isinstance(model, str) or not model:
             await send_error(send, 400, "the request names no model", "invalid_request_error")
             return

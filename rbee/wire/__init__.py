@@ -21,6 +21,7 @@ from rbee.wire.bodies import (
     WorkerBinaryEntry,
     WorkerState,
     WorkerView,
+    json_object,
     openai_error,
 )
 from rbee.wire.processes import (
@@ -115,5 +116,6 @@ __all__ = [
     "WorkerState",
     "WorkerView",
     "apply_event",
+    "json_object",
     "openai_error",
 ]

@@ -5,6 +5,7 @@ Field names here are contracts between processes: keep them stable.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -228,6 +229,20 @@ class HiveState(_Wire):
     worker_binaries: list[WorkerBinaryEntry]
     workers: list[WorkerProcess]
     capabilities: Capabilities
+
+
+def json_object(raw: bytes | str) -> dict[str, Any]:
+    """A request body as a JSON object; ValueError saying why it is not one (malformed, not an
+    object, or nested too deep to parse, which would otherwise be a RecursionError: a 500)."""
+    try:
+        parsed = json.loads(raw)
+    except RecursionError:
+        raise ValueError("the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed JSON body: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("the JSON body must be an object")
+    return parsed
 
 
 def openai_error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rbee import __version__
-from rbee.wire import Health, Heartbeat, WorkerArgs, WorkerState, openai_error, sse
+from rbee.wire import Health, Heartbeat, WorkerArgs, WorkerState, json_object, openai_error, sse
 from rbee.worker.engine import Engine, Generation, Kind
 from rbee.worker.heartbeat import HeartbeatSender
 
@@ -42,6 +41,8 @@ _DRAIN_TIMEOUT_S = 300.0
 _CLOSE_TIMEOUT_S = 10.0
 
 _T = TypeVar("_T")
+_STOPS = 4
+_STOP_CHARS = 256
 
 
 class _Sampling(BaseModel):
@@ -62,6 +63,18 @@ class _Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        """OpenAI's own bound, up to 4 stop strings, and a length: each is matched against the
+        text of every new token, so a request cannot slow the batch it decodes in."""
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > _STOPS:
+            raise ValueError(f"at most {_STOPS} stop strings (got {len(stops)})")
+        if any(len(one) > _STOP_CHARS for one in stops):
+            raise ValueError(f"a stop string has at most {_STOP_CHARS} characters")
+        return stop
 
     def params(self) -> dict[str, Any]:
         """The sampling settings and prompt the engine takes."""
@@ -250,11 +263,9 @@ async def _disconnected(receive: Receive) -> None:
 
 async def _parse(request: Request, model: type[_Sampling]) -> _Sampling | Response:
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
-    if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object", "invalid_request_error")
+        body = json_object(await request.body())
+    except ValueError as exc:
+        return _error(400, str(exc), "invalid_request_error")
     try:
         return model.model_validate(body)
     except ValidationError as exc:

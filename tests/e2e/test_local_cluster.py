@@ -52,6 +52,26 @@ def test_apply_from_nothing_brings_up_queen_hive_model_and_worker(cluster: Local
     assert (cluster.home / ".local/state/rbee/queen.log").exists()
 
 
+def test_state_logs_and_caches_are_the_operators_alone(cluster: LocalCluster) -> None:
+    """The applied cluster (its token and `${VAR}` values), job prompts, logs and models: no
+    other user of the machine may read them (directories 0700, files 0600)."""
+    state = cluster.home / ".local/state/rbee"
+    cache = cluster.home / ".cache/rbee"
+    for root in (state, cache):
+        assert root.stat().st_mode & 0o777 == 0o700, root
+    for path in (
+        state / "queen.db",
+        state / "queen.log",
+        state / "hive-local.log",
+        state / "workers" / "local.gemma3-270m.0.log",
+        cache / "models" / "gemma3-270m" / "payload",
+        cache / "models" / "gemma3-270m" / "metadata.json",
+    ):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is {path.stat().st_mode & 0o777:o}"
+    opened = [p for p in (*state.rglob("*"), *cache.rglob("*")) if p.stat().st_mode & 0o077]
+    assert opened == []
+
+
 def test_answer_streams_through_the_queen_token_by_token(cluster: LocalCluster) -> None:
     body = {
         "model": "gemma3-270m",
@@ -287,6 +307,18 @@ def test_malformed_json_is_a_400(cluster: LocalCluster) -> None:
     )
     assert response.status_code == 400
     assert "malformed JSON" in response.json()["error"]["message"]
+    # 200,000 levels deep: a 400 naming it (it was a RecursionError, a 500), on the relay's
+    # path and on the routes Starlette serves.
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for path in ("/v1/chat/completions", "/v1/plan"):
+        response = httpx.post(
+            f"{cluster.queen_url}{path}",
+            content=deep,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["message"] == "the JSON body is nested too deeply"
 
 
 def test_a_killed_worker_is_respawned_and_serves_again_without_an_apply(

@@ -69,8 +69,11 @@ def test_token_guards_every_route_but_health(start_hive: HiveFactory) -> None:
 def test_malformed_json_is_a_400_error_body(hive: Hive) -> None:
     with hive.client() as client:
         resp = client.post("/v1/models", content=b"{not json")
+        deep = client.post("/v1/models", content=b"[" * 200_000 + b"]" * 200_000)
     assert resp.status_code == 400
-    assert resp.json()["error"]["message"] == "request body is not valid JSON"
+    assert resp.json()["error"]["message"].startswith("malformed JSON body: ")
+    assert deep.status_code == 400  # was a 500: a RecursionError
+    assert deep.json()["error"]["message"] == "the JSON body is nested too deeply"
 
 
 def test_invalid_body_is_a_422_naming_the_field(hive: Hive) -> None:

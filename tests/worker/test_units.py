@@ -83,9 +83,18 @@ def test_inference_while_loading_is_a_503_openai_error() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object"),
+        (b"{not json", "malformed JSON body"),
+        (b"[1, 2]", "must be an object"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
         (b'{"messages": []}', "messages"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}',
+            "at most 4 stop strings",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stop": "%s"}' % (b"s" * 257),
+            "at most 256 characters",
+        ),
         (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', "max_tokens"),
     ],
 )
