@@ -40,6 +40,9 @@ Restart=always
 RestartSec=2
 TimeoutStopSec=15
 KillMode=process
+# Every client, hive check, relayed stream and worker connection is a file: systemd's default
+# of 1,024 let idle clients starve the queen's own checks of hives.
+LimitNOFILE=65536
 
 [Install]
 WantedBy={wanted_by}

@@ -6,7 +6,7 @@ Field names here are contracts between processes: keep them stable.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,16 +47,22 @@ class Health(_Wire):
     pid: int
 
 
+# What a heartbeat names (ids, YAML names, devices) is printed by `rbee worker list` and the
+# status page: printable ASCII without spaces only, so a sender cannot write escape sequences
+# into the operator's terminal.
+_Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")]
+
+
 class Heartbeat(_Wire):
     """What a worker sends to the queen every 2 s."""
 
-    worker_id: str
-    hive: str
-    model: str
-    worker_binary: str
-    url: str
+    worker_id: _Label
+    hive: _Label
+    model: _Label
+    worker_binary: _Label
+    url: str = Field(pattern=r"^https?://[!-~]{1,2000}$")
     pid: int
-    device: str
+    device: _Label
     state: WorkerState
     slots_total: int = Field(ge=1)
     slots_busy: int = Field(ge=0)

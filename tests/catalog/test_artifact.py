@@ -21,7 +21,7 @@ from rbee.catalog.vendors import Progress, Resolved, Sink
 from rbee.defaults import SOURCE_SCHEMES
 from rbee.errors import NotFoundError
 
-DATA = b"weights" * 1000
+DATA = b"GGUF" + b"weights" * 1000  # a file:// source must start as a GGUF
 SHA = hashlib.sha256(DATA).hexdigest()
 
 

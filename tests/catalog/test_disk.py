@@ -37,7 +37,7 @@ def test_a_model_bigger_than_the_free_disk_is_refused_before_a_byte_moves(
     small_disk: Path, tmp_path: Path
 ) -> None:
     source = tmp_path / "big.gguf"
-    source.write_bytes(b"\0" * (2 << 20))
+    source.write_bytes(b"GGUF" + b"\0" * ((2 << 20) - 4))
     catalog = ArtifactCatalog(small_disk / "models")
     with pytest.raises(
         RbeeError, match=r"not enough disk for big: needs 2097152 bytes more, \d+ free"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee.catalog.vendors.file import CHUNK_BYTES, FileVendor, source_path
+from rbee.catalog.vendors.file import CHUNK_BYTES, GGUF_MAGIC, FileVendor, source_path
 from rbee.errors import NotFoundError, RbeeError
 
 
@@ -27,7 +27,7 @@ class ListSink:
 
 
 def test_copies_in_chunks_reporting_done_and_total(tmp_path: Path) -> None:
-    data = bytes(range(256)) * (CHUNK_BYTES * 5 // 2 // 256)
+    data = GGUF_MAGIC + bytes(range(256)) * (CHUNK_BYTES * 5 // 2 // 256)
     source = tmp_path / "blob"
     source.write_bytes(data)
     sink = ListSink()
@@ -42,11 +42,22 @@ def test_copies_in_chunks_reporting_done_and_total(tmp_path: Path) -> None:
 
 def test_a_copy_continues_from_the_bytes_already_there(tmp_path: Path) -> None:
     source = tmp_path / "blob"
-    source.write_bytes(b"0123456789")
-    sink = ListSink(offset=4)
+    source.write_bytes(b"GGUF0123456789")
+    sink = ListSink(offset=8)
     vendor = FileVendor()
     vendor.fetch(vendor.resolve(source.as_uri()), sink, lambda d, t: None)
     assert b"".join(sink.chunks) == b"456789"
+
+
+@pytest.mark.parametrize("content", [b"", b"GGU", b"-----BEGIN OPENSSH PRIVATE KEY-----\n"])
+def test_a_file_that_is_no_gguf_is_refused_before_a_byte_is_copied(
+    tmp_path: Path, content: bytes
+) -> None:
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(content)
+    with pytest.raises(RbeeError, match=r"is not a GGUF model") as refused:
+        FileVendor().resolve(secret.as_uri())
+    assert refused.value.hint == "a file:// source names a .gguf file on the hive"
 
 
 def test_a_missing_file_is_not_found(tmp_path: Path) -> None:

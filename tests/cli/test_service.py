@@ -65,6 +65,7 @@ def test_a_network_hives_user_unit_restarts_it_and_leaves_its_workers_running(
     text = hive_unit(HIVE_ARGS)
     assert text == snapshot
     assert "Restart=always" in text and "KillMode=process" in text
+    assert "LimitNOFILE=65536" in text  # the default 1,024 files starve a busy daemon
     assert f"ExecStart=%h/{HIVE_EXECUTABLE} --host 10.0.0.2" in text
     assert f"EnvironmentFile=-%h/{HIVE_ENV_FILE}" in text
     # What systemd makes of it, with the user's home (%h) made concrete.

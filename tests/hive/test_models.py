@@ -69,7 +69,7 @@ def test_adding_the_same_model_twice_is_a_noop(hive: Hive, gguf: Path) -> None:
 
 def test_wrong_sha256_fails_and_leaves_nothing_under_the_name(hive: Hive, tmp_path: Path) -> None:
     source = tmp_path / "small.bin"
-    source.write_bytes(b"x" * 3_000_000)
+    source.write_bytes(b"GGUF" + b"x" * 3_000_000)
     with hive.client() as client:
         events = add_model(client, "small", source, sha256="0" * 64)
         assert client.get("/v1/models").json() == []
@@ -90,7 +90,7 @@ def test_missing_source_file_fails_with_a_clear_error(hive: Hive, tmp_path: Path
 @pytest.mark.parametrize("name", ["../x", "..", "a/b", ".hidden"])
 def test_a_name_escaping_the_catalog_is_refused(hive: Hive, tmp_path: Path, name: str) -> None:
     source = tmp_path / "small.bin"
-    source.write_bytes(b"tiny")
+    source.write_bytes(b"GGUFtiny")
     with hive.client() as client:
         resp = client.post("/v1/models", json={"name": name, "source": source.as_uri()})
     assert resp.status_code == 422
@@ -107,9 +107,9 @@ def test_an_unsupported_scheme_is_refused(hive: Hive) -> None:
 
 def test_delete_removes_the_model(hive: Hive, tmp_path: Path) -> None:
     source = tmp_path / "small.bin"
-    source.write_bytes(b"tiny")
+    source.write_bytes(b"GGUFtiny")
     with hive.client() as client:
-        events = add_model(client, "small", source, sha256=hashlib.sha256(b"tiny").hexdigest())
+        events = add_model(client, "small", source, sha256=hashlib.sha256(b"GGUFtiny").hexdigest())
         assert events[-1]["state"] == "succeeded"
         deleted = client.delete("/v1/models/small")
         assert deleted.status_code == 200

@@ -158,7 +158,7 @@ def test_a_peer_with_other_bytes_is_not_trusted_and_the_source_serves(
     liar = start_hive(env={"HOME": str(tmp_path / "liar")}, port=free_port())
     with liar.client() as client:  # it holds another file under the same name
         other = tmp_path / "other.gguf"
-        other.write_bytes(b"not the model" * 1000)
+        other.write_bytes(b"GGUF" + b"not the model" * 1000)
         events = operation_events(
             client, _post(client, {"name": "gemma", "source": other.as_uri()})
         )

@@ -154,9 +154,9 @@ def test_deleting_an_unknown_binary_is_404(hive: Hive) -> None:
 
 def test_spawning_with_an_unprovisioned_binary_is_404(hive: Hive, tmp_path: Path) -> None:
     source = tmp_path / "tiny.gguf"
-    source.write_bytes(b"tiny")
+    source.write_bytes(b"GGUFtiny")
     with hive.client() as client:
-        assert add_model(client, "tiny", source, hashlib.sha256(b"tiny").hexdigest())
+        assert add_model(client, "tiny", source, hashlib.sha256(b"GGUFtiny").hexdigest())
         resp = client.post(
             "/v1/worker-processes", json=spawn_body(hive, model="tiny", worker_binary="cuda")
         )

@@ -126,3 +126,37 @@ def test_model_without_live_worker_is_503_and_unknown_is_404(queen: str) -> None
     )
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("worker_id", "w\x1b]0;pwned\x07\x1b[2J"),
+        ("worker_id", "w\nforged line"),
+        ("hive", "local\x1b[31m"),
+        ("url", "http://127.0.0.1:9/\x1b[2J"),
+        ("device", "cpu \x08"),
+    ],
+)
+def test_a_heartbeat_naming_a_terminal_escape_is_refused(
+    queen: str, field: str, value: str
+) -> None:
+    """What a heartbeat names is printed by `rbee worker list` and the status page: a sender
+    must not write escape sequences (or lines of its own) into the operator's terminal."""
+    beat = {
+        "worker_id": "w1",
+        "hive": "local",
+        "model": "scripted",
+        "worker_binary": "cpu",
+        "url": "http://127.0.0.1:9",
+        "pid": 1,
+        "device": "cpu",
+        "state": "idle",
+        "slots_total": 1,
+        "slots_busy": 0,
+        field: value,
+    }
+    refused = httpx.post(f"{queen}/v1/workers/heartbeat", json=beat)
+    assert refused.status_code == 422, refused.text
+    assert field in refused.json()["error"]["message"]
+    assert httpx.get(f"{queen}/v1/workers").json() == []

@@ -1,16 +1,21 @@
-"""`file://` sources: an absolute path on the hive's own filesystem, copied in 1 MiB chunks."""
+"""`file://` sources: a GGUF file on the hive's own filesystem, copied in 1 MiB chunks.
+
+Only a file that starts as a GGUF does: the catalog serves what it holds to peers, so any other
+file (a key, a config) named by a request would leave the machine that way."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from rbee.catalog.vendors import Progress, Resolved, Sink
 from rbee.errors import NotFoundError, RbeeError
 
-__all__ = ["CHUNK_BYTES", "FileVendor", "source_path"]
+__all__ = ["CHUNK_BYTES", "GGUF_MAGIC", "FileVendor", "source_path"]
 
 CHUNK_BYTES = 1 << 20
+GGUF_MAGIC = b"GGUF"
 
 
 def source_path(source: str) -> Path:
@@ -31,14 +36,24 @@ class FileVendor:
     """Copies a local file into the catalog."""
 
     def resolve(self, source: str) -> Resolved:
-        """The file and its size; NotFoundError when it is missing."""
+        """The file and its size; NotFoundError when it is missing, RbeeError when it is not a
+        GGUF file."""
         path = source_path(source)
         if path.is_dir():
             raise RbeeError(f"source {path} is a directory, not a file")
         try:
-            size = path.stat().st_size
+            with path.open("rb") as handle:
+                magic = handle.read(len(GGUF_MAGIC))
+                size = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             raise NotFoundError(f"source file {path} does not exist") from None
+        except PermissionError:
+            raise RbeeError(f"source file {path} is not readable by the hive") from None
+        if magic != GGUF_MAGIC:
+            raise RbeeError(
+                f"source file {path} is not a GGUF model (it does not start with {GGUF_MAGIC!r})",
+                hint="a file:// source names a .gguf file on the hive",
+            )
         return Resolved(url=str(path), size=size)
 
     def fetch(self, resolved: Resolved, sink: Sink, progress: Progress) -> None:
