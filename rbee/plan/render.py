@@ -90,9 +90,29 @@ _VERB = {"create": "add", "update": "change", "replace": "replace", "delete": "d
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
+# Markdown and HTML that a string from the YAML (a source URL, a name in a reason) could use
+# to inject into a pull request's comment mid-line: links and images (`[`), HTML (`<`),
+# emphasis and strike-through, code spans, table cells, and @mentions that notify people.
+_MARKDOWN = re.compile(r"([\\`*_\[\]|~])")
+
+
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell, with credentials in URLs hidden."""
-    return _USERINFO.sub("(sensitive)@", text).replace("|", "\\|").replace("\n", " ")
+    """Plain text for a Markdown table cell or list item: one line, credentials in URLs hidden,
+    every character Markdown or HTML would act on escaped."""
+    text = _USERINFO.sub("(sensitive)@", text).replace("\r", " ").replace("\n", " ")
+    text = _MARKDOWN.sub(r"\\\1", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace("@", "&#64;")
+
+
+def _code(text: str) -> str:
+    """`text` as an inline code span whatever backticks it holds (CommonMark: a fence longer
+    than any run inside), on one line, pipes escaped (GitHub splits table cells on them even
+    in code), credentials in URLs hidden."""
+    text = _USERINFO.sub("(sensitive)@", text).replace("\r", " ").replace("\n", " ")
+    text = text.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
 
 
 def plan_markdown(plan: Plan) -> str:
@@ -127,7 +147,8 @@ def plan_markdown(plan: Plan) -> str:
             lines += ["<details>", f"<summary><code>{action.address}</code></summary>", ""]
             lines.append(f"- {_VERB[action.op]}: {_cell(action.reason)}")
             for change in action.changes:
-                lines.append(f"- `{change.field}`: `{_value(change.old)}` → `{_value(change.new)}`")
+                old, new = _code(_value(change.old)), _code(_value(change.new))
+                lines.append(f"- {_code(change.field)}: {old} → {new}")
             if action.depends_on:
                 waits = ", ".join(f"`{d}`" for d in action.depends_on)
                 lines.append(f"- after {waits}")

@@ -233,7 +233,29 @@ def test_markdown_hides_credentials_in_urls() -> None:
     )
     text = plan_markdown(the_plan.model_copy(update={"actions": [action]}))
     assert "s3cret" not in text and "alice" not in text
-    assert "https://(sensitive)@wheels.example/rbee.whl" in text
+    assert "https://(sensitive)&#64;wheels.example/rbee.whl" in text
+
+
+def test_markdown_from_the_yaml_cannot_inject_into_the_pull_requests_comment() -> None:
+    the_plan = _case("ctx_size_change_restarts_worker")
+    evil = (
+        "x |</details>\n\n**No changes.** <img src=https://t.example/p> "
+        "[ok](https://e.example) @team `"
+    )
+    action = the_plan.actions[0]
+    change = action.changes[0].model_copy(update={"old": evil, "new": "``a`|b"})
+    action = action.model_copy(update={"reason": evil, "changes": [change]})
+    lines = plan_markdown(the_plan.model_copy(update={"actions": [action]})).splitlines()
+    row = next(line for line in lines if line.startswith("| 🟠"))
+    said = next(line for line in lines if line.startswith("- replace: "))
+    for plain in (row, said):  # the reason: text, every active character escaped
+        assert "<" not in plain and "@team" not in plain and "**No" not in plain
+        assert "[ok](" not in plain and "\\[ok\\](" in plain
+    assert row.count(" | ") == 3  # one cell: its pipe is escaped
+    # A value is one code span whatever it holds (in code, HTML and mentions are text): a
+    # fence longer than its backticks, its pipes escaped, its line breaks JSON's.
+    old = json.dumps(evil).replace("|", "\\|")
+    assert f'- `ctx_size`: ``{old}`` → ```"``a`\\|b"```' in lines
 
 
 def test_a_range_within_min_and_max_plans_nothing_and_notes_its_count() -> None:
