@@ -1,11 +1,47 @@
-"""Addresses: which host names mean this machine's loopback, and URLs for host:port."""
+"""Addresses: which host names mean this machine's loopback, URLs for host:port, and URLs
+with their secrets hidden."""
 
 from __future__ import annotations
 
-__all__ = ["LOCAL_HOSTS", "LOOPBACK", "http_url"]
+import re
+from urllib.parse import urlsplit
+
+__all__ = ["LOCAL_HOSTS", "LOOPBACK", "SENSITIVE", "hide_url_secrets", "http_url"]
+
+#: What a hidden secret reads as, wherever rbee prints or stores one.
+SENSITIVE = "(sensitive)"
+# A URL in running text: a scheme, then up to a space, a quote or a bracket that ends it.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 
 LOOPBACK = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"localhost", LOOPBACK, "::1"})
+
+
+def hide_url_secrets(text: str) -> str:
+    """`text` with the secrets of every URL in it hidden: the user and password
+    (`https://(sensitive)@host/…`) and every query value (`?sig=(sensitive)`: presigned and
+    tokened URLs carry credentials there). The rest stays, so the URL is still recognisable."""
+    return _URL.sub(_hide, text) if "://" in text else text
+
+
+def _hide(match: re.Match[str]) -> str:
+    url = match[0]
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    scheme_end = len(parts.scheme) + 3
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{SENSITIVE}@{netloc.rpartition('@')[2]}"
+    shown = url[:scheme_end] + netloc + url[scheme_end + len(parts.netloc) :]
+    if parts.query:
+        hidden = "&".join(
+            f"{pair.partition('=')[0]}={SENSITIVE}" if "=" in pair else SENSITIVE
+            for pair in parts.query.split("&")
+        )
+        shown = shown.replace(f"?{parts.query}", f"?{hidden}", 1)
+    return shown
 
 
 def http_url(host: str, port: int) -> str:

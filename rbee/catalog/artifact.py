@@ -32,6 +32,7 @@ from rbee.catalog.vendors.hf import HfVendor
 from rbee.catalog.vendors.http import HttpVendor, download
 from rbee.defaults import split_gguf
 from rbee.errors import NotFoundError, RbeeError
+from rbee.net import hide_url_secrets
 from rbee.paths import contained
 from rbee.wire import GgufFacts, ModelEntry
 
@@ -185,7 +186,7 @@ class ArtifactCatalog:
         if expected is not None and resolved.sha256 not in (None, expected):
             raise ChecksumMismatchError(
                 f"sha256 mismatch for {name}: the cluster YAML pins {expected}, "
-                f"{source} has {resolved.sha256}",
+                f"{hide_url_secrets(source)} has {resolved.sha256}",
                 hint="fix the sha256 in the YAML, or pin the revision it was taken from",
             )
         expected = expected or resolved.sha256
@@ -216,7 +217,8 @@ class ArtifactCatalog:
             # The first part is what the YAML and the Hub name; the others check themselves.
             want = expected if number == 1 else part.sha256
             directory = staging if count == 1 else staging.with_name(f"{staging.name}-{number}")
-            label = source if count == 1 else f"{source}#{number}"
+            shown = hide_url_secrets(source)
+            label = shown if count == 1 else f"{shown}#{number}"
 
             def moved(d: int, t: int | None, before: int = done) -> None:
                 progress(before + d, resolved.size if count > 1 else t)

@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 from rbee.config.models import Cluster
+from rbee.net import SENSITIVE, hide_url_secrets
 from rbee.plan.observed import Observed
 
 __all__ = ["SENSITIVE", "observed_digest", "redacted"]
-
-SENSITIVE = "(sensitive)"
 
 
 def observed_digest(observed: Observed) -> str:
@@ -44,8 +43,14 @@ def observed_digest(observed: Observed) -> str:
 
 
 def redacted(cluster: Cluster) -> dict[str, Any]:
-    """The cluster as JSON data with every secret replaced by "(sensitive)"."""
+    """The cluster as JSON data with every secret replaced by "(sensitive)": the queen's
+    token, and what URLs carry (a source's `user:password@`, its query's values)."""
     data = cluster.model_dump(mode="json")
     if data["queen"].get("token"):
         data["queen"]["token"] = SENSITIVE
+    for model in data.get("models") or []:
+        model["source"] = hide_url_secrets(model["source"])
+    for binary in data.get("worker_binaries") or []:
+        if binary.get("url"):
+            binary["url"] = hide_url_secrets(binary["url"])
     return data

@@ -13,7 +13,7 @@ from deepdiff import DeepDiff
 import rbee
 from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.defaults import split_gguf
-from rbee.net import LOCAL_HOSTS
+from rbee.net import LOCAL_HOSTS, hide_url_secrets
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
@@ -351,7 +351,11 @@ class _Context:
             )
         if expected is not None and have.sha256 != expected:
             change = Change(field="sha256", old=have.sha256, new=expected)
-            why = "sha256 changed" if model.sha256 else f"{model.source} changed on the Hub:"
+            why = (
+                "sha256 changed"
+                if model.sha256
+                else f"{hide_url_secrets(model.source)} changed on the Hub:"
+            )
             reason = f"{why} {have.sha256[:12]}… → {expected[:12]}…"
             return Action(op="replace", reason=reason, changes=[change], **common)
         return None
@@ -367,7 +371,7 @@ class _Context:
         if model.sha256 and resolved.sha256 and model.sha256 != resolved.sha256:
             return (
                 f"the sha256 in the YAML ({model.sha256}) differs from the Hub's "
-                f"({resolved.sha256}) for {model.source}"
+                f"({resolved.sha256}) for {hide_url_secrets(model.source)}"
             )
         return None
 
@@ -601,7 +605,9 @@ def _adding(model: Model, resolved: SourceFacts | None) -> str:
         known.append(f"{resolved.size_bytes / 1e6:.0f} MB")
     if resolved is not None and resolved.revision:
         known.append(f"commit {resolved.revision[:7]}")
-    return f"add from {model.source}" + (f" ({', '.join(known)})" if known else "")
+    return f"add from {hide_url_secrets(model.source)}" + (
+        f" ({', '.join(known)})" if known else ""
+    )
 
 
 def _spec_changes(proc: WorkerProcess, spawn: SpawnWorker) -> list[Change]:

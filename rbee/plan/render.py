@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from rbee.net import hide_url_secrets
 from rbee.plan.model import Plan
 
 __all__ = ["plan_dot", "plan_json", "plan_markdown", "plan_text"]
@@ -87,9 +88,6 @@ _EMOJI = {"create": "🟢", "update": "🟡", "replace": "🟠", "delete": "🔴
 _VERB = {"create": "add", "update": "change", "replace": "replace", "delete": "destroy"}
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
 # Markdown and HTML that a string from the YAML (a source URL, a name in a reason) could use
 # to inject into a pull request's comment mid-line: links and images (`[`), HTML (`<`),
 # emphasis and strike-through, code spans, table cells, and @mentions that notify people.
@@ -99,7 +97,7 @@ _MARKDOWN = re.compile(r"([\\`*_\[\]|~])")
 def _cell(text: str) -> str:
     """Plain text for a Markdown table cell or list item: one line, credentials in URLs hidden,
     every character Markdown or HTML would act on escaped."""
-    text = _USERINFO.sub("(sensitive)@", text).replace("\r", " ").replace("\n", " ")
+    text = hide_url_secrets(text).replace("\r", " ").replace("\n", " ")
     text = _MARKDOWN.sub(r"\\\1", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace("@", "&#64;")
 
@@ -108,7 +106,7 @@ def _code(text: str) -> str:
     """`text` as an inline code span whatever backticks it holds (CommonMark: a fence longer
     than any run inside), on one line, pipes escaped (GitHub splits table cells on them even
     in code), credentials in URLs hidden."""
-    text = _USERINFO.sub("(sensitive)@", text).replace("\r", " ").replace("\n", " ")
+    text = hide_url_secrets(text).replace("\r", " ").replace("\n", " ")
     text = text.replace("|", "\\|")
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     padded = f" {text} " if text.startswith("`") or text.endswith("`") else text

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from urllib.parse import urlsplit
 
 import httpx
 import tenacity
 
 from rbee.catalog.vendors import Progress, Resolved, Sink
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
+from rbee.net import hide_url_secrets
 
 __all__ = ["CHUNK_BYTES", "HttpVendor", "download"]
 
@@ -140,6 +140,5 @@ def _untrusted(exc: BaseException) -> bool:
 
 
 def _shown(url: str) -> str:
-    """The URL without its query (presigned CDN URLs carry credentials there)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    """The URL with its secrets hidden (presigned CDN URLs carry credentials in the query)."""
+    return hide_url_secrets(url)
