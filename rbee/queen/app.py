@@ -48,7 +48,7 @@ from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 from rbee.queen.store import Store
-from rbee.queen.ui import events, login, login_form, page
+from rbee.queen.ui import events, login, login_form, logout, page
 from rbee.remote.ssh_config import hives_from_ssh_config
 from rbee.wire import (
     ApplyEvent,
@@ -441,6 +441,7 @@ ROUTES = [
     Route("/ui/events", events),
     Route("/ui/login", login_form),
     Route("/ui/login", login, methods=["POST"]),
+    Route("/ui/logout", logout, methods=["POST"]),
 ]
 
 

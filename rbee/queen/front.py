@@ -11,9 +11,10 @@ Who may call what:
   inference or admin key.
 - Everything else (plan, apply, down, shutdown, locks, hives, keys, metrics, logs, the status
   page): an admin key.
-- The status page (`/` and `/ui/*`) also takes the admin key from the `rbee_ui` cookie that its
-  login form (`/ui/login`, open) sets: a browser cannot send a bearer header. `/` without a
-  credential redirects to that form.
+- The status page (`/` and `/ui/*`) also takes the `rbee_ui` cookie that its login form
+  (`/ui/login`, open) sets: a browser cannot send a bearer header. The cookie holds a session
+  id (`rbee.queen.sessions`), never the key; each use checks the key it was opened with again.
+  `/` without a credential redirects to that form; `/ui/logout` (open) closes the session.
 - The cluster token opens every route: it is the operator's credential from the YAML.
 - A loopback queen without a cluster token serves anyone until the first key is created.
 
@@ -32,17 +33,18 @@ from typing import TYPE_CHECKING, Literal
 
 from rbee.daemon import Message, Receive, Scope, Send, browser_refusal, own_names, send_error
 from rbee.queen.keys import Principal
+from rbee.queen.sessions import Sessions
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from rbee.queen.app import QueenState
 
-__all__ = ["MAX_BODY_BYTES", "UI_COOKIE", "Front"]
+__all__ = ["MAX_BODY_BYTES", "UI_COOKIE", "Front", "ui_session"]
 
 #: The largest request body the queen reads (413 beyond).
 MAX_BODY_BYTES = 8 * 1024 * 1024
-#: The cookie holding the status page's admin key.
+#: The cookie holding the status page's session id.
 UI_COOKIE = "rbee_ui"
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -53,8 +55,9 @@ _NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
     "/v1/completions": "inference",
     "/v1/models": "inference",
     "/ui/login": "open",
+    "/ui/logout": "open",
 }
-_FORMS = frozenset({"/ui/login"})  # the status page's login form posts a form
+_FORMS = frozenset({"/ui/login", "/ui/logout"})  # the status page's own forms
 _OPEN = Principal("anyone", "open")
 _CLUSTER = Principal("cluster-token", "cluster")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -84,6 +87,7 @@ class Front:
         self._open = open_on_loopback
         self._max_body = max_body_bytes
         self._names = own_names() if host_names is None else host_names
+        self.sessions = Sessions()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,7 +113,9 @@ class Front:
         path = scope["path"]
         on_ui = path == "/" or path.startswith("/ui/")
         if on_ui and authorization is None and cookie is not None:
-            authorization = _ui_credential(cookie)
+            session_id = ui_session(cookie)
+            secret = self.sessions.secret(session_id) if session_id else None
+            authorization = None if secret is None else b"Bearer " + secret.encode()
         principal = self._authenticate(authorization, _NEEDS.get(path) or _needs(path))
         if not isinstance(principal, Principal):
             if path == "/" and scope["method"] in ("GET", "HEAD"):
@@ -194,15 +200,15 @@ class Front:
         )
 
 
-def _ui_credential(cookie: bytes) -> bytes | None:
-    """The `Authorization` value that the status page's cookie stands for."""
+def ui_session(cookie: bytes) -> str | None:
+    """The status page's session id in a `Cookie` header, if it holds one."""
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(cookie.decode("latin-1"))
     except CookieError:
         return None
     morsel = jar.get(UI_COOKIE)
-    return None if morsel is None or not morsel.value else b"Bearer " + morsel.value.encode()
+    return None if morsel is None or not morsel.value else morsel.value
 
 
 async def _to_login(send: Send, request_id: bytes) -> None:

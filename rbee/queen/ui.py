@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 import rbee
-from rbee.queen.front import UI_COOKIE
+from rbee.queen.front import UI_COOKIE, ui_session
+from rbee.queen.sessions import TTL_S as SESSION_TTL_S
 from rbee.wire import sse
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from rbee.queen.front import Front
     from rbee.wire import Capabilities
 
-__all__ = ["events", "login", "login_form", "page", "recent_jobs", "snapshot"]
+__all__ = ["events", "login", "login_form", "logout", "page", "recent_jobs", "snapshot"]
 
 #: How often `/ui/events` pushes the status.
 EVERY_S = 1.0
@@ -141,25 +143,48 @@ async def login_form(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    """`POST /ui/login` (a form with `key`): an admin key (or the cluster token) sets the
-    cookie and goes to the page; anything else gets the form again, saying why."""
+    """`POST /ui/login` (a form with `key`): an admin key (or the cluster token) opens a
+    session, whose id the cookie holds, and goes to the page; anything else gets the form
+    again, saying why. Wrong keys from one address are throttled (`rbee.queen.sessions`)."""
+    front: Front = request.app.state.front
+    client = request.client.host if request.client else "?"
+    wait_s = front.sessions.wait_s(client)
+    if wait_s > 0:
+        retry = str(math.ceil(wait_s))
+        answer = _login_page(f"too many wrong keys: try again in {retry} s", 429)
+        answer.headers["retry-after"] = retry
+        return answer
     fields = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (fields.get("key") or [""])[0].strip()
-    front: Front = request.app.state.front
     found = front.check(key) if key else 401
-    if found == 403:
-        return _login_page("an inference key cannot open the status page: use an admin key", 403)
     if isinstance(found, int):
+        front.sessions.failed(client)
+        if found == 403:
+            message = "an inference key cannot open the status page: use an admin key"
+            return _login_page(message, 403)
         return _login_page("that key is not an admin key of this queen", 401)
+    front.sessions.succeeded(client)
     answer = RedirectResponse("/", status_code=303)
     if found.scope != "open":  # an open queen needs no cookie
         answer.set_cookie(
             UI_COOKIE,
-            key,
+            front.sessions.open(key),
+            max_age=int(SESSION_TTL_S),
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
         )
+    return answer
+
+
+async def logout(request: Request) -> Response:
+    """`POST /ui/logout`: the session ends here and in the browser; back to the login form."""
+    front: Front = request.app.state.front
+    session_id = ui_session(request.headers.get("cookie", "").encode("latin-1"))
+    if session_id is not None:
+        front.sessions.close(session_id)
+    answer = RedirectResponse("/ui/login", status_code=303)
+    answer.delete_cookie(UI_COOKIE, httponly=True, samesite="strict")
     return answer
 
 
@@ -227,6 +252,7 @@ _PAGE = (
   <span>queen <code id="queen"></code></span>
   <span>sync <b id="sync"></b></span>
   <span id="link" class="muted">connecting…</span>
+  <form method="post" action="/ui/logout"><button type="submit">log out</button></form>
 </header>
 <main>
   <section>

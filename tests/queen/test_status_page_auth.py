@@ -112,3 +112,34 @@ def test_an_open_loopback_queen_shows_the_page_to_anyone(tmp_path: Path) -> None
         queen.stop()
     assert page.status_code == 200
     assert "<title>rbee status</title>" in page.text
+
+
+def test_the_cookie_holds_a_session_id_that_logout_and_revoking_the_key_close(
+    keyed: KeyedQueen,
+) -> None:
+    operator = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=keyed.url, timeout=10) as browser:
+        login = browser.post("/ui/login", data={"key": keyed.admin})
+        session = browser.cookies["rbee_ui"]
+        assert keyed.admin not in login.headers["set-cookie"] and len(session) >= 40
+        assert "max-age=43200" in login.headers["set-cookie"].lower()
+        assert browser.get("/").status_code == 200
+        out = browser.post("/ui/logout")
+        assert (out.status_code, out.headers["location"]) == (303, "/ui/login")
+        assert browser.get("/").status_code == 303  # the browser forgot it...
+    stolen = httpx.get(f"{keyed.url}/", cookies={"rbee_ui": session}, timeout=10)
+    assert stolen.status_code == 303  # ...and so did the queen
+    with httpx.Client(base_url=keyed.url, timeout=10) as browser:
+        browser.post("/ui/login", data={"key": keyed.admin})
+        assert browser.get("/").status_code == 200
+        revoked = httpx.delete(f"{keyed.url}/v1/keys/admin", headers=operator, timeout=10)
+        assert revoked.status_code == 200, revoked.text
+        assert browser.get("/").status_code == 303
+
+
+def test_wrong_keys_are_throttled_per_address(keyed: KeyedQueen) -> None:
+    for _ in range(5):
+        assert _login(keyed.url, "rbee_wrong").status_code == 401
+    throttled = _login(keyed.url, keyed.admin)  # even the right key waits its turn
+    assert throttled.status_code == 429 and "too many wrong keys" in throttled.text
+    assert int(throttled.headers["retry-after"]) >= 1
