@@ -40,10 +40,12 @@ if TYPE_CHECKING:
 
     from rbee.queen.app import QueenState
 
-__all__ = ["MAX_BODY_BYTES", "UI_COOKIE", "Front", "ui_session"]
+__all__ = ["MAX_BODY_BYTES", "PRINCIPAL", "UI_COOKIE", "Front", "ui_session"]
 
 #: The largest request body the queen reads (413 beyond).
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The ASGI scope key under which the routes find who is calling (a `Principal`).
+PRINCIPAL = "rbee.principal"
 #: The cookie holding the status page's session id.
 UI_COOKIE = "rbee_ui"
 
@@ -139,6 +141,7 @@ class Front:
             if path in _INFERENCE:
                 await self._relay.handle(scope, receive, send, body, principal, request_id)
                 return
+        scope[PRINCIPAL] = principal
         await self.app(scope, _replay(body, receive), _with_request_id(send, request_id))
 
     def check(self, secret: str) -> Principal | int:

@@ -2,7 +2,9 @@
 
 `POST /v1/jobs` (201 `JobCreated`), `GET /v1/jobs[?state=&limit=]`, `GET /v1/jobs/{id}`,
 `GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}` (cancel). Errors are OpenAI-style
-bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.front`).
+bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.front`). A job
+belongs to the key that submitted it: another inference key gets 404 for it and never lists
+it; admin keys and the cluster token see every job.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from rbee.queen.front import PRINCIPAL
 from rbee.queen.jobs import JobEnded, JobsFull, NoSuchJob, UnknownModel
+from rbee.queen.keys import Principal
 from rbee.wire import openai_error, sse
 from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
 
@@ -28,6 +32,17 @@ __all__ = ["JOB_ROUTES"]
 def _jobs(request: Request) -> Jobs:
     jobs: Jobs = request.app.state.queen.jobs
     return jobs
+
+
+def _caller(request: Request) -> Principal | None:
+    principal: Principal | None = request.scope.get(PRINCIPAL)
+    return principal
+
+
+def _only_of(request: Request) -> str | None:
+    """The owner whose jobs the caller may see: an inference key's own, else None (all)."""
+    caller = _caller(request)
+    return caller.name if caller is not None and caller.scope == "inference" else None
 
 
 def _refuse(
@@ -53,7 +68,8 @@ async def submit_job(request: Request) -> Response:
         where = ".".join(str(part) for part in first["loc"]) or "body"
         return _refuse(422, f"{where}: {first['msg']}", "invalid_request_error")
     try:
-        record = await _jobs(request).submit(asked)
+        caller = _caller(request)
+        record = await _jobs(request).submit(asked, caller.name if caller else None)
     except UnknownModel:
         message = f"the model {asked.model!r} does not exist"
         return _refuse(404, message, "invalid_request_error", "model_not_found")
@@ -73,14 +89,15 @@ async def list_jobs(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         return _refuse(422, "limit must be a whole number from 1 to 1000", "invalid_request_error")
-    records = await _jobs(request).stored(state, int(raw))
+    records = await _jobs(request).stored(state, int(raw), _only_of(request))
     return JSONResponse({"jobs": [r.model_dump(mode="json") for r in records]})
 
 
 async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     try:
-        return JSONResponse((await _jobs(request).get(job_id)).model_dump(mode="json"))
+        record = await _jobs(request).get(job_id, _only_of(request))
+        return JSONResponse(record.model_dump(mode="json"))
     except NoSuchJob:
         return _no_such_job(job_id)
 
@@ -88,7 +105,8 @@ async def get_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     try:
-        return JSONResponse((await _jobs(request).cancel(job_id)).model_dump(mode="json"))
+        record = await _jobs(request).cancel(job_id, _only_of(request))
+        return JSONResponse(record.model_dump(mode="json"))
     except NoSuchJob:
         return _no_such_job(job_id)
     except JobEnded as exc:
@@ -98,7 +116,7 @@ async def cancel_job(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     try:
-        events = await _jobs(request).follow(job_id)
+        events = await _jobs(request).follow(job_id, _only_of(request))
     except NoSuchJob:
         return _no_such_job(job_id)
     return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

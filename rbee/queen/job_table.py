@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 _COLUMNS = (
     "id, priority, model, kind, state, worker, runs, result, error, created_at, started_at, "
-    "finished_at"
+    "finished_at, owner"
 )
 _ENDED_SQL = "(" + ", ".join(f"'{state}'" for state in sorted(ENDED)) + ")"
 
@@ -59,8 +59,8 @@ class JobTable:
 
     def insert(self, record: JobRecord, body: dict[str, Any]) -> None:
         self._db.execute(
-            "INSERT INTO jobs (id, priority, model, kind, body, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, priority, model, kind, body, state, created_at, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.job_id,
                 record.priority,
@@ -69,6 +69,7 @@ class JobTable:
                 json.dumps(body),
                 record.state,
                 record.created_at,
+                record.owner,
             ),
         )
 
@@ -100,11 +101,15 @@ class JobTable:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(*row) if row else None
 
-    def recent(self, state: JobState | None, limit: int) -> list[JobRecord]:
-        """The newest `limit` jobs (in `state`, if given), newest first."""
-        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+    def recent(
+        self, state: JobState | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]:
+        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first."""
+        clauses = [(c, v) for c, v in (("state = ?", state), ("owner = ?", owner)) if v]
+        where = ("WHERE " + " AND ".join(c for c, _ in clauses)) if clauses else ""
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",
+            (*(v for _, v in clauses), limit),
         ).fetchall()
         return [_record(*row) for row in rows]
 
@@ -142,6 +147,7 @@ def _record(
     created_at: float,
     started_at: float | None,
     finished_at: float | None,
+    owner: str | None,
 ) -> JobRecord:
     return JobRecord(
         job_id=job_id,
@@ -156,4 +162,5 @@ def _record(
         finished_at=finished_at,
         result=JobResult.model_validate_json(result) if result else None,
         error=error,
+        owner=owner,
     )

@@ -222,8 +222,9 @@ class Jobs:
 
     # -- what the routes call ---------------------------------------------------------------
 
-    async def submit(self, request: SubmitJob) -> JobRecord:
-        """Store a new job and queue it; raises UnknownModel, JobsFull."""
+    async def submit(self, request: SubmitJob, owner: str | None = None) -> JobRecord:
+        """Store a new job of `owner` (a key's name) and queue it; raises UnknownModel,
+        JobsFull."""
         if not self._knows_model(request.model):
             raise UnknownModel(request.model)
         if len(self._live) >= self._max_live:
@@ -236,6 +237,7 @@ class Jobs:
             state="queued",
             runs=0,
             created_at=time.time(),
+            owner=owner,
         )
         body = request.model_dump(
             exclude={"priority", "stream", "stream_options"}, exclude_none=True
@@ -250,18 +252,22 @@ class Jobs:
         )
         return self._view(self._live[record.job_id])
 
-    async def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """The job; NoSuchJob when there is none, or (`owner` given) when it is another's:
+        to a key, another key's job does not exist."""
         job = self._live.get(job_id) or self._ended.get(job_id)
-        if job is not None:
-            return self._view(job)
-        record = await self._table.call(self._table.get, job_id)
+        record = self._view(job) if job is not None else None
         if record is None:
+            record = await self._table.call(self._table.get, job_id)
+        if record is None or (owner is not None and record.owner != owner):
             raise NoSuchJob(job_id)
         return record
 
-    async def stored(self, state: JobState | None = None, limit: int = 100) -> list[JobRecord]:
-        """The newest `limit` jobs (in `state`, if given), newest first."""
-        records = await self._table.call(self._table.recent, state, limit)
+    async def stored(
+        self, state: JobState | None = None, limit: int = 100, owner: str | None = None
+    ) -> list[JobRecord]:
+        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first."""
+        records = await self._table.call(self._table.recent, state, limit, owner)
         return [self._view(self._live[r.job_id]) if r.job_id in self._live else r for r in records]
 
     def recent(self, limit: int = 10) -> list[JobRecord]:
@@ -271,8 +277,10 @@ class Jobs:
         newest = heapq.nlargest(limit, jobs, key=lambda job: job.record.created_at)
         return [self._view(job) for job in newest]
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job (a running one's worker stops generating)."""
+    async def cancel(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """Cancel a queued or running job (a running one's worker stops generating); NoSuchJob
+        as `get` says."""
+        await self.get(job_id, owner)
         job = self._live.get(job_id)
         if job is None or job.record.state in ENDED:
             raise JobEnded(await self.get(job_id))
@@ -283,12 +291,14 @@ class Jobs:
         await self._end(job, "cancelled", error="cancelled by a client")
         return job.record.model_copy()
 
-    async def follow(self, job_id: str) -> AsyncIterator[bytes]:
-        """The job's events as SSE bytes, from its first until it ends; raises NoSuchJob."""
+    async def follow(self, job_id: str, owner: str | None = None) -> AsyncIterator[bytes]:
+        """The job's events as SSE bytes, from its first until it ends; NoSuchJob as `get`
+        says."""
+        record = await self.get(job_id, owner)
         job = self._live.get(job_id) or self._ended.get(job_id)
         if job is not None:
             return self._follow(job)
-        return _end_only(await self.get(job_id))
+        return _end_only(record)
 
     # -- the queen's lifespan ---------------------------------------------------------------
 

@@ -301,12 +301,18 @@ def _jobs(db: sqlite3.Connection) -> None:
     _execute(db, _JOBS)
 
 
+def _job_owners(db: sqlite3.Connection) -> None:
+    """Who submitted each job (the key's name): an inference key sees its own jobs only."""
+    _add_columns(db, "jobs", {"owner": "TEXT"})
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _history_and_hives,
     _api_keys,
     _applied_source,
     _self_heal,
     _jobs,
+    _job_owners,
 )
 
 

@@ -104,6 +104,10 @@ class JobRecord(_Wire):
     finished_at: float | None = None
     result: JobResult | None = None
     error: str | None = None
+    owner: str | None = Field(
+        default=None,
+        description="the key that submitted it (its name); other inference keys never see it",
+    )
 
 
 # --- `GET /v1/jobs/{id}/events`: the SSE stream, one JSON object each --------------------------

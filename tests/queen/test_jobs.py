@@ -173,3 +173,34 @@ def _run(queen: ScriptedQueen, body: dict[str, Any]) -> tuple[str, list[dict[str
     with httpx.stream("GET", url, timeout=30) as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
     return job_id, events
+
+
+def test_a_job_belongs_to_the_key_that_made_it(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    """Another inference key gets 404 for it (get, events, cancel) and never lists it; the
+    key that made it and admin keys see it."""
+    queen.add_worker("w", scripted.worker("ok"))
+
+    def key(name: str, scope: str, by: dict[str, str]) -> dict[str, str]:
+        body = {"name": name, "scope": scope}
+        made = httpx.post(f"{queen.url}/v1/keys", json=body, headers=by, timeout=5).json()
+        return {"authorization": f"Bearer {made['key']}"}
+
+    admin = key("ops", "admin", {})  # the first key closes the open loopback queen
+    alice, bob = key("alice", "inference", admin), key("bob", "inference", admin)
+    job = {**BODY, "priority": "batch"}
+    job_id = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=alice, timeout=5).json()["job_id"]
+    url = f"{queen.url}/v1/jobs/{job_id}"
+    for method, path in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+        refused = httpx.request(method, url + path, headers=bob, timeout=5)
+        assert refused.status_code == 404, (method, path, refused.text)
+        assert refused.json()["error"]["code"] == "job_not_found"
+    listed = httpx.get(f"{queen.url}/v1/jobs", headers=bob, timeout=5).json()["jobs"]
+    assert listed == []
+    mine = httpx.get(url, headers=alice, timeout=5).json()
+    assert (mine["job_id"], mine["owner"]) == (job_id, "alice")
+    for who in (alice, admin):
+        jobs = httpx.get(f"{queen.url}/v1/jobs", headers=who, timeout=5).json()["jobs"]
+        assert [j["job_id"] for j in jobs] == [job_id]
+    assert httpx.get(url, headers=admin, timeout=5).status_code == 200
