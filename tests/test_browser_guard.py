@@ -103,5 +103,18 @@ def test_a_keyed_queen_refuses_a_cross_site_post_before_reading_its_credential(
         assert plain.status_code == 415 and "application/json" in plain.json()["error"]["message"]
         assert httpx.get(f"{queen.url}/v1/keys", headers=operator).json() == []
         assert httpx.get(f"{queen.url}/health").status_code == 200  # rbee's own clients pass
+        # The status page's own forms are taken from its own pages only.
+        page = {"content-type": "application/x-www-form-urlencoded"}
+        for path, answered in (("/ui/login", 401), ("/ui/logout", 303)):
+            foreign = {**page, "origin": "http://e.x"}
+            assert (
+                httpx.post(f"{queen.url}{path}", content="key=x", headers=foreign).status_code
+                == 403
+            )
+            own = {**page, "origin": queen.url}
+            assert (
+                httpx.post(f"{queen.url}{path}", content="key=x", headers=own).status_code
+                == answered
+            )
     finally:
         queen.stop()
