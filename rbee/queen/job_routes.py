@@ -9,7 +9,6 @@ it; admin keys and the cluster token see every job.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -20,7 +19,7 @@ from starlette.routing import Route
 from rbee.queen.front import PRINCIPAL
 from rbee.queen.jobs import JobEnded, JobsFull, NoSuchJob, UnknownModel
 from rbee.queen.keys import Principal
-from rbee.wire import openai_error, sse
+from rbee.wire import json_object, openai_error, sse
 from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
 
 if TYPE_CHECKING:
@@ -58,18 +57,23 @@ def _no_such_job(job_id: str) -> JSONResponse:
 
 async def submit_job(request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
+        body = json_object(await request.body())
     except ValueError as exc:
-        return _refuse(400, f"malformed JSON body: {exc}", "invalid_request_error")
+        return _refuse(400, str(exc), "invalid_request_error")
     try:
         asked = SubmitJob.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         return _refuse(422, f"{where}: {first['msg']}", "invalid_request_error")
+    # A job counts against its key's rpm as a request does, and its answer against its tpm.
+    caller = _caller(request)
+    if caller is not None and (over := caller.over_limit()) is not None:
+        message, retry_after = over
+        return _refuse(429, message, "rate_limit_error", "rate_limit_exceeded", retry_after)
+    spend = caller.limiter.spend if caller is not None and caller.limiter else None
     try:
-        caller = _caller(request)
-        record = await _jobs(request).submit(asked, caller.name if caller else None)
+        record = await _jobs(request).submit(asked, caller.name if caller else None, spend)
     except UnknownModel:
         message = f"the model {asked.model!r} does not exist"
         return _refuse(404, message, "invalid_request_error", "model_not_found")

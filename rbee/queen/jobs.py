@@ -146,6 +146,9 @@ class _Job:
     task: asyncio.Task[None] | None = None
     slot: WorkerRecord | None = None  # the worker slot it holds while it runs
     assigned_at: float = 0.0
+    # Takes the tokens of its answer from its key's `tpm` (in memory: a job that a restarted
+    # queen runs again is not charged twice).
+    spend: Callable[[int], None] | None = None
 
 
 class _Queue:
@@ -222,9 +225,14 @@ class Jobs:
 
     # -- what the routes call ---------------------------------------------------------------
 
-    async def submit(self, request: SubmitJob, owner: str | None = None) -> JobRecord:
-        """Store a new job of `owner` (a key's name) and queue it; raises UnknownModel,
-        JobsFull."""
+    async def submit(
+        self,
+        request: SubmitJob,
+        owner: str | None = None,
+        spend: Callable[[int], None] | None = None,
+    ) -> JobRecord:
+        """Store a new job of `owner` (a key's name) and queue it; `spend` takes its answer's
+        tokens from the key's limits. Raises UnknownModel, JobsFull."""
         if not self._knows_model(request.model):
             raise UnknownModel(request.model)
         if len(self._live) >= self._max_live:
@@ -243,7 +251,7 @@ class Jobs:
             exclude={"priority", "stream", "stream_options"}, exclude_none=True
         )
         await self._table.call(self._table.insert, record, body)  # durable before it is answered
-        self._queue(_Job(record, body))
+        self._queue(_Job(record, body, spend=spend))
         log.info(
             "event=job_submitted job_id=%s model=%s priority=%s",
             record.job_id,
@@ -513,6 +521,8 @@ class Jobs:
         record.result = result
         record.error = error
         record.finished_at = time.time()
+        if job.spend is not None and result is not None:
+            job.spend(result.completion_tokens)
         await self._table.call(self._table.ended, record.model_copy())
         del self._live[record.job_id]
         self._ended[record.job_id] = job

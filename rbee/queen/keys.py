@@ -85,6 +85,15 @@ class Principal:
             return False
         return self.scope == "admin" or needed == "inference"
 
+    def over_limit(self) -> tuple[str, int] | None:
+        """Whether a request of this key may go now (it is counted if so); else the message
+        and the `Retry-After` seconds of its 429."""
+        wait_s = self.limiter.admit() if self.limiter is not None else None
+        if wait_s is None:
+            return None
+        message = f"key {self.name!r} is over its rate limit; retry in {wait_s:.1f} s"
+        return message, max(1, round(wait_s + 0.5))
+
 
 class Keys:
     """The queen's API keys, in its SQLite (`api_keys`, made by `Store`)."""

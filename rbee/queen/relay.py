@@ -241,19 +241,18 @@ class Relay:
         if not isinstance(model, str) or not model:
             await send_error(send, 400, "the request names no model", "invalid_request_error")
             return
-        if principal.limiter is not None:
-            wait_s = principal.limiter.admit()
-            if wait_s is not None:
-                self._metrics.rejected.labels("rate_limit").inc()
-                await send_error(
-                    send,
-                    429,
-                    f"key {principal.name!r} is over its rate limit; retry in {wait_s:.1f} s",
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    [(b"retry-after", str(max(1, round(wait_s + 0.5))).encode())],
-                )
-                return
+        if (over := principal.over_limit()) is not None:
+            message, retry_after = over
+            self._metrics.rejected.labels("rate_limit").inc()
+            await send_error(
+                send,
+                429,
+                message,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                [(b"retry-after", str(retry_after).encode())],
+            )
+            return
         call = _Call(
             self, scope, receive, send, body, model, parsed.get("stream") is True, request_id
         )

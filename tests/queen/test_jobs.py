@@ -204,3 +204,40 @@ def test_a_job_belongs_to_the_key_that_made_it(
         jobs = httpx.get(f"{queen.url}/v1/jobs", headers=who, timeout=5).json()["jobs"]
         assert [j["job_id"] for j in jobs] == [job_id]
     assert httpx.get(url, headers=admin, timeout=5).status_code == 200
+
+
+def test_a_keys_rpm_and_tpm_hold_for_its_jobs_too(
+    queen: ScriptedQueen, scripted: ScriptedWorkers
+) -> None:
+    """Jobs were a way around a key's limits: each counts as a request, its answer's tokens
+    against the key's tokens a minute."""
+    queen.add_worker("w", scripted.worker("ok"))
+    admin = {
+        "authorization": "Bearer "
+        + httpx.post(f"{queen.url}/v1/keys", json={"name": "ops", "scope": "admin"}).json()["key"]
+    }
+
+    def key(name: str, **limits: int) -> dict[str, str]:
+        body = {"name": name, **limits}
+        made = httpx.post(f"{queen.url}/v1/keys", json=body, headers=admin, timeout=5).json()
+        return {"authorization": f"Bearer {made['key']}"}
+
+    job = {**BODY, "priority": "batch"}
+    by_count = key("counted", rpm=2)
+    answers = [
+        httpx.post(f"{queen.url}/v1/jobs", json=job, headers=by_count, timeout=5) for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(answers[2].headers["retry-after"]) >= 1
+    # One answer of len(TOKENS) tokens spends a tpm of 2: the next job must wait.
+    by_tokens = key("metered", tpm=2)
+    first = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=by_tokens, timeout=5).json()
+    url = f"{queen.url}/v1/jobs/{first['job_id']}"
+    deadline = time.monotonic() + 20
+    while httpx.get(url, headers=by_tokens, timeout=5).json()["state"] != "done":
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.05)
+    assert len(TOKENS) > 2
+    late = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=by_tokens, timeout=5)
+    assert late.status_code == 429, late.text
