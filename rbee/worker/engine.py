@@ -174,6 +174,7 @@ class Engine:
         self._model: _internals.LlamaModel | None = None
         self._formatter: Any = None
         self._running: set[threading.Event] = set()
+        self._longest_token: int | None = None  # bytes of the vocabulary's longest token
         self.loaded = False
 
     @property
@@ -225,10 +226,13 @@ class Engine:
         stop = [user_stop] if isinstance(user_stop, str) else list(user_stop)
         if kind == "completion":
             text = params["prompt"].encode()
+            self._fits(text)
             tokens = self._model.tokenize(text, True, True) if text else [self._model.token_bos()]
             return Formatted(tokens, stop, frozenset())
         result = self._formatter(messages=params["messages"])
-        tokens = self._model.tokenize(result.prompt.encode(), not result.added_special, True)
+        text = result.prompt.encode()
+        self._fits(text)
+        tokens = self._model.tokenize(text, not result.added_special, True)
         more = (
             result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         )
@@ -236,14 +240,32 @@ class Engine:
         ends = frozenset(getattr(self._formatter, "stop_token_ids", None) or ())
         return Formatted(tokens, stop + more, ends)
 
+    def _fits(self, text: bytes) -> None:
+        """Refuse, before tokenizing it, a prompt too long for a slot whatever its tokens: no
+        token covers more bytes than the vocabulary's longest, so more bytes than that many
+        times the context are more tokens than it holds."""
+        ctx_size = self.config.ctx_size
+        if len(text) <= ctx_size:
+            return
+        if self._longest_token is None:  # once, and only for a worker given long prompts
+            assert self._model is not None
+            vocab = range(self._model.n_vocab())
+            self._longest_token = max(len(self._model.token_to_piece(t)) for t in vocab)
+        if len(text) > ctx_size * self._longest_token:
+            raise ValueError(
+                f"the prompt is {len(text)} bytes, more than this worker's context holds "
+                f"({ctx_size} tokens per slot, {self._longest_token} bytes at most each)"
+            )
+
     async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
-        """Wait for a free slot, then put the request into the batch."""
+        """Wait for a free slot, then put the request into the batch. The prompt is formatted
+        and tokenized in a thread: a long one must not stall the event loop (every stream)."""
         assert self._batcher is not None
         await self._slots.acquire()
         self._busy += 1
         self._on_change()
         try:
-            prompt = self._format(kind, params)
+            prompt = await asyncio.to_thread(self._format, kind, params)
         except BaseException:
             self._release(None)
             raise

@@ -144,6 +144,24 @@ def test_malformed_json_is_a_400_openai_error(two_slots: Worker) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_a_prompt_longer_than_any_context_holds_is_refused_before_it_is_tokenized(
+    two_slots: Worker,
+) -> None:
+    """7 MiB of text: more bytes than the context's tokens times the longest token's bytes,
+    so a 400 that says so, not 4 s of tokenizing on the event loop first. The worker answers
+    on: the next request is served."""
+    body = {"prompt": "bee " * (7 << 18), "max_tokens": 1}
+    refused = httpx.post(f"{two_slots.url}/v1/completions", json=body, headers=AUTH, timeout=60)
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["error"]["message"]
+    assert message.startswith(
+        f"the prompt is {7 << 20} bytes, more than this worker's context holds (512 tokens per "
+    )  # launch_worker's --ctx-size
+    small = {"prompt": "The bee", "max_tokens": 2}
+    answer = httpx.post(f"{two_slots.url}/v1/completions", json=small, headers=AUTH, timeout=60)
+    assert answer.status_code == 200
+
+
 def test_two_slots_generate_two_answers_at_once(queen: FakeQueen, two_slots: Worker) -> None:
     results: list[list[tuple[float, str]]] = []
     body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "seed": 1}
