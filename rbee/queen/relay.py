@@ -446,6 +446,11 @@ class _Call:
         send = self.send
         self.started = True
         await send(self._start(200, conn, record.beat.worker_id))
+        # llama-cpp-python streams a chunk per token, plus a finish chunk and `[DONE]`, and
+        # for chat a role chunk first. The count is kept as chunks go out: a client that
+        # leaves once it has read `[DONE]` cancels this call during the last send, and its
+        # tokens must have been counted by then.
+        extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
         events = 0
         pending = b""
         chunk = first
@@ -464,11 +469,13 @@ class _Call:
                     chunk, pending = chunk[:cut], chunk[cut:]
                 if chunk:
                     events += chunk.count(b"data:")
+                    self.tokens = (0, max(0, events - extra))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await conn.read()
             else:
                 tail = pending  # a last event without its blank line
             events += tail.count(b"data:")
+            self.tokens = (0, max(0, events - extra))
         except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             error = openai_error(
@@ -477,10 +484,6 @@ class _Call:
             tail = b"data: " + json.dumps(error).encode() + b"\n\n"
         # The end goes in the same write as the last bytes: a short stream is one body write.
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-        # llama-cpp-python streams a chunk per token, plus a finish chunk and `[DONE]`, and
-        # for chat a role chunk first.
-        extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
-        self.tokens = (0, max(0, events - extra))
         return 200
 
     def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:
