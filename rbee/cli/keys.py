@@ -1,24 +1,26 @@
-"""`rbee key …`: the queen's API keys (inference or admin scope, optional rate limits)."""
+"""`rbee key …`: the queen's API keys (inference, plan or admin scope, optional rate limits)."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
 from rbee.cli.console import err, out
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect_yaml
 from rbee.errors import RbeeError
+from rbee.wire import KeyScope
 
 __all__ = ["key_app"]
 
 key_app = typer.Typer(
     help="API keys for the queen. Once one exists, every route but /health needs a key "
-    "(or the cluster token): inference keys may call /v1/chat/completions, /v1/completions "
-    "and /v1/models; admin keys may do everything, plan and apply included.",
+    "(or the cluster token): inference keys may call /v1/chat/completions, /v1/completions, "
+    "/v1/models and the jobs; plan keys may plan and read the cluster's state (status, hives, "
+    "workers, history), for CI on pull requests; admin keys may do everything, apply included.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -30,7 +32,11 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 def create(
     name: Annotated[str, typer.Argument(help="a name for the key: who or what uses it")],
     scope: Annotated[
-        str, typer.Option(help="inference (the OpenAI routes) or admin (everything)")
+        str,
+        typer.Option(
+            help="inference (the OpenAI routes and jobs), plan (plan and read the state, "
+            "nothing else: for CI on pull requests) or admin (everything)"
+        ),
     ] = "inference",
     rpm: Annotated[int | None, typer.Option(min=1, help="requests a minute (429 beyond)")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="tokens a minute (429 beyond)")] = None,
@@ -38,8 +44,8 @@ def create(
     as_json: AsJson = False,
 ) -> None:
     """Create a key and print it. It is shown this once: the queen keeps only its hash."""
-    if scope not in ("inference", "admin"):
-        raise RbeeError(f"unknown scope {scope!r}", hint="choose inference or admin")
+    if scope not in get_args(KeyScope):
+        raise RbeeError(f"unknown scope {scope!r}", hint="choose inference, plan or admin")
     client = connect_yaml(file)
     created = client.create_key(name, scope, rpm=rpm, tpm=tpm)
     if as_json:

@@ -1,16 +1,19 @@
-"""Fingerprints of observations (for stale saved plans) and clusters with secrets hidden."""
+"""Fingerprints of observations (for stale saved plans), and clusters and plans with their
+secrets hidden."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from rbee.config.models import Cluster
 from rbee.net import SENSITIVE, hide_url_secrets
+from rbee.plan.model import Plan
 from rbee.plan.observed import Observed
 
-__all__ = ["SENSITIVE", "observed_digest", "redacted"]
+__all__ = ["SENSITIVE", "observed_digest", "redacted", "redacted_plan"]
 
 
 def observed_digest(observed: Observed) -> str:
@@ -53,4 +56,27 @@ def redacted(cluster: Cluster) -> dict[str, Any]:
     for binary in data.get("worker_binaries") or []:
         if binary.get("url"):
             binary["url"] = hide_url_secrets(binary["url"])
+    return data
+
+
+def redacted_plan(plan: Plan, secrets: Iterable[str | None] = ()) -> dict[str, Any]:
+    """The plan as JSON data with what its actions keep for apply hidden too: every URL's
+    secrets (a source's `user:password@`, its query's values) and each of `secrets`, wherever
+    they appear (sources, reasons, changes, notes). It reads as the plan does; one whose
+    sources carry credentials cannot be applied."""
+    hidden = [secret for secret in secrets if secret]
+
+    def hide(value: Any) -> Any:
+        if isinstance(value, str):
+            value = hide_url_secrets(value)
+            for secret in hidden:
+                value = value.replace(secret, SENSITIVE)
+            return value
+        if isinstance(value, dict):
+            return {key: hide(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [hide(item) for item in value]
+        return value
+
+    data: dict[str, Any] = hide(plan.model_dump(mode="json"))
     return data

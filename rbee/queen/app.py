@@ -32,11 +32,12 @@ from rbee.config.models import Cluster, Hive, check_references
 from rbee.daemon import own_names
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
+from rbee.plan.digest import redacted_plan
 from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.admission import Admission
 from rbee.queen.autoscale import Autoscaler
 from rbee.queen.control import ApplyLocked, Control, PlanOptions
-from rbee.queen.front import MAX_BODY_BYTES, Front
+from rbee.queen.front import MAX_BODY_BYTES, PRINCIPAL, Front
 from rbee.queen.heal import Healer
 from rbee.queen.hive_registry import HIVE_CHECK_INTERVAL_S, HiveRegistry, monitor_hives
 from rbee.queen.job_routes import JOB_ROUTES
@@ -226,8 +227,14 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def plan_route(request: Request) -> JSONResponse:
+    """A plan; to a plan key (CI on a pull request, which never applies) with every secret
+    hidden, those its actions keep for apply included."""
+    queen = _queen(request)
     body = await parse_body(request, PlanRequest)
-    the_plan = await _queen(request).control.plan(_cluster(body.cluster), _options(body))
+    cluster = _cluster(body.cluster)
+    the_plan = await queen.control.plan(cluster, _options(body))
+    if request.scope[PRINCIPAL].scope == "plan":
+        return JSONResponse(redacted_plan(the_plan, (queen.token, cluster.queen.token)))
     return JSONResponse(the_plan.model_dump(mode="json"))
 
 

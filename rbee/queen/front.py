@@ -9,8 +9,11 @@ Who may call what:
   which a queen only may on loopback).
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models`, and the jobs (`/v1/jobs*`): an
   inference or admin key.
-- Everything else (plan, apply, down, shutdown, locks, hives, keys, metrics, logs, the status
-  page): an admin key.
+- Planning and reading the control plane's state (`_PLAN_ROUTES`: plan, status, hives,
+  workers, the lock, history): a plan or admin key. A plan key gets no inference, no logs (they
+  may hold prompts) and no keys: it is for CI on pull requests.
+- Everything else (apply, down, shutdown, locks, hive and worker changes, keys, metrics, logs,
+  the status page): an admin key.
 - The status page (`/` and `/ui/*`) also takes the `rbee_ui` cookie that its login form
   (`/ui/login`, open) sets: a browser cannot send a bearer header. The cookie holds a session
   id (`rbee.queen.sessions`), never the key; each use checks the key it was opened with again.
@@ -29,10 +32,10 @@ import hmac
 import re
 import secrets
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from rbee.daemon import Message, Receive, Scope, Send, browser_refusal, own_names, send_error
-from rbee.queen.keys import Principal
+from rbee.queen.keys import Need, Principal
 from rbee.queen.sessions import Sessions
 
 if TYPE_CHECKING:
@@ -50,7 +53,8 @@ PRINCIPAL = "rbee.principal"
 UI_COOKIE = "rbee_ui"
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
-_NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
+#: What a path needs, whatever the method; `_needs` says it for the other paths.
+_NEEDS: dict[str, Need] = {
     "/health": "open",
     "/v1/workers/heartbeat": "cluster",
     "/v1/chat/completions": "inference",
@@ -58,6 +62,26 @@ _NEEDS: dict[str, Literal["open", "cluster", "inference"]] = {
     "/v1/models": "inference",
     "/ui/login": "open",
     "/ui/logout": "open",
+}
+#: What a plan key may call, as "METHOD /path" (`{…}` is one path segment): it plans and reads
+#: the control plane's state, and changes nothing.
+_PLAN_ROUTES = (
+    "POST /v1/plan",
+    "GET /v1/status",
+    "GET /v1/hives",
+    "GET /v1/hives/{name}",
+    "GET /v1/workers",
+    "GET /v1/workers/{worker_id}",
+    "GET /v1/lock",
+    "GET /v1/history",
+)
+_PLAN = re.compile("|".join(re.sub(r"\{\w+\}", "[^/]+", route) for route in _PLAN_ROUTES))
+#: Who a 403 tells the caller to come back as.
+_WHO: dict[Need, str] = {
+    "cluster": "the cluster token",
+    "inference": "an inference or admin key",
+    "plan": "a plan or admin key",
+    "admin": "an admin key",
 }
 _FORMS = frozenset({"/ui/login", "/ui/logout"})  # the status page's own forms
 _OPEN = Principal("anyone", "open")
@@ -118,12 +142,13 @@ class Front:
             session_id = ui_session(cookie)
             secret = self.sessions.secret(session_id) if session_id else None
             authorization = None if secret is None else b"Bearer " + secret.encode()
-        principal = self._authenticate(authorization, _NEEDS.get(path) or _needs(path))
+        needed = _NEEDS.get(path) or _needs(scope["method"], path)
+        principal = self._authenticate(authorization, needed)
         if not isinstance(principal, Principal):
             if path == "/" and scope["method"] in ("GET", "HEAD"):
                 await _to_login(send, request_id)
                 return
-            await self._deny(send, principal, request_id)
+            await self._deny(send, principal, request_id, f"{scope['method']} {path}", needed)
             return
         body = b""
         if scope["method"] in ("POST", "PUT", "PATCH"):
@@ -146,12 +171,10 @@ class Front:
 
     def check(self, secret: str) -> Principal | int:
         """Who `secret` (an API key or the cluster token) is on the admin routes, or the HTTP
-        status that refuses it (401 unknown, 403 an inference key)."""
+        status that refuses it (401 unknown, 403 an inference or plan key)."""
         return self._authenticate(b"Bearer " + secret.encode(), "admin")
 
-    def _authenticate(
-        self, authorization: bytes | None, needed: Literal["open", "cluster", "inference", "admin"]
-    ) -> Principal | int:
+    def _authenticate(self, authorization: bytes | None, needed: Need) -> Principal | int:
         """Who is calling, or the HTTP status that refuses them (401 or 403)."""
         if needed == "open":
             return _OPEN
@@ -168,7 +191,9 @@ class Front:
             return _OPEN
         return 401
 
-    async def _deny(self, send: Send, status: int, request_id: bytes) -> None:
+    async def _deny(
+        self, send: Send, status: int, request_id: bytes, route: str, needed: Need
+    ) -> None:
         self.queen.metrics.rejected.labels("unauthorized" if status == 401 else "forbidden").inc()
         headers = [(b"x-request-id", request_id)]
         if status == 401:
@@ -185,7 +210,7 @@ class Front:
         await send_error(
             send,
             403,
-            "this key's scope does not allow this route: it needs an admin key",
+            f"this key's scope does not allow {route}: it needs {_WHO.get(needed, 'a key')}",
             "permission_error",
             "insufficient_scope",
             headers,
@@ -222,9 +247,13 @@ async def _to_login(send: Send, request_id: bytes) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _needs(path: str) -> Literal["inference", "admin"]:
+def _needs(method: str, path: str) -> Need:
     """What a route outside `_NEEDS` asks for."""
-    return "inference" if path == "/v1/jobs" or path.startswith("/v1/jobs/") else "admin"
+    if path == "/v1/jobs" or path.startswith("/v1/jobs/"):
+        return "inference"
+    if _PLAN.fullmatch(f"{'GET' if method == 'HEAD' else method} {path}"):
+        return "plan"
+    return "admin"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -5,10 +5,16 @@
 bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.front`). A job
 belongs to the key that submitted it: another inference key gets 404 for it and never lists
 it; admin keys and the cluster token see every job.
+
+`POST /v1/jobs` takes an `Idempotency-Key` header (1 to 255 printable ASCII characters, else a
+400): the same request sent again with the same key by the same key's holder answers the job it
+made (201 again, `Idempotent-Replayed: true`) instead of making a second; another request with
+that key is a 422.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -17,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee.queen.front import PRINCIPAL
-from rbee.queen.jobs import JobEnded, JobsFull, NoSuchJob, UnknownModel
+from rbee.queen.jobs import IdempotencyConflict, JobEnded, JobsFull, NoSuchJob, UnknownModel
 from rbee.queen.keys import Principal
 from rbee.wire import json_object, openai_error, sse
 from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from rbee.queen.jobs import Jobs
 
 __all__ = ["JOB_ROUTES"]
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def _jobs(request: Request) -> Jobs:
@@ -55,8 +63,22 @@ def _no_such_job(job_id: str) -> JSONResponse:
     return _refuse(404, f"no job {job_id!r} (or it was pruned)", "not_found_error", "job_not_found")
 
 
+def _idempotency_key(request: Request) -> str | None:
+    """The request's `Idempotency-Key`, if it sent one; ValueError if it is not one value of 1
+    to 255 printable ASCII characters."""
+    given = request.headers.getlist("idempotency-key")
+    if not given:
+        return None
+    if len(given) > 1 or not _IDEMPOTENCY_KEY.fullmatch(given[0]):
+        raise ValueError(
+            "the Idempotency-Key header must be one value of 1 to 255 printable ASCII characters"
+        )
+    return given[0]
+
+
 async def submit_job(request: Request) -> Response:
     try:
+        idempotency_key = _idempotency_key(request)
         body = json_object(await request.body())
     except ValueError as exc:
         return _refuse(400, str(exc), "invalid_request_error")
@@ -73,7 +95,11 @@ async def submit_job(request: Request) -> Response:
         return _refuse(429, message, "rate_limit_error", "rate_limit_exceeded", retry_after)
     spend = caller.limiter.spend if caller is not None and caller.limiter else None
     try:
-        record = await _jobs(request).submit(asked, caller.name if caller else None, spend)
+        record, new = await _jobs(request).submit(
+            asked, caller.name if caller else None, spend, idempotency_key
+        )
+    except IdempotencyConflict as exc:
+        return _refuse(422, str(exc), "invalid_request_error", "idempotency_key_reused")
     except UnknownModel:
         message = f"the model {asked.model!r} does not exist"
         return _refuse(404, message, "invalid_request_error", "model_not_found")
@@ -81,7 +107,8 @@ async def submit_job(request: Request) -> Response:
         message = "too many jobs are queued or running; retry later"
         return _refuse(503, message, "service_unavailable", "jobs_full", retry_after=30)
     created = JobCreated(job_id=record.job_id, sse_url=f"/v1/jobs/{record.job_id}/events")
-    return JSONResponse(created.model_dump(), status_code=201)
+    replayed = None if new else {"idempotent-replayed": "true"}
+    return JSONResponse(created.model_dump(), status_code=201, headers=replayed)
 
 
 async def list_jobs(request: Request) -> Response:

@@ -1,10 +1,12 @@
 """The jobs' rows in the queen's SQLite (table `jobs`, made by `rbee.queen.store`).
 
 A job is written when it is submitted, before its id is answered, and again at each change of
-state; its result is stored once, by the update that ends it. The table has a connection of
-its own, used by one thread (`call`): a write waits for its fsync (0.4 ms here, 8 ms at p99),
-and the event loop, which relays every OpenAI request, must not wait with it. One thread also
-keeps the writes in the order they were asked for.
+state; its result is stored once, by the update that ends it. Its `Idempotency-Key`, if sent,
+is unique per owner and goes with its row.
+
+The table has a connection of its own, used by one thread (`call`): a write waits for its
+fsync (0.4 ms here, 8 ms at p99), and the event loop, which relays every OpenAI request, must
+not wait with it. One thread also keeps the writes in the order they were asked for.
 """
 
 from __future__ import annotations
@@ -57,21 +59,41 @@ class JobTable:
         self._thread.shutdown(wait=True)
         self._db.close()
 
-    def insert(self, record: JobRecord, body: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT INTO jobs (id, priority, model, kind, body, state, created_at, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.job_id,
-                record.priority,
-                record.model,
-                record.kind,
-                json.dumps(body),
-                record.state,
-                record.created_at,
-                record.owner,
-            ),
-        )
+    def insert(
+        self, record: JobRecord, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> JobRow | None:
+        """Write a new job; when its owner has a job with `idempotency_key` already, nothing is
+        written and that job is returned."""
+        try:
+            self._db.execute(
+                "INSERT INTO jobs (id, priority, model, kind, body, state, created_at, owner, "
+                "idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.job_id,
+                    record.priority,
+                    record.model,
+                    record.kind,
+                    json.dumps(body),
+                    record.state,
+                    record.created_at,
+                    record.owner,
+                    idempotency_key,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            earlier = None if idempotency_key is None else self.keyed(record.owner, idempotency_key)
+            if earlier is None:
+                raise
+            return earlier
+        return None
+
+    def keyed(self, owner: str | None, idempotency_key: str) -> JobRow | None:
+        """The job of `owner` submitted with `idempotency_key`, if there is one."""
+        row = self._db.execute(
+            f"SELECT body, {_COLUMNS} FROM jobs WHERE owner IS ? AND idempotency_key = ?",
+            (owner, idempotency_key),
+        ).fetchone()
+        return None if row is None else JobRow(_record(*row[1:]), json.loads(row[0]))
 
     def started(self, record: JobRecord) -> None:
         """It runs on `record.worker`: `runs` counts it."""

@@ -11,6 +11,11 @@ timeouts and failure bookkeeping), always streamed: its events are the worker's 
 the worker's first byte, a failure sends it to another worker (`serving.attempts` in all);
 after it, the job fails (the chunks already went to its readers).
 
+Idempotency. A job sent with an `Idempotency-Key` is its owner's only job with that key: the
+same request sent again (its answer was lost) gets the first job back instead of a second one,
+and another request with that key is refused (`IdempotencyConflict`). The key lives as long as
+the job's row.
+
 Durability. Every job is written to SQLite before its id is answered, and at each change of
 state; the update that ends it stores its one result. A queen that starts takes over the jobs
 its predecessor left: queued ones in their order, and those that were running are run again
@@ -45,7 +50,7 @@ from pydantic import BaseModel
 
 from rbee.config.models import Serving
 from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
-from rbee.queen.job_table import JobTable
+from rbee.queen.job_table import JobRow, JobTable
 from rbee.queen.registry import WorkerRecord
 from rbee.queen.relay import AttemptFailed, Relay
 from rbee.queen.upstream import UpstreamClosed, UpstreamTimeout
@@ -67,7 +72,7 @@ from rbee.wire.jobs import (
     chunk_text,
 )
 
-__all__ = ["JobEnded", "Jobs", "JobsFull", "NoSuchJob", "UnknownModel"]
+__all__ = ["IdempotencyConflict", "JobEnded", "Jobs", "JobsFull", "NoSuchJob", "UnknownModel"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,16 @@ class JobsFull(Exception):
 
 class UnknownModel(Exception):
     """No deployment declares the model and no worker serves it."""
+
+
+class IdempotencyConflict(Exception):
+    """An `Idempotency-Key` sent again with another request than its job's."""
+
+    def __init__(self, idempotency_key: str, job_id: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {idempotency_key!r} was sent for job {job_id} with another "
+            "request: send the same request to get that job again, or a new key for a new job"
+        )
 
 
 class _Failed(Exception):
@@ -230,9 +245,19 @@ class Jobs:
         request: SubmitJob,
         owner: str | None = None,
         spend: Callable[[int], None] | None = None,
-    ) -> JobRecord:
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
         """Store a new job of `owner` (a key's name) and queue it; `spend` takes its answer's
-        tokens from the key's limits. Raises UnknownModel, JobsFull."""
+        tokens from the key's limits. With an `idempotency_key` the owner used already, the
+        job it was used for instead. The job, and whether it is new. Raises UnknownModel,
+        JobsFull, IdempotencyConflict."""
+        body = request.model_dump(
+            exclude={"priority", "stream", "stream_options"}, exclude_none=True
+        )
+        if idempotency_key is not None:
+            earlier = await self._table.call(self._table.keyed, owner, idempotency_key)
+            if earlier is not None:
+                return _again(earlier, body, request.priority, idempotency_key), False
         if not self._knows_model(request.model):
             raise UnknownModel(request.model)
         if len(self._live) >= self._max_live:
@@ -247,10 +272,11 @@ class Jobs:
             created_at=time.time(),
             owner=owner,
         )
-        body = request.model_dump(
-            exclude={"priority", "stream", "stream_options"}, exclude_none=True
-        )
-        await self._table.call(self._table.insert, record, body)  # durable before it is answered
+        # Durable before it is answered.
+        earlier = await self._table.call(self._table.insert, record, body, idempotency_key)
+        if earlier is not None:  # the same key came meanwhile, and went first
+            assert idempotency_key is not None
+            return _again(earlier, body, request.priority, idempotency_key), False
         self._queue(_Job(record, body, spend=spend))
         log.info(
             "event=job_submitted job_id=%s model=%s priority=%s",
@@ -258,7 +284,7 @@ class Jobs:
             record.model,
             record.priority,
         )
-        return self._view(self._live[record.job_id])
+        return self._view(self._live[record.job_id]), True
 
     async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
         """The job; NoSuchJob when there is none, or (`owner` given) when it is another's:
@@ -599,6 +625,16 @@ def _message(body: bytes) -> str:
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         return str(json.loads(body)["error"]["message"])
     return body.decode(errors="replace")[:200]
+
+
+def _again(
+    earlier: JobRow, body: dict[str, Any], priority: Priority, idempotency_key: str
+) -> JobRecord:
+    """The job an `Idempotency-Key` was used for, if it was for this very request (`stream`
+    aside: a job's stream is its events)."""
+    if (earlier.body, earlier.record.priority) != (body, priority):
+        raise IdempotencyConflict(idempotency_key, earlier.record.job_id)
+    return earlier.record
 
 
 def _end_event(record: JobRecord) -> JobDone | JobError:

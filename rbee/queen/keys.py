@@ -1,5 +1,9 @@
 """API keys: who may call the queen, for what (scope), and how fast (requests and tokens/min).
 
+Scopes, least privilege first: `inference` calls the OpenAI routes and the jobs; `plan` plans
+and reads the control plane's state (for CI on pull requests: it changes nothing, and gets no
+inference, no logs and no keys); `admin` calls everything.
+
 A key is shown once, when it is made; the queen's SQLite keeps only its sha256 (keys are 256
 random bits, so a fast hash is enough: there is nothing to guess). Lookups on the hot path hit
 an in-memory map of hash → key, refreshed whenever a key is made or revoked.
@@ -16,11 +20,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rbee.errors import RbeeError
-from rbee.wire import ApiKey
+from rbee.wire import ApiKey, KeyScope
 
-__all__ = ["PREFIX", "Keys", "Limiter", "Principal", "Scope"]
+__all__ = ["PREFIX", "Keys", "Limiter", "Need", "Principal", "Scope"]
 
-Scope = Literal["inference", "admin"]
+Scope = KeyScope
+#: What a route asks of its caller (`rbee.queen.front` says which route asks what).
+Need = Literal["open", "cluster", "inference", "plan", "admin"]
+#: The needs a key of each scope meets; only the cluster token meets `cluster`.
+_MEETS: dict[Scope, frozenset[Need]] = {
+    "inference": frozenset({"open", "inference"}),
+    "plan": frozenset({"open", "plan"}),
+    "admin": frozenset({"open", "inference", "plan", "admin"}),
+}
 #: What every rbee key starts with (secret scanners can look for it).
 PREFIX = "rbee_"
 
@@ -75,15 +87,13 @@ class Principal:
     queen (`open`)."""
 
     name: str
-    scope: Literal["inference", "admin", "cluster", "open"]
+    scope: Scope | Literal["cluster", "open"]
     limiter: Limiter | None = field(default=None, repr=False)
 
-    def may(self, needed: Literal["inference", "admin", "cluster"]) -> bool:
-        if self.scope in ("open", "cluster"):
+    def may(self, needed: Need) -> bool:
+        if self.scope == "open" or self.scope == "cluster":
             return True
-        if needed == "cluster":
-            return False
-        return self.scope == "admin" or needed == "inference"
+        return needed in _MEETS[self.scope]
 
     def over_limit(self) -> tuple[str, int] | None:
         """Whether a request of this key may go now (it is counted if so); else the message

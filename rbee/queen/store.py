@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT NOT NULL,
     hash TEXT UNIQUE,
     prefix TEXT NOT NULL,
-    scope TEXT NOT NULL CHECK (scope IN ('inference', 'admin')),
+    scope TEXT NOT NULL CHECK (scope IN ('inference', 'plan', 'admin')),
     rpm INTEGER,
     tpm INTEGER,
     created_at REAL NOT NULL,
@@ -116,6 +116,8 @@ class Store:
         for number, step in enumerate(_MIGRATIONS, start=1):
             if number > version:
                 with self._db:
+                    # An autocommit connection: without BEGIN each statement would commit alone.
+                    self._db.execute("BEGIN")
                     step(self._db)
                     self._db.execute(f"PRAGMA user_version = {number}")
 
@@ -306,6 +308,27 @@ def _job_owners(db: sqlite3.Connection) -> None:
     _add_columns(db, "jobs", {"owner": "TEXT"})
 
 
+def _plan_keys(db: sqlite3.Connection) -> None:
+    """Keys of scope `plan`: SQLite cannot change a CHECK in place, so `api_keys` is made
+    again (as `_API_KEYS` says now) and its rows copied over."""
+    columns = "name, hash, prefix, scope, rpm, tpm, created_at, revoked_at"
+    db.execute("DROP INDEX IF EXISTS api_keys_live_name")
+    db.execute("ALTER TABLE api_keys RENAME TO api_keys_before_plan")
+    _execute(db, _API_KEYS)
+    db.execute(f"INSERT INTO api_keys ({columns}) SELECT {columns} FROM api_keys_before_plan")
+    db.execute("DROP TABLE api_keys_before_plan")
+
+
+def _job_idempotency_keys(db: sqlite3.Connection) -> None:
+    """A job's `Idempotency-Key`, one job per key and owner: a client that sends a job again
+    (its answer lost) gets the first one back. It lives as long as the job's row."""
+    _add_columns(db, "jobs", {"idempotency_key": "TEXT"})
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key "
+        "ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL"
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _history_and_hives,
     _api_keys,
@@ -313,6 +336,8 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _self_heal,
     _jobs,
     _job_owners,
+    _plan_keys,
+    _job_idempotency_keys,
 )
 
 

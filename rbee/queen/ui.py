@@ -160,7 +160,7 @@ async def login(request: Request) -> Response:
     if isinstance(found, int):
         front.sessions.failed(client)
         if found == 403:
-            message = "an inference key cannot open the status page: use an admin key"
+            message = "an inference or plan key cannot open the status page: use an admin key"
             return _login_page(message, 403)
         return _login_page("that key is not an admin key of this queen", 401)
     front.sessions.succeeded(client)

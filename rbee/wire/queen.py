@@ -26,6 +26,7 @@ __all__ = [
     "ForceUnlock",
     "HiveRecord",
     "HiveStatus",
+    "KeyScope",
     "LockEvent",
     "LockState",
     "PlanEvent",
@@ -42,6 +43,11 @@ __all__ = [
 ]
 
 
+#: What an API key may call: `inference` the OpenAI routes and jobs, `plan` plans and the
+#: control plane's state (read-only, for CI on pull requests), `admin` everything.
+KeyScope = Literal["inference", "plan", "admin"]
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
@@ -52,7 +58,7 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-    scope: Literal["inference", "admin"] = "inference"
+    scope: KeyScope = "inference"
     rpm: int | None = Field(default=None, ge=1, description="requests a minute, unlimited if unset")
     tpm: int | None = Field(default=None, ge=1, description="tokens a minute, unlimited if unset")
 
@@ -62,7 +68,7 @@ class ApiKey(_Wire):
 
     name: str
     prefix: str
-    scope: Literal["inference", "admin"]
+    scope: KeyScope
     rpm: int | None = None
     tpm: int | None = None
     created_at: float

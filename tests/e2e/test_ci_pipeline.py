@@ -5,7 +5,8 @@ plans nothing; a plan that the cluster moved past is refused as stale.
 The steps are read from the pipeline files themselves and run in order as bash scripts, the
 way a CI runner would: each job in a fresh directory (a clone of the repository when the job
 checks it out), with the artifacts of the jobs before it. The keeper reaches the queen through
-$RBEE_QUEEN_URL with an admin key in $RBEE_API_KEY, as from a CI runner on another machine.
+$RBEE_QUEEN_URL with a key, as from a CI runner on another machine: a branch's pipeline runs as
+a pull (merge) request, which plans with the plan key; main's with the admin key.
 Steps that only talk to GitHub or GitLab (installing rbee, the plan comment) are not run.
 """
 
@@ -57,24 +58,39 @@ class Pipeline:
     """An example pipeline: how to read its jobs, and which run for a review or a merge."""
 
     name: str
-    read: Callable[[dict[str, str], str], dict[str, Job]]
+    read: Callable[[dict[str, str], str, bool], dict[str, Job]]
     plan: str
     apply: str
 
 
 _EXPRESSION = re.compile(r"\$\{\{\s*(.+?)\s*\}\}")
+# `NAME == 'VALUE' && THEN || ELSE`, GitHub's conditional.
+_CHOICE = re.compile(r"(\S+) == '([^']*)' && (\S+) \|\| (\S+)")
 
 
 def _expand(value: object, context: dict[str, str]) -> str:
-    """A GitHub value with its `${{ … }}` replaced from `context` (KeyError on any other)."""
-    return _EXPRESSION.sub(lambda match: context[match.group(1)], str(value))
+    """A GitHub value with its `${{ … }}` replaced from `context`: a name, or a conditional
+    between two (KeyError on any other)."""
+
+    def evaluate(match: re.Match[str]) -> str:
+        choice = _CHOICE.fullmatch(match.group(1))
+        if choice is None:
+            return context[match.group(1)]
+        name, value, then, otherwise = choice.groups()
+        return context[then] if context[name] == value else context[otherwise]
+
+    return _EXPRESSION.sub(evaluate, str(value))
 
 
-def _github_jobs(secrets: dict[str, str], sha: str) -> dict[str, Job]:
-    """The workflow's jobs at commit `sha`: their steps named `rbee …`, checkout and the
-    artifacts they move; `secrets` are the repository's."""
+def _github_jobs(secrets: dict[str, str], sha: str, review: bool) -> dict[str, Job]:
+    """The workflow's jobs at commit `sha`, on a pull request (`review`) or a push: their steps
+    named `rbee …`, checkout and the artifacts they move; `secrets` are the repository's."""
     workflow = YAML(typ="safe").load(GITHUB)
-    context = {"github.sha": sha, **{f"secrets.{k}": v for k, v in secrets.items()}}
+    context = {
+        "github.sha": sha,
+        "github.event_name": "pull_request" if review else "push",
+        **{f"secrets.{k}": v for k, v in secrets.items()},
+    }
     jobs = {}
     for name, body in workflow["jobs"].items():
         env = {**workflow.get("env", {}), **body.get("env", {})}
@@ -94,16 +110,21 @@ def _github_jobs(secrets: dict[str, str], sha: str) -> dict[str, Job]:
     return jobs
 
 
-def _gitlab_jobs(secrets: dict[str, str], sha: str) -> dict[str, Job]:
-    """The pipeline's jobs: their `script:` (GitLab runs it as one bash script), a checkout
-    (GitLab always clones) and the artifacts of the jobs they need; `secrets` are the
-    project's CI/CD variables. Artifacts go by job name: `sha` plays no part."""
+def _gitlab_jobs(secrets: dict[str, str], sha: str, review: bool) -> dict[str, Job]:
+    """The pipeline's jobs, for a merge request (`review`) or the default branch: their
+    `script:` (GitLab runs it as one bash script), a checkout (GitLab always clones) and the
+    artifacts of the jobs they need; `secrets` are the project's CI/CD variables, the admin
+    key protected (a merge request never sees it). Artifacts go by job name: `sha` plays no
+    part."""
     pipeline = YAML(typ="safe").load(GITLAB)
     variables = {key: str(value) for key, value in pipeline.get("variables", {}).items()}
+    if review:
+        secrets = {k: v for k, v in secrets.items() if k != "RBEE_API_KEY"}
+    source = {"CI_PIPELINE_SOURCE": "merge_request_event" if review else "push"}
     return {
         name: Job(
             name,
-            {**variables, **secrets},
+            {**variables, **secrets, **source},
             steps=[Step(name, "\n".join(body["script"]))],
             checkout=True,
             downloads=list(body.get("needs", [])),
@@ -162,7 +183,8 @@ class Runner:
 
     def run(self, job_name: str, branch: str) -> JobRun:
         """Run one job on the tip of `branch`; its steps stop at the first failure."""
-        job = self.pipeline.read(self.secrets, _git(self.repo, "rev-parse", branch))[job_name]
+        sha = _git(self.repo, "rev-parse", branch)
+        job = self.pipeline.read(self.secrets, sha, branch != "main")[job_name]
         self.jobs_run += 1
         workdir = self.root / f"{self.jobs_run}-{job_name.replace(':', '-')}"
         if job.checkout:
@@ -205,10 +227,11 @@ class Runner:
 
 @dataclass
 class Queen:
-    """The running cluster the pipelines manage, and the admin key they were given."""
+    """The running cluster the pipelines manage, and the admin and plan keys they were given."""
 
     cluster: LocalCluster
     key: str
+    plan_key: str
 
     def reset(self) -> None:
         """Back to no worker, applied straight from the operator's YAML."""
@@ -242,7 +265,8 @@ def queen(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Quee
     key = cluster.rbee("key", "create", "ci", "--scope", "admin").stdout.strip()
     # From now on every route needs a key: the operator's own calls carry it too.
     cluster.env["RBEE_API_KEY"] = key
-    yield Queen(cluster, key)
+    plan_key = cluster.rbee("key", "create", "ci-plan", "--scope", "plan").stdout.strip()
+    yield Queen(cluster, key, plan_key)
     cluster.rbee("down", check=False, timeout=60)
     kill_strays(cluster)
 
@@ -266,8 +290,8 @@ def _commit(repo: Path, message: str) -> None:
 
 def _runner(tmp_path: Path, queen: Queen, pipeline: Pipeline) -> tuple[Runner, LocalCluster]:
     """A repository whose cluster.yaml declares the running cluster with no worker, a CI
-    runner for it with the queen's URL and the admin key as the CI's secrets, and the
-    cluster as the repository's YAML declares it."""
+    runner for it with the queen's URL and the keys as the CI's secrets, and the cluster as
+    the repository's YAML declares it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "--quiet", "--initial-branch", "main")
@@ -275,7 +299,11 @@ def _runner(tmp_path: Path, queen: Queen, pipeline: Pipeline) -> tuple[Runner, L
     declared.write(replicas=0)
     _commit(repo, "the cluster")
     (tmp_path / "ci").mkdir()
-    secrets = {"RBEE_QUEEN_URL": queen.cluster.queen_url, "RBEE_API_KEY": queen.key}
+    secrets = {
+        "RBEE_QUEEN_URL": queen.cluster.queen_url,
+        "RBEE_API_KEY": queen.key,
+        "RBEE_PLAN_KEY": queen.plan_key,
+    }
     # The runner's own HOME and PATH: the keeper under test, no rbee state, no key.
     env = {k: v for k, v in queen.cluster.env.items() if not k.startswith("RBEE_")}
     env["HOME"] = str(tmp_path / "runner-home")
@@ -296,6 +324,7 @@ def test_pull_request_plans_the_merge_applies_and_the_next_plan_is_clean(
     _commit(ci.repo, "one worker")
     review = ci.run(pipeline.plan, "add-a-worker")
     assert review.ok, review.log()
+    assert queen.key not in review.job.env.values()  # it planned with the plan key
     assert "**Plan:** 1 to add, 0 to change, 0 to destroy." in review.file("plan.md")
     assert f"`{WORKER}`" in review.file("plan.md")
     if pipeline.name == "github":

@@ -241,3 +241,93 @@ def test_a_keys_rpm_and_tpm_hold_for_its_jobs_too(
     assert len(TOKENS) > 2
     late = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=by_tokens, timeout=5)
     assert late.status_code == 429, late.text
+
+
+def test_a_job_sent_again_with_its_idempotency_key_is_the_same_job(queen: ScriptedQueen) -> None:
+    """A client whose answer was lost sends the job again: one job, its id answered twice. The
+    key is its sender's: another key's job with the same Idempotency-Key is its own."""
+
+    def key(name: str, scope: str, by: dict[str, str]) -> dict[str, str]:
+        body = {"name": name, "scope": scope}
+        made = httpx.post(f"{queen.url}/v1/keys", json=body, headers=by, timeout=5).json()
+        return {"authorization": f"Bearer {made['key']}"}
+
+    admin = key("ops", "admin", {})
+    alice, bob = key("alice", "inference", admin), key("bob", "inference", admin)
+    job = {**BODY, "priority": "batch"}
+
+    def submit(who: dict[str, str]) -> httpx.Response:
+        headers = {**who, "idempotency-key": "order-42"}
+        return httpx.post(f"{queen.url}/v1/jobs", json=job, headers=headers, timeout=5)
+
+    first, again, bobs = submit(alice), submit(alice), submit(bob)
+    assert [r.status_code for r in (first, again, bobs)] == [201, 201, 201]
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert bobs.json()["job_id"] != first.json()["job_id"]
+    jobs = httpx.get(f"{queen.url}/v1/jobs", headers=admin, timeout=5).json()["jobs"]
+    assert sorted((j["owner"], j["job_id"]) for j in jobs) == [
+        ("alice", first.json()["job_id"]),
+        ("bob", bobs.json()["job_id"]),
+    ]
+
+
+def test_an_idempotency_key_sent_with_another_request_is_refused(queen: ScriptedQueen) -> None:
+    headers = {"idempotency-key": "order-42"}
+    first = httpx.post(f"{queen.url}/v1/jobs", json=BODY, headers=headers, timeout=5)
+    assert first.status_code == 201, first.text
+    other = {**BODY, "messages": [{"role": "user", "content": "something else"}]}
+    refused = httpx.post(f"{queen.url}/v1/jobs", json=other, headers=headers, timeout=5)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "idempotency_key_reused"
+    assert "'order-42'" in error["message"] and first.json()["job_id"] in error["message"]
+    interactive = {**BODY, "priority": "interactive"}
+    again = httpx.post(f"{queen.url}/v1/jobs", json=interactive, headers=headers, timeout=5)
+    assert again.status_code == 422, again.text
+    assert len(httpx.get(f"{queen.url}/v1/jobs", timeout=5).json()["jobs"]) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"k" * 256, b"", "caf\u00e9".encode(), b"tab\there"],
+    ids=["too long", "empty", "not ASCII", "a control character"],
+)
+def test_an_idempotency_key_that_is_not_printable_ascii_is_a_400(
+    queen: ScriptedQueen, value: bytes
+) -> None:
+    headers = [(b"idempotency-key", value)]
+    refused = httpx.post(f"{queen.url}/v1/jobs", json=BODY, headers=headers, timeout=5)
+    assert refused.status_code == 400, refused.text
+    assert "Idempotency-Key" in refused.json()["error"]["message"]
+    assert httpx.get(f"{queen.url}/v1/jobs", timeout=5).json()["jobs"] == []
+
+
+def test_an_insert_with_an_idempotency_key_its_owner_used_gives_the_first_job_back(
+    tmp_path: Path,
+) -> None:
+    """What two submissions with one key that cross each other get: one row, the first."""
+    store = Store(tmp_path / "queen.db")
+    table = JobTable(store.path)
+
+    def record(job_id: str, owner: str) -> JobRecord:
+        return JobRecord(
+            job_id=job_id,
+            priority="batch",
+            model=MODEL,
+            kind="chat",
+            state="queued",
+            runs=0,
+            created_at=time.time(),
+            owner=owner,
+        )
+
+    assert table.insert(record("job-1", "alice"), BODY, "order-42") is None
+    earlier = table.insert(record("job-2", "alice"), BODY, "order-42")
+    assert earlier is not None and (earlier.record.job_id, earlier.body) == ("job-1", BODY)
+    assert table.insert(record("job-3", "bob"), BODY, "order-42") is None
+    assert table.insert(record("job-4", "alice"), BODY) is None
+    assert [r.job_id for r in table.recent(None, 10)] == ["job-4", "job-3", "job-1"]
+    table.close()
+    store.close()

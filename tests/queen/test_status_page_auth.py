@@ -66,7 +66,7 @@ def test_a_wrong_key_and_an_inference_key_are_refused_at_login(keyed: KeyedQueen
     assert wrong.status_code == 401 and "not an admin key of this queen" in wrong.text
     inference = _login(keyed.url, keyed.inference)
     assert inference.status_code == 403
-    assert "an inference key cannot open the status page" in inference.text
+    assert "an inference or plan key cannot open the status page" in inference.text
     assert "set-cookie" not in wrong.headers and "set-cookie" not in inference.headers
     # Neither is the inference key let in as a cookie it set itself.
     cookies = {"rbee_ui": keyed.inference}
