@@ -38,11 +38,15 @@ every target's answer is checked once (status, content, [DONE]) before wrk runs.
   whose [proxy] extra resolved from PyPI here (1.107.0 was the compromised, yanked release).
   If it cannot be installed or started, its rows say "n/a (reason)".
 - queen@REV: the same queen from a git worktree of revision REV (PYTHONPATH), to measure a
-  change against what came before it in one run.
+  change against what came before it in one run (a revision before mutual TLS relays to the
+  plain stub: `queen@REV` against `queen` is then plain against TLS to the worker).
 - queen: `python -m rbee.queen.server` from this checkout, HOME in a temporary directory, the
-  stub registered as worker `stub-0` (slots_total 1024) by a heartbeat every second. No
-  cluster token and no key: a loopback queen serves anyone until its first key. Its metrics
-  are always on (there is no switch), in this variant too.
+  stub registered as worker `stub-0` (slots_total 1024) by a heartbeat every second. It
+  relays over mutual TLS to the stub's TLS twin (the same app, uvicorn with `--ssl-certfile`,
+  `--ssl-ca-certs` and `--ssl-cert-reqs 2`: a worker certificate of the bench's CA, which the
+  queen takes as its own, and the queen's certificate required), heartbeats go to its cluster
+  listener with the worker's certificate, and wrk sends its cluster token. Its metrics are
+  always on (there is no switch), in this variant too.
 - queen-keys ("queen (keys+metrics)"): the same, plus API keys: an admin key, then an
   inference key made with it (POST /v1/keys), sent by wrk as `Authorization: Bearer …`, so
   every request is looked up and scope-checked; GET /metrics is scraped once with the admin
@@ -85,6 +89,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -103,6 +108,8 @@ import httpx
 import psutil
 import uvloop
 
+from rbee.pki import Authority, Role, client_context, tls_name, write_private
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "nginx", "litellm", "queen", "queen-keys")
 LABELS = {"queen-keys": "queen (keys+metrics)"}
@@ -113,6 +120,8 @@ LITELLM_SPEC = "litellm[proxy]==1.106.12"
 LITELLM_VENV = Path.home() / ".cache" / "rbee-bench" / "litellm-venv"
 WORDS = ["Hello", " from", " the", " stub", " up", "stream"]
 STUB_TEXT = "".join(WORDS)
+#: The stub's name as a worker of hive `local` (its certificate's).
+STUB_WORKER = "local/stub-0"
 WRK_SLOTS = 1024
 T = TypeVar("T")
 
@@ -180,10 +189,18 @@ def _log(message: str) -> None:
     print(f"[router] {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(pair: bool = False) -> int:
+    """A free port on loopback; with `pair`, the next one is free too (a queen's cluster
+    listener takes it)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not pair:
+            return port
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port + 1))
+            return port
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -255,9 +272,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, verify=tls or True).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -353,18 +370,25 @@ class Upstream:
     # How it counts accepted connections: "nginx" (stub_status at /nginx_status), "python"
     # (bench/stub_upstream.py's GET /stub_status) or None (it does not).
     status: str | None = None
+    # A stub serving mutual TLS as a worker does (https; `tls` is a client context holding a
+    # queen's certificate of the bench's CA, for its stub_status), and its plain twin's TLS one.
+    tls: ssl.SSLContext | None = None
+    tls_twin: Upstream | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def accepted(self) -> int | None:
         """Connections the stub has accepted so far (this call's own included)."""
         if self.status == "nginx":
             # "Active connections: 1 \nserver accepts handled requests\n 7 7 12 \n…"
-            return int(httpx.get(f"{self.url}/nginx_status", timeout=5).text.split()[7])
+            status = httpx.get(f"{self.url}/nginx_status", timeout=5, verify=self.tls or True)
+            return int(status.text.split()[7])
         if self.status == "python":
-            count = httpx.get(f"{self.url}/stub_status", timeout=5).json()["connections"]
+            verify = self.tls or True
+            answer = httpx.get(f"{self.url}/stub_status", timeout=5, verify=verify)
+            count = answer.json()["connections"]
             return None if count is None else int(count)
         return None
 
@@ -387,41 +411,69 @@ def _stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
 
 @contextlib.contextmanager
 def _python_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
-    """bench/stub_upstream.py's ASGI `app` under uvicorn (httptools, uvloop), one per mode."""
+    """bench/stub_upstream.py's ASGI `app` under uvicorn (httptools, uvloop), one per mode,
+    each with a twin serving mutual TLS with a worker's certificate (what a queen of this
+    checkout relays to)."""
     upstreams: dict[str, Upstream] = {}
+    stub, ca = ctx.identity("worker", STUB_WORKER), ctx.authority.directory / "ca.pem"
+    queen = client_context(ctx.identity("queen", "bench"))
+    tls_flags = ["--ssl-certfile", str(stub), "--ssl-ca-certs", str(ca), "--ssl-cert-reqs", "2"]
     with contextlib.ExitStack() as stack:
         for mode, (ctype, body) in _stub_bodies().items():
-            port = _free_port()
             env = {**os.environ, "RBEE_STUB_CONTENT_TYPE": ctype, "RBEE_STUB_BODY": body}
-            argv = [sys.executable, "-m", "uvicorn", "stub_upstream:app"]
-            argv += ["--app-dir", str(ROOT / "bench"), "--host", "127.0.0.1", "--port", str(port)]
-            argv += ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
-            argv += ["--log-level", "warning", "--no-proxy-headers"]
-            name = f"stub-python-{mode}"
-            proc = stack.enter_context(_process(name, argv, ctx.tmp, env=env))
-            health = f"http://127.0.0.1:{port}/health"
-            proc.wait_ready(functools.partial(_http_ok, health), 30)
-            upstreams[mode] = Upstream(port, proc.pid, status="python")
+            started: list[Upstream] = []
+            for tls in (None, queen):
+                port = _free_port()
+                argv = [sys.executable, "-m", "uvicorn", "stub_upstream:app"]
+                argv += ["--app-dir", str(ROOT / "bench"), "--host", "127.0.0.1"]
+                argv += ["--port", str(port), "--http", "httptools", "--loop", "uvloop"]
+                argv += ["--no-access-log", "--log-level", "warning", "--no-proxy-headers"]
+                argv += tls_flags if tls else []
+                name = f"stub-python-{mode}{'-tls' if tls else ''}"
+                proc = stack.enter_context(_process(name, argv, ctx.tmp, env=env))
+                upstream = Upstream(port, proc.pid, status="python", tls=tls)
+                health = functools.partial(_http_ok, f"{upstream.url}/health", tls)
+                proc.wait_ready(health, 30)
+                started.append(upstream)
+            plain, twin = started
+            plain.tls_twin = twin
+            upstreams[mode] = plain
         yield upstreams
 
 
 @contextlib.contextmanager
 def _nginx_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
-    """nginx answering with `return 200 '…'`, one port per mode."""
+    """nginx answering with `return 200 '…'`, one port per mode, and per mode a twin port
+    serving mutual TLS with a worker's certificate of the bench's CA (nginx's TLS costs next
+    to nothing: the rows show the relay's own TLS)."""
     ports = {mode: _free_port() for mode in MODES}
+    tls_ports = {mode: _free_port() for mode in MODES}
     bodies = _stub_bodies()
+    stub, ca = ctx.identity("worker", STUB_WORKER), ctx.authority.directory / "ca.pem"
+    tls = (
+        f"ssl_certificate {stub}; ssl_certificate_key {stub}; ssl_client_certificate {ca}; "
+        "ssl_verify_client on; ssl_protocols TLSv1.2 TLSv1.3;"
+    )
     servers = "\n".join(
         f"""    server {{
-        listen 127.0.0.1:{ports[mode]} backlog=4096;
+        listen 127.0.0.1:{port}{" ssl" if secure else ""} backlog=4096;
+        {tls if secure else ""}
         location = {PATH} {{ default_type {ctype}; return 200 {_nginx_string(body)}; }}
         location = /health {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
         location = /nginx_status {{ stub_status; }}
         location / {{ return 404; }}
     }}"""
         for mode, (ctype, body) in bodies.items()
+        for port, secure in ((ports[mode], False), (tls_ports[mode], True))
     )
-    with _nginx(ctx, "stub-nginx", servers, list(ports.values())) as proc:
-        yield {mode: Upstream(port, proc.pid, status="nginx") for mode, port in ports.items()}
+    queen = client_context(ctx.identity("queen", "bench"))
+    every = [*ports.values(), *tls_ports.values()]
+    with _nginx(ctx, "stub-nginx", servers, every) as proc:
+        upstreams = {}
+        for mode, port in ports.items():
+            upstreams[mode] = Upstream(port, proc.pid, status="nginx")
+            upstreams[mode].tls_twin = Upstream(tls_ports[mode], proc.pid, "nginx", tls=queen)
+        yield upstreams
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -433,6 +485,7 @@ class Endpoint:
     headers: dict[str, str] = field(default_factory=dict)
     pid: int | None = None  # the proxy's process, for RSS
     metrics_headers: dict[str, str] | None = None  # scrape GET /metrics with these, after
+    upstream: Upstream | None = None  # the one it relays to, when not the mode's plain stub
 
 
 @dataclass
@@ -443,6 +496,19 @@ class Context:
     litellm: Path | Unavailable | None = None
     started: int = 0
     worktrees: list[Path] = field(default_factory=list)
+    # The bench's cluster CA: each queen of this checkout takes it as its own, so the TLS
+    # stub's worker certificate is one it trusts.
+    authority: Authority = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.authority = Authority(self.tmp / "ca")
+
+    def identity(self, role: Role, name: str) -> Path:
+        """`role` `name`'s identity bundle from the bench's CA (made once)."""
+        path = self.tmp / "ca" / f"{role}-{name.replace('/', '_')}.pem"
+        if not path.exists():
+            write_private(path, self.authority.issue(role, name, ["127.0.0.1"]))
+        return path
 
     def name(self, base: str) -> str:
         """A name of its own for each started thing (logs, directories)."""
@@ -546,20 +612,24 @@ general_settings:
 
 
 class Heartbeats:
-    """Registers a worker with a queen: its heartbeat POSTed every second from a thread."""
+    """Registers a worker with a queen: its heartbeat POSTed every second from a thread (with
+    `tls`, the worker's certificate, to the queen's cluster listener as a worker does)."""
 
-    def __init__(self, queen: str, beat: dict[str, Any]) -> None:
+    def __init__(self, queen: str, beat: dict[str, Any], tls: ssl.SSLContext | None) -> None:
         self._url = f"{queen}/v1/workers/heartbeat"
         self._beat = beat
+        self._tls = tls
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
         self.last: str = "none sent"
 
     def _run(self) -> None:
-        with httpx.Client(timeout=2) as client:
+        extensions = {"sni_hostname": tls_name("queen", "queen")} if self._tls else {}
+        with httpx.Client(timeout=2, verify=self._tls or True) as client:
             while not self._stop.is_set():
                 try:
-                    self.last = str(client.post(self._url, json=self._beat).status_code)
+                    answer = client.post(self._url, json=self._beat, extensions=extensions)
+                    self.last = str(answer.status_code)
                 except httpx.HTTPError as exc:
                     self.last = repr(exc)
                 self._stop.wait(1.0)
@@ -588,14 +658,31 @@ def _make_key(queen: str, name: str, scope: str, headers: dict[str, str]) -> str
 def _queen_target(
     ctx: Context, upstream: Upstream, slots: int, keys: bool = False, source: Path | None = None
 ) -> Iterator[Endpoint]:
-    """The queen of this checkout, or of `source` (a worktree of another revision)."""
+    """The queen of this checkout, or of `source` (a worktree of another revision).
+
+    A queen with mutual TLS (this checkout's, or a revision's that has `rbee/pki.py`) relays to
+    the stub's TLS twin, hears its heartbeats on its cluster listener and wants its cluster
+    token (sent by wrk); an older one relays to the plain stub and is open until its first key.
+    """
     name = ctx.name("queen-keys" if keys else "queen")
     home = ctx.tmp / name
     home.mkdir()
-    port = _free_port()
+    port = _free_port(pair=True)
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "rbee.queen.server", "--port", str(port)]
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    mtls = (source or ROOT).joinpath("rbee", "pki.py").exists()
+    headers: dict[str, str] = {}
+    if mtls:
+        if upstream.tls_twin is None:
+            raise Unavailable("this queen relays over TLS only: use --stub python")
+        upstream = upstream.tls_twin
+        tls = home / ".local" / "state" / "rbee" / "tls"
+        tls.mkdir(parents=True)
+        for part in ("ca.pem", "ca.key"):
+            shutil.copyfile(ctx.authority.directory / part, tls / part)
+        env["RBEE_TOKEN"] = token = secrets.token_urlsafe(24)
+        headers["Authorization"] = f"Bearer {token}"
     if source is not None:  # ahead of the venv's editable install of this checkout
         env["PYTHONPATH"] = str(source)
         where = subprocess.run(
@@ -623,15 +710,18 @@ def _queen_target(
     cwd = source or ROOT
     with _process(name, [*argv, "--db", str(home / "queen.db")], ctx.tmp, env, cwd) as proc:
         proc.wait_ready(lambda: _http_ok(f"{url}/health"), 60)
-        with Heartbeats(url, beat) as heartbeats:
-            headers: dict[str, str] = {}
+        cluster = f"https://127.0.0.1:{port + 1}" if mtls else url
+        worker_tls = client_context(ctx.identity("worker", STUB_WORKER)) if mtls else None
+        with Heartbeats(cluster, beat, worker_tls) as heartbeats:
             admin: dict[str, str] | None = None
             if keys:
-                # An admin key first (the queen is open until its first key), for /metrics.
-                admin = {"Authorization": f"Bearer {_make_key(url, 'bench-admin', 'admin', {})}"}
+                # An admin key first (made with the cluster token, or on an older queen open
+                # until its first key), for /metrics.
+                admin_key = _make_key(url, "bench-admin", "admin", dict(headers))
+                admin = {"Authorization": f"Bearer {admin_key}"}
                 headers["Authorization"] = f"Bearer {_make_key(url, 'bench', 'inference', admin)}"
             try:
-                yield Endpoint(url, headers, proc.pid, metrics_headers=admin)
+                yield Endpoint(url, headers, proc.pid, metrics_headers=admin, upstream=upstream)
             except Unavailable as exc:
                 raise Unavailable(f"{exc} (last heartbeat: {heartbeats.last})") from None
 
@@ -786,9 +876,10 @@ def _bench_target(
                 _log(f"{label} {mode} c={c}")
                 try:
                     _wrk(ctx, url, script, c, args.warmup)
-                    before = upstream.accepted()
+                    relayed_to = endpoint.upstream or upstream
+                    before = relayed_to.accepted()
                     result = _wrk(ctx, url, script, c, args.duration)
-                    after = upstream.accepted()
+                    after = relayed_to.accepted()
                     # Less the status request of `after` itself.
                     opened = (
                         after - before - 1 if after is not None and before is not None else None

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,7 +89,10 @@ class FixedStub:
     def __init__(self, content_type: str, body: bytes) -> None:
         self.content_type = content_type.encode()
         self.body = body
-        self.transports: weakref.WeakSet[object] = weakref.WeakSet()
+        # Held, not weakly: uvloop's TLS transports take no weak reference. A run opens a few
+        # hundred connections at most.
+        self.transports: set[int] = set()
+        self._held: list[object] = []
         self.connections: int | None = 0
 
     async def __call__(
@@ -125,8 +127,9 @@ class FixedStub:
         transport: object = getattr(getattr(receive, "__self__", None), "transport", None)
         if transport is None:
             self.connections = None
-        elif self.connections is not None and transport not in self.transports:
-            self.transports.add(transport)
+        elif self.connections is not None and id(transport) not in self.transports:
+            self.transports.add(id(transport))
+            self._held.append(transport)
             self.connections += 1
 
     @staticmethod

@@ -11,13 +11,17 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from httpx_sse import EventSource
 from pydantic import ValidationError
 
-from rbee.errors import NotFoundError, RemoteError, UnavailableError
+from rbee.errors import NotFoundError, RbeeError, RemoteError, UnavailableError
+from rbee.net import LOOPBACK_NAMES
+from rbee.pki import Authority, Identity, Role, client_context, tls_name
 from rbee.wire import (
     AddModel,
     AddWorkerBinary,
@@ -36,6 +40,8 @@ from rbee.wire import (
     OperationEvent,
     OperationStarted,
     QueenArgs,
+    Renewal,
+    SpawnRequest,
     SpawnWorker,
     WorkerBinaryEntry,
     WorkerProcess,
@@ -45,7 +51,18 @@ from rbee.wire import (
 from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, job_event
 from rbee.wire.logs import LogQuery
 
-__all__ = ["ChatStream", "HiveClient", "QueenClient", "error_message"]
+__all__ = [
+    "ChatStream",
+    "HiveClient",
+    "QueenClient",
+    "cluster_tls",
+    "error_message",
+    "hive_identity",
+    "issue_identity",
+    "queen_tls",
+    "renew_worker",
+    "use_identity",
+]
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -53,10 +70,54 @@ def _headers(token: str | None) -> dict[str, str]:
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every client of this process. Building one reads the system's CA
-    bundle (tens of ms): a plan over 100 hives spent 70 % of its time there."""
-    return ssl.create_default_context()
+def queen_tls() -> ssl.SSLContext:
+    """The TLS context of the keeper's calls to a queen: the system's CAs, and this machine's
+    cluster CA when it has one (a queen serving its front door with rbee's own certificate).
+    One per process: building one reads the system's CA bundle (tens of ms)."""
+    context = ssl.create_default_context()
+    local_ca = Path.home() / ".local" / "state" / "rbee" / "tls" / "ca.pem"
+    if local_ca.is_file():
+        context.load_verify_locations(local_ca)
+    return context
+
+
+@dataclass
+class _Identity:
+    context: ssl.SSLContext
+    authority: Authority | None
+
+
+_identity: _Identity | None = None
+
+
+def use_identity(identity: Identity | Path, authority: Authority | None = None) -> ssl.SSLContext:
+    """Make `identity` this process's inside the cluster: its TLS client context for hives and
+    workers (returned). The queen passes its `authority` too: it issues each hive it starts
+    and each worker it spawns an identity of its own, and renews them."""
+    global _identity
+    context = identity.client if isinstance(identity, Identity) else client_context(identity)
+    _identity = _Identity(context, authority)
+    return context
+
+
+def issue_identity(role: Role, name: str, hosts: list[str]) -> bytes:
+    """A new identity bundle from this process's authority (the queen's): for a hive it
+    starts, a worker it spawns."""
+    if _identity is None or _identity.authority is None:
+        raise RbeeError("only the queen issues identities: this process holds no CA")
+    return _identity.authority.issue(role, name, hosts)
+
+
+def hive_identity(name: str, host: str) -> bytes:
+    """A new identity for hive `name`: named by it, valid for its address (and loopback's)."""
+    return issue_identity("hive", name, [host, *LOOPBACK_NAMES])
+
+
+def cluster_tls() -> ssl.SSLContext:
+    """The client context of this process's cluster identity (`use_identity`)."""
+    if _identity is None:
+        raise RbeeError("this process has no cluster identity to call a hive with")
+    return _identity.context
 
 
 def _holder() -> str:
@@ -117,13 +178,37 @@ async def _asse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]
             yield json.loads(event.data)
 
 
+async def renew_worker(url: str, hive: str, worker_id: str) -> None:
+    """Hand a worker a renewed TLS identity from this process's authority (the queen's)."""
+    name = f"{hive}/{worker_id}"
+    bundle = issue_identity("worker", name, [urlsplit(url).hostname or "", *LOOPBACK_NAMES])
+    async with httpx.AsyncClient(verify=cluster_tls(), timeout=10.0) as client:
+        response = await client.put(
+            url.rstrip("/") + "/v1/identity",
+            json=Renewal(bundle=bundle.decode()).model_dump(),
+            extensions={"sni_hostname": tls_name("worker", name)},
+        )
+    _check(response, f"renew the identity of worker {worker_id}")
+
+
 class HiveClient:
     """Async client for one hive (used by the queen)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, name: str, timeout: float = 10.0) -> None:
+        """Hive `name` at `url` (https://): mutual TLS with this process's identity
+        (`use_identity`), and the server's certificate must be hive `name`'s (`tls_name`),
+        checked before a byte of any request is sent."""
         self.url = url.rstrip("/")
+        server_name = tls_name("hive", name)
+
+        async def name_the_hive(request: httpx.Request) -> None:
+            request.extensions["sni_hostname"] = server_name
+
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=_headers(token), timeout=timeout, verify=_tls()
+            base_url=self.url,
+            timeout=timeout,
+            verify=cluster_tls(),
+            event_hooks={"request": [name_the_hive]},
         )
 
     async def __aenter__(self) -> HiveClient:
@@ -189,8 +274,18 @@ class HiveClient:
         _check_unless_gone(response, f"delete model {name}")
 
     async def spawn(self, request: SpawnWorker) -> WorkerProcess:
-        response = await self._http.post("/v1/worker-processes", json=request.model_dump())
+        """Start a worker; the queen gives it a TLS identity of its own, for the addresses
+        the hive's workers listen on (the hive's, and loopback)."""
+        hosts = [urlsplit(self.url).hostname or "", *LOOPBACK_NAMES]
+        identity = issue_identity("worker", f"{request.hive}/{request.worker_id}", hosts)
+        body = SpawnRequest(**request.model_dump(), tls_identity=identity.decode()).model_dump()
+        response = await self._http.post("/v1/worker-processes", json=body)
         return WorkerProcess.model_validate(_check(response, "spawn worker").json())
+
+    async def renew(self, bundle: bytes) -> None:
+        """Hand the hive its renewed TLS identity."""
+        body = Renewal(bundle=bundle.decode()).model_dump()
+        _check(await self._http.put("/v1/identity", json=body), "renew the hive's identity")
 
     async def worker_log(self, worker_id: str, lines: int = 20) -> str:
         """The last `lines` lines of a worker's log on this hive (its process may be gone)."""
@@ -234,7 +329,7 @@ class QueenClient:
         credential = os.environ.get("RBEE_API_KEY") or token
         headers = {**_headers(credential), "x-rbee-holder": _holder()}
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, verify=_tls()
+            base_url=self.url, headers=headers, timeout=timeout, verify=queen_tls()
         )
 
     def close(self) -> None:

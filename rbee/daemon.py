@@ -1,7 +1,10 @@
-"""What every rbee daemon shares: binding its port, bearer-token auth, the uvicorn loop."""
+"""What every rbee daemon shares: binding its port, who may call it (a TLS client certificate
+of the right role, or a bearer token), what a browser may not send, and the uvicorn loop with
+its limits (a deadline for each request's head, a cap on connections)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hmac
 import ipaddress
@@ -9,22 +12,30 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from rbee.errors import PortInUseError, RbeeError
-from rbee.net import LOCAL_HOSTS
 from rbee.paths import cache_dir, private_dir, state_dir
+from rbee.pki import Peer, Role, peer_of
 from rbee.wire import openai_error
 
 __all__ = [
+    "CONNECTION_CAP",
+    "HEAD_TIMEOUT_S",
+    "PEER",
     "ASGIApp",
     "BearerAuth",
     "BrowserGuard",
+    "Listener",
     "Message",
+    "PeerAuth",
     "Receive",
     "Scope",
     "Send",
@@ -34,7 +45,6 @@ __all__ = [
     "fail",
     "listen",
     "own_names",
-    "require_token_off_loopback",
     "run_daemon",
     "send_error",
     "setup_logging",
@@ -49,22 +59,24 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN_PATHS = frozenset({"/health"})
+#: The ASGI scope key holding the verified TLS peer of the request's connection (or None).
+PEER = "rbee.peer"
+#: Seconds a client has to send a request's line and headers ($RBEE_HEAD_TIMEOUT_S): slow
+#: clients cannot hold connections (and file descriptors) open at will.
+HEAD_TIMEOUT_S = float(os.environ.get("RBEE_HEAD_TIMEOUT_S", "10"))
+#: The most connections (and running requests) a daemon serves at once; past it, 503.
+CONNECTION_CAP = 2048
 
 
 class BearerAuth:
     """ASGI middleware: every path but /health needs `Authorization: Bearer <token>`."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self._expected is None
-            or scope["type"] != "http"
-            or scope["path"] in _OPEN_PATHS
-            or self._authorized(scope)
-        ):
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         await send_error(
@@ -72,11 +84,73 @@ class BearerAuth:
         )
 
     def _authorized(self, scope: Scope) -> bool:
-        assert self._expected is not None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 return hmac.compare_digest(value, self._expected)
         return False
+
+
+class PeerAuth:
+    """ASGI middleware of a mutual-TLS listener: every path but /health needs a client
+    certificate of the cluster's CA (TLS checked that) whose role `allowed(role, method, path)`
+    accepts."""
+
+    def __init__(self, app: ASGIApp, allowed: Callable[[Role, str, str], bool]) -> None:
+        self.app = app
+        self._allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        peer: Peer | None = scope.get(PEER)
+        if peer is None:
+            await send_error(
+                send, 401, "a client certificate is required", "authentication_error",
+                "unauthorized",
+            )  # fmt: skip
+        elif not self._allowed(peer.role, scope["method"], scope["path"]):
+            await send_error(
+                send, 403, f"a {peer.role} may not call this route", "permission_error",
+                "insufficient_scope",
+            )  # fmt: skip
+        else:
+            await self.app(scope, receive, send)
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, plus the TLS peer in each request's scope (`PEER`) and a
+    deadline for each request's head (`HEAD_TIMEOUT_S`)."""
+
+    _peer: Peer | None = None
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._peer = peer_of(transport.get_extra_info("ssl_object"))
+        self._start_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_deadline()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[PEER] = self._peer  # type: ignore[literal-required]
+        if self._head_deadline is None:
+            self._start_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_deadline()
+        super().on_headers_complete()
+
+    def _start_head_deadline(self) -> None:
+        self._head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self.transport.close)
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
 
 
 def own_names(*names: str | None) -> frozenset[str]:
@@ -177,10 +251,9 @@ def env_token(flag: str | None) -> str | None:
     return flag or os.environ.get("RBEE_TOKEN") or None
 
 
-def listen(service: str, host: str, port: int, token: str | None) -> socket.socket:
+def listen(service: str, host: str, port: int) -> socket.socket:
     """A daemon's start: what it writes private to the operator, logging set up and its port
-    bound. A non-loopback address without a token, or a port in use, ends the process with one
-    line on stderr (exit 1)."""
+    bound. A port in use ends the process with one line on stderr (exit 1)."""
     # Every file and directory a daemon makes (database, logs, catalogs, runtimes) is 0600 or
     # 0700; the roots an older rbee made open are closed.
     os.umask(0o077)
@@ -189,19 +262,9 @@ def listen(service: str, host: str, port: int, token: str | None) -> socket.sock
         private_dir(cache_dir())
     setup_logging(service)
     try:
-        require_token_off_loopback(host, token, service)
         return bind(host, port)
     except RbeeError as exc:
         fail(exc)
-
-
-def require_token_off_loopback(host: str, token: str | None, service: str) -> None:
-    """Refuse to serve on a non-loopback address without a token."""
-    if host not in LOCAL_HOSTS and not token:
-        raise RbeeError(
-            f"{service} refuses to listen on {host} without a token",
-            hint="set RBEE_TOKEN (or --token), or bind to 127.0.0.1",
-        )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -224,18 +287,50 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_daemon(app: ASGIApp, sock: socket.socket, log_level: str = "warning") -> None:
-    """Serve `app` on an already bound socket with uvicorn (uvloop + httptools when present)."""
+@dataclass
+class Listener:
+    """One port a daemon serves: its app, its bound socket, its TLS (None: plain HTTP), and
+    whether the app's lifespan runs there (once per process: on its first listener)."""
+
+    app: ASGIApp
+    sock: socket.socket
+    tls: ssl.SSLContext | None = None
+    lifespan: bool = True
+
+
+def run_daemon(*listeners: Listener, log_level: str = "warning") -> None:
+    """Serve every listener with uvicorn (uvloop + httptools when present) until a signal or
+    one of them stops; then stop them all."""
+    servers = [uvicorn.Server(_config(listener, log_level)) for listener in listeners]
+
+    async def serve_all() -> None:
+        tasks = [
+            asyncio.create_task(server.serve(sockets=[listener.sock]))
+            for server, listener in zip(servers, listeners, strict=True)
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+
+    with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+        runner.run(serve_all())
+
+
+def _config(listener: Listener, log_level: str) -> uvicorn.Config:
     config = uvicorn.Config(
-        app,
+        listener.app,
         log_level=log_level,
         access_log=False,
         proxy_headers=False,  # no daemon sits behind a proxy it should trust
         timeout_graceful_shutdown=5,
-        lifespan="on",
+        lifespan="on" if listener.lifespan else "off",
+        http=_Protocol,
+        limit_concurrency=CONNECTION_CAP,
     )
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    config.load()
+    config.ssl = listener.tls
+    return config
 
 
 def fail(exc: RbeeError) -> NoReturn:

@@ -18,6 +18,7 @@ __all__ = [
     "DEVICE",
     "HIVE_CHECK_INTERVAL_S",
     "HIVE_PORT",
+    "QUEEN_CLUSTER_PORT",
     "QUEEN_PORT",
     "SLOTS",
     "SOURCE_SCHEMES",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 QUEEN_PORT = 7833
+#: The queen's mutual-TLS listener for the cluster's own traffic (workers' heartbeats).
+QUEEN_CLUSTER_PORT = 7834
 HIVE_PORT = 7835
 #: Seconds between the queen's health checks of every hive (a hive gone offline is healed).
 HIVE_CHECK_INTERVAL_S = 5.0

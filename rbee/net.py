@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["LOCAL_HOSTS", "LOOPBACK", "SENSITIVE", "hide_url_secrets", "http_url"]
+__all__ = [
+    "LOCAL_HOSTS",
+    "LOOPBACK",
+    "LOOPBACK_NAMES",
+    "SENSITIVE",
+    "hide_url_secrets",
+    "http_url",
+    "https_url",
+]
 
 #: What a hidden secret reads as, wherever rbee prints or stores one.
 SENSITIVE = "(sensitive)"
@@ -15,6 +23,8 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 
 LOOPBACK = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"localhost", LOOPBACK, "::1"})
+#: The names of this machine's loopback, for certificates (in a fixed order).
+LOOPBACK_NAMES = (LOOPBACK, "::1", "localhost")
 
 
 def hide_url_secrets(text: str) -> str:
@@ -47,3 +57,8 @@ def _hide(match: re.Match[str]) -> str:
 def http_url(host: str, port: int) -> str:
     """`http://host:port`, with an IPv6 address in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def https_url(host: str, port: int) -> str:
+    """`https://host:port`, with an IPv6 address in brackets."""
+    return "https" + http_url(host, port).removeprefix("http")

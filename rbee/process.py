@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import subprocess
 import threading
 import time
@@ -98,6 +99,7 @@ async def wait_healthy(
     log_tail: Callable[[], Awaitable[str]],
     timeout_s: float,
     token: str | None = None,
+    verify: ssl.SSLContext | bool = True,
     exit_check_s: float = 0.0,
     hint: str | None = None,
     timeout_hint: str | None = None,
@@ -108,12 +110,13 @@ async def wait_healthy(
     not answer within `timeout_s` is an UnavailableError (it may be slow: worth a retry).
     Both carry the end of its log and `hint` (`timeout_hint` instead for the second, when
     given). `exited` runs at most every `exit_check_s` seconds, for checks that cost a round
-    trip (SSH).
+    trip (SSH). `verify`: how an https:// daemon's certificate is checked (a hive: the
+    cluster's TLS, with the queen's certificate presented).
     """
     deadline = time.monotonic() + timeout_s
     next_exit_check = time.monotonic() + exit_check_s
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=2.0) as client:
+    async with httpx.AsyncClient(headers=headers, timeout=2.0, verify=verify) as client:
         while True:
             health = await probe_health(client, url)
             if health is not None and accept(health):
@@ -144,6 +147,7 @@ async def start_daemon(
     token: str | None,
     accept: Callable[[Health, int], bool],
     timeout_s: float,
+    verify: ssl.SSLContext | bool = True,
 ) -> int:
     """Spawn a daemon on this machine (`spawn_detached`) and wait until it is healthy
     (`wait_healthy`); its pid. `accept(health, pid)` tells its answer from another's."""
@@ -164,6 +168,7 @@ async def start_daemon(
         log_tail=log_tail,
         timeout_s=timeout_s,
         token=token,
+        verify=verify,
         hint=f"full log: {log_path}",
     )
     return proc.pid

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee.net import http_url
+from rbee.net import http_url, https_url
 from rbee.wire import HiveArgs, QueenArgs, WorkerArgs
+from tests.fixtures.pki import client_tls, identity, seed_authority
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -88,9 +89,15 @@ def test_the_keeper_prints_rbees_words_only(env: dict[str, str], tmp_path: Path)
 def test_the_daemons_stderr_holds_their_own_log_lines_only(
     env: dict[str, str], tmp_path: Path, gguf: Path
 ) -> None:
+    seed_authority(tmp_path)  # the queen's CA is the tests' CA: it trusts the worker's identity
     queen = QueenArgs(port=free_port(), db=tmp_path / "queen.db")
-    queen_url = http_url(queen.host, queen.port)
-    hive = HiveArgs(port=free_port(), name="local", queen_url=queen_url)
+    cluster_url = https_url(queen.host, queen.port + 1)
+    hive = HiveArgs(
+        port=free_port(),
+        name="local",
+        queen_url=http_url(queen.host, queen.port),
+        identity=str(identity("hive", "local")),
+    )
     worker = WorkerArgs(
         worker_id="local.gemma3-270m.0",
         hive="local",
@@ -98,7 +105,8 @@ def test_the_daemons_stderr_holds_their_own_log_lines_only(
         model_path=str(gguf),
         port=free_port(),
         ctx_size=256,
-        queen_url=queen_url,
+        queen_url=cluster_url,
+        identity=str(identity("worker", "local/local.gemma3-270m.0")),
     )
     logs = {name: tmp_path / f"{name}.stderr" for name in ("queen", "hive", "worker")}
     processes = []
@@ -107,11 +115,14 @@ def test_the_daemons_stderr_holds_their_own_log_lines_only(
             with logs[name].open("w") as stderr:
                 argv = _python("-m", args.MODULE, *args.to_argv())
                 processes.append(subprocess.Popen(argv, env=env, stderr=stderr))
-        for args in (queen, hive):
-            _wait_for(http_url(args.host, args.port), lambda health: True)
+        _wait_for(http_url(queen.host, queen.port), lambda health: True)
+        _wait_for(https_url(hive.host, hive.port), lambda health: True)
         _wait_for(worker.url, lambda health: health.get("state") == "idle")
         answer = httpx.post(
-            f"{worker.url}/v1/completions", json={"prompt": "Bees", "max_tokens": 2}, timeout=60
+            f"{worker.url}/v1/completions",
+            json={"prompt": "Bees", "max_tokens": 2},
+            timeout=60,
+            verify=client_tls("queen", "queen"),
         )
         assert answer.status_code == 200, answer.text
     finally:
@@ -129,10 +140,12 @@ def test_the_daemons_stderr_holds_their_own_log_lines_only(
 
 
 def _wait_for(url: str, ready: Callable[[dict[str, Any]], bool]) -> None:
+    """Poll `url`'s /health (over https as the queen) until `ready` accepts it."""
+    verify = client_tls("queen", "queen") if url.startswith("https") else True
     deadline = time.monotonic() + 60
     while True:
         try:
-            health = httpx.get(f"{url}/health", timeout=1)
+            health = httpx.get(f"{url}/health", timeout=1, verify=verify)
             if health.status_code == 200 and ready(health.json()):
                 return
         except httpx.HTTPError:

@@ -25,14 +25,12 @@ class ClusterEffects:
     def __init__(
         self,
         *,
-        token: str | None,
         start_hive: HiveStarter,
         stop_hive: HiveStarter,
         worker_state: WorkerState,
         forget_worker: WorkerForget,
         ready_timeout_s: float = 180.0,
     ) -> None:
-        self._token = token
         self._start_hive = start_hive
         self._stop_hive = stop_hive
         self._worker_state = worker_state
@@ -62,7 +60,7 @@ class ClusterEffects:
 
     def _hive(self, action: Action) -> HiveClient:
         assert action.hive_url is not None
-        return HiveClient(action.hive_url, self._token, timeout=30.0)
+        return HiveClient(action.hive_url, action.hive, timeout=30.0)
 
     async def _add_model(self, action: Action, emit: Emit) -> None:
         assert action.model is not None and action.source is not None

@@ -12,7 +12,6 @@ import typer
 from rbee.cli.console import err, out
 from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect_yaml
 from rbee.errors import RbeeError
-from rbee.wire import KeyScope
 
 __all__ = ["key_app"]
 
@@ -44,6 +43,8 @@ def create(
     as_json: AsJson = False,
 ) -> None:
     """Create a key and print it. It is shown this once: the queen keeps only its hash."""
+    from rbee.wire import KeyScope  # here: `rbee --help` loads no pydantic
+
     if scope not in get_args(KeyScope):
         raise RbeeError(f"unknown scope {scope!r}", hint="choose inference, plan or admin")
     client = connect_yaml(file)
@@ -68,7 +69,7 @@ def list_keys(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> Non
         sys.stdout.write(json.dumps([k.model_dump() for k in keys], indent=2) + "\n")
         return
     if not keys:
-        out.print("no keys: a loopback queen without a cluster token is open to anyone")
+        out.print("no keys: only the cluster token opens the queen")
         return
     from rich.table import Table
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from rbee.clients import QueenClient
+from rbee.clients import QueenClient, queen_tls
 from rbee.config.models import Queen
 from rbee.defaults import QUEEN_PORT
 from rbee.errors import RbeeError, UnavailableError
@@ -23,6 +23,7 @@ from rbee.wire import QueenArgs
 __all__ = [
     "QUEEN_URL_ENV",
     "client_for",
+    "credential",
     "ensure_queen",
     "is_local",
     "local_queen_args",
@@ -54,8 +55,20 @@ def reached_queen(queen: Queen) -> Queen:
 def client_for(queen: Queen) -> QueenClient:
     """A client for the queen the keeper reaches (see `reached_queen`); starts nothing."""
     reached = reached_queen(queen)
-    named_by = QUEEN_URL_ENV if reached is not queen else "queen.url in the YAML"
-    return QueenClient(reached.url, reached.token, named_by=named_by)
+    if reached is not queen:
+        return QueenClient(reached.url, reached.token, named_by=QUEEN_URL_ENV)
+    return QueenClient(queen.url, credential(queen), named_by="queen.url in the YAML")
+
+
+def credential(queen: Queen) -> str | None:
+    """The cluster token the keeper sends the YAML's queen: the YAML's `queen.token`, else,
+    for a queen on this machine, the one rbee keeps here (`rbee.credentials`, made on first
+    use: the queen reads the same file)."""
+    if queen.token is not None or not is_local(queen):
+        return queen.token
+    from rbee.credentials import cluster_token
+
+    return cluster_token()
 
 
 def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
@@ -64,6 +77,13 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
 
     Returns the client and the pid of a queen started now (None when one was running).
     """
+    if queen.tls is not None and queen.tls.cert is None and is_local(queen):
+        # rbee's own certificate is the cluster CA's: made here first, so that this keeper
+        # trusts it from its first call (the queen finds it made).
+        from rbee.credentials import tls_dir
+        from rbee.pki import Authority
+
+        Authority(tls_dir())
     client = client_for(queen)
     if client.health() is not None:
         return client, None
@@ -92,15 +112,23 @@ def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, in
             # Any queen will do: one started by a concurrent `rbee` call answers as well.
             accept=lambda health, pid: health.service == QueenArgs.SCRIPT,
             timeout_s=timeout_s,
+            verify=queen_tls(),
         )
     )
     return client, pid
 
 
 def local_queen_args(queen: Queen) -> QueenArgs:
-    """The command line of the YAML's queen run on this machine: its URL's host and port."""
+    """The command line of the YAML's queen run on this machine: its URL's host and port, and
+    its front door's TLS."""
     parts = urlsplit(queen.url)
-    return QueenArgs(host=parts.hostname or LOOPBACK, port=parts.port or QUEEN_PORT)
+    tls = queen.tls
+    return QueenArgs(
+        host=parts.hostname or LOOPBACK,
+        port=parts.port or QUEEN_PORT,
+        tls_cert=None if tls is None else tls.cert or "own",
+        tls_key=None if tls is None else tls.key,
+    )
 
 
 def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:

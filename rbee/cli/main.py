@@ -536,12 +536,12 @@ def queen_start(file: ConfigFile = DEFAULT_CONFIG) -> None:
 @queen_app.command("stop")
 def queen_stop(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop the queen (workers and hives keep running; `rbee down` stops everything)."""
-    from rbee.cli.local_queen import stop_queen
+    from rbee.cli.local_queen import credential, stop_queen
     from rbee.clients import QueenClient
     from rbee.config.load import load_cluster
 
     cluster = load_cluster(file)
-    pid = stop_queen(QueenClient(cluster.queen.url, cluster.queen.token))
+    pid = stop_queen(QueenClient(cluster.queen.url, credential(cluster.queen)))
     out.print("queen is not running" if pid is None else f"stopped queen (pid {pid})")
 
 

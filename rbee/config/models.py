@@ -34,7 +34,7 @@ from rbee.defaults import (
     Slots,
     split_gguf,
 )
-from rbee.net import LOCAL_HOSTS, LOOPBACK, http_url
+from rbee.net import LOCAL_HOSTS, LOOPBACK, http_url, https_url
 
 __all__ = [
     "Build",
@@ -43,6 +43,7 @@ __all__ = [
     "Hive",
     "Model",
     "Queen",
+    "QueenTls",
     "ReplicaRange",
     "SelfHeal",
     "Serving",
@@ -104,11 +105,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class QueenTls(_Strict):
+    """TLS on the queen's front door: your certificate and key (PEM files on the queen's
+    machine), or neither for rbee's own (a certificate of the cluster's CA, which the keeper on
+    that machine trusts; give other clients `~/.local/state/rbee/tls/ca.pem`)."""
+
+    cert: str | None = Field(default=None, description="certificate (chain) file")
+    key: str | None = Field(default=None, description="its private key file")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> QueenTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key, or neither (rbee's own certificate)")
+        return self
+
+
 class Queen(_Strict):
     """Where the keeper finds the queen, and the token it sends."""
 
     url: str = Field(default=http_url(LOOPBACK, QUEEN_PORT), description="the queen's base URL")
     token: str | None = Field(default=None, description="bearer token; required off-loopback")
+    tls: QueenTls | None = Field(
+        default=None, description="serve the front door over TLS (the url is then https://)"
+    )
+
+    @model_validator(mode="after")
+    def _https_with_tls(self) -> Queen:
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("with tls, the queen's url must be https://")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -151,7 +176,8 @@ class Hive(_Strict):
 
     @property
     def url(self) -> str:
-        return http_url(self.host, self.port)
+        """Where the queen reaches the hive: mutual TLS (`rbee.pki`), on every hive."""
+        return https_url(self.host, self.port)
 
 
 class Model(_Strict):

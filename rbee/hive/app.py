@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from rbee.hive.processes import find_worker, list_workers, log_path, spawn_worke
 from rbee.logsource import LogFile, log_response, own_log
 from rbee.net import LOOPBACK
 from rbee.paths import cache_dir
+from rbee.pki import Identity
 from rbee.wire import (
     AddModel,
     AddWorkerBinary,
@@ -41,7 +43,8 @@ from rbee.wire import (
     HiveArgs,
     HiveState,
     OperationStarted,
-    SpawnWorker,
+    Renewal,
+    SpawnRequest,
     json_object,
     openai_error,
     sse,
@@ -70,27 +73,39 @@ def create_app(
     catalog: ArtifactCatalog | None = None,
     worker_host: str = LOOPBACK,
     binaries: WorkerBinaryCatalog | None = None,
+    identity: Identity | None = None,
 ) -> Starlette:
-    """The hive's ASGI app; `token` is handed to the workers it spawns (auth is the server's),
-    which listen on `worker_host`."""
+    """The hive's ASGI app (who may call it is the server's business); its workers listen on
+    `worker_host`. A hive serving mutual TLS copies from peers with its identity (`peer_tls`)
+    and gives each worker the identity the queen sent with its spawn (the queen renews the
+    hive's in place: `PUT /v1/identity`); a hive with a `token` hands that to its workers and
+    peers instead."""
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
     models.clean_partials(_STALE_PARTIAL_S)
     worker_binaries = WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries
     operations = Operations()
-    # A peer is another hive of this cluster: it takes the same token.
+    # A peer is another hive of this cluster: it takes this hive's identity (or token).
     peer_headers = {"authorization": f"Bearer {token}"} if token else {}
+    peer_verify: ssl.SSLContext | bool = identity.client if identity else True
+
+    def own_health() -> Health:
+        expires = identity.expires_at if identity else None
+        return Health(
+            service=SERVICE, version=rbee.__version__, pid=os.getpid(), tls_expires_at=expires
+        )
+
     adding: dict[str, tuple[AddModel, Operation]] = {}
     # Held from "is this binary in use / provisioned" to the spawn or removal that relies on it.
     binaries_in_use = asyncio.Lock()
 
     async def health(request: Request) -> Response:
-        body = Health(service=SERVICE, version=rbee.__version__, pid=os.getpid()).model_dump()
+        body = own_health().model_dump()
         return JSONResponse({**body, "name": name})
 
     def listed_state() -> HiveState:
         # One thread for all four listings: each takes a few ms, a hop to the pool costs more.
         return HiveState(
-            health=Health(service=SERVICE, version=rbee.__version__, pid=os.getpid()),
+            health=own_health(),
             models=models.list(),
             worker_binaries=worker_binaries.list(),
             workers=list_workers(models.root),
@@ -128,7 +143,12 @@ def create_app(
 
         path = f"/v1/models/{wanted.name}/payload"
         mirrors = [
-            Resolved(url=peer.rstrip("/") + path, headers=peer_headers, revision=wanted.revision)
+            Resolved(
+                url=peer.rstrip("/") + path,
+                headers=peer_headers,
+                revision=wanted.revision,
+                verify=peer_verify,
+            )
             for peer in wanted.peers
         ]
 
@@ -158,7 +178,9 @@ def create_app(
         wanted = await _parse(request, AddWorkerBinary)
         worker_binaries.check(wanted.name)
 
-        peers = [Resolved(url=peer, headers=peer_headers) for peer in wanted.peers]
+        peers = [
+            Resolved(url=peer, headers=peer_headers, verify=peer_verify) for peer in wanted.peers
+        ]
 
         def work(op: Operation) -> int:
             worker_binaries.provision(wanted, op.log, peers)
@@ -200,11 +222,25 @@ def create_app(
 
         return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
 
+    async def renew_identity(request: Request) -> Response:
+        if identity is None:
+            raise _HTTPError(404, "this hive serves no TLS: nothing to renew", "not_found")
+        renewal = await _parse(request, Renewal)
+        try:
+            await run_in_threadpool(identity.replace, renewal.bundle.encode())
+        except ValueError as exc:
+            raise _HTTPError(422, f"bundle: {exc}", "validation_error") from None
+        _log.info("identity renewed expires_at=%.0f", identity.expires_at)
+        return _json(own_health())
+
     async def list_worker_processes(request: Request) -> Response:
         return _json(await run_in_threadpool(list_workers, models.root))
 
     async def spawn_worker_process(request: Request) -> Response:
-        wanted = await _parse(request, SpawnWorker)
+        wanted = await _parse(request, SpawnRequest)
+        if token is None and wanted.tls_identity is None:
+            message = "this hive serves mutual TLS: a spawn needs the worker's tls_identity"
+            raise _HTTPError(422, message, "validation_error")
         try:
             model = await run_in_threadpool(models.get, wanted.model)
         except (NotFoundError, InvalidArtifactError):
@@ -271,6 +307,7 @@ def create_app(
         Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
         Route("/v1/worker-logs/{worker_id}", worker_log),
         Route("/v1/logs", own_log_route),
+        Route("/v1/identity", renew_identity, methods=["PUT"]),
     ]
     handlers: dict[Any, Any] = {
         _HTTPError: _http_error,

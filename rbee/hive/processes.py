@@ -18,9 +18,10 @@ import psutil
 
 from rbee.errors import NotFoundError
 from rbee.net import LOOPBACK
-from rbee.paths import contained, state_dir
+from rbee.paths import contained, private_dir, state_dir
+from rbee.pki import write_private
 from rbee.process import spawn_detached, terminate
-from rbee.wire import SpawnWorker, WorkerArgs, WorkerProcess
+from rbee.wire import SpawnRequest, WorkerArgs, WorkerProcess
 
 __all__ = [
     "device_env",
@@ -43,21 +44,31 @@ def log_path(worker_id: str) -> Path:
 
 
 def spawn_worker(
-    request: SpawnWorker,
+    request: SpawnRequest,
     python: str,
     model_path: Path,
     token: str | None,
     host: str = LOOPBACK,
 ) -> WorkerProcess:
     """Start a worker with its worker binary's `python` in its own session, logging to its log
-    file; the token goes by env only.
+    file. Its TLS identity (from the queen, in the request) goes to a 0600 file named on its
+    command line; a token (a hive without TLS) by env only.
 
     The worker listens on the hive's own address, so the queen reaches a network hive's
-    workers (with the token) where the hive itself is reached.
+    workers where the hive itself is reached.
     """
     log = log_path(request.worker_id)
+    identity = None
+    if request.tls_identity is not None:
+        directory = private_dir(state_dir() / "tls" / "workers")
+        path = contained(directory, f"{request.worker_id}.pem")
+        identity = str(write_private(path, request.tls_identity.encode()))
     args = WorkerArgs(
-        **request.model_dump(), model_path=str(model_path), host=host, port=_free_port(host)
+        **request.model_dump(exclude={"tls_identity"}),
+        model_path=str(model_path),
+        host=host,
+        port=_free_port(host),
+        identity=identity,
     )
     proc = spawn_detached(args.command(python), log, token, env=device_env(args.device))
     try:

@@ -16,10 +16,10 @@ from rbee.wire import HiveState, WorkerView
 __all__ = ["observe", "observe_hive"]
 
 
-async def observe_hive(hive: Hive, token: str | None) -> HiveFacts:
+async def observe_hive(hive: Hive) -> HiveFacts:
     """Ask one hive for its health and listings; an unreachable hive is `running=False`."""
     down = HiveFacts(name=hive.name, running=False, url=hive.url, mode=hive.effective_mode)
-    async with HiveClient(hive.url, token, timeout=5.0) as client:
+    async with HiveClient(hive.url, hive.name, timeout=5.0) as client:
         state: HiveState | str
         try:
             state = await client.state()
@@ -65,7 +65,6 @@ async def _listed_one_by_one(client: HiveClient) -> HiveState | str:
 async def observe(
     hives: list[Hive],
     registry: list[WorkerView],
-    token: str | None,
     connections: SshConnections | None = None,
     ssh_concurrency: int = 10,
 ) -> Observed:
@@ -79,13 +78,13 @@ async def observe(
 
     async def one(hive: Hive) -> HiveFacts:
         if connections is None or hive.effective_mode != "network":
-            return await observe_hive(hive, token)
+            return await observe_hive(hive)
 
         async def probed() -> SshFacts:
             async with gate:
                 return await probe(hive, connections=connections)
 
-        ssh, facts = await asyncio.gather(probed(), observe_hive(hive, token))
+        ssh, facts = await asyncio.gather(probed(), observe_hive(hive))
         return facts.model_copy(update={"ssh": ssh})
 
     facts = await asyncio.gather(*(one(h) for h in hives))

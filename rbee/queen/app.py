@@ -29,9 +29,10 @@ import rbee
 from rbee.apply.lock import LockNotFound
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive, check_references
-from rbee.daemon import own_names
+from rbee.daemon import PEER, ASGIApp, PeerAuth, own_names
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
+from rbee.pki import Identity, Peer
 from rbee.plan.digest import redacted_plan
 from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.admission import Admission
@@ -48,6 +49,7 @@ from rbee.queen.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
+from rbee.queen.renewal import Renewals
 from rbee.queen.store import Store
 from rbee.queen.ui import events, login, login_form, logout, page
 from rbee.remote.ssh_config import hives_from_ssh_config
@@ -162,8 +164,9 @@ class QueenState:
     healer: Healer
     autoscaler: Autoscaler
     jobs: Jobs
-    token: str | None
+    token: str
     hive_check_interval_s: float
+    renewals: Renewals
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -183,11 +186,21 @@ async def metrics(request: Request) -> Response:
 
 
 async def heartbeat(request: Request) -> Response:
+    """A worker's heartbeat, on the cluster listener: the worker's certificate must be the one
+    the queen issued for that worker of that hive (a worker speaks only for itself), and the
+    worker must serve TLS (the relay never sends a prompt in clear)."""
     queen = _queen(request)
     beat = await parse_body(request, Heartbeat)
+    peer: Peer | None = request.scope.get(PEER)
+    if peer is None or peer.name != f"{beat.hive}/{beat.worker_id}":
+        message = f"this certificate does not belong to worker {beat.worker_id} of {beat.hive}"
+        raise _Refused(403, message, "permission_error", "not_this_worker")
+    if not beat.url.startswith("https://"):
+        raise _Refused(422, "a worker must serve https", "invalid_request_error", "plain_http")
     record = queen.registry.beat(beat)
     if record is not None:
         queen.admission.pump(beat.model)  # capacity may have come: a worker done loading
+        queen.renewals.worker(beat)
     return Response(status_code=204)
 
 
@@ -301,7 +314,7 @@ async def get_hive(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     hive = _registered(queen, name)
     record = (
-        await queen.hive_registry.check(hive, queen.token)
+        await queen.hive_registry.check(hive)
         if request.query_params.get("refresh")
         else queen.hive_registry.get(name)
     )
@@ -319,7 +332,7 @@ def _registered(queen: QueenState, name: str) -> Hive:
 async def refresh_capabilities(request: Request) -> JSONResponse:
     queen = _queen(request)
     hive = _registered(queen, request.path_params["name"])
-    async with HiveClient(hive.url, queen.token, timeout=15.0) as client:
+    async with HiveClient(hive.url, hive.name, timeout=15.0) as client:
         try:
             capabilities = await client.capabilities()
         except RbeeError as exc:
@@ -419,7 +432,6 @@ async def revoke_key(request: Request) -> JSONResponse:
 ROUTES = [
     Route("/health", health),
     Route("/metrics", metrics),
-    Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
     Route("/v1/workers", list_workers),
     Route("/v1/workers/{worker_id}", get_worker),
     Route("/v1/workers/{worker_id}/retire", retire_worker, methods=["POST"]),
@@ -461,7 +473,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.create_task(
             monitor_hives(
                 queen.hive_registry,
-                queen.token,
                 queen.hive_check_interval_s,
                 on_offline=lambda name: queen.healer.poke(f"hive {name} stopped answering"),
             )
@@ -470,6 +481,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.create_task(queen.relay.watch_heartbeats()),
         asyncio.create_task(queen.healer.run()),
         asyncio.create_task(queen.autoscaler.run()),
+        asyncio.create_task(queen.renewals.run()),
     ]
     # What the queen made at start lives as long as it does: out of the collector's way, so
     # its full collections stay short under load.
@@ -489,26 +501,26 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 def create_app(
     store: Store,
     queen_url: str,
-    token: str | None,
+    token: str,
     *,
-    open_on_loopback: bool = True,
+    cluster_url: str,
+    identity: Identity,
+    identity_hosts: list[str],
     max_body_bytes: int = MAX_BODY_BYTES,
     hive_check_interval_s: float = HIVE_CHECK_INTERVAL_S,
 ) -> Front:
-    """The queen's ASGI app; `queen_url` is the URL workers and hives reach it at.
-
-    `open_on_loopback`: the queen listens on loopback only, so without a cluster token and
-    before any API key exists it serves anyone (the demo needs no key).
-    """
+    """The queen's ASGI app: its front door at `queen_url`, opened by API keys and the cluster
+    `token`. Hives and workers reach the queen at `cluster_url` (`cluster_app`); it calls them
+    with its TLS `identity` (issued for `identity_hosts`, and renewed for them)."""
     registry = Registry()
     admission = Admission(registry)
     hive_registry = HiveRegistry(store.connection)
-    control = Control(registry, store, hive_registry, queen_url, token, admission)
+    control = Control(registry, store, hive_registry, cluster_url, admission, public_url=queen_url)
     keys = Keys(store.connection)
     metrics_ = Metrics(registry, admission, hive_registry.up)
     healer = Healer(control, on_action=metrics_.healed)
     metrics_.watch_sync(lambda: healer.sync)
-    relay = Relay(registry, admission, metrics_, control.is_declared, token)
+    relay = Relay(registry, admission, metrics_, control.is_declared, identity.client)
     relay.on_worker_gone = lambda worker_id, why: healer.poke(f"worker {worker_id}: {why}")
     autoscaler = Autoscaler(control, admission, metrics_)
     admission.scaler = autoscaler
@@ -532,13 +544,13 @@ def create_app(
         jobs=jobs,
         token=token,
         hive_check_interval_s=hive_check_interval_s,
+        renewals=Renewals(identity, identity_hosts),
     )
     app = Starlette(routes=ROUTES, lifespan=_lifespan, exception_handlers={_Refused: _refused})
     app.state.queen = queen
     front = Front(
         app,
         queen,
-        open_on_loopback=open_on_loopback and not token,
         max_body_bytes=max_body_bytes,
         host_names=own_names(urlsplit(queen_url).hostname),
     )
@@ -552,3 +564,17 @@ def _limit(request: Request, default: int = 20) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise _Refused(422, "limit must be a whole number from 1 to 1000", "invalid_request_error")
     return int(raw)
+
+
+def cluster_app(queen: QueenState) -> ASGIApp:
+    """The queen's cluster listener (mutual TLS): where workers heartbeat. Nothing else is
+    served there, and only to a worker's certificate."""
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/workers/heartbeat", heartbeat, methods=["POST"]),
+        ],
+        exception_handlers={_Refused: _refused},
+    )
+    app.state.queen = queen
+    return PeerAuth(app, lambda role, method, path: role == "worker")

@@ -92,7 +92,7 @@ class Autoscaler:
         self._admission = admission
         self._metrics = metrics
         self._effects = effects or control.worker_effects
-        self._facts = facts or (lambda hive: observe_hive(hive, control.token))
+        self._facts = facts or (observe_hive)
         self._clock = clock
         self._spawns: list[_Spawn] = []
         self._retiring: set[str] = set()

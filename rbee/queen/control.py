@@ -59,16 +59,18 @@ class Control:
         store: Store,
         hive_registry: HiveRegistry,
         queen_url: str,
-        token: str | None,
         admission: Admission | None = None,
+        public_url: str | None = None,
     ) -> None:
+        """`queen_url`: where hives and workers reach the queen (its cluster listener);
+        `public_url`: where people and apps do (its front door; default the same)."""
         self.registry = registry
         self.admission = admission
         self.store = store
         self.hive_registry = hive_registry
         self.queen_url = queen_url
-        self.token = token
-        self.hive_lifecycle = HiveLifecycle(queen_url, token)
+        self.public_url = public_url or queen_url
+        self.hive_lifecycle = HiveLifecycle(queen_url)
         # One pool for the queen's life: plans, applies and heals reuse their SSH connections.
         self.ssh = SshConnections(idle_s=SSH_IDLE_S)
         self.lock = ApplyLock(store.connection)
@@ -115,7 +117,7 @@ class Control:
             h for h in (self._desired.hives if self._desired else []) if h.name not in declared
         ]
         observed, sources = await asyncio.gather(
-            observe([*cluster.hives, *previous], views, self.token, connections),
+            observe([*cluster.hives, *previous], views, connections),
             resolve_sources(cluster.models),
         )
         return observed.model_copy(
@@ -126,7 +128,7 @@ class Control:
         """What self-heal checks: each hive's listings and the heartbeats, over HTTP only (no
         SSH probe, no Hub request: a heal never upgrades or installs)."""
         views = [self.registry.view(r) for r in self.registry.live()]
-        observed = await observe(cluster.hives, views, self.token)
+        observed = await observe(cluster.hives, views)
         return observed.model_copy(update={"silenced": self.registry.silenced()})
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
@@ -227,7 +229,7 @@ class Control:
         for action in the_plan.actions:
             if action.kind == "hive" and action.op == "delete" and action.address in outcome.done:
                 self.hive_registry.remove(action.hive)
-        await asyncio.gather(*(self.hive_registry.check(h, self.token) for h in cluster.hives))
+        await asyncio.gather(*(self.hive_registry.check(h) for h in cluster.hives))
         self._record(apply_id, outcome)
         return outcome
 
@@ -268,7 +270,6 @@ class Control:
             return record.beat.state if record else None
 
         return ClusterEffects(
-            token=self.token,
             start_hive=start_hive,
             stop_hive=stop_hive,
             worker_state=worker_state,
@@ -297,11 +298,7 @@ class Control:
             # again before then, the monitor still sees it go offline.
             started = {a.hive for a in actions if a.kind == "hive" and a.address in outcome.done}
             await asyncio.gather(
-                *(
-                    self.hive_registry.check(h, self.token)
-                    for h in cluster.hives
-                    if h.name in started
-                )
+                *(self.hive_registry.check(h) for h in cluster.hives if h.name in started)
             )
         except BaseException as exc:
             self.store.end_apply(heal_id, "failed", error=repr(exc))
@@ -313,9 +310,7 @@ class Control:
         """Hives of the last apply (with whether they answer) and the live workers."""
         hives: list[HiveStatus] = []
         if self._desired is not None:
-            facts = await asyncio.gather(
-                *(observe_hive(h, self.token) for h in self._desired.hives)
-            )
+            facts = await asyncio.gather(*(observe_hive(h) for h in self._desired.hives))
             for hive, fact in zip(self._desired.hives, facts, strict=True):
                 hives.append(
                     HiveStatus(
@@ -334,7 +329,7 @@ class Control:
                 )
         workers = [self.registry.view(r) for r in self.registry.live()]
         return ClusterStatus(
-            queen=QueenInfo(url=self.queen_url),
+            queen=QueenInfo(url=self.public_url),
             hives=hives,
             workers=workers,
             applied=self.store.last_apply(),
@@ -362,7 +357,7 @@ class Control:
         return DownResult(stopped_workers=sum(stopped), stopped_hives=stopped_hives)
 
     async def _stop_workers(self, hive: Hive) -> int:
-        async with HiveClient(hive.url, self.token, timeout=30.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=30.0) as client:
             try:
                 procs = await client.processes()
             except RbeeError:

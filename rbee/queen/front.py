@@ -5,8 +5,6 @@ here straight to the relay, everything else on to Starlette.
 
 Who may call what:
 - `/health` is open.
-- `/v1/workers/heartbeat` is worker traffic: the cluster token (open when the queen has none,
-  which a queen only may on loopback).
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models`, and the jobs (`/v1/jobs*`): an
   inference or admin key.
 - Planning and reading the control plane's state (`_PLAN_ROUTES`: plan, status, hives,
@@ -18,8 +16,11 @@ Who may call what:
   (`/ui/login`, open) sets: a browser cannot send a bearer header. The cookie holds a session
   id (`rbee.queen.sessions`), never the key; each use checks the key it was opened with again.
   `/` without a credential redirects to that form; `/ui/logout` (open) closes the session.
-- The cluster token opens every route: it is the operator's credential from the YAML.
-- A loopback queen without a cluster token serves anyone until the first key is created.
+- The cluster token opens every route: it is the operator's credential (the YAML's
+  `queen.token`, else the one rbee made on the queen's machine, `rbee.credentials`). There is
+  no open mode: on loopback too, every route but those above needs a credential.
+- Workers do not come here: they heartbeat to the cluster listener (`cluster_app`), over
+  mutual TLS.
 
 Before any of that, what only a web page would send is refused (`rbee.daemon.browser_refusal`:
 a foreign Origin, a Host that does not name the queen, a body that is not JSON), so a page the
@@ -56,7 +57,6 @@ _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
 #: What a path needs, whatever the method; `_needs` says it for the other paths.
 _NEEDS: dict[str, Need] = {
     "/health": "open",
-    "/v1/workers/heartbeat": "cluster",
     "/v1/chat/completions": "inference",
     "/v1/completions": "inference",
     "/v1/models": "inference",
@@ -78,7 +78,6 @@ _PLAN_ROUTES = (
 _PLAN = re.compile("|".join(re.sub(r"\{\w+\}", "[^/]+", route) for route in _PLAN_ROUTES))
 #: Who a 403 tells the caller to come back as.
 _WHO: dict[Need, str] = {
-    "cluster": "the cluster token",
     "inference": "an inference or admin key",
     "plan": "a plan or admin key",
     "admin": "an admin key",
@@ -101,7 +100,6 @@ class Front:
         app: Starlette,
         queen: QueenState,
         *,
-        open_on_loopback: bool,
         max_body_bytes: int = MAX_BODY_BYTES,
         host_names: frozenset[str] | None = None,
     ) -> None:
@@ -109,8 +107,7 @@ class Front:
         self.queen = queen
         self._keys = queen.keys
         self._relay = queen.relay
-        self._token = f"Bearer {queen.token}".encode() if queen.token else None
-        self._open = open_on_loopback
+        self._token = f"Bearer {queen.token}".encode()
         self._max_body = max_body_bytes
         self._names = own_names() if host_names is None else host_names
         self.sessions = Sessions()
@@ -179,16 +176,12 @@ class Front:
         if needed == "open":
             return _OPEN
         if authorization is not None:
-            if self._token is not None and hmac.compare_digest(authorization, self._token):
+            if hmac.compare_digest(authorization, self._token):
                 return _CLUSTER
             if authorization[:7].lower() == b"bearer ":
                 found = self._keys.lookup(authorization[7:].decode("latin-1").strip())
                 if found is not None:
                     return found if found.may(needed) else 403
-        if needed == "cluster" and self._token is None:
-            return _OPEN  # worker traffic to a queen without a cluster token (loopback only)
-        if self._open and not self._keys.exist:
-            return _OPEN
         return 401
 
     async def _deny(

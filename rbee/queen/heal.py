@@ -255,7 +255,7 @@ class Healer:
         tail = ""
         if action.hive_url is not None:
             try:
-                async with HiveClient(action.hive_url, self._control.token, timeout=5.0) as hive:
+                async with HiveClient(action.hive_url, action.hive, timeout=5.0) as hive:
                     tail = await hive.worker_log(worker_id, _LOG_LINES)
             except RbeeError as exc:
                 tail = f"(its log could not be read: {exc.message})"

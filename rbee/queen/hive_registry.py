@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, hive_identity
 from rbee.config.models import Hive
 from rbee.defaults import HIVE_CHECK_INTERVAL_S
 from rbee.errors import RbeeError
+from rbee.pki import due
 from rbee.wire import Capabilities, HiveRecord
 
 __all__ = ["HIVE_CHECK_INTERVAL_S", "HiveRecord", "HiveRegistry", "monitor_hives"]
@@ -84,9 +85,9 @@ class HiveRegistry:
             ("online" if online else "offline", version, pid, error, now, online, now, name),
         )
 
-    async def check(self, hive: Hive, token: str | None) -> HiveRecord | None:
+    async def check(self, hive: Hive) -> HiveRecord | None:
         """Check one hive's /health now and record the result."""
-        async with HiveClient(hive.url, token, timeout=3.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=3.0) as client:
             try:
                 health = await client.health()
             except RbeeError as exc:
@@ -96,12 +97,23 @@ class HiveRegistry:
                 self.mark(hive.name, False, error=exc.message)
             else:
                 self.mark(hive.name, True, version=health.version, pid=health.pid)
+                expires = health.tls_expires_at
+                if expires is not None and due(expires, time.time()):
+                    await self._renew(hive, client)
         return self.get(hive.name)
+
+    async def _renew(self, hive: Hive, client: HiveClient) -> None:
+        """Hand the hive a new identity (its certificate is in its last third)."""
+        try:
+            await client.renew(hive_identity(hive.name, hive.host))
+        except RbeeError as exc:
+            log.warning("event=hive_identity_not_renewed hive=%s error=%r", hive.name, exc.message)
+        else:
+            log.info("event=hive_identity_renewed hive=%s", hive.name)
 
 
 async def monitor_hives(
     registry: HiveRegistry,
-    token: str | None,
     interval_s: float = HIVE_CHECK_INTERVAL_S,
     on_offline: Callable[[str], None] = lambda name: None,
 ) -> None:
@@ -110,7 +122,7 @@ async def monitor_hives(
     while True:
         hives = registry.hives()
         before = {r.name: r.state for r in registry.records()}
-        records = await asyncio.gather(*(registry.check(h, token) for h in hives))
+        records = await asyncio.gather(*(registry.check(h) for h in hives))
         for record in records:
             if (
                 record is not None

@@ -1,5 +1,6 @@
 """Hive lifecycles: local hives are the queen's child processes; network hives are installed,
-started and stopped over SSH."""
+started and stopped over SSH. Each start gives the hive a new TLS identity from the queen's CA
+(over the SSH connection to a network hive): its certificate names the hive and its address."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import asyncssh
 import psutil
 
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, cluster_tls, hive_identity
 from rbee.config.models import Hive
+from rbee.credentials import tls_dir
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import state_dir
+from rbee.pki import write_private
 from rbee.process import start_daemon, terminate
 from rbee.remote import daemon as remote_daemon
 from rbee.remote import install as remote_install
@@ -29,9 +32,8 @@ log = logging.getLogger(__name__)
 class HiveLifecycle:
     """Installs, starts and stops `rbee-hive` daemons, here or over SSH."""
 
-    def __init__(self, queen_url: str, token: str | None) -> None:
+    def __init__(self, queen_url: str) -> None:
         self._queen_url = queen_url
-        self._token = token
         self._wheelhouse_lock = asyncio.Lock()
 
     async def start(
@@ -59,7 +61,9 @@ class HiveLifecycle:
                 await remote_daemon.stop_hive(conn, hive=hive.name)
             if install:
                 await remote_install.install(conn, wheels, hive=hive.name)
-            return await remote_daemon.start_hive(conn, hive, self._queen_url, self._token)
+            return await remote_daemon.start_hive(
+                conn, hive, self._queen_url, hive_identity(hive.name, hive.host)
+            )
         except (asyncssh.Error, OSError) as exc:
             # The connection dropped mid-way: a retry reconnects and picks up where it stopped.
             await connections.forget(hive)
@@ -79,21 +83,31 @@ class HiveLifecycle:
 
     async def _start_local(self, hive: Hive, timeout_s: float = 30.0) -> int:
         """Start the hive as a child process and wait for its /health; returns its pid."""
-        args = HiveArgs(host=hive.host, port=hive.port, name=hive.name, queen_url=self._queen_url)
+        identity = write_private(
+            tls_dir() / f"hive-{hive.name}.pem", hive_identity(hive.name, hive.host)
+        )
+        args = HiveArgs(
+            host=hive.host,
+            port=hive.port,
+            name=hive.name,
+            queen_url=self._queen_url,
+            identity=str(identity),
+        )
         return await start_daemon(
             f"hive {hive.name}",
             args.command(),
             state_dir() / f"hive-{hive.name}.log",
             hive.url,
-            token=self._token,
+            token=None,
             # Another hive still answering on the port is not the one just started.
             accept=lambda health, pid: health.pid == pid,
             timeout_s=timeout_s,
+            verify=cluster_tls(),
         )
 
     async def _stop_local(self, hive: Hive) -> bool:
         """Stop a local hive found by its /health pid; False when none was running."""
-        async with HiveClient(hive.url, self._token, timeout=2.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=2.0) as client:
             try:
                 health = await client.health()
             except RbeeError:

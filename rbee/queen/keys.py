@@ -26,8 +26,8 @@ __all__ = ["PREFIX", "Keys", "Limiter", "Need", "Principal", "Scope"]
 
 Scope = KeyScope
 #: What a route asks of its caller (`rbee.queen.front` says which route asks what).
-Need = Literal["open", "cluster", "inference", "plan", "admin"]
-#: The needs a key of each scope meets; only the cluster token meets `cluster`.
+Need = Literal["open", "inference", "plan", "admin"]
+#: The needs a key of each scope meets (the cluster token meets every one).
 _MEETS: dict[Scope, frozenset[Need]] = {
     "inference": frozenset({"open", "inference"}),
     "plan": frozenset({"open", "plan"}),
@@ -83,8 +83,8 @@ class Limiter:
 
 @dataclass
 class Principal:
-    """Who is calling: a key, the cluster token (`cluster`), or anyone on an open loopback
-    queen (`open`)."""
+    """Who is calling: a key, the cluster token (`cluster`), or anyone on a route that is open
+    to all (`open`: /health, the status page's login form)."""
 
     name: str
     scope: Scope | Literal["cluster", "open"]

@@ -2,8 +2,8 @@
 
 `GET /v1/logs/queen`, `GET /v1/logs/hives/{name}` and `GET /v1/logs/workers/{worker_id}` take
 the hive's query (`LogQuery`: lines, since, follow) and pass it on; a hive's answer, an error
-included, comes back as the hive sent it. Local and network hives alike are reached over HTTP
-with the cluster token, never over SSH.
+included, comes back as the hive sent it. Local and network hives alike are reached over the
+cluster's mutual TLS, never over SSH.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ async def hive_log(request: Request) -> Response:
     hive = next((h for h in queen.hive_registry.hives() if h.name == name), None)
     if hive is None:
         raise _Refusal(404, f"no hive named {name!r} is registered", "not_found_error")
-    return await _relay(hive, "/v1/logs", query, queen.token)
+    return await _relay(hive, "/v1/logs", query)
 
 
 @_answering
@@ -83,7 +83,7 @@ async def worker_log(request: Request) -> Response:
     if hive is None:
         message = f"no live worker {worker_id!r}, and no registered hive its id starts with"
         raise _Refusal(404, message, "not_found_error")
-    return await _relay(hive, f"/v1/worker-logs/{worker_id}", query, queen.token)
+    return await _relay(hive, f"/v1/worker-logs/{worker_id}", query)
 
 
 def _hive_of(queen: QueenState, worker_id: str) -> Hive | None:
@@ -96,11 +96,11 @@ def _hive_of(queen: QueenState, worker_id: str) -> Hive | None:
     return max(named, key=lambda h: len(h.name), default=None)
 
 
-async def _relay(hive: Hive, path: str, query: LogQuery, token: str | None) -> Response:
+async def _relay(hive: Hive, path: str, query: LogQuery) -> Response:
     """The hive's answer at `path`, streamed on as it comes."""
     opened = contextlib.AsyncExitStack()
     try:
-        client = await opened.enter_async_context(HiveClient(hive.url, token))
+        client = await opened.enter_async_context(HiveClient(hive.url, hive.name))
         answer = await opened.enter_async_context(client.log_stream(path, query))
         if answer.status_code >= 400:
             refusal = await answer.aread()

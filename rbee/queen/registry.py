@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from rbee.pki import tls_name
 from rbee.queen.scheduler import LEAST_LOADED, Policy
 from rbee.wire import Heartbeat, WorkerView
 
@@ -31,13 +32,15 @@ class Address:
     port: int
     prefix: bytes  # a path before /v1/…, usually empty
     host_header: bytes
+    tls: bool
 
     @classmethod
     def of(cls, url: str) -> Address:
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(host, port, parts.path.rstrip("/").encode(), parts.netloc.encode())
+        prefix, tls = parts.path.rstrip("/").encode(), parts.scheme == "https"
+        return cls(host, port, prefix, parts.netloc.encode(), tls)
 
 
 @dataclass(eq=False)
@@ -53,11 +56,15 @@ class WorkerRecord:
     #: When its last request ended (or it registered): idle eviction stops the least recent.
     last_used: float = field(init=False)
     address: Address = field(init=False)
+    #: The TLS server name of its certificate (`rbee.pki.tls_name`); None for plain HTTP.
+    tls_name: str | None = field(init=False)
     #: The registry's clock at this process's first heartbeat (the status page's uptime).
     since: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.address = Address.of(self.beat.url)
+        name = f"{self.beat.hive}/{self.beat.worker_id}"
+        self.tls_name = tls_name("worker", name) if self.address.tls else None
         self.last_used = self.last_seen
         self.since = self.last_seen
 

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable
 
@@ -36,7 +37,7 @@ from rbee.queen.keys import Principal
 from rbee.queen.metrics import Metrics
 from rbee.queen.registry import Registry, WorkerRecord
 from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
-from rbee.wire import QueenArgs, json_object, openai_error
+from rbee.wire import QueenArgs, json_object, openai_error, sse
 
 __all__ = ["AttemptFailed", "Relay"]
 
@@ -51,6 +52,15 @@ WATCH_AFTER_S = 0.05
 _SSE_END = b"\n\n"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 _RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"x-accel-buffering"})
+_PROMPT_TOKENS = sse.PROMPT_TOKENS.encode()
+
+
+def _prompt_tokens(headers: list[tuple[bytes, bytes]]) -> int:
+    """The prompt's tokens a worker's stream announces in its head (0 when it does not)."""
+    for name, value in headers:
+        if name == _PROMPT_TOKENS and value.isdigit():
+            return int(value)
+    return 0
 
 
 class AttemptFailed(Exception):
@@ -72,17 +82,15 @@ class Relay:
         admission: Admission,
         metrics: Metrics,
         is_declared: Callable[[str], bool],
-        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: the queen's identity, for workers at https:// URLs (all that heartbeat)."""
         self._registry = registry
         self._admission = admission
         self._metrics = metrics
         self._is_declared = is_declared
-        headers = [("content-type", "application/json")]
-        if token:
-            headers.append(("authorization", f"Bearer {token}"))
-        self._headers = header_block(headers)
-        self._pool = Pool()
+        self._headers = header_block([("content-type", "application/json")])
+        self._pool = Pool(tls)
         self.access = AccessLog(QueenArgs.SCRIPT)
         # Connections with a request in flight, by worker: a worker whose heartbeats stop
         # has them cut, rather than leaving its clients to wait out their timeouts.
@@ -124,7 +132,7 @@ class Relay:
                 if conn is None:
                     try:
                         conn = await pool.connect(
-                            address.host, address.port, serving.connect_timeout
+                            address.host, address.port, serving.connect_timeout, record.tls_name
                         )
                     except TimeoutError:
                         raise AttemptFailed(
@@ -451,6 +459,7 @@ class _Call:
         # leaves once it has read `[DONE]` cancels this call during the last send, and its
         # tokens must have been counted by then.
         extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
+        prompt = _prompt_tokens(conn.headers)
         events = 0
         pending = b""
         chunk = first
@@ -469,13 +478,13 @@ class _Call:
                     chunk, pending = chunk[:cut], chunk[cut:]
                 if chunk:
                     events += chunk.count(b"data:")
-                    self.tokens = (0, max(0, events - extra))
+                    self.tokens = (prompt, max(0, events - extra))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await conn.read()
             else:
                 tail = pending  # a last event without its blank line
             events += tail.count(b"data:")
-            self.tokens = (0, max(0, events - extra))
+            self.tokens = (prompt, max(0, events - extra))
         except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             error = openai_error(

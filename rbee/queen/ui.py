@@ -3,9 +3,8 @@
 `GET /` is one HTML page (inline CSS and a few lines of plain JS: no build step, nothing
 fetched from anywhere but this queen); `GET /ui/events` pushes the status (`snapshot`) as a
 Server-Sent Event every second, which the page renders. A browser cannot send a bearer header,
-so `GET/POST /ui/login` takes the admin key once and keeps it in an HttpOnly, SameSite=Strict
-cookie that `front` accepts on `/` and `/ui/*` only; a loopback queen without a cluster token
-or keys is open, as every route is.
+so `GET/POST /ui/login` takes the admin key once and opens a session whose id an HttpOnly,
+SameSite=Strict cookie holds, which `front` accepts on `/` and `/ui/*` only.
 """
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def snapshot(queen: QueenState) -> dict[str, Any]:
     ]
     sync = queen.healer.sync
     return {
-        "queen": {"url": queen.control.queen_url, "version": rbee.__version__},
+        "queen": {"url": queen.control.public_url, "version": rbee.__version__},
         "sync": {"state": sync.state, "reasons": sync.reasons},
         "hives": hives,
         "workers": workers,
@@ -165,15 +164,14 @@ async def login(request: Request) -> Response:
         return _login_page("that key is not an admin key of this queen", 401)
     front.sessions.succeeded(client)
     answer = RedirectResponse("/", status_code=303)
-    if found.scope != "open":  # an open queen needs no cookie
-        answer.set_cookie(
-            UI_COOKIE,
-            front.sessions.open(key),
-            max_age=int(SESSION_TTL_S),
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+    answer.set_cookie(
+        UI_COOKIE,
+        front.sessions.open(key),
+        max_age=int(SESSION_TTL_S),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return answer
 
 
@@ -205,7 +203,9 @@ def _headers(nonce: str) -> dict[str, str]:
         "content-security-policy": policy,
         "cache-control": "no-store",
         "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer",
+        # Not no-referrer: with it a browser sends `Origin: null` on the page's own forms,
+        # which the front door must refuse (a page elsewhere can send that too).
+        "referrer-policy": "same-origin",
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import Sequence
 from typing import cast
 
@@ -202,10 +203,11 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections by (host, port)."""
+    """Idle keep-alive connections by (host, port); TLS to https:// addresses with `tls`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._idle: dict[tuple[str, int], list[Connection]] = {}
+        self._tls = tls
 
     def idle(self, host: str, port: int) -> Connection | None:
         """A kept-alive connection to host:port, if one is idle."""
@@ -216,12 +218,22 @@ class Pool:
                 return conn
         return None
 
-    async def connect(self, host: str, port: int, timeout_s: float) -> Connection:
-        """A new connection to host:port; TimeoutError after `timeout_s`, OSError if refused."""
+    async def connect(
+        self, host: str, port: int, timeout_s: float, server_name: str | None = None
+    ) -> Connection:
+        """A new connection to host:port; TLS when `server_name` is given, whose certificate
+        must carry that name (`rbee.pki.tls_name`). TimeoutError after `timeout_s`, OSError if
+        refused or not trusted (ssl.SSLError is an OSError)."""
         loop = asyncio.get_running_loop()
         key = (host, port)
+        if server_name is not None and self._tls is None:
+            raise OSError(f"no TLS identity to reach {server_name} at {host}:{port}")
+        tls = None if server_name is None else self._tls
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: Connection(key), host, port), timeout_s
+            loop.create_connection(
+                lambda: Connection(key), host, port, ssl=tls, server_hostname=server_name
+            ),
+            timeout_s,
         )
         return conn
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "REMOTE_CACHE",
+    "REMOTE_HIVE_IDENTITY",
     "REMOTE_HIVE_LOG",
     "REMOTE_HIVE_PID",
     "REMOTE_HIVE_PORT",
@@ -24,3 +25,5 @@ REMOTE_WHEELHOUSE = f"{REMOTE_CACHE}/wheelhouse"
 REMOTE_HIVE_PID = f"{REMOTE_STATE}/hive.pid"
 REMOTE_HIVE_PORT = f"{REMOTE_STATE}/hive.port"
 REMOTE_HIVE_LOG = f"{REMOTE_STATE}/hive.log"
+#: The hive's TLS identity, from the queen (relative to the hive user's home, as every path here).
+REMOTE_HIVE_IDENTITY = f"{REMOTE_STATE}/tls/hive.pem"

@@ -8,9 +8,11 @@ import time
 
 import asyncssh
 
+from rbee.clients import cluster_tls
 from rbee.config.models import Hive
 from rbee.process import wait_healthy
 from rbee.remote import (
+    REMOTE_HIVE_IDENTITY,
     REMOTE_HIVE_LOG,
     REMOTE_HIVE_PID,
     REMOTE_HIVE_PORT,
@@ -63,7 +65,7 @@ _SYSTEMD_START = f"""\
 if [ -d /run/systemd/system ] && systemctl --user show-environment >/dev/null 2>&1; then
   units=$HOME/{HIVE_UNIT_DIR} envfile=$HOME/{HIVE_ENV_FILE}
   mkdir -p "$units" "${{envfile%/*}}"
-  (umask 077; if [ -n "$RBEE_TOKEN" ]; then echo "RBEE_TOKEN=$RBEE_TOKEN"; fi >"$envfile")
+  (umask 077; : >"$envfile")
   printf '%s' "$UNIT" >"$units/{HIVE_SERVICE}"
   loginctl enable-linger "$(id -un)" >/dev/null 2>&1 || true
   if systemctl --user daemon-reload && systemctl --user enable {HIVE_SERVICE} >/dev/null 2>&1 \\
@@ -78,17 +80,18 @@ if [ -d /run/systemd/system ] && systemctl --user show-environment >/dev/null 2>
 fi
 """
 
-# argv: sh -c SCRIPT STATE PIDFILE PORTFILE LOG PORT UNIT EXECUTABLE ARGS...; the token on
-# stdin.
+# argv: sh -c SCRIPT STATE PIDFILE PORTFILE LOG PORT UNIT IDENTITY EXECUTABLE ARGS...; the
+# identity's PEM on stdin.
 _START = f"""\
 cd || exit 1
-STATE=$1 PIDFILE=$2 PORTFILE=$3 LOG=$4 PORT=$5 UNIT=$6
-shift 6
+STATE=$1 PIDFILE=$2 PORTFILE=$3 LOG=$4 PORT=$5 UNIT=$6 IDENTITY=$7
+shift 7
 {HIVE_PID_SHELL}
 if pid=$(hive_pid); then echo "already=$pid"; exit 0; fi
 mkdir -p "$STATE"
-IFS= read -r RBEE_TOKEN || true
-if [ -n "$RBEE_TOKEN" ]; then export RBEE_TOKEN; else unset RBEE_TOKEN; fi
+(umask 077; mkdir -p "${{IDENTITY%/*}}" && cat >"$IDENTITY.new" \
+  && mv -f "$IDENTITY.new" "$IDENTITY") || exit 1
+unset RBEE_TOKEN
 {_SYSTEMD_START}
 setsid nohup "$@" >>"$LOG" 2>&1 </dev/null &
 echo $! >"$PIDFILE"
@@ -136,18 +139,24 @@ async def start_hive(
     conn: asyncssh.SSHClientConnection,
     hive: Hive,
     queen_url: str,
-    token: str | None,
+    identity: bytes,
     *,
     timeout_s: float = 30.0,
 ) -> int:
     """Start the hive daemon detached on the remote machine; wait for its /health. Returns its pid.
 
-    The token reaches the daemon through its environment (sent over the SSH channel's stdin,
-    so neither `ps` nor the remote shell's command line shows it). A hive already running is
-    left alone and its pid returned. A daemon that exits or never answers is an error
-    carrying the tail of `~/.local/state/rbee/hive.log`.
+    Its TLS `identity` (certificate, key, CA) goes over the SSH channel's stdin into
+    `~/.local/state/rbee/tls/hive.pem` (0600), so no command line shows it. A hive already
+    running is left alone (with the identity it has) and its pid returned. A daemon that exits
+    or never answers is an error carrying the tail of `~/.local/state/rbee/hive.log`.
     """
-    args = HiveArgs(host=hive.host, port=hive.port, name=hive.name, queen_url=queen_url)
+    args = HiveArgs(
+        host=hive.host,
+        port=hive.port,
+        name=hive.name,
+        queen_url=queen_url,
+        identity=REMOTE_HIVE_IDENTITY,
+    )
     argv = [HIVE_EXECUTABLE, *args.to_argv()]
     files = [
         REMOTE_STATE,
@@ -156,12 +165,11 @@ async def start_hive(
         REMOTE_HIVE_LOG,
         str(hive.port),
         hive_unit(args),
+        REMOTE_HIVE_IDENTITY,
     ]
     command = shlex.join(["sh", "-c", _START, "sh", *files, *argv])
     started = time.monotonic()
-    result = await run_remote(
-        conn, command, hive=hive.name, input=(token or "") + "\n", check=False
-    )
+    result = await run_remote(conn, command, hive=hive.name, input=identity.decode(), check=False)
     output = dict(
         line.partition("=")[::2] for line in str(result.stdout or "").splitlines() if "=" in line
     )
@@ -187,7 +195,7 @@ async def start_hive(
         exited=exited,
         log_tail=lambda: hive_log_tail(conn, hive=hive.name),
         timeout_s=timeout_s - (time.monotonic() - started),
-        token=token,
+        verify=cluster_tls(),
         exit_check_s=_ALIVE_CHECK_S,
         timeout_hint="is the hive's port reachable from the queen's machine (firewall)?",
     )

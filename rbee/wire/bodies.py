@@ -25,6 +25,7 @@ __all__ = [
     "ModelEntry",
     "OperationEvent",
     "OperationStarted",
+    "Renewal",
     "WorkerBinaryEntry",
     "WorkerState",
     "WorkerView",
@@ -45,6 +46,9 @@ class Health(_Wire):
     service: str
     version: str
     pid: int
+    tls_expires_at: float | None = Field(
+        default=None, description="when its TLS certificate expires (epoch s); none: no TLS"
+    )
 
 
 # What a heartbeat names (ids, YAML names, devices) is printed by `rbee worker list` and the
@@ -66,6 +70,15 @@ class Heartbeat(_Wire):
     state: WorkerState
     slots_total: int = Field(ge=1)
     slots_busy: int = Field(ge=0)
+    tls_expires_at: float | None = Field(
+        default=None, description="when its TLS certificate expires (epoch s); none: no TLS"
+    )
+
+
+class Renewal(_Wire):
+    """`PUT /v1/identity` of a hive or a worker: the renewed TLS identity the queen issued."""
+
+    bundle: str = Field(max_length=16384, description="certificate, key and cluster CA (PEM)")
 
 
 class WorkerView(Heartbeat):

@@ -22,6 +22,7 @@ from rbee.defaults import (
     DEVICE,
     HIVE_CHECK_INTERVAL_S,
     HIVE_PORT,
+    QUEEN_CLUSTER_PORT,
     QUEEN_PORT,
     SLOTS,
     WORKER_BINARY,
@@ -29,12 +30,13 @@ from rbee.defaults import (
     Device,
     Slots,
 )
-from rbee.net import LOOPBACK, http_url
+from rbee.net import LOOPBACK, http_url, https_url
 
 __all__ = [
     "CommandLine",
     "HiveArgs",
     "QueenArgs",
+    "SpawnRequest",
     "SpawnWorker",
     "WorkerArgs",
     "WorkerProcess",
@@ -192,6 +194,15 @@ class SpawnWorker(BaseModel):
         }
 
 
+class SpawnRequest(SpawnWorker):
+    """A spawn as it crosses the wire: the worker, and the TLS identity the queen issued it
+    (added as the spawn is sent: never in a plan, never in a log)."""
+
+    tls_identity: str | None = Field(
+        default=None, description="the worker's certificate, key and cluster CA (PEM)"
+    )
+
+
 class WorkerArgs(SpawnWorker, CommandLine):
     """`llm-worker-rbee`'s command line: the worker the queen wants, and where it runs."""
 
@@ -199,8 +210,8 @@ class WorkerArgs(SpawnWorker, CommandLine):
     MODULE = "rbee.worker.server"
     DESCRIPTION = (
         "Serve one GGUF model over OpenAI-compatible HTTP with N parallel slots, heartbeating "
-        "to the queen. Normally started by a hive, not by hand. The heartbeat token is read "
-        "from RBEE_TOKEN."
+        "to the queen. Normally started by a hive, not by hand. Without --identity, the "
+        "token every route needs (and heartbeats send) is read from RBEE_TOKEN."
     )
 
     model_path: str = Field(description="path of the GGUF file")
@@ -209,12 +220,17 @@ class WorkerArgs(SpawnWorker, CommandLine):
     threads: int | None = Field(
         default=None, ge=1, description="threads decoding the batch (default: every core)"
     )
+    identity: str | None = Field(
+        default=None,
+        description="the worker's TLS identity (certificate, key and cluster CA in one PEM "
+        "file): with it the worker serves mutual TLS and heartbeats over it",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def url(self) -> str:
         """Where the queen reaches this worker."""
-        return http_url(self.host, self.port)
+        return (https_url if self.identity else http_url)(self.host, self.port)
 
 
 class WorkerProcess(WorkerArgs):
@@ -247,6 +263,12 @@ class HiveArgs(_ServerArgs):
         default_factory=socket.gethostname, description="this hive's name (default: hostname)"
     )
     queen_url: str | None = Field(default=None, description="the queen this hive belongs to")
+    identity: str | None = Field(
+        default=None,
+        description="the hive's TLS identity (certificate, key and cluster CA in one PEM file, "
+        "relative to HOME or absolute): with it the hive serves mutual TLS and only the "
+        "queen (and, for copies, other hives) may call it; without it, RBEE_TOKEN",
+    )
 
 
 class QueenArgs(_ServerArgs):
@@ -257,6 +279,13 @@ class QueenArgs(_ServerArgs):
     DESCRIPTION = "The rbee queen: worker registry, plan/apply, OpenAI-compatible routing."
 
     port: int = Field(default=QUEEN_PORT, ge=0, le=65535, description="port to listen on")
+    cluster_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of the cluster's mutual-TLS listener, where workers heartbeat "
+        f"(default: the next after --port: {QUEEN_CLUSTER_PORT} beside {QUEEN_PORT})",
+    )
     public_url: str | None = Field(
         default=None,
         description="URL hives and workers reach the queen at (default: http://HOST:PORT)",
@@ -272,3 +301,9 @@ class QueenArgs(_ServerArgs):
     max_body_mb: float = Field(
         default=8.0, gt=0, le=1024, description="largest request body in MiB (413 beyond)"
     )
+    tls_cert: str | None = Field(
+        default=None,
+        description="serve the front door over TLS with this certificate (chain) file, or "
+        "`own`: the queen's own certificate of the cluster's CA",
+    )
+    tls_key: str | None = Field(default=None, description="the private key of --tls-cert")

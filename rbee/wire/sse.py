@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["DONE", "HEADERS", "MEDIA_TYPE", "event", "json_event"]
+__all__ = ["DONE", "HEADERS", "MEDIA_TYPE", "PROMPT_TOKENS", "event", "json_event"]
 
 MEDIA_TYPE = "text/event-stream"
 # No caching, and no buffering by a proxy (nginx) between the stream and its reader.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: The header of a worker's stream that counts its prompt's tokens (the stream itself tells
+#: them only at its end, when asked): the queen counts them against a key's tpm.
+PROMPT_TOKENS = "x-rbee-prompt-tokens"
 # OpenAI's end-of-stream marker.
 DONE = b"data: [DONE]\n\n"
 

@@ -26,7 +26,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from rbee import __version__
-from rbee.wire import Health, Heartbeat, WorkerArgs, WorkerState, json_object, openai_error, sse
+from rbee.pki import Identity
+from rbee.wire import (
+    Health,
+    Heartbeat,
+    Renewal,
+    WorkerArgs,
+    WorkerState,
+    json_object,
+    openai_error,
+    sse,
+)
 from rbee.worker.engine import Engine, Generation, Kind
 from rbee.worker.heartbeat import HeartbeatSender
 
@@ -105,10 +115,12 @@ class _CompletionRequest(_Sampling):
 class _Worker:
     """The worker's state: engine, heartbeat, drain, and requests in flight."""
 
-    def __init__(self, config: WorkerArgs, token: str | None) -> None:
+    def __init__(self, config: WorkerArgs, token: str | None, identity: Identity | None) -> None:
         self.config = config
+        self.identity = identity
         self.engine = Engine(config, on_change=self._state_may_have_changed)
-        self.heartbeat = HeartbeatSender(config.queen_url, token, self.snapshot)
+        tls = identity.client if identity else None
+        self.heartbeat = HeartbeatSender(config.queen_url, token, self.snapshot, tls=tls)
         self.draining = False
         self.exit_code = 0
         self.in_flight = 0
@@ -141,6 +153,7 @@ class _Worker:
             state=self.state,
             slots_total=self.engine.slots_total,
             slots_busy=self.engine.slots_busy,
+            tls_expires_at=self.identity.expires_at if self.identity else None,
         )
 
     def _state_may_have_changed(self) -> None:
@@ -336,7 +349,7 @@ class _EventStream(Response):
         # No `super().__init__`: it would announce a Content-Length for an empty body.
         self.status_code = 200
         self.background = None
-        self.init_headers(sse.HEADERS)
+        self.init_headers({**sse.HEADERS, sse.PROMPT_TOKENS: str(generation.prompt_tokens)})
         self._generation = generation
         self._first = first
         self._on_close = on_close
@@ -376,6 +389,21 @@ async def _health(request: Request) -> Response:
     )
 
 
+async def _renew_identity(request: Request) -> Response:
+    """`PUT /v1/identity`: the renewed TLS identity the queen issued (the queen alone may
+    call the worker at all)."""
+    worker: _Worker = request.app.state.worker
+    if worker.identity is None:
+        return _error(404, "this worker serves no TLS: nothing to renew", "invalid_request_error")
+    try:
+        renewal = Renewal.model_validate(json_object(await request.body()))
+        await asyncio.to_thread(worker.identity.replace, renewal.bundle.encode())
+    except (ValueError, ValidationError) as exc:
+        return _error(422, f"bundle: {exc}", "invalid_request_error", "invalid_value")
+    log.info("identity renewed expires_at=%.0f", worker.identity.expires_at)
+    return JSONResponse(worker.snapshot().model_dump())
+
+
 async def _models(request: Request) -> Response:
     worker: _Worker = request.app.state.worker
     entry = {"id": worker.config.model, "object": "model", "created": 0, "owned_by": "rbee"}
@@ -399,16 +427,20 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(worker.engine.close, _CLOSE_TIMEOUT_S)
 
 
-def create_app(config: WorkerArgs, token: str | None = None) -> Starlette:
-    """The worker's ASGI app; `app.state.worker.exit_code` says how the worker should exit."""
+def create_app(
+    config: WorkerArgs, token: str | None = None, identity: Identity | None = None
+) -> Starlette:
+    """The worker's ASGI app; `app.state.worker.exit_code` says how the worker should exit.
+    Heartbeats go with its TLS `identity` or, without one, `token`."""
     app = Starlette(
         routes=[
             Route("/health", _health, methods=["GET"]),
             Route("/v1/models", _models, methods=["GET"]),
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
             Route("/v1/completions", _completions, methods=["POST"]),
+            Route("/v1/identity", _renew_identity, methods=["PUT"]),
         ],
         lifespan=_lifespan,
     )
-    app.state.worker = _Worker(config, token)
+    app.state.worker = _Worker(config, token, identity)
     return app

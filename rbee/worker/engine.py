@@ -87,6 +87,8 @@ class Generation:
         self._started = False
         self._id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4()}"
         self._created = int(time.time())
+        #: The prompt's tokens, known before the first chunk.
+        self.prompt_tokens = 0
 
     def deliver(self, event: tuple[Any, ...]) -> None:
         """An event from the decode loop (on the event loop's thread)."""
@@ -271,6 +273,7 @@ class Engine:
             raise
         cancelled = threading.Event()
         generation = Generation(kind, self.config.model, stream, cancelled)
+        generation.prompt_tokens = len(prompt.tokens)
         loop = asyncio.get_running_loop()
         self._running.add(cancelled)
 

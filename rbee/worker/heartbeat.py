@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
 import httpx
 
+from rbee.pki import tls_name
 from rbee.wire import Heartbeat
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "HeartbeatSender"]
@@ -29,11 +31,17 @@ class HeartbeatSender:
         token: str | None,
         snapshot: Callable[[], Heartbeat],
         *,
+        tls: ssl.SSLContext | None = None,
         interval_s: float = HEARTBEAT_INTERVAL_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`tls`: the worker's identity, for the queen's cluster listener (an https:// URL),
+        whose certificate must be the queen's (`tls_name`): nothing is sent to a server that
+        is not; else `token` as a bearer."""
         self._url = queen_url.rstrip("/") + "/v1/workers/heartbeat"
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Authorization": f"Bearer {token}"} if token and not tls else {}
+        self._verify: ssl.SSLContext | bool = tls or True
+        self._extensions = {"sni_hostname": tls_name("queen", "queen")} if tls else {}
         self._snapshot = snapshot
         self._interval_s = interval_s
         self._transport = transport
@@ -48,7 +56,9 @@ class HeartbeatSender:
     async def run(self) -> None:
         """Beat until cancelled."""
         timeout = httpx.Timeout(self._interval_s, connect=self._interval_s)
-        async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
+        async with httpx.AsyncClient(
+            timeout=timeout, transport=self._transport, verify=self._verify
+        ) as client:
             while True:
                 self._poked.clear()
                 await self.send(client)
@@ -60,7 +70,10 @@ class HeartbeatSender:
         beat = self._snapshot()
         try:
             response = await client.post(
-                self._url, json=beat.model_dump(mode="json"), headers=self._headers
+                self._url,
+                json=beat.model_dump(mode="json"),
+                headers=self._headers,
+                extensions=self._extensions,
             )
             response.raise_for_status()
         except httpx.HTTPError as exc:

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from rbee.daemon import BearerAuth, BrowserGuard, env_token, fail, listen, own_names, run_daemon
-from rbee.errors import NotFoundError
+from rbee.daemon import (
+    BearerAuth,
+    BrowserGuard,
+    Listener,
+    PeerAuth,
+    env_token,
+    fail,
+    listen,
+    own_names,
+    run_daemon,
+)
+from rbee.errors import NotFoundError, RbeeError
+from rbee.pki import Identity
 from rbee.wire import WorkerArgs
 from rbee.worker.app import SERVICE, create_app
 from rbee.worker.llama_output import close_devnull_files
@@ -19,10 +31,15 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Bind the port, serve /health at once, load the model in the background, serve."""
+    """Bind the port, serve /health at once, load the model in the background, serve.
+
+    With `--identity` (how a hive of the queen starts it) it serves mutual TLS and only the
+    queen may call it; without, every route but /health needs the token in $RBEE_TOKEN. A
+    worker with neither refuses to start: it would answer anyone on the machine, around the
+    queen's keys and limits."""
     config = WorkerArgs.parse_cli(argv)
     token = env_token(None)
-    sock = listen(SERVICE, config.host, config.port, token)
+    sock = listen(SERVICE, config.host, config.port)
     if not os.path.isfile(config.model_path):
         fail(
             NotFoundError(
@@ -32,10 +49,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     port = int(sock.getsockname()[1])
     if port != config.port:
         config = config.model_copy(update={"port": port})
-    app = create_app(config, token)
-    # With a cluster token, every address demands it, loopback too: otherwise anyone on the
-    # machine could reach the worker around the queen's keys and limits.
-    run_daemon(BrowserGuard(BearerAuth(app, token), own_names(config.host)), sock)
+    names = own_names(config.host)
+    if config.identity is not None:
+        try:
+            identity = Identity(Path(config.identity))
+        except (OSError, ValueError) as exc:
+            fail(RbeeError(f"cannot use the TLS identity {config.identity}: {exc}"))
+        app = create_app(config, identity=identity)
+        guarded = PeerAuth(app, lambda role, method, path: role == "queen")
+        listener = Listener(BrowserGuard(guarded, names), sock, identity.server)
+    elif token:
+        app = create_app(config, token)
+        listener = Listener(BrowserGuard(BearerAuth(app, token), names), sock)
+    else:
+        fail(RbeeError(f"{SERVICE} needs --identity or RBEE_TOKEN", hint=WorkerArgs.DESCRIPTION))
+    run_daemon(listener)
     close_devnull_files()
     raise SystemExit(app.state.worker.exit_code)
 

@@ -128,7 +128,12 @@ def test_lock_timeout_waits_for_the_running_apply_then_runs(cluster: LocalCluste
     url = f"{cluster.queen_url}/v1/apply"
 
     started = time.monotonic()
-    refused = httpx.post(url, json={"cluster": desired, "lock_timeout_s": 0.5}, timeout=30)
+    refused = httpx.post(
+        url,
+        json={"cluster": desired, "lock_timeout_s": 0.5},
+        headers=cluster.headers,
+        timeout=30,
+    )
     assert refused.status_code == 409
     assert time.monotonic() - started >= 0.5
     error = refused.json()["error"]
@@ -140,14 +145,15 @@ def test_lock_timeout_waits_for_the_running_apply_then_runs(cluster: LocalCluste
     abandoned = json.dumps({"cluster": desired, "lock_timeout_s": 120}).encode()
     with socket.create_connection(("127.0.0.1", cluster.queen_port)) as sock:
         sock.sendall(
-            b"POST /v1/apply HTTP/1.1\r\nHost: queen\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(abandoned), abandoned)
+            b"POST /v1/apply HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (cluster.token.encode(), len(abandoned), abandoned)
         )
         time.sleep(0.3)
 
     events: list[dict[str, Any]] = []
     body = {"cluster": desired, "lock_timeout_s": 120}
-    with httpx.stream("POST", url, json=body, timeout=180) as stream:
+    with httpx.stream("POST", url, json=body, headers=cluster.headers, timeout=180) as stream:
         assert stream.status_code == 200
         for line in stream.iter_lines():
             if line.startswith("data: "):

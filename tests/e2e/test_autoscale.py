@@ -91,7 +91,7 @@ def test_an_idle_worker_is_stopped_after_idle_ttl_and_plan_stays_in_sync(
     code, text = _plan_exit(cluster)
     assert code == 0, text
     assert "replicas 0..2 (0 live)" in text
-    metrics = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    metrics = cluster.get("/metrics", timeout=5).text
     assert 'rbee_queen_workers_retired_total{model="gemma3-270m",reason="idle"} 1.0' in metrics
 
 
@@ -101,7 +101,7 @@ def test_requests_at_once_spawn_no_more_workers_than_max(cluster: LocalCluster) 
         responses = list(pool.map(lambda n: cluster.chat(f"Count to {n}", max_tokens=8), range(4)))
     assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
     assert {r.headers["x-rbee-worker"] for r in responses} == {WORKER}
-    metrics = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    metrics = cluster.get("/metrics", timeout=5).text
     # One from the test before, one here: four requests at once on max 1 spawned one.
     assert 'rbee_queen_scale_ups_total{model="gemma3-270m",result="ok"} 2.0' in metrics
     assert len(hive_processes(cluster)) == 1
@@ -120,7 +120,7 @@ def test_retire_drains_a_stream_to_its_end_then_stops_the_worker(cluster: LocalC
 
     def stream() -> None:
         url = f"{cluster.queen_url}/v1/chat/completions"
-        with httpx.stream("POST", url, json=body, timeout=120) as response:
+        with httpx.stream("POST", url, json=body, headers=cluster.headers, timeout=120) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data: "):

@@ -55,7 +55,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Lo
 
 def _submit(cluster: LocalCluster, body: dict[str, Any], priority: str) -> str:
     response = httpx.post(
-        f"{cluster.queen_url}/v1/jobs", json={**body, "priority": priority}, timeout=10
+        f"{cluster.queen_url}/v1/jobs",
+        json={**body, "priority": priority},
+        headers=cluster.headers,
+        timeout=10,
     )
     assert response.status_code == 201, response.text
     job_id: str = response.json()["job_id"]
@@ -64,7 +67,7 @@ def _submit(cluster: LocalCluster, body: dict[str, Any], priority: str) -> str:
 
 
 def _job(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{cluster.queen_url}/v1/jobs/{job_id}", timeout=10)
+    response = cluster.get(f"/v1/jobs/{job_id}")
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job
@@ -73,14 +76,17 @@ def _job(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
 def _events(cluster: LocalCluster, job_id: str) -> list[dict[str, Any]]:
     """The job's events from its first to its end (the stream closes there)."""
     url = f"{cluster.queen_url}/v1/jobs/{job_id}/events"
-    with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=120)) as response:
+    timeout = httpx.Timeout(10, read=120)
+    with httpx.stream("GET", url, headers=cluster.headers, timeout=timeout) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
 
 
 def _cancel(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
-    response = httpx.delete(f"{cluster.queen_url}/v1/jobs/{job_id}", timeout=10)
+    response = httpx.delete(
+        f"{cluster.queen_url}/v1/jobs/{job_id}", headers=cluster.headers, timeout=10
+    )
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job
@@ -125,7 +131,9 @@ def test_a_job_streams_queued_assigned_first_token_its_chunks_then_done(
     assert job["created_at"] <= job["started_at"] <= job["finished_at"]
     # Greedy sampling: the job's answer is the one a plain request gets.
     body = {**SHORT, "max_tokens": 12}
-    direct = httpx.post(f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=60)
+    direct = httpx.post(
+        f"{cluster.queen_url}/v1/chat/completions", json=body, headers=cluster.headers, timeout=60
+    )
     assert direct.json()["choices"][0]["message"]["content"] == result["text"]
 
 
@@ -146,7 +154,9 @@ def test_a_queued_job_and_a_running_one_are_cancelled(cluster: LocalCluster) -> 
     assert jobs[running]["runs"] == 1 and jobs[running]["result"] is None
     assert jobs[queued]["runs"] == 0 and jobs[queued]["started_at"] is None
     # An ended job stays as it ended.
-    again = httpx.delete(f"{cluster.queen_url}/v1/jobs/{queued}", timeout=10)
+    again = httpx.delete(
+        f"{cluster.queen_url}/v1/jobs/{queued}", headers=cluster.headers, timeout=10
+    )
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_ended"
 
 
@@ -234,13 +244,14 @@ def test_rbee_job_submit_get_list_and_cancel(cluster: LocalCluster, tmp_path: Pa
 def _stream_chat(cluster: LocalCluster, first_byte: list[float]) -> None:
     body = {**SHORT, "stream": True}
     url = f"{cluster.queen_url}/v1/chat/completions"
-    with httpx.stream("POST", url, json=body, timeout=60) as response:
+    with httpx.stream("POST", url, json=body, headers=cluster.headers, timeout=60) as response:
+        assert response.status_code == 200
         for _ in response.iter_bytes():
             first_byte.append(time.time())
 
 
 def _queue_depth(cluster: LocalCluster) -> float:
-    text = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    text = cluster.get("/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "rbee_queen_queue_depth" and sample.labels["model"] == MODEL:

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rbee.pki import client_context
 from tests.fixtures.cluster import LocalCluster, kill_strays, new_cluster, wait_until
 
 pytestmark = pytest.mark.slow
@@ -48,13 +49,15 @@ def test_apply_from_nothing_brings_up_queen_hive_model_and_worker(cluster: Local
     assert worker["worker_id"] == "local.gemma3-270m.0"
     assert worker["state"] == "idle"
     assert worker["slots_total"] == 2
+    assert worker["url"].startswith("https://")  # the queen reaches its workers over mutual TLS
     assert (cluster.home / ".cache/rbee/models/gemma3-270m/metadata.json").exists()
     assert (cluster.home / ".local/state/rbee/queen.log").exists()
 
 
 def test_state_logs_and_caches_are_the_operators_alone(cluster: LocalCluster) -> None:
-    """The applied cluster (its token and `${VAR}` values), job prompts, logs and models: no
-    other user of the machine may read them (directories 0700, files 0600)."""
+    """The applied cluster (its token and `${VAR}` values), the cluster token and CA, each
+    process's TLS identity, job prompts, logs and models: no other user of the machine may
+    read them (directories 0700, files 0600)."""
     state = cluster.home / ".local/state/rbee"
     cache = cluster.home / ".cache/rbee"
     for root in (state, cache):
@@ -64,6 +67,11 @@ def test_state_logs_and_caches_are_the_operators_alone(cluster: LocalCluster) ->
         state / "queen.log",
         state / "hive-local.log",
         state / "workers" / "local.gemma3-270m.0.log",
+        state / "cluster.token",
+        state / "tls" / "ca.key",
+        state / "tls" / "queen.pem",
+        state / "tls" / "hive-local.pem",
+        state / "tls" / "workers" / "local.gemma3-270m.0.pem",
         cache / "models" / "gemma3-270m" / "payload",
         cache / "models" / "gemma3-270m" / "metadata.json",
     ):
@@ -83,7 +91,11 @@ def test_answer_streams_through_the_queen_token_by_token(cluster: LocalCluster) 
     arrivals: list[float] = []
     text: list[str] = []
     with httpx.stream(
-        "POST", f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=60
+        "POST",
+        f"{cluster.queen_url}/v1/chat/completions",
+        json=body,
+        headers=cluster.headers,
+        timeout=60,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -120,7 +132,7 @@ def test_rbee_infer_streams_to_the_terminal_and_as_json(cluster: LocalCluster) -
 
 
 def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluster) -> None:
-    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key=cluster.token, max_retries=0)
     messages: Any = [{"role": "user", "content": "Name three colours."}]
     before = _tokens_out(cluster)
     answer = client.chat.completions.create(
@@ -155,7 +167,7 @@ def test_the_queen_logs_each_request_with_its_id_and_worker(cluster: LocalCluste
     response = httpx.post(
         f"{cluster.queen_url}/v1/chat/completions",
         json=body,
-        headers={"x-request-id": "e2e-trace-7"},
+        headers={**cluster.headers, "x-request-id": "e2e-trace-7"},
         timeout=60,
     )
     assert response.headers["x-request-id"] == "e2e-trace-7"
@@ -170,7 +182,7 @@ def test_the_queen_logs_each_request_with_its_id_and_worker(cluster: LocalCluste
 
 
 def _tokens_out(cluster: LocalCluster) -> float:
-    text = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    text = cluster.get("/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "rbee_queen_tokens_out_total":
@@ -188,45 +200,76 @@ def test_a_client_that_leaves_frees_its_slot_at_the_worker_within_a_second(
         "max_tokens": 400,
         "stream": True,
     }
+    as_queen = client_context(cluster.home / ".local/state/rbee/tls/queen.pem")
+
+    def slots_busy() -> int:
+        health = httpx.get(f"{worker['url']}/health", timeout=5, verify=as_queen)
+        return int(health.json()["slots_busy"])
+
     with httpx.stream(
-        "POST", f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=60
+        "POST",
+        f"{cluster.queen_url}/v1/chat/completions",
+        json=body,
+        headers=cluster.headers,
+        timeout=60,
     ) as response:
         lines = response.iter_lines()
         while not next(lines).startswith('data: {"id"'):
             pass
-        busy = httpx.get(f"{worker['url']}/health", timeout=5).json()["slots_busy"]
-        assert busy == 1
+        assert slots_busy() == 1
     left = time.monotonic()
-    while httpx.get(f"{worker['url']}/health", timeout=5).json()["slots_busy"] != 0:
+    while slots_busy() != 0:
         assert time.monotonic() - left < 1.0, "the worker still generates for a gone client"
         time.sleep(0.02)
     [listed] = cluster.workers()
     assert listed["in_flight"] == 0
 
 
-def test_keys_close_the_queen_and_the_keeper_uses_rbee_api_key(cluster: LocalCluster) -> None:
-    created = cluster.rbee("key", "create", "ops", "--scope", "admin")
+def test_keys_open_the_queen_beside_the_cluster_token_and_nothing_else_does(
+    cluster: LocalCluster,
+) -> None:
+    """No open mode, on loopback too: every route but /health needs the cluster token (the
+    keeper reads the one rbee made on this machine) or a key whose scope allows it; the
+    keeper sends $RBEE_API_KEY first."""
+    chat = f"{cluster.queen_url}/v1/chat/completions"
+    body = {
+        "model": "gemma3-270m",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+    }
+
+    def chat_with(headers: dict[str, str]) -> int:
+        return httpx.post(chat, json=body, headers=headers, timeout=60).status_code
+
+    assert chat_with({}) == 401  # before any key exists
+    created = cluster.rbee("key", "create", "ops", "--scope", "admin")  # with the cluster token
     admin = created.stdout.strip()
     assert admin.startswith("rbee_") and "not shown again" in created.stderr
     app = cluster.rbee("key", "create", "app", "--rpm", "100", env={"RBEE_API_KEY": admin})
     inference = app.stdout.strip()
-    # The keeper without a key is refused, with the way out, and no traceback.
-    refused = cluster.rbee("status", check=False)
+    # The keeper with a key the queen does not know is refused, with the way out, and no
+    # traceback: the key goes first, the cluster token does not paper over it.
+    refused = cluster.rbee("status", check=False, env={"RBEE_API_KEY": "rbee_not-a-key"})
     assert refused.returncode != 0
     assert "401" in refused.stderr and "RBEE_API_KEY" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert (
-        "Traceback"
-        not in cluster.rbee("status", check=False, env={"RBEE_API_KEY": inference}).stderr
-    )
+    narrow = cluster.rbee("status", check=False, env={"RBEE_API_KEY": inference})
+    assert narrow.returncode != 0 and "403" in narrow.stderr
+    assert "Traceback" not in narrow.stderr
     assert cluster.rbee("status", env={"RBEE_API_KEY": admin}).returncode == 0
-    assert cluster.chat("Hi", max_tokens=2).status_code == 401
+    assert cluster.rbee("status").returncode == 0  # the cluster token opens every route
+    assert chat_with({}) == 401
+    assert chat_with({"authorization": "Bearer rbee_not-a-key"}) == 401
+    assert chat_with({"authorization": f"Bearer {inference}"}) == 200
     listed = cluster.rbee("key", "list", "--json", env={"RBEE_API_KEY": admin}).stdout
     assert inference not in listed and admin not in listed
-    assert admin not in (cluster.home / ".local/state/rbee/queen.log").read_text()
+    log = (cluster.home / ".local/state/rbee/queen.log").read_text()
+    assert admin not in log and cluster.token not in log
     for name in ("app", "ops"):
         cluster.rbee("key", "revoke", name, env={"RBEE_API_KEY": admin})
-    assert cluster.chat("Hi", max_tokens=2).status_code == 200  # open again: no key is left
+    assert chat_with({"authorization": f"Bearer {inference}"}) == 401  # revoked
+    assert chat_with({}) == 401  # no key left: still closed
+    assert cluster.chat("Hi", max_tokens=2).status_code == 200  # the cluster token
 
 
 def test_second_plan_is_a_noop(cluster: LocalCluster) -> None:
@@ -293,7 +336,9 @@ def test_refresh_capabilities_reports_this_machine(cluster: LocalCluster) -> Non
 
 def test_unknown_model_is_an_openai_404(cluster: LocalCluster) -> None:
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
-    response = httpx.post(f"{cluster.queen_url}/v1/chat/completions", json=body, timeout=10)
+    response = httpx.post(
+        f"{cluster.queen_url}/v1/chat/completions", json=body, headers=cluster.headers, timeout=10
+    )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
 
@@ -302,7 +347,7 @@ def test_malformed_json_is_a_400(cluster: LocalCluster) -> None:
     response = httpx.post(
         f"{cluster.queen_url}/v1/chat/completions",
         content=b"{not json",
-        headers={"content-type": "application/json"},
+        headers={**cluster.headers, "content-type": "application/json"},
         timeout=10,
     )
     assert response.status_code == 400
@@ -314,7 +359,7 @@ def test_malformed_json_is_a_400(cluster: LocalCluster) -> None:
         response = httpx.post(
             f"{cluster.queen_url}{path}",
             content=deep,
-            headers={"content-type": "application/json"},
+            headers={**cluster.headers, "content-type": "application/json"},
             timeout=10,
         )
         assert response.status_code == 400, (path, response.text)
@@ -342,7 +387,7 @@ def test_a_killed_worker_is_respawned_and_serves_again_without_an_apply(
     assert heal["done"] == ["worker.local.gemma3-270m[0]"]
     assert "spawn" in heal["reasons"]["worker.local.gemma3-270m[0]"]
     assert "local.gemma3-270m.0" in heal["trigger"]
-    metrics = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+    metrics = cluster.get("/metrics", timeout=5).text
     assert (
         'rbee_queen_self_heal_actions_total{kind="worker",op="create",result="ok"} 1.0' in metrics
     )

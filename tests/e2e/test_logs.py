@@ -121,7 +121,7 @@ def test_follow_streams_the_queens_new_lines_until_interrupted(cluster: LocalClu
         answer = httpx.post(
             f"{cluster.queen_url}/v1/completions",
             json=body,
-            headers={"x-request-id": request_id},
+            headers={**cluster.headers, "x-request-id": request_id},
             timeout=60,
         )
         assert answer.status_code == 200

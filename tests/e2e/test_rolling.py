@@ -25,7 +25,7 @@ def test_ctx_size_change_rolls_replicas_without_failing_a_request(
         stop = threading.Event()
 
         def keep_asking() -> None:
-            with httpx.Client(timeout=60) as client:
+            with httpx.Client(headers=cluster.headers, timeout=60) as client:
                 while not stop.is_set():
                     body = {
                         "model": "gemma3-270m",

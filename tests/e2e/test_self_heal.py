@@ -109,7 +109,8 @@ def _model_dir(cluster: LocalCluster) -> Path:
 
 def _intact(cluster: LocalCluster) -> bool:
     """Whether the hive lists the model, undamaged (a replace deletes it for a while)."""
-    models = httpx.get(f"http://127.0.0.1:{cluster.hive_port}/v1/models", timeout=30).json()
+    with cluster.hive() as hive:
+        models = hive.get("/v1/models", timeout=30).json()
     return any(m["name"] == "gemma3-270m" and m["damaged"] is None for m in models)
 
 
@@ -158,7 +159,8 @@ def test_a_model_file_changed_on_disk_is_fetched_again_and_its_worker_restarted(
 
 def _hive_pid(cluster: LocalCluster) -> int | None:
     try:
-        health = httpx.get(f"http://127.0.0.1:{cluster.hive_port}/health", timeout=2).json()
+        with cluster.hive() as hive:
+            health = hive.get("/health", timeout=2).json()
     except httpx.TransportError:
         return None
     return int(health["pid"])
@@ -177,7 +179,8 @@ def test_a_killed_hive_is_restarted_and_its_worker_adopted_not_duplicated(
     assert back < 30
     _in_sync(cluster)
     assert [w["pid"] for w in cluster.workers()] == [worker["pid"]]
-    listed = httpx.get(f"http://127.0.0.1:{cluster.hive_port}/v1/worker-processes").json()
+    with cluster.hive() as hive:
+        listed = hive.get("/v1/worker-processes").json()
     assert [p["pid"] for p in listed] == [worker["pid"]]
     heal = next(e for e in _heals(cluster) if "hive.local" in e["reasons"])
     assert heal["done"] == ["hive.local"]
@@ -203,7 +206,7 @@ def test_the_queen_killed_and_restarted_as_its_unit_would_serves_within_5_s(
         try:
             with httpx.stream(
                 "POST", f"{cluster.queen_url}/v1/completions", json={**body, "stream": True},
-                timeout=30,
+                headers=cluster.headers, timeout=30,
             ) as response:  # fmt: skip
                 for _ in response.iter_bytes():
                     pass
@@ -272,7 +275,7 @@ def test_a_worker_that_crashes_at_load_is_left_down_after_three_tries(
         assert len(tries) == 3 and all(e["result"] == "failed" for e in tries)
         text = cluster.rbee("status").stdout
         assert "sync   degraded" in text and "crash loop: local.broken.0 on local" in text
-        metrics = httpx.get(f"{cluster.queen_url}/metrics", timeout=5).text
+        metrics = cluster.get("/metrics", timeout=5).text
         assert 'rbee_queen_crash_looping_workers{hive="local",worker="local.broken.0"} 1.0' in (
             metrics
         )

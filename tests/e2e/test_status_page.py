@@ -1,6 +1,7 @@
 """The status page in a real browser (Debian's chromium, driven by Playwright) against a real
-queen, hive and worker on the real model: it loads, shows the live worker, and shows a worker
-spawned later and a job submitted later without a reload (the page's SSE stream brings them).
+queen, hive and worker on the real model: it asks for a credential first (the operator logs in
+with the cluster token), then loads, shows the live worker, and shows a worker spawned later
+and a job submitted later without a reload (the page's SSE stream brings them).
 
 The screenshot is kept under pytest's tmp dir and copied to $RBEE_TEST_ARTIFACTS (default
 /tmp/rbee-artifacts) as status-page.png. No browser is downloaded: Playwright launches
@@ -55,6 +56,9 @@ def test_the_page_shows_the_live_worker_and_one_spawned_later_without_a_reload(
 ) -> None:
     page = browser.new_page(viewport=LAPTOP)
     page.goto(f"{cluster.queen_url}/")
+    expect(page).to_have_title("rbee status: log in")  # no open page, on loopback too
+    page.fill("#key", cluster.token)
+    page.click("button[type=submit]")
     expect(page).to_have_title("rbee status")
     workers, hives = page.locator("#workers"), page.locator("#hives")
     expect(workers).to_contain_text("local.gemma3-270m.0")
@@ -71,6 +75,7 @@ def test_the_page_shows_the_live_worker_and_one_spawned_later_without_a_reload(
     job = httpx.post(
         f"{cluster.queen_url}/v1/jobs",
         json={"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 4},
+        headers=cluster.headers,
         timeout=10,
     )
     assert job.status_code < 300, job.text

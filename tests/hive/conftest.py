@@ -1,4 +1,9 @@
-"""Real hive daemons on free ports, each with its own temporary HOME; workers cleaned up."""
+"""Real hive daemons on free ports, each with its own temporary HOME; workers cleaned up.
+
+A hive starts as the queen starts it: with a TLS identity of the tests' CA (`--identity`),
+serving mutual TLS; `Hive.client()` calls it holding a queen's certificate. `tls=False`
+starts one with a bearer token instead (`TOKEN`), as a hive started by hand runs.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,18 @@ import httpx
 import psutil
 import pytest
 
+from rbee.pki import Role
 from rbee.process import terminate
 from tests.fixtures.model import MODEL_SHA256
+from tests.fixtures.pki import authority, client_tls, identity
 
 START_TIMEOUT_S = 30.0
 WORKER_START_S = 60.0
 MODEL = "gemma3-270m"
+
+
+#: The bearer token of a hive started with `tls=False`.
+TOKEN = "hive-test-token"
 
 
 @dataclass
@@ -36,14 +47,19 @@ class Hive:
     home: Path
     proc: subprocess.Popen[bytes]
     stderr: Path
+    tls: bool = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+    def client(self, role: Role = "queen", name: str = "queen") -> httpx.Client:
+        """A client calling as the queen does (or as `role` `name`, from the tests' CA); for a
+        hive without TLS, with its token."""
+        if not self.tls:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, verify=client_tls(role, name), timeout=30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -83,7 +99,8 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def answers_health(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        verify = client_tls("queen", "queen") if url.startswith("https") else True
+        return httpx.get(f"{url}/health", timeout=1, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -125,17 +142,21 @@ def start_hive(hive_home: Path, free_port: int) -> Iterator[HiveFactory]:
     name = f"test-hive-{uuid.uuid4().hex[:8]}"
     started: list[Hive] = []
 
-    def start(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> Hive:
+    def start(
+        *extra: str, port: int | None = None, env: dict[str, str] | None = None, tls: bool = True
+    ) -> Hive:
         port = free_port if port is None else port
         stderr = hive_home / f"hive-{len(started)}.stderr"
+        credential = ["--identity", str(identity("hive", name))] if tls else []
+        token = {} if tls else {"RBEE_TOKEN": TOKEN}
         with stderr.open("wb") as err:
             proc = subprocess.Popen(
-                hive_command("--port", str(port), "--name", name, *extra),
-                env={**hive_env(hive_home), **(env or {})},
+                hive_command("--port", str(port), "--name", name, *credential, *extra),
+                env={**hive_env(hive_home), **token, **(env or {})},
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
-        hive = Hive(name=name, port=port, home=hive_home, proc=proc, stderr=stderr)
+        hive = Hive(name=name, port=port, home=hive_home, proc=proc, stderr=stderr, tls=tls)
         started.append(hive)
 
         def up() -> bool:
@@ -212,8 +233,11 @@ def spawn_body(hive: Hive, worker_id: str = "w0", **fields: Any) -> dict[str, An
         "ctx_size": 512,
         "device": "cpu",
         "chat_format": "gemma",
-        "queen_url": "http://127.0.0.1:9",
+        "queen_url": "https://127.0.0.1:9",
     }
+    if hive.tls:  # the queen sends each worker its identity with the spawn
+        name = f"{hive.name}/{worker_id}"
+        body["tls_identity"] = authority().issue("worker", name, ["127.0.0.1"]).decode()
     return {**body, **fields}
 
 

@@ -1,20 +1,23 @@
-"""A page the operator visits cannot drive a token-less hive (the 2026-12 probe's critical
-findings: a cross-site `text/plain` POST made the hive run any executable and hand out any
-file), neither cross-site nor by rebinding a name of its own to the hive's address."""
+"""A page the operator visits cannot drive a hive (the 2026-12 probe's critical findings: a
+cross-site `text/plain` POST made a token-less hive run any executable and hand out any file),
+neither cross-site nor by rebinding a name of its own to the hive's address, even from a
+browser that holds the queen's client certificate and would present it (or, for a hive
+started by hand, a page that somehow sent its token)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
+import pytest
 
 from tests.hive.conftest import HiveFactory
 
 
-def test_a_cross_site_page_cannot_make_a_tokenless_hive_run_a_file_or_hand_one_out(
-    start_hive: HiveFactory, tmp_path: Path
+@pytest.mark.parametrize("tls", [True, False], ids=["mtls", "bearer"])
+def test_a_cross_site_page_cannot_make_a_hive_run_a_file_or_hand_one_out(
+    start_hive: HiveFactory, tmp_path: Path, tls: bool
 ) -> None:
-    hive = start_hive()
+    hive = start_hive(tls=tls)
     marker = tmp_path / "ran"
     script = tmp_path / "evil.sh"
     script.write_text(f"#!/bin/sh\ntouch {marker}\n")
@@ -26,7 +29,7 @@ def test_a_cross_site_page_cannot_make_a_tokenless_hive_run_a_file_or_hand_one_o
         ("/v1/worker-binaries", f'{{"name": "x", "path": "{script}"}}'),
         ("/v1/models", f'{{"name": "loot", "source": "file://{secret}"}}'),
     ]
-    with httpx.Client(base_url=hive.url, timeout=10) as client:
+    with hive.client() as client:  # holding the queen's certificate (or the token)
         for path, body in attempts:
             answer = client.post(path, content=body, headers=page)
             assert answer.status_code == 403, answer.text

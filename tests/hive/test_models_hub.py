@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures.hub import FakeHub, HubFile, fake_hub
+from tests.fixtures.pki import client_tls
 from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     WORKER_START_S,
@@ -78,6 +79,7 @@ def test_a_killed_hive_resumes_the_download_and_a_worker_serves_the_model(
         f"{worker['url']}/v1/completions",
         json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
         timeout=60,
+        verify=client_tls("queen", "queen"),
     )
     assert answer.status_code == 200, answer.text
 
@@ -110,7 +112,8 @@ def test_a_wrong_pinned_sha256_leaves_nothing_in_the_catalog(
 
 def _idle(url: str) -> bool:
     try:
-        return bool(httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle")
+        health = httpx.get(f"{url}/health", timeout=1, verify=client_tls("queen", "queen"))
+        return bool(health.json()["state"] == "idle")
     except (httpx.HTTPError, ValueError, KeyError):
         return False
 
@@ -139,7 +142,7 @@ def test_a_hive_copies_a_model_from_its_peer_and_the_source_sends_it_once(
     other = start_hive(env={"HOME": str(tmp_path / "other")}, port=free_port())
     with seed.client() as client:
         assert operation_events(client, _post(client, body))[-1]["state"] == "succeeded"
-    down = f"http://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
+    down = f"https://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
     with other.client() as client:
         commit = "9b3a1f0c6f2d4e0d8c1b2a3f4e5d6c7b8a9f0e1d"  # as the plan resolved it
         copy = {**body, "peers": [down, seed.url], "revision": commit}

@@ -39,3 +39,11 @@ def test_other_command_lines_are_not_workers() -> None:
     assert parse_worker(1, ["/sbin/init"], 0.0) is None
     assert parse_worker(2, ["python", "-m", "pytest", "rbee.worker.server"], 0.0) is None
     assert parse_worker(3, ["python", "-m", "rbee.worker.server", "--port", "x"], 0.0) is None
+
+
+def test_a_worker_with_a_tls_identity_is_reached_over_https() -> None:
+    identity = "/home/rbee/.local/state/rbee/tls/workers/w7.pem"
+    args = WorkerArgs(**REQUEST.model_dump(), model_path="/m", port=41234, identity=identity)
+    worker = parse_worker(99, args.command(), 0.0)
+    assert worker is not None
+    assert (worker.identity, worker.url) == (identity, "https://127.0.0.1:41234")

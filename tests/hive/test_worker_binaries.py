@@ -14,6 +14,7 @@ import pytest
 from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.wire import AddWorkerBinary
 from tests.fixtures.hub import fake_hub
+from tests.fixtures.pki import client_tls
 from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     WORKER_START_S,
@@ -229,6 +230,7 @@ def _completion_tokens(url: str) -> int:
         f"{url}/v1/completions",
         json={"prompt": "The bee", "max_tokens": 4, "temperature": 0},
         timeout=120,
+        verify=client_tls("queen", "queen"),
     )
     assert answer.status_code == 200, answer.text
     return int(answer.json()["usage"]["completion_tokens"])
@@ -236,7 +238,8 @@ def _completion_tokens(url: str) -> int:
 
 def _state(url: str) -> str | None:
     try:
-        return str(httpx.get(f"{url}/health", timeout=1).json()["state"])
+        health = httpx.get(f"{url}/health", timeout=1, verify=client_tls("queen", "queen"))
+        return str(health.json()["state"])
     except (httpx.HTTPError, ValueError, KeyError):
         return None
 
@@ -249,7 +252,7 @@ def test_a_build_takes_the_wheel_of_a_peer_of_the_same_platform(
     other = start_hive(env={"HOME": str(tmp_path / "other")}, port=free_port())
     with seed.client() as client:
         assert add_worker_binary(client, "built", build=True)[-1]["state"] == "succeeded"
-    down = f"http://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
+    down = f"https://127.0.0.1:{free_port()}"  # a peer that is gone is passed over
     with other.client() as client:
         events = add_worker_binary(client, "built", build=True, peers=[down, seed.url])
         entry = client.get("/v1/worker-binaries/built").json()
@@ -261,7 +264,7 @@ def test_a_build_takes_the_wheel_of_a_peer_of_the_same_platform(
 
 
 def test_a_peer_serves_only_runtimes_it_built(hive: Hive) -> None:
-    with hive.client() as client:
+    with hive.client("hive", "peer") as client:  # as another hive asks it
         assert client.get("/v1/runtimes/0123456789abcdef/wheel").status_code == 404
         assert client.get("/v1/runtimes/..%2F..%2Fetc/wheel").status_code == 404
 

@@ -10,6 +10,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.fixtures.pki import client_tls, identity
 from tests.fixtures.ports import free_port
 from tests.hive.conftest import (
     MODEL,
@@ -23,6 +24,7 @@ from tests.hive.conftest import (
     hive_env,
     is_gone,
     spawn,
+    spawn_body,
     wait_until,
     workers_of,
 )
@@ -42,7 +44,8 @@ def test_a_spawned_worker_is_listed_and_serves_health(hive_with_model: Hive) -> 
     assert worker["model"] == MODEL
     assert (worker["worker_binary"], worker["slots"], worker["ctx_size"]) == ("cpu", 2, 512)
     assert worker["device"] == "cpu"
-    assert worker["url"] == f"http://127.0.0.1:{worker['port']}"
+    assert worker["url"] == f"https://127.0.0.1:{worker['port']}"  # with the queen's identity
+    assert Path(worker["identity"]).stat().st_mode & 0o777 == 0o600
     assert worker["started_at"] == psutil.Process(worker["pid"]).create_time()
     wait_until(lambda: answers_health(worker["url"]), WORKER_START_S, "the worker's /health")
     log = hive.home / ".local" / "state" / "rbee" / "workers" / "w0.log"
@@ -114,12 +117,20 @@ def test_deleting_a_pid_that_is_no_worker_is_404_and_kills_nothing(hive: Hive) -
 
 def test_spawning_a_model_not_in_the_catalog_is_404(hive: Hive) -> None:
     with hive.client() as client:
-        resp = client.post(
-            "/v1/worker-processes",
-            json={"worker_id": "w", "hive": hive.name, "model": "nope", "queen_url": "http://q"},
-        )
+        resp = client.post("/v1/worker-processes", json=spawn_body(hive, "w", model="nope"))
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "model_not_found"
+
+
+def test_an_mtls_hive_spawns_no_worker_without_its_tls_identity(hive_with_model: Hive) -> None:
+    """A worker of an mTLS hive serves TLS with the identity the queen sent: never plain HTTP."""
+    hive = hive_with_model
+    body = {k: v for k, v in spawn_body(hive).items() if k != "tls_identity"}
+    with hive.client() as client:
+        resp = client.post("/v1/worker-processes", json=body)
+        assert resp.status_code == 422
+        assert "tls_identity" in resp.json()["error"]["message"]
+        assert workers_of(client, hive) == []
 
 
 def test_a_workers_log_tail_outlives_it_and_its_id_cannot_leave_the_log_directory(
@@ -152,17 +163,22 @@ def test_a_hive_lists_and_stops_only_workers_of_its_own_catalog(
     other_home = tmp_path / "other-home"
     other_home.mkdir()
     port = free_port()
+    name = hive_with_model.name
     other = subprocess.Popen(
-        hive_command("--port", str(port), "--name", hive_with_model.name),
+        hive_command(
+            "--port", str(port), "--name", name, "--identity", str(identity("hive", name))
+        ),
         env=hive_env(other_home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: answers_health(f"http://127.0.0.1:{port}"), 30, "the other hive")
+        url = f"https://127.0.0.1:{port}"
+        wait_until(lambda: answers_health(url), 30, "the other hive")
         with hive_with_model.client() as client:
             worker = spawn(client, hive_with_model)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as stranger:
+        verify = client_tls("queen", "queen")
+        with httpx.Client(base_url=url, verify=verify, timeout=30) as stranger:
             assert stranger.get("/v1/worker-processes").json() == []
             assert stranger.delete(f"/v1/worker-processes/{worker['pid']}").status_code == 404
         assert not is_gone(worker["pid"])

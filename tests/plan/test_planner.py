@@ -165,14 +165,14 @@ def test_a_model_three_hives_need_is_fetched_once_and_copied_over_the_lan() -> N
     seed = actions["model.h0.gemma3-270m"]
     assert seed.peers == []
     for other in ("model.h1.gemma3-270m", "model.h2.gemma3-270m"):
-        assert actions[other].peers == ["http://10.0.0.10:7835"]
+        assert actions[other].peers == ["https://10.0.0.10:7835"]
         assert seed.address in actions[other].depends_on
 
 
 def test_a_hive_that_holds_the_model_is_a_peer_without_waiting_for_anyone() -> None:
     actions = {a.address: a for a in _case("a_hive_that_holds_the_model_serves_the_others").actions}
     for other in ("model.h1.gemma3-270m", "model.h2.gemma3-270m"):
-        assert actions[other].peers == ["http://10.0.0.10:7835"]
+        assert actions[other].peers == ["https://10.0.0.10:7835"]
         assert "model.h1.gemma3-270m" not in actions[other].depends_on
 
 
@@ -186,7 +186,7 @@ def test_a_runtime_is_compiled_once_per_platform_and_its_wheel_shared() -> None:
     actions = {a.address: a for a in _case("a_runtime_is_compiled_once_per_platform").actions}
     built, shared, other = (actions[f"worker_binary.h{i}.cuda"] for i in range(3))
     assert built.binary is not None and built.binary.peers == []
-    assert shared.binary is not None and shared.binary.peers == ["http://10.0.0.10:7835"]
+    assert shared.binary is not None and shared.binary.peers == ["https://10.0.0.10:7835"]
     assert built.address in shared.depends_on
     # h2 runs Python 3.12: a 3.11 wheel would not do, so it compiles its own, at once.
     assert other.binary is not None and other.binary.peers == []

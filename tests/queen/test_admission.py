@@ -6,6 +6,7 @@ A real queen process; scripted workers (tests/fixtures/scripted.py) hold slots f
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.pki import authority, client_tls
 from tests.fixtures.scripted import MODEL, TOKENS, ScriptedQueen, ScriptedWorkers, scripted_workers
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -64,7 +66,7 @@ def test_only_free_slots_get_requests_and_the_rest_wait_their_turn(
     queen = start({"max_queue": 10, "queue_timeout": 20})
     queen.add_worker("w", scripted.worker("hold:0.5"), slots=2)
     scripted.most_concurrent = 0
-    responses = asyncio.run(_concurrently(queen.url, 6))
+    responses = asyncio.run(_concurrently(queen.url, 6, queen.headers))
     assert [r.status_code for r in responses] == [200] * 6
     assert scripted.most_concurrent == 2  # never more than the worker's slots
     metrics = queen.metrics()
@@ -76,7 +78,7 @@ def test_only_free_slots_get_requests_and_the_rest_wait_their_turn(
 def test_a_full_queue_is_503_with_retry_after(start: Any, scripted: ScriptedWorkers) -> None:
     queen = start({"max_queue": 1, "queue_timeout": 20})
     queen.add_worker("w", scripted.worker("hold:1"), slots=1)
-    responses = asyncio.run(_concurrently(queen.url, 3))
+    responses = asyncio.run(_concurrently(queen.url, 3, queen.headers))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 200, 503]
     [refused] = [r for r in responses if r.status_code == 503]
@@ -88,7 +90,7 @@ def test_a_full_queue_is_503_with_retry_after(start: Any, scripted: ScriptedWork
 def test_a_wait_past_queue_timeout_is_504(start: Any, scripted: ScriptedWorkers) -> None:
     queen = start({"max_queue": 5, "queue_timeout": 0.3})
     queen.add_worker("w", scripted.worker("hold:1.5"), slots=1)
-    responses = asyncio.run(_concurrently(queen.url, 2))
+    responses = asyncio.run(_concurrently(queen.url, 2, queen.headers))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 504]
     [late] = [r for r in responses if r.status_code == 504]
@@ -99,7 +101,9 @@ def test_a_wait_past_queue_timeout_is_504(start: Any, scripted: ScriptedWorkers)
 def test_a_body_over_the_limit_is_413_before_it_is_read(start: Any) -> None:
     queen = start(args=["--max-body-mb", "0.01"])  # 10 KiB
     big = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
-    response = httpx.post(f"{queen.url}/v1/chat/completions", json=big, timeout=10)
+    response = httpx.post(
+        f"{queen.url}/v1/chat/completions", json=big, headers=queen.headers, timeout=10
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 
@@ -109,32 +113,25 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(start: Any) -> None:
             yield b"x" * 1000
         yield b'"}'
 
-    response = httpx.post(f"{queen.url}/v1/chat/completions", content=chunked(), timeout=10)
+    response = httpx.post(
+        f"{queen.url}/v1/chat/completions", content=chunked(), headers=queen.headers, timeout=10
+    )
     assert response.status_code == 413
 
 
-def test_keys_scopes_and_the_open_loopback_queen(start: Any, scripted: ScriptedWorkers) -> None:
-    queen = start({})
-    queen.add_worker("w", scripted.worker("ok"))
-    url = queen.url
-    # No key yet, loopback, no cluster token: open, as the demo needs.
-    assert httpx.get(f"{url}/v1/status", timeout=10).status_code == 200
-    admin = httpx.post(f"{url}/v1/keys", json={"name": "ops", "scope": "admin"}).json()["key"]
-    assert admin.startswith("rbee_")
-    as_admin = {"authorization": f"Bearer {admin}"}
-    inference = httpx.post(
-        f"{url}/v1/keys", json={"name": "app", "scope": "inference"}, headers=as_admin
-    ).json()["key"]
-    as_app = {"authorization": f"Bearer {inference}"}
-    # From the first key on, every route but /health needs one.
+_GUARDED = [
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/status"),
+    ("POST", "/v1/apply"),
+    ("GET", "/metrics"),
+]
+
+
+def _refuses_without_a_credential(url: str) -> None:
+    """Every route but /health: 401 without a credential, and with a wrong one."""
     assert httpx.get(f"{url}/health").status_code == 200
-    for method, path in [
-        ("GET", "/v1/models"),
-        ("POST", "/v1/chat/completions"),
-        ("GET", "/v1/status"),
-        ("POST", "/v1/apply"),
-        ("GET", "/metrics"),
-    ]:
+    for method, path in _GUARDED:
         refused = httpx.request(method, f"{url}{path}", json=BODY)
         assert refused.status_code == 401, path
         assert refused.json()["error"]["type"] == "authentication_error"
@@ -142,6 +139,26 @@ def test_keys_scopes_and_the_open_loopback_queen(start: Any, scripted: ScriptedW
             method, f"{url}{path}", json=BODY, headers={"authorization": "Bearer rbee_nope"}
         )
         assert wrong.status_code == 401, path
+
+
+def test_keys_scopes_and_no_open_loopback_queen(start: Any, scripted: ScriptedWorkers) -> None:
+    queen = start({})
+    queen.add_worker("w", scripted.worker("ok"))
+    url = queen.url
+    # No key yet, loopback: a credential all the same (there is no open mode any more).
+    _refuses_without_a_credential(url)
+    # The cluster token makes the first key.
+    admin = httpx.post(
+        f"{url}/v1/keys", json={"name": "ops", "scope": "admin"}, headers=queen.headers
+    ).json()["key"]
+    assert admin.startswith("rbee_")
+    as_admin = {"authorization": f"Bearer {admin}"}
+    inference = httpx.post(
+        f"{url}/v1/keys", json={"name": "app", "scope": "inference"}, headers=as_admin
+    ).json()["key"]
+    as_app = {"authorization": f"Bearer {inference}"}
+    # With keys, the same: every route but /health needs a credential.
+    _refuses_without_a_credential(url)
     # Inference keys: the OpenAI routes only.
     assert httpx.get(f"{url}/v1/models", headers=as_app).status_code == 200
     answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=as_app, timeout=10)
@@ -170,30 +187,55 @@ def test_keys_scopes_and_the_open_loopback_queen(start: Any, scripted: ScriptedW
     assert httpx.get(f"{url}/v1/models", headers=as_app).status_code == 401
 
 
-def test_a_queen_with_a_cluster_token_needs_a_credential_even_without_keys(
-    start: Any, scripted: ScriptedWorkers
-) -> None:
+def test_a_queen_with_a_cluster_token_needs_a_credential_even_without_keys(start: Any) -> None:
     queen = start({}, token="cluster-secret")
-    queen.add_worker("w", scripted.worker("ok"))  # heartbeats carry the token
     assert httpx.get(f"{queen.url}/v1/models").status_code == 401
-    beat = {**queen.workers["w"], "worker_id": "intruder"}
-    assert httpx.post(f"{queen.url}/v1/workers/heartbeat", json=beat).status_code == 401
     as_operator = {"authorization": "Bearer cluster-secret"}
     assert httpx.get(f"{queen.url}/v1/status", headers=as_operator).status_code == 200
-    key = httpx.post(f"{queen.url}/v1/keys", json={"name": "app"}, headers=as_operator).json()[
+
+
+def test_heartbeats_need_the_certificate_of_the_worker_they_name(
+    start: Any, scripted: ScriptedWorkers
+) -> None:
+    """Workers heartbeat on the cluster listener only, each with its own certificate: the
+    front door serves no heartbeat, whatever credential comes with it."""
+    queen = start({})
+    queen.add_worker("w", scripted.worker("ok"))  # beats with the certificate of local/w
+    beat = {**queen.workers["w"], "worker_id": "intruder"}
+    key = httpx.post(f"{queen.url}/v1/keys", json={"name": "app"}, headers=queen.headers).json()[
         "key"
     ]
-    beat_with_key = httpx.post(
-        f"{queen.url}/v1/workers/heartbeat", json=beat, headers={"authorization": f"Bearer {key}"}
-    )
-    assert beat_with_key.status_code == 403  # worker traffic is the cluster token's
+    for headers in [{}, queen.headers, {"authorization": f"Bearer {key}"}]:
+        front = httpx.post(f"{queen.url}/v1/workers/heartbeat", json=beat, headers=headers)
+        # No such route (405: the path is also GET /v1/workers/{worker_id}'s).
+        assert front.status_code in (401, 403, 404, 405), front.text
+    # No client certificate: the handshake fails, or the listener answers 401.
+    anonymous = ssl.create_default_context(cadata=authority().ca_pem.decode())
+    try:
+        status = httpx.post(
+            f"{queen.cluster_url}/v1/workers/heartbeat", json=beat, verify=anonymous, timeout=5
+        ).status_code
+    except httpx.TransportError:
+        status = None
+    assert status in (None, 401)
+    # Another worker's certificate, the same worker of another hive, another role: 403.
+    assert queen.beat(beat, tls=client_tls("worker", "local/w")).status_code == 403
+    assert queen.beat(beat, tls=client_tls("worker", "elsewhere/intruder")).status_code == 403
+    assert queen.beat(beat, tls=client_tls("hive", "local")).status_code == 403
+    # Its own certificate, but a worker that serves plain HTTP: 422 (no prompt in clear).
+    plain = {**beat, "url": scripted.worker("ok").replace("https://", "http://")}
+    assert queen.beat(plain).status_code == 422
     assert "intruder" not in queen.listed()
+    assert queen.beat(beat).status_code == 204  # the right certificate is all it takes
+    assert "intruder" in queen.listed()
 
 
 def test_requests_per_minute_is_429_with_retry_after(start: Any, scripted: ScriptedWorkers) -> None:
     queen = start({})
     queen.add_worker("w", scripted.worker("ok"))
-    key = httpx.post(f"{queen.url}/v1/keys", json={"name": "app", "rpm": 2}).json()["key"]
+    key = httpx.post(
+        f"{queen.url}/v1/keys", json={"name": "app", "rpm": 2}, headers=queen.headers
+    ).json()["key"]
     headers = {"authorization": f"Bearer {key}"}
     statuses = []
     for _ in range(3):
@@ -207,7 +249,9 @@ def test_requests_per_minute_is_429_with_retry_after(start: Any, scripted: Scrip
 def test_tokens_per_minute_is_429_once_spent(start: Any, scripted: ScriptedWorkers) -> None:
     queen = start({})
     queen.add_worker("w", scripted.worker("ok"))  # each answer: 3 prompt + 5 completion tokens
-    key = httpx.post(f"{queen.url}/v1/keys", json={"name": "app", "tpm": 10}).json()["key"]
+    key = httpx.post(
+        f"{queen.url}/v1/keys", json={"name": "app", "tpm": 10}, headers=queen.headers
+    ).json()["key"]
     headers = {"authorization": f"Bearer {key}"}
     statuses = [
         httpx.post(f"{queen.url}/v1/chat/completions", json=BODY, headers=headers).status_code
@@ -216,14 +260,41 @@ def test_tokens_per_minute_is_429_once_spent(start: Any, scripted: ScriptedWorke
     assert statuses == [200, 200, 429]  # 8 of 10, then 16 of 10: the third waits
 
 
+def test_a_streams_prompt_tokens_count_against_tokens_per_minute(
+    start: Any, scripted: ScriptedWorkers
+) -> None:
+    """A stream tells its prompt's tokens in its head (its body tells them only at the end,
+    and only when asked): 3 prompt + 5 completion tokens a stream, so a second stream already
+    passes a tpm of 14 (counting the completions alone, 10, it would not)."""
+    queen = start({})
+    queen.add_worker("w", scripted.worker("ok"))
+    key = httpx.post(
+        f"{queen.url}/v1/keys", json={"name": "app", "tpm": 14}, headers=queen.headers
+    ).json()["key"]
+    headers = {"authorization": f"Bearer {key}"}
+    statuses = []
+    for _ in range(3):
+        with httpx.stream(
+            "POST",
+            f"{queen.url}/v1/chat/completions",
+            json={**BODY, "stream": True},
+            headers=headers,
+        ) as response:
+            response.read()
+            statuses.append(response.status_code)
+            assert "x-rbee-prompt-tokens" not in response.headers  # the queen's business only
+    assert statuses == [200, 200, 429]
+
+
 def test_metrics_after_a_known_workload(start: Any, scripted: ScriptedWorkers) -> None:
     queen = start({})
     queen.add_worker("w", scripted.worker("ok"), slots=3)
+    url, headers = f"{queen.url}/v1/chat/completions", queen.headers
     for _ in range(3):
-        assert httpx.post(f"{queen.url}/v1/chat/completions", json=BODY).status_code == 200
-    streamed = httpx.post(f"{queen.url}/v1/chat/completions", json={**BODY, "stream": True})
+        assert httpx.post(url, json=BODY, headers=headers).status_code == 200
+    streamed = httpx.post(url, json={**BODY, "stream": True}, headers=headers)
     assert streamed.status_code == 200
-    missing = httpx.post(f"{queen.url}/v1/chat/completions", json={**BODY, "model": "nope"})
+    missing = httpx.post(url, json={**BODY, "model": "nope"}, headers=headers)
     assert missing.status_code == 404
     metrics = queen.metrics()
     assert _sample(metrics, "rbee_queen_requests_total", model=MODEL, status="200") == 4
@@ -242,10 +313,19 @@ def test_every_response_carries_a_request_id(start: Any, scripted: ScriptedWorke
     queen = start({})
     queen.add_worker("w", scripted.worker("ok"))
     given = httpx.post(
-        f"{queen.url}/v1/chat/completions", json=BODY, headers={"x-request-id": "trace-42"}
+        f"{queen.url}/v1/chat/completions",
+        json=BODY,
+        headers={**queen.headers, "x-request-id": "trace-42"},
     )
     assert given.headers["x-request-id"] == "trace-42"
-    made = httpx.get(f"{queen.url}/v1/status")
+    made = httpx.get(f"{queen.url}/v1/status", headers=queen.headers)
+    assert made.status_code == 200
     assert len(made.headers["x-request-id"]) == 24
-    refused = httpx.post(f"{queen.url}/v1/chat/completions", json={**BODY, "model": "nope"})
+    refused = httpx.post(
+        f"{queen.url}/v1/chat/completions", json={**BODY, "model": "nope"}, headers=queen.headers
+    )
+    assert refused.status_code == 404
     assert refused.headers["x-request-id"]
+    unauthenticated = httpx.get(f"{queen.url}/v1/status")
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["x-request-id"]

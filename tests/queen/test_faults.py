@@ -42,7 +42,9 @@ def queen(tmp_path: Path) -> Iterator[ScriptedQueen]:
 
 def _chat(queen: ScriptedQueen, stream: bool) -> httpx.Response:
     body = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
-    return httpx.post(f"{queen.url}/v1/chat/completions", json=body, timeout=30)
+    return httpx.post(
+        f"{queen.url}/v1/chat/completions", json=body, headers=queen.headers, timeout=30
+    )
 
 
 def _events(response: httpx.Response) -> list[Any]:
@@ -126,7 +128,7 @@ def unanswered_port() -> Iterator[int]:
 def test_a_connect_that_hangs_times_out_and_another_worker_answers(
     queen: ScriptedQueen, scripted: ScriptedWorkers, unanswered_port: int
 ) -> None:
-    queen.add_worker("a-unanswered", f"http://127.0.0.1:{unanswered_port}")
+    queen.add_worker("a-unanswered", f"https://127.0.0.1:{unanswered_port}")
     queen.add_worker("b-ok", scripted.worker("ok"))
     started = time.monotonic()
     response = _chat(queen, False)
@@ -238,7 +240,7 @@ def test_a_non_streamed_answer_cut_after_its_first_byte_is_a_502(
 
 def test_the_openai_client_sees_our_errors(queen: ScriptedQueen, scripted: ScriptedWorkers) -> None:
     queen.add_worker("a-hang", scripted.worker("hang:2"))
-    client = openai.OpenAI(base_url=f"{queen.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{queen.url}/v1", api_key=queen.token, max_retries=0)
     messages: Any = [{"role": "user", "content": "hi"}]
     stream = client.chat.completions.create(model=MODEL, messages=messages, stream=True)
     text = ""

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from rbee import clients
 from rbee.config.models import Hive
 from rbee.queen.hive_registry import HiveRegistry
 from rbee.queen.store import Store
+from tests.fixtures.pki import authority, identity
 from tests.fixtures.ports import free_port
 
 
@@ -21,16 +25,20 @@ def test_registered_hives_survive_a_queen_restart(tmp_path: Path) -> None:
     assert (record.name, record.mode, record.url, record.state) == (
         "gpu1",
         "network",
-        "http://10.0.0.11:7835",
+        "https://10.0.0.11:7835",
         "unknown",
     )
 
 
-def test_a_hive_that_does_not_answer_is_marked_offline(tmp_path: Path) -> None:
+def test_a_hive_that_does_not_answer_is_marked_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients, "_identity", None)  # restored after: the queen's, for now
+    clients.use_identity(identity("queen", "queen"), authority())
     registry = HiveRegistry(Store(tmp_path / "queen.db").connection)
     hive = Hive(name="local", host="127.0.0.1", port=free_port())
     registry.register([hive])
-    record = asyncio.run(registry.check(hive, None))
+    record = asyncio.run(registry.check(hive))
     assert record is not None
     assert record.state == "offline"
     assert record.error and "unreachable" in record.error

@@ -145,7 +145,7 @@ def test_a_worker_that_dies_mid_answer_ends_the_job_with_an_error_event(
     ]
     assert events[-1]["state"] == "failed"
     assert "the worker failed mid-answer" in events[-1]["message"]
-    job = httpx.get(f"{queen.url}/v1/jobs/{job_id}", timeout=5).json()
+    job = httpx.get(f"{queen.url}/v1/jobs/{job_id}", headers=queen.headers, timeout=5).json()
     assert job["state"] == "failed" and job["result"] is None
 
 
@@ -153,7 +153,9 @@ def test_jobs_need_an_inference_key_as_the_openai_routes_do(
     queen: ScriptedQueen, scripted: ScriptedWorkers
 ) -> None:
     queen.add_worker("w", scripted.worker("ok"))
-    created = httpx.post(f"{queen.url}/v1/keys", json={"name": "app"}, timeout=5).json()
+    created = httpx.post(
+        f"{queen.url}/v1/keys", json={"name": "app"}, headers=queen.headers, timeout=5
+    ).json()
     job = {**BODY, "priority": "interactive"}
     assert httpx.post(f"{queen.url}/v1/jobs", json=job, timeout=5).status_code == 401
     auth = {"authorization": f"Bearer {created['key']}"}
@@ -166,11 +168,11 @@ def test_jobs_need_an_inference_key_as_the_openai_routes_do(
 
 def _run(queen: ScriptedQueen, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     """Submit a job and read its events to the end: its id and its events."""
-    response = httpx.post(f"{queen.url}/v1/jobs", json=body, timeout=5)
+    response = httpx.post(f"{queen.url}/v1/jobs", json=body, headers=queen.headers, timeout=5)
     assert response.status_code == 201, response.text
     job_id = response.json()["job_id"]
     url = f"{queen.url}/v1/jobs/{job_id}/events"
-    with httpx.stream("GET", url, timeout=30) as stream:
+    with httpx.stream("GET", url, headers=queen.headers, timeout=30) as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
     return job_id, events
 
@@ -187,7 +189,7 @@ def test_a_job_belongs_to_the_key_that_made_it(
         made = httpx.post(f"{queen.url}/v1/keys", json=body, headers=by, timeout=5).json()
         return {"authorization": f"Bearer {made['key']}"}
 
-    admin = key("ops", "admin", {})  # the first key closes the open loopback queen
+    admin = key("ops", "admin", queen.headers)
     alice, bob = key("alice", "inference", admin), key("bob", "inference", admin)
     job = {**BODY, "priority": "batch"}
     job_id = httpx.post(f"{queen.url}/v1/jobs", json=job, headers=alice, timeout=5).json()["job_id"]
@@ -214,7 +216,9 @@ def test_a_keys_rpm_and_tpm_hold_for_its_jobs_too(
     queen.add_worker("w", scripted.worker("ok"))
     admin = {
         "authorization": "Bearer "
-        + httpx.post(f"{queen.url}/v1/keys", json={"name": "ops", "scope": "admin"}).json()["key"]
+        + httpx.post(
+            f"{queen.url}/v1/keys", json={"name": "ops", "scope": "admin"}, headers=queen.headers
+        ).json()["key"]
     }
 
     def key(name: str, **limits: int) -> dict[str, str]:
@@ -252,7 +256,7 @@ def test_a_job_sent_again_with_its_idempotency_key_is_the_same_job(queen: Script
         made = httpx.post(f"{queen.url}/v1/keys", json=body, headers=by, timeout=5).json()
         return {"authorization": f"Bearer {made['key']}"}
 
-    admin = key("ops", "admin", {})
+    admin = key("ops", "admin", queen.headers)
     alice, bob = key("alice", "inference", admin), key("bob", "inference", admin)
     job = {**BODY, "priority": "batch"}
 
@@ -274,7 +278,7 @@ def test_a_job_sent_again_with_its_idempotency_key_is_the_same_job(queen: Script
 
 
 def test_an_idempotency_key_sent_with_another_request_is_refused(queen: ScriptedQueen) -> None:
-    headers = {"idempotency-key": "order-42"}
+    headers = {**queen.headers, "idempotency-key": "order-42"}
     first = httpx.post(f"{queen.url}/v1/jobs", json=BODY, headers=headers, timeout=5)
     assert first.status_code == 201, first.text
     other = {**BODY, "messages": [{"role": "user", "content": "something else"}]}
@@ -286,7 +290,8 @@ def test_an_idempotency_key_sent_with_another_request_is_refused(queen: Scripted
     interactive = {**BODY, "priority": "interactive"}
     again = httpx.post(f"{queen.url}/v1/jobs", json=interactive, headers=headers, timeout=5)
     assert again.status_code == 422, again.text
-    assert len(httpx.get(f"{queen.url}/v1/jobs", timeout=5).json()["jobs"]) == 1
+    listed = httpx.get(f"{queen.url}/v1/jobs", headers=queen.headers, timeout=5)
+    assert len(listed.json()["jobs"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -297,11 +302,15 @@ def test_an_idempotency_key_sent_with_another_request_is_refused(queen: Scripted
 def test_an_idempotency_key_that_is_not_printable_ascii_is_a_400(
     queen: ScriptedQueen, value: bytes
 ) -> None:
-    headers = [(b"idempotency-key", value)]
+    headers = [
+        (b"idempotency-key", value),
+        *((k.encode(), v.encode()) for k, v in queen.headers.items()),
+    ]
     refused = httpx.post(f"{queen.url}/v1/jobs", json=BODY, headers=headers, timeout=5)
     assert refused.status_code == 400, refused.text
     assert "Idempotency-Key" in refused.json()["error"]["message"]
-    assert httpx.get(f"{queen.url}/v1/jobs", timeout=5).json()["jobs"] == []
+    listed = httpx.get(f"{queen.url}/v1/jobs", headers=queen.headers, timeout=5)
+    assert listed.json()["jobs"] == []
 
 
 def test_an_insert_with_an_idempotency_key_its_owner_used_gives_the_first_job_back(

@@ -1,5 +1,5 @@
-"""Who may see the status page: a keyed queen sends a browser to its login form, which takes
-admin keys (and the cluster token) only; the cookie it sets opens the page and nothing else.
+"""Who may see the status page: a queen sends a browser to its login form, which takes admin
+keys (and the cluster token) only; the cookie it sets opens the page and nothing else.
 
 A real queen process; the worker it lists is a heartbeat, nothing serves it (the page only
 shows it). The page in a real browser is tests/e2e/test_status_page.py.
@@ -41,7 +41,7 @@ def keyed(tmp_path: Path) -> Iterator[KeyedQueen]:
         ).json()["key"]
         for scope in ("admin", "inference")
     ]
-    queen.add_worker("local.scripted.0", "http://127.0.0.1:9", slots=3)
+    queen.add_worker("local.scripted.0", "https://127.0.0.1:9", slots=3)
     yield KeyedQueen(queen, *keys)
     queen.stop()
 
@@ -104,14 +104,25 @@ def test_an_admin_logs_in_and_the_cookie_opens_the_page_only(keyed: KeyedQueen, 
         assert browser.get("/v1/logs/queen").status_code == 401
 
 
-def test_an_open_loopback_queen_shows_the_page_to_anyone(tmp_path: Path) -> None:
+def test_a_loopback_queen_without_keys_shows_the_page_to_no_one_without_a_login(
+    tmp_path: Path,
+) -> None:
+    """No open mode: on loopback, without a key made yet, the page still wants a login, and
+    the cluster token is what opens it."""
     queen = ScriptedQueen.start(tmp_path)
     try:
         page = httpx.get(f"{queen.url}/", timeout=10)
+        events = httpx.get(f"{queen.url}/ui/events", timeout=10)
+        with httpx.Client(base_url=queen.url, timeout=10) as browser:
+            login = browser.post("/ui/login", data={"key": queen.token})
+            opened = browser.get("/")
     finally:
         queen.stop()
-    assert page.status_code == 200
-    assert "<title>rbee status</title>" in page.text
+    assert (page.status_code, page.headers["location"]) == (303, "/ui/login")
+    assert events.status_code == 401
+    assert (login.status_code, login.headers["location"]) == (303, "/")
+    assert opened.status_code == 200
+    assert "<title>rbee status</title>" in opened.text
 
 
 def test_the_cookie_holds_a_session_id_that_logout_and_revoking_the_key_close(

@@ -1,8 +1,9 @@
 """Three network hives over real SSH: from nothing to serving, no-op, errors, upgrade.
 
 Each hive is a network namespace with its own user, home and sshd; the queen listens on the
-bridge's address with a token; the keeper is the real `rbee` CLI. The tests of this module
-run in order against one cluster.
+bridge's address with a token, and reaches its hives and workers over mutual TLS with the
+identities it issued them (the token never leaves the queen's machine); the keeper is the real
+`rbee` CLI. The tests of this module run in order against one cluster.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import secrets
 import shutil
+import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,7 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
+from rbee.pki import client_context
 from tests.fixtures.cluster import run_rbee
 from tests.fixtures.hub import fake_hub
 from tests.fixtures.netns import SshHost, netns_hosts, require_lab
@@ -93,6 +97,10 @@ class NetworkCluster:
     def get(self, path: str) -> Any:
         headers = {"authorization": f"Bearer {self.token}"}
         return httpx.get(f"{self.queen_url}{path}", headers=headers, timeout=10).json()
+
+    def as_queen(self) -> ssl.SSLContext:
+        """A TLS client context holding the queen's certificate (as the queen calls hives)."""
+        return client_context(self.home / ".local/state/rbee/tls/queen.pem")
 
     def chat(self) -> httpx.Response:
         body = {
@@ -165,6 +173,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[Networ
 
 
 def test_apply_installs_three_network_hives_and_their_workers(net: NetworkCluster) -> None:
+    """Every hive and worker serves https with its own identity; no hive holds the token."""
     plan = net.rbee("plan")
     for host in net.hosts:
         assert f"+ hive.h{host.index}" in plan.stdout
@@ -176,7 +185,17 @@ def test_apply_installs_three_network_hives_and_their_workers(net: NetworkCluste
     for host in net.hosts:
         worker = by_hive[f"h{host.index}"]
         assert worker["state"] == "idle"
-        assert worker["url"].startswith(f"http://{host.address}:")
+        assert worker["url"].startswith(f"https://{host.address}:")
+        hive_pid = host.run("cat", f"{host.home}/.local/state/rbee/hive.pid").stdout.strip()
+        environ = Path(f"/proc/{hive_pid}/environ").read_bytes()
+        assert b"RBEE_TOKEN" not in environ and net.token.encode() not in environ
+        identity = host.home / ".local/state/rbee/tls/hive.pem"
+        assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+        anonymous = ssl.create_default_context(cafile=net.home / ".local/state/rbee/tls/ca.pem")
+        for url in (f"https://{host.address}:7835/v1/models", f"{worker['url']}/health"):
+            with pytest.raises(httpx.TransportError):  # no certificate of the cluster
+                httpx.get(url, verify=anonymous, timeout=5)
+            assert httpx.get(url, verify=net.as_queen(), timeout=5).status_code == 200
     records = net.get("/v1/hives")
     assert {(r["name"], r["state"]) for r in records} == {
         ("h0", "online"),
@@ -418,20 +437,17 @@ def test_a_killed_hive_daemon_is_restarted_over_ssh_and_its_workers_adopted(
     pid = host.run("cat", f"{host.home}/.local/state/rbee/hive.pid").stdout.strip()
     host.run("kill", "-KILL", pid)
     killed = time.monotonic()
-    hive_url = f"http://{host.address}:7835/health"
-    headers = {"authorization": f"Bearer {net.token}"}
+    hive_url, as_queen = f"https://{host.address}:7835", net.as_queen()
     while True:
         with contextlib.suppress(httpx.TransportError):
-            health = httpx.get(hive_url, headers=headers, timeout=2).json()
+            health = httpx.get(f"{hive_url}/health", verify=as_queen, timeout=2).json()
             if health["pid"] != int(pid):
                 break
         assert time.monotonic() - killed < 30, "the hive was not restarted within 30 s"
         time.sleep(0.5)
     # Its worker outlived it and is adopted: the same processes, none spawned twice.
     assert sorted((w["worker_id"], w["pid"]) for w in net.get("/v1/workers")) == before
-    listed = httpx.get(
-        f"http://{host.address}:7835/v1/worker-processes", headers=headers, timeout=5
-    ).json()
+    listed = httpx.get(f"{hive_url}/v1/worker-processes", verify=as_queen, timeout=5).json()
     assert [(p["worker_id"], p["pid"]) for p in listed] == [
         (w, p) for w, p in before if w.startswith("h1.")
     ]

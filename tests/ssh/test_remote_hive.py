@@ -6,7 +6,8 @@ import asyncio
 import json
 import os
 import re
-import secrets
+import ssl
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ import httpx
 import pytest
 from packaging.utils import canonicalize_name
 
-from rbee import __version__
+from rbee import __version__, clients
+from rbee.clients import use_identity
 from rbee.observe.ssh import probe
+from rbee.pki import expires_at
 from rbee.remote import REMOTE_VENV
 from rbee.remote.connect import connect
 from rbee.remote.daemon import start_hive, stop_hive
@@ -25,6 +28,7 @@ from rbee.remote.requirements import pins_for, read_lock
 from rbee.remote.wheelhouse import HIVE_LOCK, build_wheelhouse, project_dir
 from rbee.wire import WorkerArgs
 from tests.fixtures.netns import SshHost
+from tests.fixtures.pki import authority, client_tls, identity
 from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,11 +44,16 @@ def test_wheelhouse_is_reused_when_nothing_changed(wheelhouse_dir: Path) -> None
 
 
 def test_install_start_probe_stop_on_a_remote_host(
-    install_host: SshHost, wheelhouse_dir: Path
+    install_host: SshHost, wheelhouse_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The hive gets its TLS identity over SSH (never on a command line), serves mutual TLS
+    with it, and answers only the queen's certificate."""
     hive = install_host.hive(name="remote", port=7835)
-    token = secrets.token_urlsafe(16)
+    bundle = authority().issue("hive", hive.name, [hive.host])
     wheels = build_wheelhouse(wheelhouse_dir)
+    monkeypatch.setattr(clients, "_identity", None)  # restored after: process-wide state
+    use_identity(identity("queen", "queen"))  # as the queen calls its hives
+    anonymous = ssl.create_default_context(cafile=authority().directory / "ca.pem")
 
     async def scenario() -> None:
         async with await connect(hive) as conn:
@@ -54,21 +63,34 @@ def test_install_start_probe_stop_on_a_remote_host(
             # A second install finds everything in place and sends nothing.
             assert await install(conn, wheels, hive=hive.name) == __version__
 
-            pid = await start_hive(conn, hive, "http://10.0.0.1:7833", token)
+            pid = await start_hive(conn, hive, "http://10.0.0.1:7833", bundle)
             try:
-                async with httpx.AsyncClient(base_url=hive.url, timeout=5) as http:
+                assert hive.url.startswith("https://")
+                queen = client_tls("queen", "queen")
+                worker = client_tls("worker", "remote/w0")
+                async with httpx.AsyncClient(base_url=hive.url, verify=queen, timeout=5) as http:
                     health = (await http.get("/health")).json()
                     assert health["service"] == "rbee-hive" and health["pid"] == pid
-                    auth = {"Authorization": f"Bearer {token}"}
-                    assert (await http.get("/v1/models", headers=auth)).status_code == 200
-                    assert (await http.get("/v1/models")).status_code == 401
+                    assert health["tls_expires_at"] == expires_at(bundle).timestamp()
+                    assert (await http.get("/v1/models")).status_code == 200
+                async with httpx.AsyncClient(base_url=hive.url, verify=worker, timeout=5) as http:
+                    assert (await http.get("/v1/models")).status_code == 403
+                async with httpx.AsyncClient(
+                    base_url=hive.url, verify=anonymous, timeout=5
+                ) as http:
+                    with pytest.raises(httpx.TransportError):  # no certificate: no handshake
+                        await http.get("/v1/models")
+                kept = install_host.home / ".local/state/rbee/tls/hive.pem"
+                assert kept.read_bytes() == bundle
+                assert stat.S_IMODE(kept.stat().st_mode) == 0o600
                 processes = install_host.run("ps", "-eww", "-o", "args").stdout
-                assert "rbee-hive" in processes and token not in processes
+                key_line = bundle.decode().split("PRIVATE KEY-----\n")[1].splitlines()[0]
+                assert "rbee-hive" in processes and key_line not in processes
 
                 facts = await probe(hive)
                 assert facts.rbee_version == __version__
                 assert facts.hive_running and facts.hive_pid == pid and facts.hive_port == 7835
-                assert await start_hive(conn, hive, "http://10.0.0.1:7833", token) == pid
+                assert await start_hive(conn, hive, "http://10.0.0.1:7833", bundle) == pid
             finally:
                 assert await stop_hive(conn, hive=hive.name) is True
             assert await stop_hive(conn, hive=hive.name) is False
@@ -141,7 +163,8 @@ def test_a_host_with_another_python_gets_a_wheelhouse_it_installs_offline_and_se
         model_path=str(gguf),
         port=free_port(),
         ctx_size=512,
-        queen_url="http://127.0.0.1:9",
+        queen_url="https://127.0.0.1:9",
+        identity=str(identity("worker", "py312/w312")),
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RBEE_TOKEN")}
     with subprocess.Popen(args.command(str(venv / "bin" / "python")), env=env) as worker:
@@ -152,7 +175,12 @@ def test_a_host_with_another_python_gets_a_wheelhouse_it_installs_offline_and_se
                 assert time.monotonic() < deadline, "the worker did not load"
                 time.sleep(0.2)
             body = {"prompt": "The bee", "max_tokens": 4, "temperature": 0}
-            answer = httpx.post(f"{args.url}/v1/completions", json=body, timeout=60)
+            answer = httpx.post(
+                f"{args.url}/v1/completions",
+                json=body,
+                timeout=60,
+                verify=client_tls("queen", "queen"),
+            )
             assert answer.status_code == 200, answer.text
         finally:
             worker.kill()
@@ -160,6 +188,7 @@ def test_a_host_with_another_python_gets_a_wheelhouse_it_installs_offline_and_se
 
 def _idle(url: str) -> bool:
     try:
-        return bool(httpx.get(f"{url}/health", timeout=1).json()["state"] == "idle")
+        health = httpx.get(f"{url}/health", timeout=1, verify=client_tls("queen", "queen"))
+        return bool(health.json()["state"] == "idle")
     except (httpx.HTTPError, ValueError, KeyError):
         return False

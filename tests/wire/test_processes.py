@@ -21,15 +21,25 @@ WORKER = WorkerArgs(
     host="10.0.0.11",
     port=41234,
     threads=3,
+    identity="/home/rbee/.local/state/rbee/tls/workers/gpu1.gemma3-270m.0.pem",
 )
-HIVE = HiveArgs(host="10.0.0.11", port=7900, name="gpu1", queen_url="http://10.0.0.1:7833")
+HIVE = HiveArgs(
+    host="10.0.0.11",
+    port=7900,
+    name="gpu1",
+    queen_url="https://10.0.0.1:7834",
+    identity=".local/state/rbee/tls/hive.pem",
+)
 QUEEN = QueenArgs(
     host="0.0.0.0",
     port=7900,
+    cluster_port=7950,
     public_url="http://10.0.0.1:7900",
     db="/var/lib/rbee/queen.db",
     hive_check_interval=7.0,
     max_body_mb=2.5,
+    tls_cert="/etc/rbee/queen.crt",
+    tls_key="/etc/rbee/queen.key",
 )
 SAMPLES = pytest.mark.parametrize("args", [WORKER, HIVE, QUEEN], ids=["worker", "hive", "queen"])
 

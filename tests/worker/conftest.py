@@ -27,6 +27,10 @@ from starlette.routing import Route
 from tests.fixtures.ports import free_port
 
 START_TIMEOUT_S = 30.0
+#: The token of the tests' workers (a worker without TLS needs one).
+TOKEN = "worker-test-token"
+#: What a caller of those workers sends.
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -124,9 +128,10 @@ def launch_worker(
     directory: Path,
     *extra: str,
     slots: int = 1,
-    token: str | None = None,
+    token: str | None = TOKEN,
 ) -> Worker:
-    """Spawn `python -m rbee.worker.server` the way a hive does (flags, token by env only)."""
+    """Spawn `python -m rbee.worker.server` the way a hive without TLS does (flags, the token
+    by env only; `token=None`: none at all)."""
     worker_id = f"w-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
@@ -162,7 +167,7 @@ def start_worker(queen: FakeQueen, gguf: Path, tmp_path: Path) -> Iterator[Worke
     started: list[Worker] = []
 
     def start(
-        *extra: str, slots: int = 1, token: str | None = None, model: Path | None = None
+        *extra: str, slots: int = 1, token: str | None = TOKEN, model: Path | None = None
     ) -> Worker:
         path = gguf if model is None else model
         worker = launch_worker(queen.url, path, tmp_path, *extra, slots=slots, token=token)
@@ -180,7 +185,7 @@ def two_slots(
 ) -> Iterator[Worker]:
     """One loaded worker with 2 slots of 1 thread each, shared by a module's tests."""
     directory = tmp_path_factory.mktemp("worker")
-    worker = launch_worker(queen.url, gguf, directory, "--threads", "1", slots=2, token="s3cret")
+    worker = launch_worker(queen.url, gguf, directory, "--threads", "1", slots=2)
     try:
         worker.wait_ready()
         yield worker

@@ -26,7 +26,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.worker.conftest import FakeQueen, Worker, WorkerFactory, launch_worker, wait_until
+from tests.worker.conftest import (
+    HEADERS,
+    FakeQueen,
+    Worker,
+    WorkerFactory,
+    launch_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +57,7 @@ def four(queen: FakeQueen, gguf: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def _complete(worker: Worker, prompt: str, max_tokens: int = 40, **more: Any) -> dict[str, Any]:
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **more}
-    response = httpx.post(f"{worker.url}/v1/completions", json=body, timeout=120)
+    response = httpx.post(f"{worker.url}/v1/completions", json=body, headers=HEADERS, timeout=120)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
@@ -95,7 +102,11 @@ def _stream(worker: Worker, body: dict[str, Any], stamps: list[float], close_aft
     after that many chunks. The finish reason (or "closed")."""
     reason = "closed"
     with httpx.stream(
-        "POST", f"{worker.url}/v1/completions", json={**body, "stream": True}, timeout=120
+        "POST",
+        f"{worker.url}/v1/completions",
+        json={**body, "stream": True},
+        headers=HEADERS,
+        timeout=120,
     ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
@@ -170,7 +181,9 @@ def test_stop_strings_and_max_tokens_end_a_sequence(four: Worker) -> None:
 def test_the_next_chat_turn_reuses_the_kv_cells_of_the_last(four: Worker) -> None:
     def chat(messages: list[dict[str, str]]) -> str:
         body = {"messages": messages, "max_tokens": 16, "temperature": 0}
-        response = httpx.post(f"{four.url}/v1/chat/completions", json=body, timeout=60)
+        response = httpx.post(
+            f"{four.url}/v1/chat/completions", json=body, headers=HEADERS, timeout=60
+        )
         assert response.status_code == 200, response.text
         return str(response.json()["choices"][0]["message"]["content"])
 

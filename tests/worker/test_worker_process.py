@@ -16,20 +16,18 @@ import pytest
 
 from rbee.wire import Heartbeat
 from tests.fixtures.model import demo_model_path
-from tests.worker.conftest import FakeQueen, Worker, WorkerFactory, wait_until
+from tests.worker.conftest import HEADERS, TOKEN, FakeQueen, Worker, WorkerFactory, wait_until
 
 pytestmark = pytest.mark.slow
 
 HELLO = [{"role": "user", "content": "Write one sentence about bees."}]
-#: The cluster token of the `two_slots` worker (others have none and ignore the header).
-AUTH = {"authorization": "Bearer s3cret"}
 
 
 def _stream(url: str, path: str, body: dict[str, Any]) -> list[tuple[float, str]]:
     """Every SSE `data:` payload of a streamed request, with the time it arrived."""
     events: list[tuple[float, str]] = []
     with httpx.stream(
-        "POST", url + path, json={**body, "stream": True}, headers=AUTH, timeout=60
+        "POST", url + path, json={**body, "stream": True}, headers=HEADERS, timeout=60
     ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -71,7 +69,7 @@ def test_heartbeats_say_loading_then_idle_with_every_field(
         slots_total=2,
         slots_busy=0,
     )
-    assert idle.authorization == "Bearer s3cret"
+    assert idle.authorization == f"Bearer {TOKEN}"
 
 
 def test_a_worker_with_a_token_refuses_callers_without_it_on_loopback_too(
@@ -107,7 +105,7 @@ def test_a_streamed_chat_arrives_token_by_token_and_ends_with_done(two_slots: Wo
 def test_a_chat_without_stream_returns_the_whole_answer(two_slots: Worker) -> None:
     response = httpx.post(
         f"{two_slots.url}/v1/chat/completions",
-        headers=AUTH,
+        headers=HEADERS,
         json={"messages": HELLO, "max_tokens": 12, "temperature": 0.7, "top_p": 0.9},
         timeout=60,
     )
@@ -121,7 +119,7 @@ def test_a_chat_without_stream_returns_the_whole_answer(two_slots: Worker) -> No
 def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
     response = httpx.post(
         f"{two_slots.url}/v1/completions",
-        headers=AUTH,
+        headers=HEADERS,
         json={"prompt": "One, two, three, four,", "max_tokens": 16, "stop": ["seven"], "seed": 3},
         timeout=60,
     )
@@ -132,13 +130,16 @@ def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
 
 
 def test_models_lists_the_loaded_model(two_slots: Worker) -> None:
-    models = httpx.get(f"{two_slots.url}/v1/models", headers=AUTH, timeout=5).json()
+    models = httpx.get(f"{two_slots.url}/v1/models", headers=HEADERS, timeout=5).json()
     assert [entry["id"] for entry in models["data"]] == ["gemma3-270m"]
 
 
 def test_malformed_json_is_a_400_openai_error(two_slots: Worker) -> None:
     response = httpx.post(
-        f"{two_slots.url}/v1/chat/completions", content=b'{"messages": [', headers=AUTH, timeout=5
+        f"{two_slots.url}/v1/chat/completions",
+        content=b'{"messages": [',
+        headers=HEADERS,
+        timeout=5,
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
@@ -151,14 +152,14 @@ def test_a_prompt_longer_than_any_context_holds_is_refused_before_it_is_tokenize
     so a 400 that says so, not 4 s of tokenizing on the event loop first. The worker answers
     on: the next request is served."""
     body = {"prompt": "bee " * (7 << 18), "max_tokens": 1}
-    refused = httpx.post(f"{two_slots.url}/v1/completions", json=body, headers=AUTH, timeout=60)
+    refused = httpx.post(f"{two_slots.url}/v1/completions", json=body, headers=HEADERS, timeout=60)
     assert refused.status_code == 400, refused.text
     message = refused.json()["error"]["message"]
     assert message.startswith(
         f"the prompt is {7 << 20} bytes, more than this worker's context holds (512 tokens per "
     )  # launch_worker's --ctx-size
     small = {"prompt": "The bee", "max_tokens": 2}
-    answer = httpx.post(f"{two_slots.url}/v1/completions", json=small, headers=AUTH, timeout=60)
+    answer = httpx.post(f"{two_slots.url}/v1/completions", json=small, headers=HEADERS, timeout=60)
     assert answer.status_code == 200
 
 
@@ -190,7 +191,7 @@ def test_two_slots_generate_two_answers_at_once(queen: FakeQueen, two_slots: Wor
 def test_a_client_that_disconnects_frees_its_slot_at_once(two_slots: Worker) -> None:
     body = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": True}
     with httpx.stream(
-        "POST", f"{two_slots.url}/v1/completions", json=body, headers=AUTH, timeout=60
+        "POST", f"{two_slots.url}/v1/completions", json=body, headers=HEADERS, timeout=60
     ) as stream:
         lines = stream.iter_lines()
         for _ in range(3):
@@ -216,7 +217,9 @@ def test_sigterm_drains_in_flight_requests_then_exits(
     wait_until(lambda: worker.health()["slots_busy"] == 1, 10, "the request to start")
     worker.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: worker.health()["state"] == "draining", 2, "state draining")
-    refused = httpx.post(f"{worker.url}/v1/completions", json={"prompt": "Hi"}, timeout=5)
+    refused = httpx.post(
+        f"{worker.url}/v1/completions", json={"prompt": "Hi"}, headers=HEADERS, timeout=5
+    )
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "draining"
     streaming.join(timeout=30)
@@ -231,12 +234,28 @@ def test_the_demo_model_answers_through_its_own_chat_template(
     worker = start_worker(model=demo_model_path())
     worker.wait_ready()
     body = {"messages": HELLO, "max_tokens": 48, "temperature": 0}
-    response = httpx.post(worker.url + "/v1/chat/completions", json=body, timeout=60)
+    response = httpx.post(
+        worker.url + "/v1/chat/completions", json=body, headers=HEADERS, timeout=60
+    )
     assert response.status_code == 200, response.text
     answer = response.json()["choices"][0]["message"]["content"]
     # SmolLM2 answers the question (gemma, a base model, rambles on from the prompt instead).
     assert answer.startswith("Bees are"), answer
     assert "<|im_" not in answer
+
+
+def test_a_worker_without_a_token_or_an_identity_refuses_to_start(
+    start_worker: WorkerFactory,
+) -> None:
+    """Neither RBEE_TOKEN nor --identity: it would answer anyone on the machine, around the
+    queen's keys and limits. One line, exit 1, nothing listening."""
+    worker = start_worker(token=None)
+    assert worker.proc.wait(timeout=30) == 1
+    stderr = worker.stderr.read_text()
+    assert "needs --identity or RBEE_TOKEN" in stderr
+    assert "Traceback" not in stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{worker.url}/health", timeout=2)
 
 
 def test_a_port_in_use_is_one_line_and_exit_1(queen: FakeQueen) -> None:
@@ -256,3 +275,21 @@ def test_a_port_in_use_is_one_line_and_exit_1(queen: FakeQueen) -> None:
         f"error: port {port} on 127.0.0.1 is already in use "
         "(stop what listens there or choose another --port)"
     ]
+
+
+def test_a_stream_announces_its_prompts_tokens_in_its_head(two_slots: Worker) -> None:
+    """The queen counts a stream's prompt against the key's tpm from this header: the same
+    count the answer's usage gives without streaming."""
+    body = {"prompt": "The bee flies over the", "max_tokens": 2, "temperature": 0}
+    whole = httpx.post(f"{two_slots.url}/v1/completions", json=body, headers=HEADERS, timeout=60)
+    expected = whole.json()["usage"]["prompt_tokens"]
+    with httpx.stream(
+        "POST",
+        f"{two_slots.url}/v1/completions",
+        json={**body, "stream": True},
+        headers=HEADERS,
+        timeout=60,
+    ) as streamed:
+        streamed.read()
+    assert expected > 3
+    assert streamed.headers["x-rbee-prompt-tokens"] == str(expected)

@@ -7,6 +7,7 @@ offset: a download that was cut off continues where it stopped.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +27,9 @@ class Resolved:
     sha256: str | None = field(default=None, metadata={"doc": "published by the source"})
     revision: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: How the server's certificate is checked: True (the system's CAs) or a context (a peer
+    #: hive: the cluster CA, this hive's own certificate presented).
+    verify: ssl.SSLContext | bool = True
     #: A model in parts (a split GGUF): each part, in order; `size` is their sum.
     parts: tuple[Resolved, ...] = ()
 

@@ -70,7 +70,12 @@ def _attempt(resolved: Resolved, sink: Sink, progress: Progress) -> None:
         headers["Range"] = f"bytes={start}-"
     try:
         with httpx.stream(
-            "GET", resolved.url, headers=headers, follow_redirects=True, timeout=_TIMEOUT
+            "GET",
+            resolved.url,
+            headers=headers,
+            follow_redirects=True,
+            timeout=_TIMEOUT,
+            verify=resolved.verify,
         ) as response:
             total = _check(response, resolved, start, sink)
             if total is not None and sink.offset == total:
