@@ -31,6 +31,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from rbee.pki import client_context
+from tests.fixtures.capture import capture
 from tests.fixtures.cluster import run_rbee
 from tests.fixtures.hub import fake_hub
 from tests.fixtures.netns import SshHost, netns_hosts, require_lab
@@ -211,6 +212,80 @@ def test_inference_through_the_queen_reaches_every_hive(net: NetworkCluster) -> 
         assert response.status_code == 200, response.text
         served.add(response.headers["x-rbee-worker"])
     assert served == {"h0.gemma3-270m.0", "h1.gemma3-270m.0", "h2.gemma3-270m.0"}
+
+
+def test_a_tap_on_the_lan_sees_no_token_no_key_and_no_prompt(net: NetworkCluster) -> None:
+    """A raw capture on every hive's link to the bridge, through a plan, an apply and
+    inference with an API key: what crosses the LAN between queen, hives and workers is TLS
+    (and SSH): no token, no key, no prompt, no HTTP in clear."""
+    marker = secrets.token_hex(12)
+    made = httpx.post(
+        f"{net.queen_url}/v1/keys",
+        json={"name": f"tap-{marker[:6]}", "scope": "inference"},
+        headers={"authorization": f"Bearer {net.token}"},
+        timeout=10,
+    )
+    key = made.json()["key"]
+    body = {
+        "model": "gemma3-270m",
+        "messages": [{"role": "user", "content": f"Repeat after me: {marker}"}],
+        "max_tokens": 4,
+    }
+    with contextlib.ExitStack() as taps:
+        seen = [taps.enter_context(capture(host.veth)) for host in net.hosts]
+        net.rbee("plan")
+        net.rbee("apply", "--auto-approve")
+        for stream in (False, True, False, True):
+            answer = httpx.post(
+                f"{net.queen_url}/v1/chat/completions",
+                json={**body, "stream": stream},
+                headers={"authorization": f"Bearer {key}"},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+    wire = b"".join(tap.data for tap in seen)
+    assert sum(tap.size() for tap in seen) > 20_000  # the tap saw the traffic
+    for secret in (net.token, key, marker, "Repeat after me"):
+        assert secret.encode() not in wire, secret
+    for clear in (b"HTTP/1.1", b"POST /v1/", b"/v1/workers/heartbeat", b"authorization"):
+        assert clear not in wire, clear
+
+
+def test_a_third_host_without_a_certificate_completes_no_request(net: NetworkCluster) -> None:
+    """From another machine of the LAN (a namespace host of its own), trusting the cluster's
+    CA but holding no certificate of it: a hive and a worker elsewhere answer nothing."""
+    stranger, target = net.hosts[2], net.hosts[0]
+    [worker] = [w for w in net.get("/v1/workers") if w["hive"] == f"h{target.index}"]
+    ca = Path(tempfile.mkdtemp(prefix="rbee-stranger-")) / "ca.pem"
+    shutil.copyfile(net.home / ".local/state/rbee/tls/ca.pem", ca)
+    ca.parent.chmod(0o755)
+    ca.chmod(0o644)
+    script = (
+        "import ssl, sys, urllib.request\n"
+        "context = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "context.check_hostname = False\n"
+        "for url in sys.argv[2:]:\n"
+        "    try:\n"
+        "        with urllib.request.urlopen(url, timeout=5, context=context) as answer:\n"
+        "            print(answer.status)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__)\n"
+    )
+    urls = [
+        f"https://{target.address}:7835/v1/models",
+        f"https://{target.address}:7835/v1/worker-processes",
+        f"{worker['url']}/v1/models",
+    ]
+    try:
+        tried = stranger.run("python3", "-c", script, str(ca), *urls).stdout.split()
+    finally:
+        shutil.rmtree(ca.parent, ignore_errors=True)
+    assert len(tried) == len(urls)
+    assert not any(outcome.isdigit() for outcome in tried), tried
+    # The same requests with the queen's certificate are answered: the refusal is the
+    # missing certificate, not the network.
+    for url in urls:
+        assert httpx.get(url, verify=net.as_queen(), timeout=5).status_code == 200
 
 
 def test_network_hives_and_their_workers_logs_come_through_the_queen(
