@@ -145,6 +145,8 @@ def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
     except psutil.NoSuchProcess:
         return health.pid
     client.shutdown()
+    # Our kept-alive connection would hold the queen's graceful shutdown (5 s over TLS).
+    client.close()
     if not wait_gone(queen, timeout_s):
         raise RbeeError(f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s")
     return health.pid
