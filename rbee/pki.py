@@ -49,6 +49,7 @@ __all__ = [
     "due",
     "expires_at",
     "peer_of",
+    "public_context",
     "server_context",
     "tls_name",
     "write_private",
@@ -170,9 +171,7 @@ class Identity:
         """A TLS server context presenting this certificate to any client (the queen's front
         door, where callers show API keys, not certificates)."""
         if self._front is None:
-            self._front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._front.minimum_version = ssl.TLSVersion.TLSv1_2
-            self._front.load_cert_chain(self.path)
+            self._front = public_context(self.path)
         return self._front
 
     def replace(self, bundle: bytes) -> None:
@@ -205,6 +204,15 @@ def tls_name(role: Role, name: str) -> str:
     for): a hash of the name, as names may hold what DNS names may not."""
     digest = hashlib.sha256(name.encode()).hexdigest()[:32]
     return f"{digest}.{role}.rbee.internal"
+
+
+def public_context(cert: Path | str, key: Path | str | None = None) -> ssl.SSLContext:
+    """A TLS server context presenting `cert` (with `key`, or a key in the same file) and
+    asking clients for no certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def server_context(bundle: Path, *, require_client: bool = True) -> ssl.SSLContext:

@@ -29,7 +29,7 @@ import rbee
 from rbee.apply.lock import LockNotFound
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive, check_references
-from rbee.daemon import PEER, ASGIApp, PeerAuth, own_names
+from rbee.daemon import PEER, ASGIApp, BrowserGuard, PeerAuth, own_names
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
 from rbee.pki import Identity, Peer
@@ -568,7 +568,8 @@ def _limit(request: Request, default: int = 20) -> int:
 
 def cluster_app(queen: QueenState) -> ASGIApp:
     """The queen's cluster listener (mutual TLS): where workers heartbeat. Nothing else is
-    served there, and only to a worker's certificate."""
+    served there, and only to a worker's certificate; what only a browser sends is refused
+    first, as on every listener."""
     app = Starlette(
         routes=[
             Route("/health", health),
@@ -577,4 +578,5 @@ def cluster_app(queen: QueenState) -> ASGIApp:
         exception_handlers={_Refused: _refused},
     )
     app.state.queen = queen
-    return PeerAuth(app, lambda role, method, path: role == "worker")
+    guarded = PeerAuth(app, lambda role, method, path: role == "worker")
+    return BrowserGuard(guarded, own_names(urlsplit(queen.control.queen_url).hostname))

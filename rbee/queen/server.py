@@ -21,7 +21,7 @@ from rbee.daemon import Listener, bind, env_token, fail, listen, run_daemon
 from rbee.errors import RbeeError
 from rbee.net import LOOPBACK, LOOPBACK_NAMES, http_url, https_url
 from rbee.paths import state_dir
-from rbee.pki import Authority, Identity, write_private
+from rbee.pki import Authority, Identity, public_context, write_private
 from rbee.queen.app import cluster_app, create_app
 from rbee.queen.store import Store
 from rbee.wire import QueenArgs
@@ -77,13 +77,10 @@ def _front_tls(args: QueenArgs, identity: Identity) -> ssl.SSLContext | None:
         return None
     if args.tls_cert == "own":
         return identity.front()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+        return public_context(args.tls_cert, args.tls_key)
     except (OSError, ValueError) as exc:
         fail(RbeeError(f"cannot serve TLS with --tls-cert {args.tls_cert}: {exc}"))
-    return context
 
 
 def _cluster_port(args: QueenArgs) -> int:

@@ -3,11 +3,14 @@ and every connection from then on meets the new certificate; nothing else may re
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
 from pathlib import Path
 
+import httpx
+import pytest
 from cryptography import x509
 
 from rbee.pki import Authority, Identity, due, write_private
@@ -59,9 +62,21 @@ def test_only_the_queen_renews_and_only_with_the_clusters_ca(
         assert refused.status_code == 422
         assert "CA" in refused.text
         assert queen.put("/v1/identity", json={"bundle": "not a pem"}).status_code == 422
+    bundle = _bundle(20, hive.name).decode()
     with hive.client("hive", "a-peer") as peer:
-        bundle = _bundle(20, hive.name).decode()
         assert peer.put("/v1/identity", json={"bundle": bundle}).status_code == 403
+    # Without a certificate nothing is answered; as a page would send it, it is refused.
+    anonymous = ssl.create_default_context(cadata=authority().ca_pem.decode())
+    anonymous.check_hostname = False
+    with pytest.raises(httpx.TransportError), httpx.Client(verify=anonymous, timeout=5) as bare:
+        bare.put(f"{hive.url}/v1/identity", json={"bundle": bundle})
+    with hive.client() as queen:
+        cross = queen.put(
+            "/v1/identity",
+            content=json.dumps({"bundle": bundle}),
+            headers={"content-type": "text/plain", "origin": "https://evil.example"},
+        )
+        assert cross.status_code in (403, 415), cross.text
     assert _serial_seen(hive) == before
 
 

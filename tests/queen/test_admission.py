@@ -6,6 +6,7 @@ A real queen process; scripted workers (tests/fixtures/scripted.py) hold slots f
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,14 @@ def test_heartbeats_need_the_certificate_of_the_worker_they_name(
     # Its own certificate, but a worker that serves plain HTTP: 422 (no prompt in clear).
     plain = {**beat, "url": scripted.worker("ok").replace("https://", "http://")}
     assert queen.beat(plain).status_code == 422
+    # Its own certificate, but sent as a page would send it cross-site (text/plain).
+    with httpx.Client(verify=client_tls("worker", "local/intruder"), timeout=5) as page:
+        cross = page.post(
+            f"{queen.cluster_url}/v1/workers/heartbeat",
+            content=json.dumps(beat),
+            headers={"content-type": "text/plain", "origin": "https://evil.example"},
+        )
+    assert cross.status_code in (403, 415), cross.text
     assert "intruder" not in queen.listed()
     assert queen.beat(beat).status_code == 204  # the right certificate is all it takes
     assert "intruder" in queen.listed()

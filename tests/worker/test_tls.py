@@ -5,6 +5,7 @@ process squatting on the queen's address while the queen is down learns nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import time
 from pathlib import Path
@@ -65,8 +66,16 @@ def test_only_the_queens_certificate_may_call_the_worker(gguf: Path, tmp_path: P
             time.sleep(0.2)
         assert answer.status_code == 200, answer.text
         # Another role of the same CA is refused; no certificate at all never gets an answer.
+        renewal = {"bundle": identity("worker", "test-hive/tls-worker").read_text()}
         with httpx.Client(verify=client_tls("hive", "test-hive"), timeout=5) as hive:
             assert hive.post(f"{url}/v1/completions", json=body).status_code == 403
+            assert hive.put(f"{url}/v1/identity", json=renewal).status_code == 403
+        cross = queen.put(
+            f"{url}/v1/identity",
+            content=json.dumps(renewal),
+            headers={"content-type": "text/plain", "origin": "https://evil.example"},
+        )
+        assert cross.status_code in (403, 415), cross.text
         anonymous = ssl.create_default_context()
         anonymous.load_verify_locations(identity("queen", "queen"))
         anonymous.check_hostname = False
