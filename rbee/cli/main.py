@@ -330,10 +330,16 @@ def apply(
     else:
         cluster = load_cluster(file)
         client = connect(cluster.queen)
-        if not auto_approve:
-            _confirm(Plan.model_validate(client.plan(_desired(cluster), **options)))
         source = applied_source(file).model_dump()
-        events = client.apply(_desired(cluster), parallelism, **options, **lock, source=source)
+        if auto_approve:
+            # The queen plans under the lock; the plan it streams first is the plan it runs.
+            events = client.apply(_desired(cluster), parallelism, **options, **lock, source=source)
+        else:
+            # What the user approves is what runs: the plan shown goes back as a saved plan,
+            # executed exactly or refused as stale if the cluster moved while they read it.
+            shown = client.plan(_desired(cluster), **options)
+            _confirm(Plan.model_validate(shown))
+            events = client.apply(None, parallelism, saved_plan=shown, **lock, source=source)
     started_at = time.monotonic()
     summary: SummaryEvent | None = None
     if as_json:

@@ -198,8 +198,9 @@ class Control:
             now = observed_digest(await self.observe(cluster, connections))
             if now != saved.observed_digest:
                 raise RbeeError(
-                    "saved plan is stale: the cluster changed since the plan was made",
-                    hint="run `rbee plan --out FILE` again and apply the new plan",
+                    "the plan is stale: the cluster changed since it was made; nothing was done",
+                    hint="plan again: `rbee apply` shows the new plan, `rbee plan --out FILE` "
+                    "saves it",
                 )
             the_plan = saved
         await emit(PlanEvent(plan=the_plan.model_dump(mode="json")))

@@ -375,6 +375,6 @@ def test_apply_of_a_plan_the_cluster_moved_past_fails_as_stale(
     apply = ci.run(pipeline.apply, "main")
     assert not apply.ok
     assert apply.results[-1].returncode == 1
-    assert "saved plan is stale" in apply.results[-1].stderr, apply.log()
+    assert "the plan is stale" in apply.results[-1].stderr, apply.log()
     assert "Traceback" not in apply.results[-1].stderr
     assert queen.worker_ids(ci) == ["local.gemma3-270m.0"]

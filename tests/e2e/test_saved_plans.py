@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +54,7 @@ def test_saved_plan_is_refused_as_stale_after_the_cluster_changed(
     cluster.wait_workers(1)
     result = cluster.rbee("apply", str(saved), check=False)
     assert result.returncode == 1
-    assert "saved plan is stale" in result.stderr
+    assert "the plan is stale" in result.stderr
     assert "Traceback" not in result.stderr
     # Nothing was done: the other worker still runs.
     assert [w["worker_id"] for w in cluster.workers()] == ["local.gemma3-270m.1"]
@@ -90,3 +95,69 @@ def test_apply_json_streams_one_event_per_line_for_ci_logs(cluster: LocalCluster
     summary = events[-1]
     assert summary["ok"] and summary["done"] == ["worker.local.gemma3-270m[0]"]
     assert "Apply complete" not in result.stdout  # stdout is JSON lines only
+
+
+class _Interactive:
+    """`rbee apply` at a terminal: stdin is a pty (so it asks), stdout a pipe read as it comes."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self._master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rbee.cli", "apply", "-f", str(cluster.config)],
+            env=cluster.env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        self.shown = ""
+
+    def wait_for_question(self, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while "Only 'yes' will be accepted" not in self.shown:
+            assert time.monotonic() < deadline, f"no question; saw {self.shown!r}"
+            ready, _, _ = select.select([self.proc.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 4096).decode()
+                assert chunk, f"rbee apply ended before asking; saw {self.shown!r}"
+                self.shown += chunk
+        return self.shown
+
+    def answer(self, text: str) -> tuple[int, str, str]:
+        os.write(self._master, f"{text}\n".encode())
+        out, err = self.proc.communicate(timeout=240)
+        os.close(self._master)
+        return self.proc.returncode, out, err
+
+
+def test_interactive_apply_runs_the_plan_it_showed_or_nothing(cluster: LocalCluster) -> None:
+    """The user approves a plan, not a YAML: a worker dying between the plan shown and `yes`
+    makes it stale (the queen would now plan two workers, not one), and nothing runs."""
+    cluster.write(replicas=1)
+    cluster.rbee("apply", "--auto-approve")
+    [before] = cluster.wait_workers(1)
+    cluster.write(replicas=2)
+    asking = _Interactive(cluster)
+    shown = asking.wait_for_question()
+    assert "+ worker.local.gemma3-270m[1]" in shown and "[0]" not in shown
+    os.kill(before["pid"], signal.SIGKILL)
+    cluster.wait_workers(0)
+    code, _, err = asking.answer("yes")
+    assert code == 1
+    assert "the plan is stale" in err and "nothing was done" in err
+    assert "Traceback" not in err
+    time.sleep(1)  # a different plan would have spawned two workers by now
+    assert cluster.workers() == []
+    history = cluster.rbee("history", "--json").stdout
+    assert "stale" in json.loads(history)[0]["error"]
+
+    # Unchanged between the question and `yes`: exactly the plan shown runs.
+    asking = _Interactive(cluster)
+    shown = asking.wait_for_question()
+    assert "+ worker.local.gemma3-270m[0]" in shown and "+ worker.local.gemma3-270m[1]" in shown
+    code, out, err = asking.answer("yes")
+    assert code == 0, err
+    assert "Apply complete! 2 actions" in out
+    assert len(cluster.wait_workers(2)) == 2
