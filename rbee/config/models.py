@@ -345,6 +345,12 @@ class SelfHeal(_Strict):
     max_per_hour: int = Field(
         default=60, ge=1, le=100_000, description="healing actions at most per hour"
     )
+    silent_after: Duration = Field(
+        default=120.0,
+        description="a worker its hive lists that has not heartbeated to the queen this long "
+        "after it started is replaced (workers beat while they load; a queen that just "
+        "started first waits one heartbeat TTL for them)",
+    )
 
 
 class ReplicaRange(_Strict):

@@ -65,3 +65,9 @@ class Observed(BaseModel):
         description="workers (id → pid) that heartbeated, then stopped: hung or dead",
     )
     sources: dict[str, SourceFacts] = {}
+    heard_from: float = Field(
+        default=0.0,
+        description="since when (epoch seconds) a missing heartbeat means a silent worker: "
+        "the queen's start plus the heartbeat TTL, so a restarted queen adopts workers that "
+        "have not had the time to beat to it yet",
+    )

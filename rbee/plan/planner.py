@@ -29,11 +29,7 @@ from rbee.plan.resources import (
 )
 from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
 
-__all__ = ["SILENT_GRACE_S", "plan", "scale_up_action"]
-
-# A worker process this old that never heartbeated is hung, not loading.
-SILENT_GRACE_S = 120.0
-
+__all__ = ["plan", "scale_up_action"]
 
 def plan(
     desired: Cluster,
@@ -461,9 +457,13 @@ class _Context:
         return wanted, running[elastic.max :], f"replicas {elastic}, {live} live"
 
     def _silent(self, proc: WorkerProcess) -> bool:
-        if (proc.worker_id, proc.pid) in self.heartbeats or not self.observed.at:
+        """Never heard, though it had the time: started long ago, and this queen has listened
+        for its heartbeats for a whole TTL (a restarted queen has not, at first)."""
+        at = self.observed.at
+        if (proc.worker_id, proc.pid) in self.heartbeats or not at:
             return False
-        return self.observed.at - proc.started_at > SILENT_GRACE_S
+        grace = self.desired.self_heal.silent_after
+        return at - proc.started_at > grace and at >= self.observed.heard_from
 
 
 def _share_transfers(actions: list[Action], desired: Cluster, observed: Observed) -> list[Action]:

@@ -121,7 +121,11 @@ class Control:
             resolve_sources(cluster.models),
         )
         return observed.model_copy(
-            update={"sources": sources, "silenced": self.registry.silenced()}
+            update={
+                "sources": sources,
+                "silenced": self.registry.silenced(),
+                "heard_from": self.registry.heard_from,
+            }
         )
 
     async def observe_quick(self, cluster: Cluster) -> Observed:
@@ -129,7 +133,9 @@ class Control:
         SSH probe, no Hub request: a heal never upgrades or installs)."""
         views = [self.registry.view(r) for r in self.registry.live()]
         observed = await observe(cluster.hives, views)
-        return observed.model_copy(update={"silenced": self.registry.silenced()})
+        return observed.model_copy(
+            update={"silenced": self.registry.silenced(), "heard_from": self.registry.heard_from}
+        )
 
     async def plan(self, cluster: Cluster, options: PlanOptions | None = None) -> Plan:
         """Observe now and plan `cluster` against it."""

@@ -86,6 +86,9 @@ class Registry:
     ) -> None:
         self._ttl = interval_s * missed
         self._clock = clock
+        # Wall time from which a worker that never beat here is silent: a restarted queen
+        # first gives every worker one TTL to find it.
+        self.heard_from = time.time() + self._ttl
         self._workers: dict[str, WorkerRecord] = {}
         # Workers dropped on purpose, by id → pid: a stopping worker's last beats are ignored.
         self._retired: dict[str, int] = {}

@@ -31,7 +31,11 @@ WORKER = "worker.local.gemma3-270m[0]"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, gguf: Path) -> Iterator[LocalCluster]:
     the_cluster = new_cluster(
-        tmp_path_factory.mktemp("home"), gguf, self_heal="{interval: 2s, max_per_hour: 100}"
+        tmp_path_factory.mktemp("home"),
+        gguf,
+        # A worker that never beat for 8 s is silent: the restart tests below see the heal at
+        # a queen's start meet workers older than that, which must be adopted, not replaced.
+        self_heal="{interval: 2s, max_per_hour: 100, silent_after: 8s}",
     )
     the_cluster.rbee("apply", "--auto-approve")
     yield the_cluster
@@ -238,6 +242,34 @@ def test_the_queen_killed_and_restarted_as_its_unit_would_serves_within_5_s(
         _in_sync(cluster)
     finally:
         assert psutil.pid_exists(restarted.pid)
+
+
+def _live_count(cluster: LocalCluster) -> int | None:
+    try:
+        return len(cluster.workers())
+    except httpx.TransportError:
+        return None  # not listening yet
+
+
+def test_five_queen_restarts_replace_no_healthy_worker(cluster: LocalCluster) -> None:
+    """SIGKILL, then the unit's command or `rbee queen start`, five times: each new queen heals
+    at once, before the worker's next heartbeat, and must adopt the worker, not replace it."""
+    worker = _worker(cluster)
+    assert time.time() - psutil.Process(worker["pid"]).create_time() > 8  # past silent_after
+    heals = len(_heals(cluster))
+    for restart in range(5):
+        os.kill(_queen_pid(cluster), signal.SIGKILL)
+        if restart % 2:
+            cluster.rbee("queen", "start")
+        else:
+            cluster.restart_queen_as_its_unit_would()
+        wait_until("the worker to beat to the new queen", lambda: _live_count(cluster) == 1)
+        time.sleep(1)  # the start's heal has run (and, before the fix, began a replace)
+    time.sleep(3)  # one more periodic check (2 s) after the last start
+    assert [w["pid"] for w in cluster.workers()] == [worker["pid"]]
+    assert psutil.pid_exists(worker["pid"])
+    assert len(_heals(cluster)) == heals
+    _in_sync(cluster)
 
 
 def test_a_worker_that_crashes_at_load_is_left_down_after_three_tries(

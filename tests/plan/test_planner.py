@@ -277,3 +277,26 @@ def test_a_range_below_min_spawns_the_lowest_free_replicas_up_to_min_only() -> N
 def test_a_range_above_max_stops_the_highest_replicas_down_to_max_only() -> None:
     actions = _case("range_above_max_stops_the_highest_down_to_max").actions
     assert [(a.op, a.pid) for a in actions] == [("delete", 101), ("delete", 102)]
+
+
+@pytest.mark.parametrize(
+    ("heard_from", "replaced"),
+    [(100_001.0, False), (99_999.0, True)],
+    ids=["queen-just-restarted", "queen-listened-a-whole-ttl"],
+)
+def test_a_never_heard_worker_is_silent_only_once_the_queen_could_have_heard_it(
+    heard_from: float, replaced: bool
+) -> None:
+    """A worker that started long ago and never beat to this queen: replaced only when the
+    queen has listened for heartbeats for a whole TTL, never right after a queen restart."""
+    doc: dict[str, Any] = YAML(typ="safe").load((CASES / "in_sync.yaml").read_text())
+    observed = doc["observed"]
+    observed["hives"]["local"]["workers"][0]["started_at"] = observed["at"] - 1000  # loaded
+    observed.update(registry=[], heard_from=heard_from)
+    the_plan = plan(
+        Cluster.model_validate(doc["desired"]), Observed.model_validate(observed), QUEEN
+    )
+    reasons = [a.reason for a in the_plan.actions if a.op == "replace"]
+    assert reasons == (
+        ["alive but silent: no heartbeat reached the queen: worker restarts"] if replaced else []
+    )
