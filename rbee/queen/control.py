@@ -16,6 +16,7 @@ from rbee.defaults import SSH_IDLE_S
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
 from rbee.observe.sources import resolve_sources
+from rbee.plan.desired import desired_after
 from rbee.plan.digest import observed_digest
 from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
@@ -212,16 +213,16 @@ class Control:
         await emit(PlanEvent(plan=the_plan.model_dump(mode="json")))
         previous = self._desired.hives if self._desired else []
         hives = {h.name: h for h in [*previous, *cluster.hives]}
-        # A targeted apply changes part of the cluster: what the queen knows as declared grows
-        # only by a whole apply.
-        if not the_plan.targets:
-            self._set_desired(cluster)
-            self.hive_registry.register(cluster.hives)
+        # A targeted apply changes its targets only: self-heal must not go on to build what
+        # the target left out.
+        desired = desired_after(self._desired, cluster, the_plan.targets)
+        self._set_desired(desired)
+        self.hive_registry.register(desired.hives)
         lock_id = self._held.id if self._held else None
         apply_id = self.store.begin_apply(
             holder,
             the_plan.counts(),
-            cluster.model_dump(mode="json"),
+            desired.model_dump(mode="json"),
             lock_id=lock_id,
             source=source,
         )

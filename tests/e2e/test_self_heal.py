@@ -272,6 +272,23 @@ def test_five_queen_restarts_replace_no_healthy_worker(cluster: LocalCluster) ->
     _in_sync(cluster)
 
 
+def test_a_targeted_apply_widens_nothing_self_heal_builds(cluster: LocalCluster) -> None:
+    """The YAML now wants two replicas, but the apply targets the model only: neither that
+    queen nor the next one (restarted, reading the stored desired state) spawns replica 1."""
+    [worker] = cluster.wait_workers(1)
+    cluster.write(replicas=2)
+    try:
+        cluster.rbee("apply", "--auto-approve", "--target", "model.local.gemma3-270m")
+        os.kill(_queen_pid(cluster), signal.SIGKILL)
+        cluster.restart_queen_as_its_unit_would()
+        wait_until("the worker to beat to the new queen", lambda: _live_count(cluster) == 1)
+        time.sleep(3)  # the start's heal and a periodic one have run
+        assert [w["pid"] for w in cluster.workers()] == [worker["pid"]]
+        assert _status(cluster)["sync"]["state"] == "in_sync"
+    finally:
+        cluster.write(replicas=1)
+
+
 def test_a_worker_that_crashes_at_load_is_left_down_after_three_tries(
     cluster: LocalCluster,
 ) -> None:
