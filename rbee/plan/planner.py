@@ -31,6 +31,7 @@ from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntr
 
 __all__ = ["plan", "scale_up_action"]
 
+
 def plan(
     desired: Cluster,
     observed: Observed,
