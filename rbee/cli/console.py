@@ -1,4 +1,5 @@
-"""The keeper's two consoles, stdout and stderr, made on first use.
+"""The keeper's two consoles, stdout and stderr, made on first use, and how an expected
+failure is printed on stderr.
 
 Every command module prints through these. rich is imported when something is first
 printed, so a command that prints nothing through them (`rbee validate` on success, `--help`)
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["err", "out"]
+    from rbee.errors import RbeeError
+
+__all__ = ["err", "out", "print_error"]
 
 
 class _OnFirstUse:
@@ -42,3 +45,13 @@ class _OnFirstUse:
 
 out = cast("Console", _OnFirstUse())
 err = cast("Console", _OnFirstUse(stderr=True))
+
+
+def print_error(exc: RbeeError) -> None:
+    """`exc` as the keeper shows an expected failure: a red line, and its hint dimmed. The
+    message is printed as written: it may quote the YAML, where `[/red]` is no markup."""
+    from rich.markup import escape
+
+    err.print(f"[red]Error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]hint: {escape(exc.hint)}[/dim]", highlight=False, soft_wrap=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rbee.cli.console import out
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
+from rbee.cli.options import DEFAULT_CONFIG, AsJson, ConfigFile
+from rbee.cli.reach import client_for_yaml
 from rbee.errors import RbeeError
 
 if TYPE_CHECKING:
-    from rbee.clients import QueenClient
     from rbee.wire import HiveRecord
 
 __all__ = ["hive_app"]
@@ -23,16 +22,7 @@ __all__ = ["hive_app"]
 hive_app = typer.Typer(
     help="The hives the queen manages.", no_args_is_help=True, rich_markup_mode=None
 )
-
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
-
-
-def _client(file: Path) -> QueenClient:
-    """The queen of the YAML in `file` (never started here: these commands only look)."""
-    from rbee.cli.local_queen import client_for
-    from rbee.config.load import load_cluster
-
-    return client_for(load_cluster(file).queen)
+# These commands only look: they reach the queen (`client_for_yaml`), never start one.
 
 
 def _when(stamp: float | None) -> str:
@@ -64,7 +54,7 @@ def _show(records: list[HiveRecord]) -> None:
 @hive_app.command("list")
 def list_hives(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> None:
     """List registered hives with their last health check (every 15 s)."""
-    records = _client(file).hives()
+    records = client_for_yaml(file).hives()
     if as_json:
         sys.stdout.write(json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n")
     elif not records:
@@ -80,7 +70,7 @@ def get_hive(
     as_json: AsJson = False,
 ) -> None:
     """Show one hive as the queen last saw it."""
-    record = _client(file).hive(name)
+    record = client_for_yaml(file).hive(name)
     if as_json:
         sys.stdout.write(record.model_dump_json(indent=2) + "\n")
     else:
@@ -94,7 +84,7 @@ def hive_status(
     as_json: AsJson = False,
 ) -> None:
     """Check one hive's health now; exit 1 when it is offline."""
-    record = _client(file).hive(name, refresh=True)
+    record = client_for_yaml(file).hive(name, refresh=True)
     if as_json:
         sys.stdout.write(record.model_dump_json(indent=2) + "\n")
     else:
@@ -110,7 +100,7 @@ def refresh_capabilities(
     as_json: AsJson = False,
 ) -> None:
     """Ask the hive for its CPUs, RAM, GPUs and backends now, and keep them in the registry."""
-    record = _client(file).refresh_capabilities(name)
+    record = client_for_yaml(file).refresh_capabilities(name)
     caps = record.capabilities
     if caps is None:
         raise RbeeError(f"hive {name} reported no capabilities")
@@ -138,7 +128,7 @@ def ssh_test(
     Exit 1 when the host cannot be reached (unknown or changed host key, refused key, port
     closed, host down); the message says which.
     """
-    from rbee.cli.local_queen import client_for
+    from rbee.cli.reach import client_for
     from rbee.config.load import load_cluster
 
     cluster = load_cluster(file)
@@ -165,7 +155,7 @@ def ssh_test(
 @hive_app.command("import-ssh")
 def import_ssh(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Print the queen's ~/.ssh/config Host entries as YAML hive stanzas to paste."""
-    body = _client(file).import_ssh()
+    body = client_for_yaml(file).import_ssh()
     if not body["hives"]:
         raise RbeeError(f"no concrete Host entries in {body['path']}")
     from ruamel.yaml import YAML

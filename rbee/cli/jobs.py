@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rbee.cli.console import err, out
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect, connect_yaml
+from rbee.cli.options import DEFAULT_CONFIG, AsJson, ConfigFile
+from rbee.cli.reach import connect, connect_yaml
 from rbee.errors import RbeeError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ job_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 JobId = Annotated[str, typer.Argument(help="the job's id, as submit printed it")]
 _PRIORITIES = ("batch", "interactive")
 _STYLE = {

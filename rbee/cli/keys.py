@@ -10,7 +10,8 @@ from typing import Annotated, get_args
 import typer
 
 from rbee.cli.console import err, out
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, connect_yaml
+from rbee.cli.options import DEFAULT_CONFIG, AsJson, ConfigFile
+from rbee.cli.reach import connect_yaml
 from rbee.errors import RbeeError
 
 __all__ = ["key_app"]
@@ -23,8 +24,6 @@ key_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 @key_app.command("create")

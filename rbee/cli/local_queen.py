@@ -1,4 +1,5 @@
-"""Reaching the queen, and starting and stopping one on this machine as a detached daemon.
+"""A queen on this machine as a detached daemon: started when the keeper needs it and it is
+down, its command line, its log, and stopping it. Reaching a queen is `rbee.cli.reach`.
 
 Starting and stopping import what they use (asyncio, psutil, the daemon starter) when they
 run: most commands only reach a queen that is up.
@@ -10,8 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
-
+from rbee.cli.reach import QUEEN_URL_ENV, client_for, is_local
 from rbee.clients import QueenClient, queen_tls
 from rbee.config.models import Queen
 from rbee.defaults import QUEEN_PORT
@@ -20,55 +20,12 @@ from rbee.net import LOOPBACK
 from rbee.paths import state_dir
 from rbee.wire import QueenArgs
 
-__all__ = [
-    "QUEEN_URL_ENV",
-    "client_for",
-    "credential",
-    "ensure_queen",
-    "is_local",
-    "local_queen_args",
-    "queen_log",
-    "reached_queen",
-    "stop_queen",
-]
-
-QUEEN_URL_ENV = "RBEE_QUEEN_URL"
+__all__ = ["ensure_queen", "local_queen_args", "queen_log", "stop_queen"]
 
 
 def queen_log() -> Path:
+    """The log file of a queen this machine runs detached."""
     return state_dir() / "queen.log"
-
-
-def reached_queen(queen: Queen) -> Queen:
-    """The queen this keeper talks to: the YAML's, or the one $RBEE_QUEEN_URL names (a queen
-    on another machine, reached from CI with an admin key in $RBEE_API_KEY)."""
-    url = os.environ.get(QUEEN_URL_ENV)
-    if not url:
-        return queen
-    try:
-        return Queen(url=url, token=queen.token)
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise RbeeError(f"{QUEEN_URL_ENV}={url!r} is not a queen URL: {reason}") from None
-
-
-def client_for(queen: Queen) -> QueenClient:
-    """A client for the queen the keeper reaches (see `reached_queen`); starts nothing."""
-    reached = reached_queen(queen)
-    if reached is not queen:
-        return QueenClient(reached.url, reached.token, named_by=QUEEN_URL_ENV)
-    return QueenClient(queen.url, credential(queen), named_by="queen.url in the YAML")
-
-
-def credential(queen: Queen) -> str | None:
-    """The cluster token the keeper sends the YAML's queen: the YAML's `queen.token`, else,
-    for a queen on this machine, the one rbee keeps here (`rbee.credentials`, made on first
-    use: the queen reads the same file)."""
-    if queen.token is not None or not is_local(queen):
-        return queen.token
-    from rbee.credentials import cluster_token
-
-    return cluster_token()
 
 
 def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
@@ -150,22 +107,3 @@ def stop_queen(client: QueenClient, timeout_s: float = 15.0) -> int | None:
     if not wait_gone(queen, timeout_s):
         raise RbeeError(f"the queen (pid {health.pid}) did not stop within {timeout_s:.0f} s")
     return health.pid
-
-
-def is_local(queen: Queen) -> bool:
-    """Whether the queen's URL names this machine (loopback or one of its addresses)."""
-    return queen.is_loopback or urlsplit(queen.url).hostname in _local_addresses()
-
-
-def _local_addresses() -> set[str]:
-    """Every IP address of this machine's interfaces."""
-    import socket
-
-    import psutil
-
-    return {
-        address.address.split("%")[0]
-        for addresses in psutil.net_if_addrs().values()
-        for address in addresses
-        if address.family in (socket.AF_INET, socket.AF_INET6)
-    }

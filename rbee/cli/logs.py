@@ -11,7 +11,8 @@ from urllib.parse import quote
 
 import typer
 
-from rbee.cli.ops import DEFAULT_CONFIG, parse_duration
+from rbee.cli.options import DEFAULT_CONFIG, parse_duration
+from rbee.cli.reach import client_for_yaml
 from rbee.errors import UnavailableError
 
 __all__ = ["logs_app"]
@@ -59,7 +60,8 @@ def queen(
     try:
         _show(file, "/v1/logs/queen", follow, since, lines)
     except UnavailableError as exc:
-        from rbee.cli.local_queen import QUEEN_URL_ENV, is_local, queen_log
+        from rbee.cli.local_queen import queen_log
+        from rbee.cli.reach import QUEEN_URL_ENV, is_local
         from rbee.config.load import load_cluster
 
         if os.environ.get(QUEEN_URL_ENV) or not is_local(load_cluster(file).queen):
@@ -96,8 +98,6 @@ def worker(
 
 def _show(file: Path, path: str, follow: bool, since: float | None, lines: int | None) -> None:
     """Print the log at the queen's `path`; with `follow`, until Ctrl-C (which ends it, exit 0)."""
-    from rbee.cli.local_queen import client_for
-    from rbee.config.load import load_cluster
     from rbee.wire.logs import MAX_LINES, LogQuery
 
     wanted = lines or (MAX_LINES if since is not None else _DEFAULT_LINES)
@@ -105,7 +105,7 @@ def _show(file: Path, path: str, follow: bool, since: float | None, lines: int |
         query = LogQuery.parse({"lines": wanted, "since": since, "follow": follow})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    client = client_for(load_cluster(file).queen)
+    client = client_for_yaml(file)
     try:
         for text in client.logs(path, query):
             sys.stdout.write(text)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rbee.cli.console import out
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile, parse_duration
+from rbee.cli.options import DEFAULT_CONFIG, AsJson, ConfigFile, parse_duration
+from rbee.cli.reach import client_for_yaml
 from rbee.errors import NotFoundError, RbeeError
 
 if TYPE_CHECKING:
@@ -26,17 +26,9 @@ worker_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 WorkerId = Annotated[str, typer.Argument(help="worker id, as `rbee worker list` shows it")]
+# A stopped queen has no workers: these commands reach the queen, never start one.
 _LIST_HINT = "`rbee worker list` shows the live workers"
-
-
-def _queen(file: Path) -> QueenClient:
-    """The queen of the YAML in `file` (never started here: a stopped queen has no workers)."""
-    from rbee.cli.local_queen import client_for
-    from rbee.config.load import load_cluster
-
-    return client_for(load_cluster(file).queen)
 
 
 def _state(worker: WorkerView, why: bool = True) -> str:
@@ -98,7 +90,7 @@ def _print_json(workers: list[WorkerView]) -> None:
 def list_workers(file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> None:
     """List the live workers: state, slots in use, seconds since their last request
     (`rbee worker get ID` tells the rest)."""
-    workers = _queen(file).workers()
+    workers = client_for_yaml(file).workers()
     if as_json:
         _print_json(workers)
     elif not workers:
@@ -112,7 +104,7 @@ def get_worker(
     worker_id: WorkerId, file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False
 ) -> None:
     """Show one live worker."""
-    worker = _worker(_queen(file), worker_id)
+    worker = _worker(client_for_yaml(file), worker_id)
     if as_json:
         sys.stdout.write(worker.model_dump_json(indent=2) + "\n")
     else:
@@ -141,7 +133,7 @@ def retire_worker(
     A deployment with a fixed count of replicas gets it back at the next `rbee apply` (self-heal
     may spawn it again sooner); for a range of replicas, the queen decides whether to replace it.
     """
-    client = _queen(file)
+    client = client_for_yaml(file)
     try:
         worker = client.retire_worker(worker_id)
     except NotFoundError:

@@ -34,9 +34,9 @@ from tests.fixtures.cluster import (
 
 pytestmark = pytest.mark.slow
 
-# `rbee history` and `rbee force-unlock` live in rbee.cli.ops; registered here the way
+# `rbee history` and `rbee force-unlock` live in rbee.cli.applies; registered here the way
 # rbee/cli/main.py registers them, so this runs the keeper's real entry point either way.
-_KEEPER = "from rbee.cli import main, ops; ops.register(main.app); main.main()"
+_KEEPER = "from rbee.cli import applies, main; applies.register(main.app); main.main()"
 WORKER = "worker.local.gemma3-270m[0]"
 
 

@@ -23,7 +23,7 @@ from rbee.cli.init.questions import (
     ask_replicas,
 )
 from rbee.cli.init.template import TOKEN, cluster_yaml
-from rbee.cli.ops import DEFAULT_CONFIG, ConfigFile
+from rbee.cli.options import DEFAULT_CONFIG, ConfigFile
 from rbee.errors import RbeeError
 
 __all__ = ["init"]

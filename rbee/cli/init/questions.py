@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from rbee.cli.console import out
+from rbee.cli.console import out, print_error
 from rbee.cli.init.answers import ModelFacts
 from rbee.cli.init.facts import (
     checked,
@@ -18,7 +18,6 @@ from rbee.cli.init.facts import (
     model_source,
     pin_sha256,
 )
-from rbee.cli.ops import print_error
 from rbee.errors import NotFoundError, RbeeError
 from rbee.net import LOOPBACK, http_url
 

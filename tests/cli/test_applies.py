@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import typer
 
-from rbee.cli.ops import parse_duration, register
+from rbee.cli.applies import register
+from rbee.cli.options import parse_duration
 
 
 @pytest.mark.parametrize(
