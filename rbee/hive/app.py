@@ -1,5 +1,6 @@
 """The hive's HTTP routes (DESIGN §4): health, capabilities, models, worker binaries,
-operations, workers."""
+operations, workers. Module-level handlers over `request.app.state.hive` (a `HiveContext`);
+`create_app` builds that context with its catalogs and returns the Starlette app."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,7 +53,7 @@ from rbee.wire import (
 )
 from rbee.wire.logs import LogQuery
 
-__all__ = ["SERVICE", "create_app"]
+__all__ = ["ROUTES", "SERVICE", "HiveContext", "create_app"]
 
 SERVICE = HiveArgs.SCRIPT
 _MAX_GRACE_S = 300.0
@@ -67,6 +69,301 @@ class _HTTPError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
+@dataclass
+class HiveContext:
+    """Everything the hive's handlers share (`request.app.state.hive`): its name, catalogs,
+    operations and credentials. Its workers listen on `worker_host`."""
+
+    name: str
+    models: ArtifactCatalog
+    worker_binaries: WorkerBinaryCatalog
+    token: str | None = None
+    identity: Identity | None = None
+    worker_host: str = LOOPBACK
+    operations: Operations = field(default_factory=Operations)
+    # The running add-model operation of each model, and what it was asked to add.
+    adding: dict[str, tuple[AddModel, Operation]] = field(default_factory=dict)
+    # Held from "is this binary in use / provisioned" to the spawn or removal that relies on it.
+    binaries_in_use: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def peer_headers(self) -> dict[str, str]:
+        """What a copy from a peer (another hive of this cluster) sends: this hive's token."""
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def peer_verify(self) -> ssl.SSLContext | bool:
+        """How a copy from a peer is made: with this hive's identity, else the system's CAs."""
+        return self.identity.client if self.identity else True
+
+    def health(self) -> Health:
+        expires = self.identity.expires_at if self.identity else None
+        return Health(
+            service=SERVICE, version=rbee.__version__, pid=os.getpid(), tls_expires_at=expires
+        )
+
+    def listed_state(self) -> HiveState:
+        # One thread for all four listings: each takes a few ms, a hop to the pool costs more.
+        return HiveState(
+            health=self.health(),
+            models=self.models.list(),
+            worker_binaries=self.worker_binaries.list(),
+            workers=list_workers(self.models.root),
+            capabilities=capabilities.gather(),
+        )
+
+
+def _hive(request: Request) -> HiveContext:
+    hive: HiveContext = request.app.state.hive
+    return hive
+
+
+async def health(request: Request) -> Response:
+    hive = _hive(request)
+    return JSONResponse({**hive.health().model_dump(), "name": hive.name})
+
+
+async def state(request: Request) -> Response:
+    return _json(await run_in_threadpool(_hive(request).listed_state))
+
+
+async def get_capabilities(request: Request) -> Response:
+    return _json(await run_in_threadpool(capabilities.gather))
+
+
+async def list_models(request: Request) -> Response:
+    return _json(await run_in_threadpool(_hive(request).models.list))
+
+
+async def get_model(request: Request) -> Response:
+    models = _hive(request).models
+    return _json(await run_in_threadpool(models.get, request.path_params["name"]))
+
+
+async def add_model(request: Request) -> Response:
+    hive = _hive(request)
+    wanted = await _parse(request, AddModel)
+    hive.models.check(wanted.name, wanted.source, wanted.sha256)
+    return _started(await _add_operation(hive, wanted))
+
+
+async def _add_operation(hive: HiveContext, wanted: AddModel) -> Operation:
+    """The operation that brings `wanted` in: one already running, done at once, or new."""
+    models = hive.models
+    running = hive.adding.get(wanted.name)
+    if running is not None and not running[1].finished:
+        if running[0] != wanted:
+            message = f"model {wanted.name} is being added from another source"
+            raise _HTTPError(409, message, "conflict")
+        return running[1]
+    present = await run_in_threadpool(models.present, wanted.name, wanted.source, wanted.sha256)
+    if present is not None:
+        return hive.operations.done(present.size_bytes)
+
+    path = f"/v1/models/{wanted.name}/payload"
+    mirrors = [
+        Resolved(
+            url=peer.rstrip("/") + path,
+            headers=hive.peer_headers,
+            revision=wanted.revision,
+            verify=hive.peer_verify,
+        )
+        for peer in wanted.peers
+    ]
+
+    def work(op: Operation) -> int:
+        entry = models.add(wanted.name, wanted.source, wanted.sha256, op.progress, mirrors)
+        return entry.size_bytes
+
+    operation = hive.operations.start(work, label=f"add-model:{wanted.name}")
+    hive.adding[wanted.name] = (wanted, operation)
+    return operation
+
+
+async def model_payload(request: Request) -> Response:
+    """The model's file, for a peer hive to copy (Range requests resume a copy)."""
+    models = _hive(request).models
+    entry = await run_in_threadpool(models.get, request.path_params["name"])
+    return FileResponse(entry.path, headers={"X-Rbee-Sha256": entry.sha256})
+
+
+async def remove_model(request: Request) -> Response:
+    models = _hive(request).models
+    return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
+
+
+async def list_worker_binaries(request: Request) -> Response:
+    return _json(await run_in_threadpool(_hive(request).worker_binaries.list))
+
+
+async def get_worker_binary(request: Request) -> Response:
+    worker_binaries = _hive(request).worker_binaries
+    return _json(await run_in_threadpool(worker_binaries.get, request.path_params["name"]))
+
+
+async def add_worker_binary(request: Request) -> Response:
+    hive = _hive(request)
+    wanted = await _parse(request, AddWorkerBinary)
+    hive.worker_binaries.check(wanted.name)
+
+    peers = [
+        Resolved(url=peer, headers=hive.peer_headers, verify=hive.peer_verify)
+        for peer in wanted.peers
+    ]
+
+    def work(op: Operation) -> int:
+        hive.worker_binaries.provision(wanted, op.log, peers)
+        return 0
+
+    operation = hive.operations.start(work, label=f"add-worker-binary:{wanted.name}")
+    return _started(operation)
+
+
+async def runtime_wheel(request: Request) -> Response:
+    """A built runtime's llama-cpp-python wheel, for a peer of the same platform."""
+    worker_binaries = _hive(request).worker_binaries
+    digest = request.path_params["digest"]
+    wheel, sha256 = await run_in_threadpool(worker_binaries.wheel, digest)
+    return FileResponse(wheel, filename=wheel.name, headers={"X-Rbee-Sha256": sha256})
+
+
+async def remove_worker_binary(request: Request) -> Response:
+    hive = _hive(request)
+    name = request.path_params["name"]
+    async with hive.binaries_in_use:
+        await run_in_threadpool(hive.worker_binaries.get, name)
+        users = [
+            worker
+            for worker in await run_in_threadpool(list_workers, hive.models.root)
+            if worker.worker_binary == name
+        ]
+        if users:
+            pids = ", ".join(str(worker.pid) for worker in users)
+            message = f"worker binary {name!r} is in use by worker processes (pid {pids})"
+            raise _HTTPError(409, message, "in_use")
+        return _json(await run_in_threadpool(hive.worker_binaries.remove, name))
+
+
+async def get_operation(request: Request) -> Response:
+    operations = _hive(request).operations
+    return _json(operations.get(request.path_params["operation_id"]).latest)
+
+
+async def operation_events(request: Request) -> Response:
+    operation = _hive(request).operations.get(request.path_params["operation_id"])
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for event in operation.events():
+            yield sse.event(event.model_dump_json())
+
+    return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+
+
+async def renew_identity(request: Request) -> Response:
+    hive = _hive(request)
+    identity = hive.identity
+    if identity is None:
+        raise _HTTPError(404, "this hive serves no TLS: nothing to renew", "not_found")
+    renewal = await _parse(request, Renewal)
+    try:
+        await run_in_threadpool(identity.replace, renewal.bundle.encode())
+    except ValueError as exc:
+        raise _HTTPError(422, f"bundle: {exc}", "validation_error") from None
+    _log.info("identity renewed expires_at=%.0f", identity.expires_at)
+    return _json(hive.health())
+
+
+async def list_worker_processes(request: Request) -> Response:
+    return _json(await run_in_threadpool(list_workers, _hive(request).models.root))
+
+
+async def spawn_worker_process(request: Request) -> Response:
+    hive = _hive(request)
+    wanted = await _parse(request, SpawnRequest)
+    if hive.token is None and wanted.tls_identity is None:
+        message = "this hive serves mutual TLS: a spawn needs the worker's tls_identity"
+        raise _HTTPError(422, message, "validation_error")
+    try:
+        model = await run_in_threadpool(hive.models.get, wanted.model)
+    except (NotFoundError, InvalidArtifactError):
+        message = f"model {wanted.model!r} is not in this hive's catalog"
+        raise _HTTPError(404, message, "model_not_found") from None
+    async with hive.binaries_in_use:
+        try:
+            binary = await run_in_threadpool(hive.worker_binaries.get, wanted.worker_binary)
+        except (NotFoundError, InvalidArtifactError):
+            message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
+            raise _HTTPError(404, message, "worker_binary_not_found") from None
+        try:
+            worker = await run_in_threadpool(
+                spawn_worker,
+                wanted,
+                binary.python,
+                Path(model.path),
+                hive.token,
+                hive.worker_host,
+            )
+        except ValueError as exc:
+            raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
+    return _json(worker, status=201)
+
+
+async def get_worker_process(request: Request) -> Response:
+    root = _hive(request).models.root
+    return _json(await run_in_threadpool(find_worker, request.path_params["pid"], root))
+
+
+async def stop_worker_process(request: Request) -> Response:
+    grace = _grace(request.query_params.get("grace", "5"))
+    pid = request.path_params["pid"]
+    return _json(await run_in_threadpool(stop_worker, pid, grace, _hive(request).models.root))
+
+
+async def worker_log(request: Request) -> Response:
+    query = _log_query(request)
+    try:
+        path = log_path(request.path_params["worker_id"])
+    except ValueError as exc:
+        raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
+    return await log_response(LogFile(path), query)
+
+
+async def own_log_route(request: Request) -> Response:
+    """The hive's own log: the file its output goes to, or its systemd unit's journal."""
+    query = _log_query(request)
+    source = own_log()
+    if source is None:
+        message = "this hive's output goes to a terminal or a pipe, not to a log file"
+        raise _HTTPError(404, message, "no_log")
+    return await log_response(source, query)
+
+
+ROUTES = [
+    Route("/health", health),
+    Route("/v1/state", state),
+    Route("/v1/capabilities", get_capabilities),
+    Route("/v1/models", list_models),
+    Route("/v1/models", add_model, methods=["POST"]),
+    Route("/v1/models/{name}", get_model),
+    Route("/v1/models/{name}/payload", model_payload),
+    Route("/v1/models/{name}", remove_model, methods=["DELETE"]),
+    Route("/v1/worker-binaries", list_worker_binaries),
+    Route("/v1/worker-binaries", add_worker_binary, methods=["POST"]),
+    Route("/v1/worker-binaries/{name}", get_worker_binary),
+    Route("/v1/runtimes/{digest}/wheel", runtime_wheel),
+    Route("/v1/worker-binaries/{name}", remove_worker_binary, methods=["DELETE"]),
+    Route("/v1/operations/{operation_id}", get_operation),
+    Route("/v1/operations/{operation_id}/events", operation_events),
+    Route("/v1/worker-processes", list_worker_processes),
+    Route("/v1/worker-processes", spawn_worker_process, methods=["POST"]),
+    Route("/v1/worker-processes/{pid:int}", get_worker_process),
+    Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
+    Route("/v1/worker-logs/{worker_id}", worker_log),
+    Route("/v1/logs", own_log_route),
+    Route("/v1/identity", renew_identity, methods=["PUT"]),
+]
+
+
 def create_app(
     name: str,
     token: str | None = None,
@@ -76,248 +373,23 @@ def create_app(
     identity: Identity | None = None,
 ) -> Starlette:
     """The hive's ASGI app (who may call it is the server's business); its workers listen on
-    `worker_host`. A hive serving mutual TLS copies from peers with its identity (`peer_tls`)
-    and gives each worker the identity the queen sent with its spawn (the queen renews the
-    hive's in place: `PUT /v1/identity`); a hive with a `token` hands that to its workers and
-    peers instead."""
+    `worker_host`. A hive serving mutual TLS copies from peers with its identity
+    (`HiveContext.peer_verify`) and gives each worker the identity the queen sent with its
+    spawn (the queen renews the hive's in place: `PUT /v1/identity`); a hive with a `token`
+    hands that to its workers and peers instead."""
     models = ArtifactCatalog(cache_dir("models")) if catalog is None else catalog
     models.clean_partials(_STALE_PARTIAL_S)
-    worker_binaries = WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries
-    operations = Operations()
-    # A peer is another hive of this cluster: it takes this hive's identity (or token).
-    peer_headers = {"authorization": f"Bearer {token}"} if token else {}
-    peer_verify: ssl.SSLContext | bool = identity.client if identity else True
-
-    def own_health() -> Health:
-        expires = identity.expires_at if identity else None
-        return Health(
-            service=SERVICE, version=rbee.__version__, pid=os.getpid(), tls_expires_at=expires
-        )
-
-    adding: dict[str, tuple[AddModel, Operation]] = {}
-    # Held from "is this binary in use / provisioned" to the spawn or removal that relies on it.
-    binaries_in_use = asyncio.Lock()
-
-    async def health(request: Request) -> Response:
-        body = own_health().model_dump()
-        return JSONResponse({**body, "name": name})
-
-    def listed_state() -> HiveState:
-        # One thread for all four listings: each takes a few ms, a hop to the pool costs more.
-        return HiveState(
-            health=own_health(),
-            models=models.list(),
-            worker_binaries=worker_binaries.list(),
-            workers=list_workers(models.root),
-            capabilities=capabilities.gather(),
-        )
-
-    async def state(request: Request) -> Response:
-        return _json(await run_in_threadpool(listed_state))
-
-    async def get_capabilities(request: Request) -> Response:
-        return _json(await run_in_threadpool(capabilities.gather))
-
-    async def list_models(request: Request) -> Response:
-        return _json(await run_in_threadpool(models.list))
-
-    async def get_model(request: Request) -> Response:
-        return _json(await run_in_threadpool(models.get, request.path_params["name"]))
-
-    async def add_model(request: Request) -> Response:
-        wanted = await _parse(request, AddModel)
-        models.check(wanted.name, wanted.source, wanted.sha256)
-        return _started(await _add_operation(wanted))
-
-    async def _add_operation(wanted: AddModel) -> Operation:
-        """The operation that brings `wanted` in: one already running, done at once, or new."""
-        running = adding.get(wanted.name)
-        if running is not None and not running[1].finished:
-            if running[0] != wanted:
-                message = f"model {wanted.name} is being added from another source"
-                raise _HTTPError(409, message, "conflict")
-            return running[1]
-        present = await run_in_threadpool(models.present, wanted.name, wanted.source, wanted.sha256)
-        if present is not None:
-            return operations.done(present.size_bytes)
-
-        path = f"/v1/models/{wanted.name}/payload"
-        mirrors = [
-            Resolved(
-                url=peer.rstrip("/") + path,
-                headers=peer_headers,
-                revision=wanted.revision,
-                verify=peer_verify,
-            )
-            for peer in wanted.peers
-        ]
-
-        def work(op: Operation) -> int:
-            entry = models.add(wanted.name, wanted.source, wanted.sha256, op.progress, mirrors)
-            return entry.size_bytes
-
-        operation = operations.start(work, label=f"add-model:{wanted.name}")
-        adding[wanted.name] = (wanted, operation)
-        return operation
-
-    async def model_payload(request: Request) -> Response:
-        """The model's file, for a peer hive to copy (Range requests resume a copy)."""
-        entry = await run_in_threadpool(models.get, request.path_params["name"])
-        return FileResponse(entry.path, headers={"X-Rbee-Sha256": entry.sha256})
-
-    async def remove_model(request: Request) -> Response:
-        return _json(await run_in_threadpool(models.remove, request.path_params["name"]))
-
-    async def list_worker_binaries(request: Request) -> Response:
-        return _json(await run_in_threadpool(worker_binaries.list))
-
-    async def get_worker_binary(request: Request) -> Response:
-        return _json(await run_in_threadpool(worker_binaries.get, request.path_params["name"]))
-
-    async def add_worker_binary(request: Request) -> Response:
-        wanted = await _parse(request, AddWorkerBinary)
-        worker_binaries.check(wanted.name)
-
-        peers = [
-            Resolved(url=peer, headers=peer_headers, verify=peer_verify) for peer in wanted.peers
-        ]
-
-        def work(op: Operation) -> int:
-            worker_binaries.provision(wanted, op.log, peers)
-            return 0
-
-        operation = operations.start(work, label=f"add-worker-binary:{wanted.name}")
-        return _started(operation)
-
-    async def runtime_wheel(request: Request) -> Response:
-        """A built runtime's llama-cpp-python wheel, for a peer of the same platform."""
-        digest = request.path_params["digest"]
-        wheel, sha256 = await run_in_threadpool(worker_binaries.wheel, digest)
-        return FileResponse(wheel, filename=wheel.name, headers={"X-Rbee-Sha256": sha256})
-
-    async def remove_worker_binary(request: Request) -> Response:
-        name = request.path_params["name"]
-        async with binaries_in_use:
-            await run_in_threadpool(worker_binaries.get, name)
-            users = [
-                worker
-                for worker in await run_in_threadpool(list_workers, models.root)
-                if worker.worker_binary == name
-            ]
-            if users:
-                pids = ", ".join(str(worker.pid) for worker in users)
-                message = f"worker binary {name!r} is in use by worker processes (pid {pids})"
-                raise _HTTPError(409, message, "in_use")
-            return _json(await run_in_threadpool(worker_binaries.remove, name))
-
-    async def get_operation(request: Request) -> Response:
-        return _json(operations.get(request.path_params["operation_id"]).latest)
-
-    async def operation_events(request: Request) -> Response:
-        operation = operations.get(request.path_params["operation_id"])
-
-        async def stream() -> AsyncIterator[bytes]:
-            async for event in operation.events():
-                yield sse.event(event.model_dump_json())
-
-        return StreamingResponse(stream(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
-
-    async def renew_identity(request: Request) -> Response:
-        if identity is None:
-            raise _HTTPError(404, "this hive serves no TLS: nothing to renew", "not_found")
-        renewal = await _parse(request, Renewal)
-        try:
-            await run_in_threadpool(identity.replace, renewal.bundle.encode())
-        except ValueError as exc:
-            raise _HTTPError(422, f"bundle: {exc}", "validation_error") from None
-        _log.info("identity renewed expires_at=%.0f", identity.expires_at)
-        return _json(own_health())
-
-    async def list_worker_processes(request: Request) -> Response:
-        return _json(await run_in_threadpool(list_workers, models.root))
-
-    async def spawn_worker_process(request: Request) -> Response:
-        wanted = await _parse(request, SpawnRequest)
-        if token is None and wanted.tls_identity is None:
-            message = "this hive serves mutual TLS: a spawn needs the worker's tls_identity"
-            raise _HTTPError(422, message, "validation_error")
-        try:
-            model = await run_in_threadpool(models.get, wanted.model)
-        except (NotFoundError, InvalidArtifactError):
-            message = f"model {wanted.model!r} is not in this hive's catalog"
-            raise _HTTPError(404, message, "model_not_found") from None
-        async with binaries_in_use:
-            try:
-                binary = await run_in_threadpool(worker_binaries.get, wanted.worker_binary)
-            except (NotFoundError, InvalidArtifactError):
-                message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
-                raise _HTTPError(404, message, "worker_binary_not_found") from None
-            try:
-                worker = await run_in_threadpool(
-                    spawn_worker, wanted, binary.python, Path(model.path), token, worker_host
-                )
-            except ValueError as exc:
-                raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
-        return _json(worker, status=201)
-
-    async def get_worker_process(request: Request) -> Response:
-        return _json(await run_in_threadpool(find_worker, request.path_params["pid"], models.root))
-
-    async def stop_worker_process(request: Request) -> Response:
-        grace = _grace(request.query_params.get("grace", "5"))
-        pid = request.path_params["pid"]
-        return _json(await run_in_threadpool(stop_worker, pid, grace, models.root))
-
-    async def worker_log(request: Request) -> Response:
-        query = _log_query(request)
-        try:
-            path = log_path(request.path_params["worker_id"])
-        except ValueError as exc:
-            raise _HTTPError(422, f"worker_id: {exc}", "validation_error") from None
-        return await log_response(LogFile(path), query)
-
-    async def own_log_route(request: Request) -> Response:
-        """The hive's own log: the file its output goes to, or its systemd unit's journal."""
-        query = _log_query(request)
-        source = own_log()
-        if source is None:
-            message = "this hive's output goes to a terminal or a pipe, not to a log file"
-            raise _HTTPError(404, message, "no_log")
-        return await log_response(source, query)
-
-    routes = [
-        Route("/health", health),
-        Route("/v1/state", state),
-        Route("/v1/capabilities", get_capabilities),
-        Route("/v1/models", list_models),
-        Route("/v1/models", add_model, methods=["POST"]),
-        Route("/v1/models/{name}", get_model),
-        Route("/v1/models/{name}/payload", model_payload),
-        Route("/v1/models/{name}", remove_model, methods=["DELETE"]),
-        Route("/v1/worker-binaries", list_worker_binaries),
-        Route("/v1/worker-binaries", add_worker_binary, methods=["POST"]),
-        Route("/v1/worker-binaries/{name}", get_worker_binary),
-        Route("/v1/runtimes/{digest}/wheel", runtime_wheel),
-        Route("/v1/worker-binaries/{name}", remove_worker_binary, methods=["DELETE"]),
-        Route("/v1/operations/{operation_id}", get_operation),
-        Route("/v1/operations/{operation_id}/events", operation_events),
-        Route("/v1/worker-processes", list_worker_processes),
-        Route("/v1/worker-processes", spawn_worker_process, methods=["POST"]),
-        Route("/v1/worker-processes/{pid:int}", get_worker_process),
-        Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
-        Route("/v1/worker-logs/{worker_id}", worker_log),
-        Route("/v1/logs", own_log_route),
-        Route("/v1/identity", renew_identity, methods=["PUT"]),
-    ]
-    handlers: dict[Any, Any] = {
-        _HTTPError: _http_error,
-        HTTPException: _starlette_error,
-        NotFoundError: _not_found,
-        InvalidArtifactError: _invalid,
-        RbeeError: _rbee_error,
-        Exception: _internal_error,
-    }
-    return Starlette(routes=routes, exception_handlers=handlers)
+    hive = HiveContext(
+        name=name,
+        models=models,
+        worker_binaries=WorkerBinaryCatalog(cache_dir("workers")) if binaries is None else binaries,
+        token=token,
+        identity=identity,
+        worker_host=worker_host,
+    )
+    app = Starlette(routes=ROUTES, exception_handlers=_HANDLERS)
+    app.state.hive = hive
+    return app
 
 
 def _started(operation: Operation) -> JSONResponse:
@@ -402,3 +474,13 @@ async def _rbee_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     _log.error("request crashed path=%s", request.url.path, exc_info=exc)
     return _error(500, "internal error in rbee-hive (see its log)", "server_error", None)
+
+
+_HANDLERS: dict[Any, Any] = {
+    _HTTPError: _http_error,
+    HTTPException: _starlette_error,
+    NotFoundError: _not_found,
+    InvalidArtifactError: _invalid,
+    RbeeError: _rbee_error,
+    Exception: _internal_error,
+}
