@@ -1,4 +1,5 @@
-"""`rbee validate`, `rbee fmt` and `rbee schema`: the cluster YAML on its own, no queen."""
+"""`rbee validate`, `rbee fmt` and `rbee schema`: the cluster YAML on its own, no queen (and
+the JSON Schemas of the YAML and of JSON plans)."""
 
 from __future__ import annotations
 
