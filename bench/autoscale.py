@@ -39,13 +39,13 @@ from rbee.apply.executor import Emit
 from rbee.config.models import Hive
 from rbee.plan.model import Action
 from rbee.plan.observed import HiveFacts
-from rbee.queen.admission import Admission
-from rbee.queen.autoscale import Autoscaler
-from rbee.queen.control import Control
-from rbee.queen.hive_registry import HiveRegistry
-from rbee.queen.metrics import Metrics
-from rbee.queen.registry import Registry
-from rbee.queen.store import Store
+from rbee.queen.control.autoscale import Autoscaler
+from rbee.queen.control.control import Control
+from rbee.queen.control.hive_registry import HiveRegistry
+from rbee.queen.control.store import Store
+from rbee.queen.serve.admission import Admission
+from rbee.queen.serve.metrics import Metrics
+from rbee.queen.serve.registry import Registry
 from rbee.wire import Capabilities, Heartbeat, ModelEntry, WorkerBinaryEntry
 from tests.fixtures.cluster import LocalCluster, applied_cluster
 
@@ -183,17 +183,16 @@ def _queen(db: Path, most: int) -> tuple[Registry, Admission, Autoscaler]:
     store = Store(db)
     store.end_apply(store.begin_apply("bench", {}, cluster), "ok")
     registry = Registry()
-    admission = Admission(registry)
-    control = Control(registry, store, HiveRegistry(store.connection), "http://q", None, admission)
+    control = Control(registry, store, HiveRegistry(store.connection), "http://q")
     hives = _Hives()
     scaler = Autoscaler(
         control,
-        admission,
-        Metrics(registry, admission, lambda: (0, 0)),
+        Metrics(registry, lambda: admission.depths(), lambda: (0, 0)),
+        waiting=lambda model: admission.waiting(model),
         effects=lambda: hives,
         facts=hives.facts,
     )
-    admission.scaler = scaler
+    admission = Admission(registry, scaler=scaler)
     for index in range(WORKERS):
         registry.beat(
             Heartbeat(worker_id=f"local.{MODEL}.{index}", hive="local", model=MODEL,

@@ -23,7 +23,7 @@ from rbee.net import LOOPBACK, LOOPBACK_NAMES, http_url, https_url
 from rbee.paths import state_dir
 from rbee.pki import Authority, Identity, public_context, write_private
 from rbee.queen.app import cluster_app, create_app
-from rbee.queen.store import Store
+from rbee.queen.control.store import Store
 from rbee.wire import QueenArgs
 
 __all__ = ["main"]

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from rbee.cli.source import applied_source
-from rbee.queen.store import Store
+from rbee.queen.control.store import Store
 from rbee.wire import AppliedSource
 
 CLUSTER = {"version": 1}

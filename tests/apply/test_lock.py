@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo, LockNotFound
-from rbee.queen.store import Store
+from rbee.queen.control.store import Store
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ _RACER = """
 import json, sys, time
 from pathlib import Path
 from rbee.apply.lock import ApplyLock, ApplyLocked
-from rbee.queen.store import Store
+from rbee.queen.control.store import Store
 lock = ApplyLock(Store(Path(sys.argv[1])).connection)
 while time.time() < float(sys.argv[2]):
     pass

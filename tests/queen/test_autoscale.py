@@ -19,13 +19,15 @@ from rbee.apply.executor import Emit
 from rbee.config.models import Hive
 from rbee.plan.model import Action
 from rbee.plan.observed import HiveFacts
-from rbee.queen.admission import Admission, NoWorker, QueueTimeout
-from rbee.queen.autoscale import Autoscaler
-from rbee.queen.control import Control
-from rbee.queen.hive_registry import HiveRegistry
-from rbee.queen.metrics import Metrics
-from rbee.queen.registry import Registry, WorkerRecord
-from rbee.queen.store import Store
+from rbee.queen.control.autoscale import Autoscaler
+from rbee.queen.control.control import Control
+from rbee.queen.control.hive_registry import HiveRegistry
+from rbee.queen.control.store import Store
+from rbee.queen.serve.admission import Admission, NoWorker, QueueTimeout
+from rbee.queen.serve.metrics import Metrics
+from rbee.queen.serve.registry import Registry
+from rbee.queen.serve.scheduler import LEAST_LOADED
+from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import Capabilities, Heartbeat, ModelEntry, WorkerBinaryEntry, WorkerProcess
 
 MODEL = "m"
@@ -139,22 +141,19 @@ class _Queen:
         self.store.end_apply(self.store.begin_apply("test", {}, cluster), "ok")
         self.clock = Clock()
         self.registry = Registry(clock=self.clock)
-        self.admission = Admission(self.registry)
         hive_registry = HiveRegistry(self.store.connection)
-        self.control = Control(
-            self.registry, self.store, hive_registry, "http://q", None, self.admission
-        )
+        self.control = Control(self.registry, self.store, hive_registry, "http://q")
         self.hives = _Hives(self.registry, ram)
-        self.hives.admission = self.admission
         self.scaler = Autoscaler(
             self.control,
-            self.admission,
-            Metrics(self.registry, self.admission, lambda: (0, 0)),
+            Metrics(self.registry, lambda: self.admission.depths(), lambda: (0, 0)),
+            waiting=lambda model: self.admission.waiting(model),
             effects=lambda: self.hives,
             facts=self.hives.facts,
             clock=self.clock,
         )
-        self.admission.scaler = self.scaler
+        self.admission = Admission(self.registry, scaler=self.scaler)
+        self.hives.admission = self.admission
 
     def spawned(self) -> list[str]:
         return [a.spawn.worker_id for a in self.hives.actions if a.spawn is not None]
@@ -250,7 +249,7 @@ def test_the_hive_with_the_most_free_memory_gets_the_lowest_free_replica(queen: 
     q = queen({"replicas": {"min": 0, "max": 3}, "slots": 1}, {"a": 4 * GIB, "b": 16 * GIB})
     q.hives.beat("b.m.0", "b", 7)
     q.hives.beat("b.m.0", "b", 7, state="busy")
-    q.registry.claim(MODEL)  # b.m.0 serves one request already
+    q.registry.claim(MODEL, LEAST_LOADED)  # b.m.0 serves one request already
     asyncio.run(q.serve(1))
     assert q.spawned() == ["b.m.1"]
     assert q.hives.actions[0].address == "worker.b.m[1]"

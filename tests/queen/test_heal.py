@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rbee.plan.model import Action
-from rbee.queen.heal import healing, heals
+from rbee.queen.control.heal import healing, heals
 from tests.plan.test_planner import NAMES, _case
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from rbee import clients
 from rbee.config.models import Hive
-from rbee.queen.hive_registry import HiveRegistry
-from rbee.queen.store import Store
+from rbee.queen.control.hive_registry import HiveRegistry
+from rbee.queen.control.store import Store
 from tests.fixtures.pki import authority, identity
 from tests.fixtures.ports import free_port
 

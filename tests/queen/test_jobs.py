@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from rbee.config.models import Serving
-from rbee.queen.admission import Admission
-from rbee.queen.job_table import JobTable
-from rbee.queen.registry import Registry
-from rbee.queen.store import Store
+from rbee.queen.control.job_table import JobTable
+from rbee.queen.control.store import Store
+from rbee.queen.serve.admission import Admission
+from rbee.queen.serve.registry import Registry
 from rbee.wire import Heartbeat
 from rbee.wire.jobs import JobRecord
 from tests.fixtures.scripted import MODEL, TOKENS, ScriptedQueen, ScriptedWorkers, scripted_workers

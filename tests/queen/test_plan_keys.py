@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee.queen.keys import Keys
-from rbee.queen.store import Store
+from rbee.queen.control.store import Store
+from rbee.queen.http.auth import Keys
 from tests.fixtures.ports import free_port
 from tests.fixtures.scripted import ScriptedQueen
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rbee.config.models import Serving
-from rbee.queen.registry import Registry
-from rbee.queen.scheduler import policy_for
+from rbee.queen.serve.registry import Registry
+from rbee.queen.serve.scheduler import LEAST_LOADED, policy_for
 from rbee.wire import Heartbeat, WorkerState
 
 
@@ -48,7 +48,7 @@ def test_claim_prefers_the_least_busy_worker() -> None:
     registry.beat(_beat("a", busy=2, state="busy"))
     registry.beat(_beat("b", busy=1, state="busy"))
     registry.beat(_beat("c", busy=0))
-    picked = registry.claim("m")
+    picked = registry.claim("m", LEAST_LOADED)
     assert picked is not None and picked.beat.worker_id == "c"
 
 
@@ -56,9 +56,9 @@ def test_claim_counts_requests_the_queen_is_relaying() -> None:
     registry = Registry()
     registry.beat(_beat("a"))
     registry.beat(_beat("b"))
-    first = registry.claim("m")
+    first = registry.claim("m", LEAST_LOADED)
     assert first is not None
-    second = registry.claim("m")
+    second = registry.claim("m", LEAST_LOADED)
     assert second is not None and second.beat.worker_id != first.beat.worker_id
 
 
@@ -66,21 +66,21 @@ def test_loading_and_draining_workers_are_not_routed() -> None:
     registry = Registry()
     registry.beat(_beat("a", state="loading"))
     registry.beat(_beat("b", state="draining"))
-    assert registry.claim("m") is None
+    assert registry.claim("m", LEAST_LOADED) is None
     assert registry.models() == []
 
 
 def test_claim_only_returns_workers_of_the_model() -> None:
     registry = Registry()
     registry.beat(_beat("a", model="other"))
-    assert registry.claim("m") is None
+    assert registry.claim("m", LEAST_LOADED) is None
     assert registry.models() == ["other"]
 
 
 def test_heartbeat_keeps_the_queens_in_flight_count() -> None:
     registry = Registry()
     registry.beat(_beat("a"))
-    record = registry.claim("m")
+    record = registry.claim("m", LEAST_LOADED)
     assert record is not None
     record.in_flight = 1
     registry.beat(_beat("a", busy=1, state="busy"))
@@ -96,7 +96,7 @@ def test_equally_idle_workers_take_turns() -> None:
     picked = []
     for _ in range(6):
         clock.now += 0.01
-        record = registry.claim("m")
+        record = registry.claim("m", LEAST_LOADED)
         assert record is not None
         record.in_flight -= 1  # given back at once
         picked.append(record.beat.worker_id)
@@ -127,9 +127,9 @@ def test_a_worker_dropped_for_refusing_a_connection_returns_with_its_next_beat()
 def test_a_full_worker_is_never_claimed() -> None:
     registry = Registry()
     registry.beat(_beat("a"))  # 2 slots
-    assert registry.claim("m") is not None
-    assert registry.claim("m") is not None
-    assert registry.claim("m") is None
+    assert registry.claim("m", LEAST_LOADED) is not None
+    assert registry.claim("m", LEAST_LOADED) is not None
+    assert registry.claim("m", LEAST_LOADED) is None
     assert registry.serves("m")  # full, but it serves the model: a request may wait
 
 
@@ -140,13 +140,13 @@ def test_an_unhealthy_worker_is_passed_over_until_its_time_is_up() -> None:
     assert record is not None
     registry.mark_unhealthy(record, "reset", for_s=10.0)
     registry.beat(_beat("a"))  # a heartbeat does not lift the mark
-    assert registry.claim("m") is None
+    assert registry.claim("m", LEAST_LOADED) is None
     assert not registry.serves("m")
     view = registry.view(record)
     assert (view.healthy, view.unhealthy_reason) == (False, "reset")
     clock.now += 10.1
     registry.beat(_beat("a"))
-    assert registry.claim("m") is record
+    assert registry.claim("m", LEAST_LOADED) is record
 
 
 def test_round_robin_ignores_load() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rbee.clients import use_identity
 from rbee.pki import LEAF_DAYS, Identity, write_private
-from rbee.queen.renewal import Renewals
+from rbee.queen.control.renewal import Renewals
 from tests.fixtures.pki import authority
 
 

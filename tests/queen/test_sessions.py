@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rbee.queen.sessions import FREE_TRIES, MAX_WAIT_S, TTL_S, Sessions
+from rbee.queen.http.sessions import FREE_TRIES, MAX_WAIT_S, TTL_S, Sessions
 
 
 class Clock:

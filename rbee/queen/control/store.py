@@ -3,7 +3,7 @@
 The last applied cluster and the history of applies and self-heals are read and written
 here; the apply lock's row (`rbee.apply.lock`), the hive registry and the API keys share
 this connection (`Store.connection`); the jobs have one of their own, in a thread
-(`rbee.queen.job_table`). Never on the hot path: API keys are looked up in memory.
+(`rbee.queen.control.job_table`). Never on the hot path: API keys are looked up in memory.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 """
-# Jobs (`rbee.queen.jobs`): `seq` is the order they came in, which a restart keeps.
+# Jobs (`rbee.queen.serve.jobs`): `seq` is the order they came in, which a restart keeps.
 _JOBS = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,17 +1,23 @@
-"""The queen's control plane: plan, apply (one at a time), status and down."""
+"""The queen's control plane: plan, apply (one at a time), heal, status and down.
+
+`Control` is the one owner of the apply lock: an apply route, self-heal and `rbee down` ask it
+for the lock (`take_lock`, `locked`), and nothing else touches its row.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from rbee.apply.actions import ClusterEffects
 from rbee.apply.executor import Emit, Outcome, execute
 from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo
 from rbee.clients import HiveClient
-from rbee.config.models import Cluster, Hive
+from rbee.config.models import Cluster, Hive, Serving
 from rbee.defaults import SSH_IDLE_S
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe, observe_hive
@@ -21,11 +27,10 @@ from rbee.plan.digest import observed_digest
 from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
 from rbee.plan.planner import plan
-from rbee.queen.admission import Admission
-from rbee.queen.hive_registry import HiveRegistry
-from rbee.queen.hives import HiveLifecycle
-from rbee.queen.registry import Registry
-from rbee.queen.store import Store
+from rbee.queen.control.hive_registry import HiveRegistry
+from rbee.queen.control.hives import HiveLifecycle
+from rbee.queen.control.store import Store
+from rbee.queen.serve.registry import Registry
 from rbee.remote.connect import SshConnections
 from rbee.wire import (
     AppliedSource,
@@ -60,13 +65,11 @@ class Control:
         store: Store,
         hive_registry: HiveRegistry,
         queen_url: str,
-        admission: Admission | None = None,
         public_url: str | None = None,
     ) -> None:
         """`queen_url`: where hives and workers reach the queen (its cluster listener);
         `public_url`: where people and apps do (its front door; default the same)."""
         self.registry = registry
-        self.admission = admission
         self.store = store
         self.hive_registry = hive_registry
         self.queen_url = queen_url
@@ -74,9 +77,10 @@ class Control:
         self.hive_lifecycle = HiveLifecycle(queen_url)
         # One pool for the queen's life: plans, applies and heals reuse their SSH connections.
         self.ssh = SshConnections(idle_s=SSH_IDLE_S)
-        self.lock = ApplyLock(store.connection)
+        self._lock = ApplyLock(store.connection)
         self._held: LockInfo | None = None
-        live = self.lock.live()
+        self._serving: dict[str, Serving] = {}
+        live = self._lock.live()
         interrupted = store.interrupt_unfinished(live.apply_id if live else None)
         if interrupted:
             log.warning("event=applies_interrupted count=%s", interrupted)
@@ -85,21 +89,52 @@ class Control:
 
     def _set_desired(self, cluster: Cluster | None) -> None:
         self._desired = cluster
-        if self.admission is not None:
-            models = cluster.models if cluster else []
-            self.admission.configure(
-                {m.name: s for m in models if cluster and (s := cluster.serving(m.name))}
-            )
+        models = cluster.models if cluster else []
+        self._serving = {m.name: s for m in models if cluster and (s := cluster.serving(m.name))}
+
+    def serving(self, model: str) -> Serving | None:
+        """`model`'s `serving:` settings in the last apply (None when it declares none)."""
+        return self._serving.get(model)
+
+    # --- the apply lock: its one owner ----------------------------------------------------
 
     @property
     def is_locked(self) -> bool:
         """Whether a live apply holds the lock (a stale lock does not count)."""
-        return self.lock.live() is not None
+        return self._lock.live() is not None
 
     def lock_message(self) -> str:
         """The refusal a second apply gets right now, naming the holder."""
-        live = self.lock.live()
+        live = self._lock.live()
         return ApplyLocked.held(live).message if live else "no apply is running"
+
+    def current_lock(self) -> LockInfo | None:
+        """The lock as it is, stale or not; None when no one holds it."""
+        return self._lock.current()
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        """Break the lock with ID `lock_id` (`rbee force-unlock`); LockNotFound if it is not
+        the current lock's."""
+        return self._lock.force_unlock(lock_id)
+
+    async def take_lock(self, holder: str, timeout_s: float = 0.0) -> LockInfo:
+        """Take the lock for `holder`, waiting up to `timeout_s` (ApplyLocked after that). The
+        `apply` given it releases it; else `release_lock` must."""
+        return await self._lock.acquire(holder, timeout_s)
+
+    def release_lock(self, lock_id: str) -> None:
+        """Give back a lock taken with `take_lock` that no apply took over."""
+        self._lock.release(lock_id)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, holder: str, timeout_s: float = 0.0) -> AsyncIterator[LockInfo]:
+        """The lock, held for `holder` while the block runs (ApplyLocked when another holds it
+        past `timeout_s`)."""
+        held = await self._lock.acquire(holder, timeout_s)
+        try:
+            yield held
+        finally:
+            self._lock.release(held.id)
 
     @property
     def desired(self) -> Cluster | None:
@@ -173,7 +208,7 @@ class Control:
         The lock is `lock` when the caller took it already, else taken here, waiting up to
         `lock_timeout_s` (ApplyLocked after that). It is released when the apply ends.
         """
-        held = lock or await self.lock.acquire(holder, lock_timeout_s)
+        held = lock or await self._lock.acquire(holder, lock_timeout_s)
         self._held = held
         try:
             await emit(LockEvent(**held.to_json()))
@@ -186,7 +221,7 @@ class Control:
             raise
         finally:
             self._held = None
-            self.lock.release(held.id)
+            self._lock.release(held.id)
 
     async def _apply_locked(
         self,
@@ -227,7 +262,7 @@ class Control:
             source=source,
         )
         if lock_id is not None:
-            self.lock.attach(lock_id, apply_id)
+            self._lock.attach(lock_id, apply_id)
 
         effects = self._effects(hives, connections)
         outcome = await execute(the_plan, effects, emit, parallelism)
@@ -293,12 +328,12 @@ class Control:
         emit: Emit,
         parallelism: int = 4,
     ) -> Outcome:
-        """Run healing `actions` of `cluster` (the last applied) under `lock`, which the caller
-        took and releases; recorded in history as a `self-heal` entry."""
+        """Run healing `actions` of `cluster` (the last applied) under `lock`, held by the
+        caller's `locked` block; recorded in history as a `self-heal` entry."""
         the_plan = Plan(actions=actions)
         reasons = {a.address: f"{a.op}: {a.reason}" for a in actions}
         heal_id = self.store.begin_heal(the_plan.counts(), reasons, trigger, lock.id)
-        self.lock.attach(lock.id, heal_id)
+        self._lock.attach(lock.id, heal_id)
         try:
             effects = self._effects({h.name: h for h in cluster.hives}, self.ssh)
             outcome = await execute(the_plan, effects, emit, parallelism)
@@ -345,7 +380,7 @@ class Control:
 
     async def down(self, cluster: Cluster | None) -> DownResult:
         """Stop every worker on the hives of `cluster` and of the last apply, then local hives."""
-        if (live := self.lock.live()) is not None:
+        if (live := self._lock.live()) is not None:
             raise ApplyLocked(
                 f"an apply is running ({live.describe()}); wait for it before `rbee down`"
             )

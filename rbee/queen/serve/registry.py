@@ -1,78 +1,29 @@
 """The worker registry: what the queen knows of workers, from their heartbeats only (RAM).
 
 It also holds the queen's own count of requests in flight per worker: a slot is claimed here
-(`claim`, synchronous, so two requests never take the same slot) and given back by the relay.
+(`claim`, synchronous, so two requests never take the same slot) and given back by admission.
+A worker whose heartbeats stop is announced once (`on_lost`, from `watch`): the request path
+cuts what is in flight there and self-heal looks at its hive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from rbee.pki import tls_name
-from rbee.queen.scheduler import LEAST_LOADED, Policy
+from rbee.queen.serve.worker import Address, Policy, WorkerRecord
 from rbee.wire import Heartbeat, WorkerView
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "UNHEALTHY_S", "Address", "Registry", "WorkerRecord"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "LOST_CHECK_S", "UNHEALTHY_S", "Registry"]
 
 HEARTBEAT_INTERVAL_S = 2.0
 #: How long a worker that failed a request is passed over (its heartbeats do not lift it).
 UNHEALTHY_S = 10.0
 _ROUTABLE = frozenset({"idle", "busy"})
 _SERVING = frozenset({"loading", "idle", "busy"})
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where a worker listens, parsed once from its heartbeat's URL for the relay."""
-
-    host: str
-    port: int
-    prefix: bytes  # a path before /v1/…, usually empty
-    host_header: bytes
-    tls: bool
-
-    @classmethod
-    def of(cls, url: str) -> Address:
-        parts = urlsplit(url)
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        prefix, tls = parts.path.rstrip("/").encode(), parts.scheme == "https"
-        return cls(host, port, prefix, parts.netloc.encode(), tls)
-
-
-@dataclass(eq=False)
-class WorkerRecord:
-    beat: Heartbeat
-    last_seen: float
-    in_flight: int = 0
-    picked_at: float = 0.0
-    unhealthy_until: float = 0.0
-    unhealthy_reason: str | None = None
-    #: Retired by the queen: no new request goes to it; it is stopped once none is in flight.
-    draining: bool = False
-    #: When its last request ended (or it registered): idle eviction stops the least recent.
-    last_used: float = field(init=False)
-    address: Address = field(init=False)
-    #: The TLS server name of its certificate (`rbee.pki.tls_name`); None for plain HTTP.
-    tls_name: str | None = field(init=False)
-    #: The registry's clock at this process's first heartbeat (the status page's uptime).
-    since: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.address = Address.of(self.beat.url)
-        name = f"{self.beat.hive}/{self.beat.worker_id}"
-        self.tls_name = tls_name("worker", name) if self.address.tls else None
-        self.last_used = self.last_seen
-        self.since = self.last_seen
-
-    @property
-    def load(self) -> float:
-        """Fraction of slots in use, counting what the queen relays now and what the worker says."""
-        busy = max(self.in_flight, self.beat.slots_busy)
-        return busy / self.beat.slots_total
+#: How often `watch` looks for workers whose heartbeats stopped.
+LOST_CHECK_S = 1.0
 
 
 class Registry:
@@ -83,9 +34,12 @@ class Registry:
         interval_s: float = HEARTBEAT_INTERVAL_S,
         missed: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[WorkerRecord], None] = lambda record: None,
     ) -> None:
+        """`on_lost`: told of each worker whose heartbeats stopped, once (from `watch`)."""
         self._ttl = interval_s * missed
         self._clock = clock
+        self._on_lost = on_lost
         # Wall time from which a worker that never beat here is silent: a restarted queen
         # first gives every worker one TTL to find it.
         self.heard_from = time.time() + self._ttl
@@ -124,11 +78,18 @@ class Registry:
             self._silenced[wid] = record.beat.pid
         return list(self._workers.values())
 
-    def take_lost(self) -> list[WorkerRecord]:
-        """Workers whose heartbeats stopped since the last call (once each)."""
+    async def watch(self, every_s: float = LOST_CHECK_S) -> None:
+        """Every `every_s`, announce the workers whose heartbeats stopped (`on_lost`), forever."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.announce_lost()
+
+    def announce_lost(self) -> None:
+        """Tell `on_lost` of each worker whose heartbeats stopped since the last call, once."""
         self.live()
         lost, self._lost = self._lost, []
-        return lost
+        for record in lost:
+            self._on_lost(record)
 
     def silenced(self) -> dict[str, int]:
         """Workers (id → pid) whose heartbeats stopped and have not come back."""
@@ -184,7 +145,7 @@ class Registry:
         )
 
     def claim(
-        self, model: str, policy: Policy = LEAST_LOADED, exclude: frozenset[str] = frozenset()
+        self, model: str, policy: Policy, exclude: frozenset[str] = frozenset()
     ) -> WorkerRecord | None:
         """Take a free slot of a routable, healthy worker serving `model`, chosen by `policy`,
         or None when every slot is taken. The caller gives it back with `release`."""

@@ -1,8 +1,8 @@
-"""The job API's routes (`/v1/jobs`), thin handlers over `rbee.queen.jobs.Jobs`.
+"""The job API's routes (`/v1/jobs`), thin handlers over `rbee.queen.serve.jobs.Jobs`.
 
 `POST /v1/jobs` (201 `JobCreated`), `GET /v1/jobs[?state=&limit=]`, `GET /v1/jobs/{id}`,
 `GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}` (cancel). Errors are OpenAI-style
-bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.front`). A job
+bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.http.front`). A job
 belongs to the key that submitted it: another inference key gets 404 for it and never lists
 it; admin keys and the cluster token see every job.
 
@@ -15,30 +15,32 @@ that key is a 422.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from rbee.queen.front import PRINCIPAL
-from rbee.queen.jobs import IdempotencyConflict, JobEnded, JobsFull, NoSuchJob, UnknownModel
-from rbee.queen.keys import Principal
-from rbee.wire import json_object, openai_error, sse
+from rbee.queen.http.auth import Principal
+from rbee.queen.http.errors import Refused, limit, parse_body
+from rbee.queen.http.front import PRINCIPAL
+from rbee.queen.serve.jobs import (
+    IdempotencyConflict,
+    JobEnded,
+    Jobs,
+    JobsFull,
+    NoSuchJob,
+    UnknownModel,
+)
+from rbee.queen.state import queen_of
+from rbee.wire import sse
 from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
 
-if TYPE_CHECKING:
-    from rbee.queen.jobs import Jobs
-
-__all__ = ["JOB_ROUTES"]
+__all__ = ["cancel_job", "get_job", "job_events", "list_jobs", "submit_job"]
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def _jobs(request: Request) -> Jobs:
-    jobs: Jobs = request.app.state.queen.jobs
-    return jobs
+    return queen_of(request).jobs
 
 
 def _caller(request: Request) -> Principal | None:
@@ -52,60 +54,47 @@ def _only_of(request: Request) -> str | None:
     return caller.name if caller is not None and caller.scope == "inference" else None
 
 
-def _refuse(
-    status: int, message: str, type_: str, code: str | None = None, retry_after: int | None = None
-) -> JSONResponse:
-    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(openai_error(message, type_, code), status_code=status, headers=headers)
-
-
-def _no_such_job(job_id: str) -> JSONResponse:
-    return _refuse(404, f"no job {job_id!r} (or it was pruned)", "not_found_error", "job_not_found")
+def _no_such_job(job_id: str) -> Refused:
+    return Refused(404, f"no job {job_id!r} (or it was pruned)", "not_found_error", "job_not_found")
 
 
 def _idempotency_key(request: Request) -> str | None:
-    """The request's `Idempotency-Key`, if it sent one; ValueError if it is not one value of 1
-    to 255 printable ASCII characters."""
+    """The request's `Idempotency-Key`, if it sent one; a 400 if it is not one value of 1 to
+    255 printable ASCII characters."""
     given = request.headers.getlist("idempotency-key")
     if not given:
         return None
     if len(given) > 1 or not _IDEMPOTENCY_KEY.fullmatch(given[0]):
-        raise ValueError(
+        message = (
             "the Idempotency-Key header must be one value of 1 to 255 printable ASCII characters"
         )
+        raise Refused(400, message, "invalid_request_error")
     return given[0]
 
 
 async def submit_job(request: Request) -> Response:
-    try:
-        idempotency_key = _idempotency_key(request)
-        body = json_object(await request.body())
-    except ValueError as exc:
-        return _refuse(400, str(exc), "invalid_request_error")
-    try:
-        asked = SubmitJob.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        return _refuse(422, f"{where}: {first['msg']}", "invalid_request_error")
+    idempotency_key = _idempotency_key(request)
+    asked = await parse_body(request, SubmitJob)
     # A job counts against its key's rpm as a request does, and its answer against its tpm.
     caller = _caller(request)
     if caller is not None and (over := caller.over_limit()) is not None:
         message, retry_after = over
-        return _refuse(429, message, "rate_limit_error", "rate_limit_exceeded", retry_after)
+        raise Refused(
+            429, message, "rate_limit_error", "rate_limit_exceeded", retry_after=retry_after
+        )
     spend = caller.limiter.spend if caller is not None and caller.limiter else None
     try:
         record, new = await _jobs(request).submit(
             asked, caller.name if caller else None, spend, idempotency_key
         )
     except IdempotencyConflict as exc:
-        return _refuse(422, str(exc), "invalid_request_error", "idempotency_key_reused")
+        raise Refused(422, str(exc), "invalid_request_error", "idempotency_key_reused") from None
     except UnknownModel:
         message = f"the model {asked.model!r} does not exist"
-        return _refuse(404, message, "invalid_request_error", "model_not_found")
+        raise Refused(404, message, "invalid_request_error", "model_not_found") from None
     except JobsFull:
         message = "too many jobs are queued or running; retry later"
-        return _refuse(503, message, "service_unavailable", "jobs_full", retry_after=30)
+        raise Refused(503, message, "service_unavailable", "jobs_full", retry_after=30) from None
     created = JobCreated(job_id=record.job_id, sse_url=f"/v1/jobs/{record.job_id}/events")
     replayed = None if new else {"idempotent-replayed": "true"}
     return JSONResponse(created.model_dump(), status_code=201, headers=replayed)
@@ -114,13 +103,8 @@ async def submit_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     state = request.query_params.get("state")
     if state is not None and state not in JOB_STATES:
-        return _refuse(
-            422, f"state must be one of {', '.join(JOB_STATES)}", "invalid_request_error"
-        )
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        return _refuse(422, "limit must be a whole number from 1 to 1000", "invalid_request_error")
-    records = await _jobs(request).stored(state, int(raw), _only_of(request))
+        raise Refused(422, f"state must be one of {', '.join(JOB_STATES)}", "invalid_request_error")
+    records = await _jobs(request).stored(state, limit(request, 100), _only_of(request))
     return JSONResponse({"jobs": [r.model_dump(mode="json") for r in records]})
 
 
@@ -130,7 +114,7 @@ async def get_job(request: Request) -> Response:
         record = await _jobs(request).get(job_id, _only_of(request))
         return JSONResponse(record.model_dump(mode="json"))
     except NoSuchJob:
-        return _no_such_job(job_id)
+        raise _no_such_job(job_id) from None
 
 
 async def cancel_job(request: Request) -> Response:
@@ -139,9 +123,9 @@ async def cancel_job(request: Request) -> Response:
         record = await _jobs(request).cancel(job_id, _only_of(request))
         return JSONResponse(record.model_dump(mode="json"))
     except NoSuchJob:
-        return _no_such_job(job_id)
+        raise _no_such_job(job_id) from None
     except JobEnded as exc:
-        return _refuse(409, str(exc), "conflict", "job_ended")
+        raise Refused(409, str(exc), "conflict", "job_ended") from None
 
 
 async def job_events(request: Request) -> Response:
@@ -149,14 +133,5 @@ async def job_events(request: Request) -> Response:
     try:
         events = await _jobs(request).follow(job_id, _only_of(request))
     except NoSuchJob:
-        return _no_such_job(job_id)
+        raise _no_such_job(job_id) from None
     return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
-
-
-JOB_ROUTES = [
-    Route("/v1/jobs", submit_job, methods=["POST"]),
-    Route("/v1/jobs", list_jobs),
-    Route("/v1/jobs/{job_id}", get_job),
-    Route("/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
-    Route("/v1/jobs/{job_id}/events", job_events),
-]

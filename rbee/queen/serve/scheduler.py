@@ -1,25 +1,21 @@
 """Routing policies: which of a model's workers with a free slot takes the next request.
 
-A policy only chooses; `Registry.claim` filters the candidates (routable, healthy, a free slot)
-and takes the slot. The YAML picks the policy per model (`serving.routing`).
+A policy (`rbee.queen.serve.worker.Policy`) only chooses; `Registry.claim` filters the
+candidates (routable, healthy, a free slot) and takes the slot. The YAML picks the policy per
+model (`serving.routing`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from rbee.queen.serve.worker import Policy, WorkerRecord
 
 if TYPE_CHECKING:
     from rbee.config.models import Serving
-    from rbee.queen.registry import WorkerRecord
 
-__all__ = ["LeastLoaded", "Policy", "PreferHive", "RoundRobin", "policy_for"]
-
-
-class Policy(Protocol):
-    def choose(self, candidates: Sequence[WorkerRecord]) -> WorkerRecord:
-        """One of `candidates` (never empty)."""
-        ...
+__all__ = ["LEAST_LOADED", "LeastLoaded", "Policy", "PreferHive", "RoundRobin", "policy_for"]
 
 
 class LeastLoaded:

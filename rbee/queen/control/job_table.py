@@ -1,4 +1,4 @@
-"""The jobs' rows in the queen's SQLite (table `jobs`, made by `rbee.queen.store`).
+"""The jobs' rows in the queen's SQLite (table `jobs`, made by `rbee.queen.control.store`).
 
 A job is written when it is submitted, before its id is answered, and again at each change of
 state; its result is stored once, by the update that ends it. Its `Idempotency-Key`, if sent,
@@ -16,13 +16,13 @@ import json
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rbee.queen.serve.jobs import JobRow
 from rbee.wire.jobs import ENDED, JobRecord, JobResult, JobState
 
-__all__ = ["JobRow", "JobTable"]
+__all__ = ["JobTable"]
 
 _T = TypeVar("_T")
 
@@ -33,17 +33,9 @@ _COLUMNS = (
 _ENDED_SQL = "(" + ", ".join(f"'{state}'" for state in sorted(ENDED)) + ")"
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """A job's record and the OpenAI body it runs."""
-
-    record: JobRecord
-    body: dict[str, Any]
-
-
 class JobTable:
-    """Reads and writes `jobs` (autocommit: each method's write is durable when it returns).
-    The methods block: the event loop runs them with `call`."""
+    """Reads and writes `jobs` (autocommit: each method's write is durable when it returns):
+    the jobs' `JobStore`. The methods block: the event loop runs them with `call`."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

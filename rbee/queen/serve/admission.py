@@ -4,7 +4,7 @@ The queues live in memory, one per model, first come first served and bounded by
 `serving.max_queue`. A slot given back goes straight to the first waiter (`pump`), so a freed
 slot is never taken by a newcomer while others wait; a heartbeat that brings new capacity
 (a worker done loading, a new worker) pumps too. Each model has a second queue for batch
-waiters (jobs, `rbee.queen.jobs`): they get a slot only when no interactive one (every
+waiters (jobs, `rbee.queen.serve.jobs`): they get a slot only when no interactive one (every
 OpenAI request) waits.
 """
 
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from rbee.config.models import Serving
-from rbee.queen.registry import Registry, WorkerRecord
-from rbee.queen.scheduler import policy_for
+from rbee.queen.serve.registry import Registry
+from rbee.queen.serve.scheduler import policy_for
+from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire.jobs import Priority
 
 __all__ = ["Admission", "NoWorker", "QueueFull", "QueueTimeout", "Scaler"]
@@ -36,7 +38,7 @@ class QueueTimeout(Exception):
 
 
 class Scaler(Protocol):
-    """What admission asks of the autoscaler (rbee.queen.autoscale)."""
+    """What admission asks of the autoscaler (`rbee.queen.control.autoscale`)."""
 
     def elastic(self, model: str) -> bool:
         """Whether the queen scales `model`'s workers (a range of replicas is declared)."""
@@ -56,20 +58,23 @@ class _Waiter:
 class Admission:
     """Hands out worker slots of the registry, queueing requests while every slot is taken."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        serving: Callable[[str], Serving | None] = lambda model: None,
+        scaler: Scaler | None = None,
+    ) -> None:
+        """`serving`: a declared model's settings (`Control.serving`, from the last apply);
+        `scaler` spawns workers of models with a range of replicas for requests that wait."""
         self.registry = registry
+        self._serving = serving
+        self._scaler = scaler
         self._queues: dict[str, deque[_Waiter]] = {}
         self._batch_queues: dict[str, deque[_Waiter]] = {}
-        self._serving: dict[str, Serving] = {}
-        #: Spawns workers of models with a range of replicas for requests that must wait.
-        self.scaler: Scaler | None = None
-
-    def configure(self, serving: dict[str, Serving]) -> None:
-        """Each declared model's settings (from the last apply); others get the defaults."""
-        self._serving = dict(serving)
 
     def serving(self, model: str) -> Serving:
-        return self._serving.get(model) or _DEFAULT
+        """`model`'s settings: as declared, else the defaults."""
+        return self._serving(model) or _DEFAULT
 
     def depths(self) -> dict[str, int]:
         depths = {model: len(queue) for model, queue in self._queues.items()}
@@ -91,7 +96,7 @@ class Admission:
         if record is not None:
             return record
         # A model the queen scales waits for the worker it spawns rather than fail at once.
-        scaler = self.scaler if self.scaler is not None and self.scaler.elastic(model) else None
+        scaler = self._scaler if self._scaler is not None and self._scaler.elastic(model) else None
         if scaler is None and not self.registry.serves(model):
             raise NoWorker(model)
         queues = self._queues if priority == "interactive" else self._batch_queues

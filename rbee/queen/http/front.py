@@ -14,13 +14,13 @@ Who may call what:
   the status page): an admin key.
 - The status page (`/` and `/ui/*`) also takes the `rbee_ui` cookie that its login form
   (`/ui/login`, open) sets: a browser cannot send a bearer header. The cookie holds a session
-  id (`rbee.queen.sessions`), never the key; each use checks the key it was opened with again.
-  `/` without a credential redirects to that form; `/ui/logout` (open) closes the session.
+  id (`rbee.queen.http.sessions`), never the key; each use checks the key it was opened with
+  again. `/` without a credential redirects to that form; `/ui/logout` (open) closes the session.
 - The cluster token opens every route: it is the operator's credential (the YAML's
   `queen.token`, else the one rbee made on the queen's machine, `rbee.credentials`). There is
   no open mode: on loopback too, every route but those above needs a credential.
-- Workers do not come here: they heartbeat to the cluster listener (`cluster_app`), over
-  mutual TLS.
+- Workers do not come here: they heartbeat to the cluster listener
+  (`rbee.queen.app.cluster_app`), over mutual TLS.
 
 Before any of that, what only a web page would send is refused (`rbee.daemon.browser_refusal`:
 a foreign Origin, a Host that does not name the queen, a body that is not JSON), so a page the
@@ -29,20 +29,17 @@ operator visits can neither call the queen cross-site nor rebind a name to it.
 
 from __future__ import annotations
 
-import hmac
 import re
 import secrets
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 
 from rbee.daemon import Message, Receive, Scope, Send, browser_refusal, own_names, send_error
-from rbee.queen.keys import Need, Principal
-from rbee.queen.sessions import Sessions
+from rbee.queen.http.auth import Need, Principal
+from rbee.queen.state import QueenState
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
-
-    from rbee.queen.app import QueenState
 
 __all__ = ["MAX_BODY_BYTES", "PRINCIPAL", "UI_COOKIE", "Front", "ui_session"]
 
@@ -83,8 +80,6 @@ _WHO: dict[Need, str] = {
     "admin": "an admin key",
 }
 _FORMS = frozenset({"/ui/login", "/ui/logout"})  # the status page's own forms
-_OPEN = Principal("anyone", "open")
-_CLUSTER = Principal("cluster-token", "cluster")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
@@ -105,12 +100,11 @@ class Front:
     ) -> None:
         self.app = app
         self.queen = queen
-        self._keys = queen.keys
+        self._auth = queen.auth
+        self._sessions = queen.sessions
         self._relay = queen.relay
-        self._token = f"Bearer {queen.token}".encode()
         self._max_body = max_body_bytes
         self._names = own_names() if host_names is None else host_names
-        self.sessions = Sessions()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,10 +131,10 @@ class Front:
         on_ui = path == "/" or path.startswith("/ui/")
         if on_ui and authorization is None and cookie is not None:
             session_id = ui_session(cookie)
-            secret = self.sessions.secret(session_id) if session_id else None
+            secret = self._sessions.secret(session_id) if session_id else None
             authorization = None if secret is None else b"Bearer " + secret.encode()
         needed = _NEEDS.get(path) or _needs(scope["method"], path)
-        principal = self._authenticate(authorization, needed)
+        principal = self._auth.authenticate(authorization, needed)
         if not isinstance(principal, Principal):
             if path == "/" and scope["method"] in ("GET", "HEAD"):
                 await _to_login(send, request_id)
@@ -165,24 +159,6 @@ class Front:
                 return
         scope[PRINCIPAL] = principal
         await self.app(scope, _replay(body, receive), _with_request_id(send, request_id))
-
-    def check(self, secret: str) -> Principal | int:
-        """Who `secret` (an API key or the cluster token) is on the admin routes, or the HTTP
-        status that refuses it (401 unknown, 403 an inference or plan key)."""
-        return self._authenticate(b"Bearer " + secret.encode(), "admin")
-
-    def _authenticate(self, authorization: bytes | None, needed: Need) -> Principal | int:
-        """Who is calling, or the HTTP status that refuses them (401 or 403)."""
-        if needed == "open":
-            return _OPEN
-        if authorization is not None:
-            if hmac.compare_digest(authorization, self._token):
-                return _CLUSTER
-            if authorization[:7].lower() == b"bearer ":
-                found = self._keys.lookup(authorization[7:].decode("latin-1").strip())
-                if found is not None:
-                    return found if found.may(needed) else 403
-        return 401
 
     async def _deny(
         self, send: Send, status: int, request_id: bytes, route: str, needed: Need

@@ -1,4 +1,6 @@
-"""API keys: who may call the queen, for what (scope), and how fast (requests and tokens/min).
+"""Who is calling the queen: API keys, for what (scope) and how fast (requests and tokens/min),
+and the check of a bearer credential (`Authenticator`) that the front door and the status
+page's login share.
 
 Scopes, least privilege first: `inference` calls the OpenAI routes and the jobs; `plan` plans
 and reads the control plane's state (for CI on pull requests: it changes nothing, and gets no
@@ -12,6 +14,7 @@ an in-memory map of hash → key, refreshed whenever a key is made or revoked.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import sqlite3
 import time
@@ -22,10 +25,10 @@ from typing import Literal
 from rbee.errors import RbeeError
 from rbee.wire import ApiKey, KeyScope
 
-__all__ = ["PREFIX", "Keys", "Limiter", "Need", "Principal", "Scope"]
+__all__ = ["OPEN", "PREFIX", "Authenticator", "Keys", "Limiter", "Need", "Principal", "Scope"]
 
 Scope = KeyScope
-#: What a route asks of its caller (`rbee.queen.front` says which route asks what).
+#: What a route asks of its caller (`rbee.queen.http.front` says which route asks what).
 Need = Literal["open", "inference", "plan", "admin"]
 #: The needs a key of each scope meets (the cluster token meets every one).
 _MEETS: dict[Scope, frozenset[Need]] = {
@@ -103,6 +106,11 @@ class Principal:
             return None
         message = f"key {self.name!r} is over its rate limit; retry in {wait_s:.1f} s"
         return message, max(1, round(wait_s + 0.5))
+
+    def spend(self, tokens: int) -> None:
+        """Take the tokens an answer used from this key's `tpm` (if it has limits)."""
+        if self.limiter is not None:
+            self.limiter.spend(tokens)
 
 
 class Keys:
@@ -183,6 +191,39 @@ class Keys:
         )
         self._load()
         return key
+
+
+#: Anyone, on a route open to all.
+OPEN = Principal("anyone", "open")
+_CLUSTER = Principal("cluster-token", "cluster")
+
+
+class Authenticator:
+    """Who a bearer credential is: an API key (`keys`) or the cluster `token`, which opens
+    every route (it is the operator's)."""
+
+    def __init__(self, keys: Keys, token: str) -> None:
+        self._keys = keys
+        self._token = f"Bearer {token}".encode()
+
+    def authenticate(self, authorization: bytes | None, needed: Need) -> Principal | int:
+        """Who sent an `Authorization` header, or the HTTP status that refuses them (401
+        unknown, 403 a key whose scope does not meet `needed`)."""
+        if needed == "open":
+            return OPEN
+        if authorization is not None:
+            if hmac.compare_digest(authorization, self._token):
+                return _CLUSTER
+            if authorization[:7].lower() == b"bearer ":
+                found = self._keys.lookup(authorization[7:].decode("latin-1").strip())
+                if found is not None:
+                    return found if found.may(needed) else 403
+        return 401
+
+    def check(self, secret: str) -> Principal | int:
+        """Who `secret` (an API key or the cluster token) is on the admin routes, or the HTTP
+        status that refuses it (401 unknown, 403 an inference or plan key)."""
+        return self.authenticate(b"Bearer " + secret.encode(), "admin")
 
 
 def _digest(secret: str) -> str:

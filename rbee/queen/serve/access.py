@@ -15,7 +15,7 @@ from typing import TextIO
 
 __all__ = ["AccessLog"]
 
-_LOGGER = "rbee.queen.access"
+_LOGGER = "rbee.queen.access"  # the name operators filter on, kept when the module moved
 
 
 class AccessLog:

@@ -7,14 +7,16 @@ replace a hung one. Deletes, prunes, upgrades and spec changes are left to `rbee
 reported as why the cluster is degraded.
 
 Checks run on events (a worker's heartbeats stopped, a hive stopped answering) and every
-`self_heal.interval`. A heal takes the apply lock (never racing an apply) and is recorded in
-history. A failed action is retried after a growing delay; a worker respawned `CRASH_LIMIT`
-times within `CRASH_WINDOW_S` is left down and reported until the next apply.
+`self_heal.interval`. A heal holds the apply lock, asked of `Control` (never racing an
+apply), and is recorded in history. A failed action is retried after a growing delay; a
+worker respawned `CRASH_LIMIT` times within `CRASH_WINDOW_S` is left down and reported until
+the next apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -27,7 +29,7 @@ from rbee.config.models import Cluster
 from rbee.errors import RbeeError
 from rbee.plan.model import Action, Plan
 from rbee.plan.planner import plan
-from rbee.queen.control import Control
+from rbee.queen.control.control import Control
 from rbee.wire import ApplyEvent, CrashLoop, SyncStatus
 
 __all__ = ["CRASH_LIMIT", "CRASH_WINDOW_S", "Healer", "healing"]
@@ -174,11 +176,11 @@ class Healer:
             return  # an apply (or a heal) runs: it converges, and the next check looks again
         todo, reasons = await self._select(cluster, await self._plan(cluster))
         if todo and enabled:
-            try:
-                lock = await self._control.lock.acquire(HEAL_HOLDER)
-            except ApplyLocked:
-                return
-            try:
+            async with contextlib.AsyncExitStack() as held:
+                try:
+                    lock = await held.enter_async_context(self._control.locked(HEAL_HOLDER))
+                except ApplyLocked:
+                    return
                 # Under the lock, plan again: an apply may have changed things since.
                 cluster = self._control.desired or cluster
                 todo, reasons = await self._select(cluster, await self._plan(cluster))
@@ -186,8 +188,6 @@ class Healer:
                     await self._heal(cluster, todo, trigger, lock)
                     self.poke("check after self-heal")
                     return
-            finally:
-                self._control.lock.release(lock.id)
         elif todo:
             reasons += [f"{a.address}: {a.reason} (self-heal is off)" for a in todo]
         self.sync = SyncStatus(

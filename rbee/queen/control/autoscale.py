@@ -39,10 +39,9 @@ from rbee.plan.observed import HiveFacts
 from rbee.plan.placement import vram_bytes
 from rbee.plan.planner import scale_up_action
 from rbee.plan.resources import parse_worker_id, worker_address, worker_id
-from rbee.queen.admission import Admission
-from rbee.queen.control import Control
-from rbee.queen.metrics import Metrics
-from rbee.queen.registry import WorkerRecord
+from rbee.queen.control.control import Control
+from rbee.queen.serve.metrics import Metrics
+from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import ApplyEvent
 
 __all__ = ["DRAIN_TIMEOUT_S", "EVICT_EVERY_S", "Autoscaler"]
@@ -73,15 +72,16 @@ class _Spawn:
 class Autoscaler:
     """Spawns workers on demand and retires idle or unwanted ones (see the module's docstring).
 
-    `effects` and `facts` are the seams to the hives (apply's effects and `GET /v1/state` by
-    default); tests of the decisions alone swap them.
+    `waiting` counts a model's requests waiting for a slot (`Admission.waiting`, which calls
+    `demand`). `effects` and `facts` are the seams to the hives (apply's effects and
+    `GET /v1/state` by default); tests of the decisions alone swap them.
     """
 
     def __init__(
         self,
         control: Control,
-        admission: Admission,
         metrics: Metrics,
+        waiting: Callable[[str], int],
         *,
         effects: Callable[[], Effects] | None = None,
         facts: HiveFactsOf | None = None,
@@ -89,7 +89,7 @@ class Autoscaler:
     ) -> None:
         self._control = control
         self._registry = control.registry
-        self._admission = admission
+        self._waiting = waiting
         self._metrics = metrics
         self._effects = effects or control.worker_effects
         self._facts = facts or (observe_hive)
@@ -121,7 +121,7 @@ class Autoscaler:
         ]
         coming = sum(r.beat.slots_total for r in records if r.beat.state == "loading")
         coming += sum(s.deployment.slots for s in spawns)
-        short = self._admission.waiting(model) - coming
+        short = self._waiting(model) - coming
         if short <= 0:
             return
         for deployment in deployments:
@@ -272,7 +272,7 @@ class Autoscaler:
         chosen: list[tuple[WorkerRecord, str]] = []
         records = self._registry.live()
         for model, deployments in self._elastic().items():
-            if desired is None or self._admission.waiting(model):
+            if desired is None or self._waiting(model):
                 continue
             for deployment in deployments:
                 for hive in desired.hive_names(deployment):

@@ -8,14 +8,12 @@ at SSE event boundaries so that a failure never leaves half an event behind.
 Failures, by when they happen:
 - before the worker's first byte (connect error, reset, 5xx, timeout): the worker is passed
   over for a while and the request tries another one, after a jittered backoff, up to
-  `serving.attempts` workers; then a 502 (or 504 on a timeout) in OpenAI's error shape;
+  `serving.attempts` workers (`Calls.attempt`, the loop jobs use too); then a 502 (or 504 on a
+  timeout) in OpenAI's error shape;
 - after it: a streaming client gets one final SSE event in OpenAI's error shape and a clean
   close (never text twice); a non-streaming client gets a 502.
 A client that disconnects cancels its request: the connection to the worker is closed, which
 is how the worker learns to stop.
-
-Jobs (`rbee.queen.jobs`) call workers the same way: `call_worker`, `done` and the failure
-bookkeeping are the relay's, whoever reads the answer.
 """
 
 from __future__ import annotations
@@ -23,30 +21,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
-import ssl
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from rbee.config.models import Serving
 from rbee.daemon import Message, Receive, Scope, Send, send_error
-from rbee.queen.access import AccessLog
-from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
-from rbee.queen.keys import Principal
-from rbee.queen.metrics import Metrics
-from rbee.queen.registry import Registry, WorkerRecord
-from rbee.queen.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout, header_block
+from rbee.queen.serve.access import AccessLog
+from rbee.queen.serve.admission import Admission, NoWorker, QueueFull, QueueTimeout
+from rbee.queen.serve.calls import AttemptFailed, Calls, Exhausted
+from rbee.queen.serve.metrics import Metrics
+from rbee.queen.serve.registry import Registry
+from rbee.queen.serve.upstream import Connection, UpstreamClosed, UpstreamTimeout
+from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import QueenArgs, json_object, openai_error, sse
 
-__all__ = ["AttemptFailed", "Relay"]
+__all__ = ["Caller", "Relay"]
 
 log = logging.getLogger(__name__)
 
 
-#: Backoff between attempts: full jitter over an exponential base, capped.
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 1.0
 #: A request still running after this long starts watching for its client's disconnect.
 WATCH_AFTER_S = 0.05
 _SSE_END = b"\n\n"
@@ -63,14 +58,26 @@ def _prompt_tokens(headers: list[tuple[bytes, bytes]]) -> int:
     return 0
 
 
-class AttemptFailed(Exception):
-    """An attempt at one worker failed before its first byte."""
+class Caller(Protocol):
+    """Who sent a request, as far as the relay cares: their rate limits (an API key's
+    `rbee.queen.http.auth.Principal`)."""
 
-    def __init__(self, reason: str, *, timeout: str | None = None, gone: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.timeout = timeout  # connect | first_byte, when it was a timeout
-        self.gone = gone  # the connection failed: the process is likely gone
+    def over_limit(self) -> tuple[str, int] | None:
+        """None when the request may go (it is counted); else the 429's message and
+        `Retry-After` seconds."""
+        ...
+
+    def spend(self, tokens: int) -> None:
+        """Take the tokens an answer used from the caller's limit."""
+        ...
+
+
+class _Answered(Exception):
+    """The request was answered before reaching a worker (a refusal); `status` says how."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class Relay:
@@ -80,155 +87,17 @@ class Relay:
         self,
         registry: Registry,
         admission: Admission,
+        calls: Calls,
         metrics: Metrics,
         is_declared: Callable[[str], bool],
-        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`tls`: the queen's identity, for workers at https:// URLs (all that heartbeat)."""
+        """`is_declared`: whether the last apply declares a model (a 503 rather than a 404)."""
         self._registry = registry
         self._admission = admission
+        self._calls = calls
         self._metrics = metrics
         self._is_declared = is_declared
-        self._headers = header_block([("content-type", "application/json")])
-        self._pool = Pool(tls)
         self.access = AccessLog(QueenArgs.SCRIPT)
-        # Connections with a request in flight, by worker: a worker whose heartbeats stop
-        # has them cut, rather than leaving its clients to wait out their timeouts.
-        self._active: dict[str, set[Connection]] = {}
-        # Told of a worker that seems gone (id, why): self-heal looks at its hive at once.
-        self.on_worker_gone: Callable[[str, str], None] = lambda worker_id, why: None
-
-    async def watch_heartbeats(self, every_s: float = 1.0) -> None:
-        """Every `every_s`, cut the requests in flight at workers that stopped beating: before
-        their first byte they go to another worker, after it they end with an error event."""
-        while True:
-            await asyncio.sleep(every_s)
-            for record in self._registry.take_lost():
-                worker_id = record.beat.worker_id
-                for conn in self._active.pop(worker_id, ()):
-                    conn.abort("the worker stopped sending heartbeats")
-                self.on_worker_gone(worker_id, "its heartbeats stopped")
-
-    def _gone(self, worker_id: str, why: str) -> None:
-        """A connection to the worker failed: routed around until its next heartbeat."""
-        self._registry.drop(worker_id)
-        self.on_worker_gone(worker_id, why)
-
-    async def close(self) -> None:
-        self._pool.close()
-
-    async def call_worker(
-        self, record: WorkerRecord, path: bytes, body: bytes, serving: Serving
-    ) -> tuple[Connection, bytes]:
-        """POST `body` to `path` of `record`'s worker: the connection once the answer's head
-        (`conn.status`) and its first bytes are in. Give the connection back with `done`.
-        Raises AttemptFailed when the attempt failed before the worker's first byte."""
-        address, pool = record.address, self._pool
-        conn = pool.idle(address.host, address.port)
-        reused = conn is not None
-        active = self._active.setdefault(record.beat.worker_id, set())
-        try:
-            while True:
-                if conn is None:
-                    try:
-                        conn = await pool.connect(
-                            address.host, address.port, serving.connect_timeout, record.tls_name
-                        )
-                    except TimeoutError:
-                        raise AttemptFailed(
-                            f"connect timed out after {serving.connect_timeout:g} s",
-                            timeout="connect",
-                        ) from None
-                    except OSError as exc:
-                        raise AttemptFailed(f"cannot connect: {exc}", gone=True) from None
-                active.add(conn)
-                try:
-                    await conn.request(
-                        address.prefix + path,
-                        address.host_header,
-                        body,
-                        self._headers,
-                        serving.first_byte_timeout,
-                        serving.idle_timeout,
-                    )
-                    status = conn.status
-                    if status >= 500 and status != 503:
-                        raise AttemptFailed(f"the worker answered {status}")
-                    if status == 503:  # draining or still loading: another may take it
-                        raise AttemptFailed("the worker is not taking requests (503)")
-                    first = await conn.read()
-                    break
-                except UpstreamTimeout as exc:
-                    raise AttemptFailed(str(exc), timeout=exc.kind) from None
-                except UpstreamClosed as exc:
-                    if reused and not conn.got_body:
-                        # A kept-alive connection the worker had closed: try a fresh one.
-                        conn.close()
-                        conn, reused = None, False
-                        continue
-                    # Reset or closed: the process most likely died; forgotten until it
-                    # beats again.
-                    message = f"connection lost before the first byte: {exc}"
-                    raise AttemptFailed(message, gone=True) from None
-            if not first and status < 400 and not conn.complete:
-                raise AttemptFailed("the worker closed the connection without answering")
-        except BaseException:
-            if conn is not None:
-                self.done(conn, record)
-            raise
-        return conn, first
-
-    def done(self, conn: Connection, record: WorkerRecord) -> None:
-        """The answer on `conn` is over: kept alive for the next request when it was read to
-        its end, closed otherwise (which tells the worker to stop generating)."""
-        active = self._active.get(record.beat.worker_id)
-        if active is not None:
-            active.discard(conn)
-        if conn.complete:
-            self._pool.release(conn)
-        else:
-            conn.close()
-
-    def attempt_failed(
-        self,
-        model: str,
-        record: WorkerRecord,
-        failure: AttemptFailed,
-        request_id: str,
-        attempt: int,
-    ) -> None:
-        """Count a failed attempt and pass its worker over: forgotten until it beats again
-        when the connection failed, marked unhealthy for a while otherwise."""
-        if failure.timeout:
-            self._metrics.timeouts.labels(model, failure.timeout).inc()
-        if failure.gone:
-            self._gone(record.beat.worker_id, failure.reason)
-        else:
-            self._registry.mark_unhealthy(record, failure.reason)
-        log.warning(
-            "event=worker_failed request_id=%s worker_id=%s attempt=%d reason=%r",
-            request_id,
-            record.beat.worker_id,
-            attempt,
-            failure.reason,
-        )
-
-    def failed_mid_answer(
-        self, model: str, record: WorkerRecord, exc: BaseException, request_id: str
-    ) -> None:
-        """The worker failed after its first byte (the answer cannot be tried elsewhere)."""
-        reason = str(exc)
-        if isinstance(exc, UpstreamTimeout):
-            self._metrics.timeouts.labels(model, "idle").inc()
-            self._registry.mark_unhealthy(record, reason)
-        else:
-            self._gone(record.beat.worker_id, reason)
-        log.warning(
-            "event=worker_failed_mid_answer request_id=%s worker_id=%s reason=%r",
-            request_id,
-            record.beat.worker_id,
-            reason,
-        )
 
     async def handle(
         self,
@@ -236,7 +105,7 @@ class Relay:
         receive: Receive,
         send: Send,
         body: bytes,
-        principal: Principal,
+        caller: Caller,
         request_id: bytes,
     ) -> None:
         """Answer one inference request whose `body` has been read."""
@@ -249,7 +118,7 @@ class Relay:
         if not isinstance(model, str) or not model:
             await send_error(send, 400, "the request names no model", "invalid_request_error")
             return
-        if (over := principal.over_limit()) is not None:
+        if (over := caller.over_limit()) is not None:
             message, retry_after = over
             self._metrics.rejected.labels("rate_limit").inc()
             await send_error(
@@ -272,8 +141,7 @@ class Relay:
         self._metrics.answered(label, status)
         if call.tokens:
             self._metrics.model(model).tokens_out.inc(call.tokens[1])
-            if principal.limiter is not None:
-                principal.limiter.spend(call.tokens[0] + call.tokens[1])
+            caller.spend(call.tokens[0] + call.tokens[1])
         self.access.record(
             request_id.decode(),
             label if label.isprintable() and " " not in label else repr(label),
@@ -348,56 +216,57 @@ class _Call:
         relay, serving, metrics = self.relay, self.serving, self.relay._metrics
         arrived = loop.time()
         deadline = arrived + serving.queue_timeout
-        tried: set[str] = set()
-        last: AttemptFailed | None = None
-        for attempt in range(serving.attempts):
-            if attempt:
-                metrics.model(self.model).retries.inc()
-                delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
-                await asyncio.sleep(delay)
+
+        async def claim(tried: frozenset[str], last: AttemptFailed | None) -> WorkerRecord | None:
             try:
                 queued = loop.time()
                 record = await relay._admission.acquire(
-                    self.model, serving, max(deadline, loop.time()), frozenset(tried)
+                    self.model, serving, max(deadline, loop.time()), tried
                 )
             except NoWorker:
                 if last is not None and not last.gone:
-                    break
-                return await self._no_worker(had_workers=bool(tried))  # none, or all gone
+                    return None
+                raise _Answered(await self._no_worker(had_workers=bool(tried))) from None
             except QueueFull:
                 metrics.rejected.labels("queue_full").inc()
-                return await self._refuse(
-                    503,
-                    f"the queue of model {self.model!r} is full ({serving.max_queue} waiting); "
-                    "retry later",
-                    "service_unavailable",
-                    "queue_full",
-                    retry_after=2,
-                )
+                raise _Answered(
+                    await self._refuse(
+                        503,
+                        f"the queue of model {self.model!r} is full ({serving.max_queue} "
+                        "waiting); retry later",
+                        "service_unavailable",
+                        "queue_full",
+                        retry_after=2,
+                    )
+                ) from None
             except QueueTimeout:
                 metrics.timeouts.labels(self.model, "queue").inc()
                 if last is not None:
-                    break
-                return await self._refuse(
-                    504,
-                    f"no worker of model {self.model!r} had a free slot within "
-                    f"{serving.queue_timeout:g} s",
-                    "timeout",
-                    "queue_timeout",
-                )
+                    return None
+                raise _Answered(
+                    await self._refuse(
+                        504,
+                        f"no worker of model {self.model!r} had a free slot within "
+                        f"{serving.queue_timeout:g} s",
+                        "timeout",
+                        "queue_timeout",
+                    )
+                ) from None
             metrics.model(self.model).queue_seconds.observe(loop.time() - queued)
             self.worker = record.beat.worker_id
-            try:
-                return await self._relay(record, arrived, loop)
-            except AttemptFailed as failure:
-                last = failure
-                tried.add(record.beat.worker_id)
-                relay.attempt_failed(
-                    self.model, record, failure, self.request_id.decode(), attempt + 1
-                )
-            finally:
-                relay._admission.release(record)
-        assert last is not None
+            return record
+
+        async def call(record: WorkerRecord) -> int:
+            return await self._relay(record, arrived, loop)
+
+        try:
+            return await relay._calls.attempt(
+                self.model, serving, self.request_id.decode(), claim, call
+            )
+        except _Answered as answered:
+            return answered.status
+        except Exhausted as exhausted:
+            last = exhausted.last
         if last.timeout:
             return await self._refuse(
                 504, f"no worker answered in time: {last.reason}", "timeout", "worker_timeout"
@@ -412,14 +281,14 @@ class _Call:
         """Send the request to `record`'s worker and its answer to the client."""
         relay = self.relay
         path = self.scope["path"].encode()
-        conn, first = await relay.call_worker(record, path, self.body, self.serving)
+        conn, first = await relay._calls.call_worker(record, path, self.body, self.serving)
         try:
             relay._metrics.model(self.model).ttft_seconds.observe(loop.time() - arrived)
             if self.stream and conn.status == 200:
                 return await self._pass_stream(conn, first, record)
             return await self._pass_whole(conn, first, record)
         finally:
-            relay.done(conn, record)
+            relay._calls.done(conn, record)
 
     def _start(self, status: int, conn: Connection, worker_id: str) -> Message:
         headers = [(name, value) for name, value in conn.headers if name in _RELAYED_HEADERS]
@@ -496,7 +365,7 @@ class _Call:
         return 200
 
     def _failed_after_first_byte(self, record: WorkerRecord, exc: BaseException) -> None:
-        self.relay.failed_mid_answer(self.model, record, exc, self.request_id.decode())
+        self.relay._calls.failed_mid_answer(self.model, record, exc, self.request_id.decode())
 
     async def _no_worker(self, had_workers: bool) -> int:
         relay = self.relay

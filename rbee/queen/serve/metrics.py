@@ -23,8 +23,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from rbee.plan.model import Action
-    from rbee.queen.admission import Admission
-    from rbee.queen.registry import Registry
+    from rbee.queen.serve.registry import Registry
     from rbee.wire import SyncStatus
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
@@ -42,9 +41,12 @@ class Metrics:
     def __init__(
         self,
         registry: Registry,
-        admission: Admission,
+        depths: Callable[[], dict[str, int]],
         hives_up: Callable[[], tuple[int, int]],
+        sync: Callable[[], SyncStatus | None] = lambda: None,
     ) -> None:
+        """What is read at scrape time: the `registry`'s workers, the queue `depths` by model
+        (`Admission.depths`), `hives_up` (online, registered) and self-heal's `sync` status."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "rbee_queen_requests",
@@ -119,21 +121,13 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
-        self._sync: Callable[[], SyncStatus] | None = None
-        self.registry.register(_StateCollector(registry, admission, hives_up, self._sync_state))
+        self.registry.register(_StateCollector(registry, depths, hives_up, sync))
         self._models: dict[str, ModelMetrics] = {}
         self._answered: dict[tuple[str, int], Counter] = {}
 
     def healed(self, action: Action, ok: bool) -> None:
         """Count one healing action and how it ended."""
         self.self_heal_actions.labels(action.kind, action.op, "ok" if ok else "failed").inc()
-
-    def watch_sync(self, sync: Callable[[], SyncStatus]) -> None:
-        """Read self-heal's sync status at scrape time."""
-        self._sync = sync
-
-    def _sync_state(self) -> SyncStatus | None:
-        return self._sync() if self._sync else None
 
     def model(self, model: str) -> ModelMetrics:
         """The hot path's series of one model, looked up once per model."""
@@ -171,20 +165,25 @@ class _StateCollector(Collector):
     def __init__(
         self,
         registry: Registry,
-        admission: Admission,
+        depths: Callable[[], dict[str, int]],
         hives_up: Callable[[], tuple[int, int]],
         sync: Callable[[], SyncStatus | None],
     ) -> None:
         self._registry = registry
-        self._admission = admission
+        self._depths = depths
         self._hives_up = hives_up
         self._sync = sync
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing up front: what it reads may be built after the metrics (`rbee.queen.app`),
+        so it is read at scrape time only, never when registered."""
+        return iter(())
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "rbee_queen_queue_depth", "Requests waiting for a free slot", labels=["model"]
         )
-        for model, count in sorted(self._admission.depths().items()):
+        for model, count in sorted(self._depths().items()):
             depth.add_metric([model], count)
         yield depth
         busy = GaugeMetricFamily(

@@ -23,13 +23,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 import rbee
-from rbee.queen.front import UI_COOKIE, ui_session
-from rbee.queen.sessions import TTL_S as SESSION_TTL_S
+from rbee.queen.http.front import UI_COOKIE, ui_session
+from rbee.queen.http.sessions import TTL_S as SESSION_TTL_S
+from rbee.queen.state import QueenState, queen_of
 from rbee.wire import sse
 
 if TYPE_CHECKING:
-    from rbee.queen.app import QueenState
-    from rbee.queen.front import Front
     from rbee.wire import Capabilities
 
 __all__ = ["events", "login", "login_form", "logout", "page", "recent_jobs", "snapshot"]
@@ -116,7 +115,7 @@ def _devices(capabilities: Capabilities | None) -> str:
 
 async def page(request: Request) -> Response:
     """`GET /`: the status page, with the status of now in it (the stream brings the rest)."""
-    queen: QueenState = request.app.state.queen
+    queen = queen_of(request)
     nonce = secrets.token_urlsafe(16)
     # JSON inside <script>: no `</script>` can close it early.
     initial = json.dumps(snapshot(queen)).replace("<", "\\u003c")
@@ -126,7 +125,7 @@ async def page(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     """`GET /ui/events`: the status every `EVERY_S` seconds, until the page goes."""
-    queen: QueenState = request.app.state.queen
+    queen = queen_of(request)
 
     async def stream() -> AsyncIterator[bytes]:
         while True:
@@ -144,10 +143,10 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """`POST /ui/login` (a form with `key`): an admin key (or the cluster token) opens a
     session, whose id the cookie holds, and goes to the page; anything else gets the form
-    again, saying why. Wrong keys from one address are throttled (`rbee.queen.sessions`)."""
-    front: Front = request.app.state.front
+    again, saying why. Wrong keys from one address are throttled (`rbee.queen.http.sessions`)."""
+    queen = queen_of(request)
     client = request.client.host if request.client else "?"
-    wait_s = front.sessions.wait_s(client)
+    wait_s = queen.sessions.wait_s(client)
     if wait_s > 0:
         retry = str(math.ceil(wait_s))
         answer = _login_page(f"too many wrong keys: try again in {retry} s", 429)
@@ -155,18 +154,18 @@ async def login(request: Request) -> Response:
         return answer
     fields = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (fields.get("key") or [""])[0].strip()
-    found = front.check(key) if key else 401
+    found = queen.auth.check(key) if key else 401
     if isinstance(found, int):
-        front.sessions.failed(client)
+        queen.sessions.failed(client)
         if found == 403:
             message = "an inference or plan key cannot open the status page: use an admin key"
             return _login_page(message, 403)
         return _login_page("that key is not an admin key of this queen", 401)
-    front.sessions.succeeded(client)
+    queen.sessions.succeeded(client)
     answer = RedirectResponse("/", status_code=303)
     answer.set_cookie(
         UI_COOKIE,
-        front.sessions.open(key),
+        queen.sessions.open(key),
         max_age=int(SESSION_TTL_S),
         httponly=True,
         samesite="strict",
@@ -177,10 +176,9 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """`POST /ui/logout`: the session ends here and in the browser; back to the login form."""
-    front: Front = request.app.state.front
     session_id = ui_session(request.headers.get("cookie", "").encode("latin-1"))
     if session_id is not None:
-        front.sessions.close(session_id)
+        queen_of(request).sessions.close(session_id)
     answer = RedirectResponse("/ui/login", status_code=303)
     answer.delete_cookie(UI_COOKIE, httponly=True, samesite="strict")
     return answer

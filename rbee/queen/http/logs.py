@@ -9,80 +9,56 @@ cluster's mutual TLS, never over SSH.
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from rbee.clients import HiveClient
 from rbee.errors import UnavailableError
 from rbee.logsource import log_response, own_log
-from rbee.wire import openai_error, sse
+from rbee.queen.http.errors import Refused
+from rbee.queen.state import QueenState, queen_of
+from rbee.wire import sse
 from rbee.wire.logs import LogQuery
 
 if TYPE_CHECKING:
     from rbee.config.models import Hive
-    from rbee.queen.app import QueenState
 
 __all__ = ["hive_log", "queen_log", "worker_log"]
 
 
-class _Refusal(Exception):
-    """A request refused with an OpenAI-style error (`_answering` turns it into the answer)."""
-
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.response = JSONResponse(openai_error(message, type_, code), status_code=status)
-
-
-def _answering(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    @functools.wraps(handler)
-    async def handle(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except _Refusal as refusal:
-            return refusal.response
-
-    return handle
-
-
-@_answering
 async def queen_log(request: Request) -> Response:
     """The queen's own log: the file its output goes to, or its systemd unit's journal."""
     query = _query(request)
     source = own_log()
     if source is None:
         message = "the queen's output goes to a terminal or a pipe, not to a log file"
-        raise _Refusal(404, message, "not_found_error", "no_log")
+        raise Refused(404, message, "not_found_error", "no_log")
     return await log_response(source, query)
 
 
-@_answering
 async def hive_log(request: Request) -> Response:
     """A hive's own log, from that hive."""
     query = _query(request)
-    queen: QueenState = request.app.state.queen
+    queen = queen_of(request)
     name = request.path_params["name"]
     hive = next((h for h in queen.hive_registry.hives() if h.name == name), None)
     if hive is None:
-        raise _Refusal(404, f"no hive named {name!r} is registered", "not_found_error")
+        raise Refused(404, f"no hive named {name!r} is registered", "not_found_error")
     return await _relay(hive, "/v1/logs", query)
 
 
-@_answering
 async def worker_log(request: Request) -> Response:
     """A worker's log, from the hive it runs on (or ran on: the log outlives the worker)."""
     query = _query(request)
-    queen: QueenState = request.app.state.queen
+    queen = queen_of(request)
     worker_id = request.path_params["worker_id"]
     hive = _hive_of(queen, worker_id)
     if hive is None:
         message = f"no live worker {worker_id!r}, and no registered hive its id starts with"
-        raise _Refusal(404, message, "not_found_error")
+        raise Refused(404, message, "not_found_error")
     return await _relay(hive, f"/v1/worker-logs/{worker_id}", query)
 
 
@@ -111,7 +87,7 @@ async def _relay(hive: Hive, path: str, query: LogQuery) -> Response:
     except UnavailableError as exc:
         await opened.aclose()
         message = f"hive {hive.name}: {exc.message}"
-        raise _Refusal(502, message, "bad_gateway", "hive_unreachable") from None
+        raise Refused(502, message, "bad_gateway", "hive_unreachable") from None
 
     async def body() -> AsyncIterator[bytes]:
         async with opened:  # the hive's stream closes when this one ends or its reader goes
@@ -126,4 +102,4 @@ def _query(request: Request) -> LogQuery:
     try:
         return LogQuery.parse(request.query_params)
     except ValueError as exc:
-        raise _Refusal(422, str(exc), "invalid_request_error") from None
+        raise Refused(422, str(exc), "invalid_request_error") from None

@@ -6,17 +6,18 @@ through the same admission as every OpenAI request (an interactive job waits amo
 batch job behind them all), starts it, and takes the next. A job that comes in ahead of the
 one waiting (interactive before batch) or a cancelled head is seen at once.
 
-Running. A job calls its worker as the relay does (`Relay.call_worker`: the same connections,
-timeouts and failure bookkeeping), always streamed: its events are the worker's chunks. Before
-the worker's first byte, a failure sends it to another worker (`serving.attempts` in all);
-after it, the job fails (the chunks already went to its readers).
+Running. A job calls its worker as the relay does (`Calls.attempt`: the same loop, connections,
+timeouts, backoff, retry count and failure bookkeeping), always streamed: its events are the
+worker's chunks. Before the worker's first byte, a failure sends it to another worker
+(`serving.attempts` in all); after it, the job fails (the chunks already went to its readers).
 
 Idempotency. A job sent with an `Idempotency-Key` is its owner's only job with that key: the
 same request sent again (its answer was lost) gets the first job back instead of a second one,
 and another request with that key is refused (`IdempotencyConflict`). The key lives as long as
 the job's row.
 
-Durability. Every job is written to SQLite before its id is answered, and at each change of
+Durability. Every job is written to its store (`JobStore`: the queen's SQLite, given by the
+app) before its id is answered, and at each change of
 state; the update that ends it stores its one result. A queen that starts takes over the jobs
 its predecessor left: queued ones in their order, and those that were running are run again
 from the start, because their result was never stored (the rule: a job running when its queen
@@ -43,17 +44,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from rbee.config.models import Serving
-from rbee.queen.admission import Admission, NoWorker, QueueFull, QueueTimeout
-from rbee.queen.job_table import JobRow, JobTable
-from rbee.queen.registry import WorkerRecord
-from rbee.queen.relay import AttemptFailed, Relay
-from rbee.queen.upstream import UpstreamClosed, UpstreamTimeout
+from rbee.queen.serve.admission import Admission, NoWorker, QueueFull, QueueTimeout
+from rbee.queen.serve.calls import AttemptFailed, Calls, Exhausted
+from rbee.queen.serve.upstream import UpstreamClosed, UpstreamTimeout
+from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import sse
 from rbee.wire.jobs import (
     ENDED,
@@ -72,9 +71,19 @@ from rbee.wire.jobs import (
     chunk_text,
 )
 
-__all__ = ["IdempotencyConflict", "JobEnded", "Jobs", "JobsFull", "NoSuchJob", "UnknownModel"]
+__all__ = [
+    "IdempotencyConflict",
+    "JobEnded",
+    "JobRow",
+    "JobStore",
+    "Jobs",
+    "JobsFull",
+    "NoSuchJob",
+    "UnknownModel",
+]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Jobs queued or running at most; more are refused (503) until some end.
 MAX_LIVE = 10_000
@@ -91,6 +100,47 @@ _TURN_S = 60.0
 _NO_WORKER_S = 0.5
 _PATHS = {"chat": b"/v1/chat/completions", "completion": b"/v1/completions"}
 _SSE_END = b"\n\n"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job's record and the OpenAI body it runs, as stored."""
+
+    record: JobRecord
+    body: dict[str, Any]
+
+
+class JobStore(Protocol):
+    """Where jobs last (`rbee.queen.control.job_table.JobTable`, the queen's SQLite). The
+    methods block: the event loop runs each with `call`, in the order asked."""
+
+    async def call(self, method: Callable[..., _T], *args: Any) -> _T:
+        """`method(*args)` off the event loop, once the writes asked for before it ran."""
+        ...
+
+    def insert(
+        self, record: JobRecord, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> JobRow | None:
+        """Write a new job; the owner's earlier job with `idempotency_key` instead, if any."""
+        ...
+
+    def keyed(self, owner: str | None, idempotency_key: str) -> JobRow | None: ...
+
+    def started(self, record: JobRecord) -> None: ...
+
+    def ended(self, record: JobRecord) -> bool: ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def recent(
+        self, state: JobState | None, limit: int, owner: str | None = None
+    ) -> list[JobRecord]: ...
+
+    def unfinished(self) -> list[JobRow]: ...
+
+    def prune(self, finished_before: float, keep: int) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class NoSuchJob(Exception):
@@ -217,18 +267,18 @@ class Jobs:
 
     def __init__(
         self,
-        db_path: Path,
+        table: JobStore,
         admission: Admission,
-        relay: Relay,
+        calls: Calls,
         knows_model: Callable[[str], bool],
         *,
         max_live: int = MAX_LIVE,
         retention_s: float = RETENTION_S,
         keep_ended: int = KEEP_ENDED,
     ) -> None:
-        self._table = JobTable(db_path)
+        self._table = table
         self._admission = admission
-        self._relay = relay
+        self._calls = calls
         self._knows_model = knows_model
         self._max_live = max_live
         self._retention_s = retention_s
@@ -353,8 +403,8 @@ class Jobs:
             await asyncio.sleep(every_s)
 
     async def close(self) -> None:
-        """Stop dispatching and running. Nothing is written: a running job stays `running`
-        in SQLite, and the next queen runs it again."""
+        """Stop dispatching and running, then close the store. Nothing is written: a running
+        job stays `running` in the store, and the next queen runs it again."""
         tasks = [*self._dispatchers, *(j.task for j in self._live.values() if j.task)]
         for task in tasks:
             task.cancel()
@@ -439,6 +489,7 @@ class Jobs:
         record.state = "running"
         record.runs += 1
         record.started_at = time.time()
+        job.slot = slot  # until the run takes it over
         self._assigned(job, slot)
         job.task = asyncio.create_task(self._run(job))
         # Given back however the task ends, even cancelled before it began.
@@ -450,7 +501,6 @@ class Jobs:
             self._admission.release(slot)
 
     def _assigned(self, job: _Job, slot: WorkerRecord) -> None:
-        job.slot = slot
         job.record.worker = slot.beat.worker_id
         job.assigned_at = time.monotonic()
         job.feed.push(JobAssigned(worker=slot.beat.worker_id, run=job.record.runs))
@@ -462,55 +512,50 @@ class Jobs:
         record = job.record
         serving = self._admission.serving(record.model)
         body = json.dumps({**job.body, "stream": True}).encode()
-        tried: set[str] = set()
-        reason = ""
+        loop = asyncio.get_running_loop()
+
+        async def claim(tried: frozenset[str], last: AttemptFailed | None) -> WorkerRecord | None:
+            if job.slot is not None:  # the first attempt: the dispatcher's slot
+                slot, job.slot = job.slot, None
+                return slot
+            try:
+                slot = await self._admission.acquire(
+                    record.model,
+                    serving,
+                    loop.time() + serving.queue_timeout,
+                    tried,
+                    priority=record.priority,
+                )
+            except (NoWorker, QueueFull, QueueTimeout):
+                return None
+            self._assigned(job, slot)
+            return slot
+
+        async def call(slot: WorkerRecord) -> JobResult:
+            # Stored before the worker hears of it: `runs` never undercounts.
+            await self._table.call(self._table.started, record.model_copy())
+            return await self._generate(job, slot, serving, body)
+
         try:
-            for attempt in range(1, serving.attempts + 1):
-                if job.slot is None:
-                    self._assigned(job, await self._another_slot(job, serving, tried, reason))
-                slot = job.slot
-                assert slot is not None
-                # Stored before the worker hears of it: `runs` never undercounts.
-                await self._table.call(self._table.started, record.model_copy())
-                try:
-                    result = await self._generate(job, slot, serving, body)
-                except AttemptFailed as failure:
-                    self._release(job)
-                    tried.add(slot.beat.worker_id)
-                    reason = failure.reason
-                    self._relay.attempt_failed(record.model, slot, failure, record.job_id, attempt)
-                    continue
-                self._release(job)
-                await self._end(job, "done", result=result)
-                return
-            raise _Failed(f"no worker could run the job: {reason}")
+            try:
+                result = await self._calls.attempt(
+                    record.model, serving, record.job_id, claim, call
+                )
+            except Exhausted as exhausted:
+                raise _Failed(f"no worker could run the job: {exhausted.last.reason}") from None
+            await self._end(job, "done", result=result)
         except _Failed as exc:
             await self._end(job, "failed", error=str(exc))
         except Exception as exc:
             log.exception("event=job_crashed job_id=%s", record.job_id)
             await self._end(job, "failed", error=f"the queen failed running the job: {exc!r}")
 
-    async def _another_slot(
-        self, job: _Job, serving: Serving, tried: set[str], reason: str
-    ) -> WorkerRecord:
-        loop = asyncio.get_running_loop()
-        try:
-            return await self._admission.acquire(
-                job.record.model,
-                serving,
-                loop.time() + serving.queue_timeout,
-                frozenset(tried),
-                priority=job.record.priority,
-            )
-        except (NoWorker, QueueFull, QueueTimeout):
-            raise _Failed(f"no worker could run the job: {reason}") from None
-
     async def _generate(
         self, job: _Job, slot: WorkerRecord, serving: Serving, body: bytes
     ) -> JobResult:
         """Stream the job's answer from `slot`'s worker into its events; its result."""
         record = job.record
-        conn, data = await self._relay.call_worker(slot, _PATHS[record.kind], body, serving)
+        conn, data = await self._calls.call_worker(slot, _PATHS[record.kind], body, serving)
         try:
             if conn.status != 200:
                 while more := await conn.read():
@@ -527,10 +572,10 @@ class Jobs:
                 data = await conn.read()
             return answer.result()
         except (UpstreamTimeout, UpstreamClosed) as exc:
-            self._relay.failed_mid_answer(record.model, slot, exc, record.job_id)
+            self._calls.failed_mid_answer(record.model, slot, exc, record.job_id)
             raise _Failed(f"the worker failed mid-answer: {exc}") from None
         finally:
-            self._relay.done(conn, slot)
+            self._calls.done(conn, slot)
 
     async def _end(
         self,
