@@ -187,3 +187,16 @@ def test_a_worker_whose_beats_stop_is_silenced_until_it_beats_again_or_is_retire
     assert registry.silenced() == {"a": 1, "b": 1}
     registry.retire("b")  # being replaced: the planner need not replace it again
     assert registry.silenced() == {"a": 1}
+
+
+def test_a_worker_whose_heartbeats_stop_is_announced_once() -> None:
+    clock = Clock()
+    lost: list[str] = []
+    registry = Registry(clock=clock, on_lost=lambda record: lost.append(record.beat.worker_id))
+    registry.beat(_beat("a"))
+    registry.announce_lost()
+    assert lost == []
+    clock.now += 7.0  # past three missed beats
+    registry.announce_lost()
+    registry.announce_lost()
+    assert lost == ["a"]

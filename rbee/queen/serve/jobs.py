@@ -209,7 +209,7 @@ class _Job:
     feed: _Feed = field(default_factory=_Feed)
     queued_at_position: int = 0  # what its `queued` event said
     task: asyncio.Task[None] | None = None
-    slot: WorkerRecord | None = None  # the worker slot it holds while it runs
+    slot: WorkerRecord | None = None  # the dispatcher's slot, until its run takes it over
     assigned_at: float = 0.0
     # Takes the tokens of its answer from its key's `tpm` (in memory: a job that a restarted
     # queen runs again is not charged twice).
