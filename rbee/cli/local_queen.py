@@ -7,20 +7,18 @@ run: most commands only reach a queen that is up.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rbee.cli.reach import QUEEN_URL_ENV, client_for, is_local
 from rbee.clients import QueenClient, queen_tls
 from rbee.config.models import Queen
 from rbee.defaults import QUEEN_PORT
-from rbee.errors import RbeeError, UnavailableError
+from rbee.errors import RbeeError
 from rbee.net import LOOPBACK
 from rbee.paths import state_dir
 from rbee.wire import QueenArgs
 
-__all__ = ["ensure_queen", "local_queen_args", "queen_log", "stop_queen"]
+__all__ = ["local_queen_args", "queen_log", "start_local_queen", "stop_queen"]
 
 
 def queen_log() -> Path:
@@ -28,51 +26,27 @@ def queen_log() -> Path:
     return state_dir() / "queen.log"
 
 
-def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
-    """A client for a running queen; a loopback queen that is down is started first, unless
-    $RBEE_QUEEN_URL names the queen: then it is only ever reached, never started.
+def start_local_queen(queen: Queen, timeout_s: float = 20.0) -> int:
+    """Start the YAML's queen on this machine, detached, and wait until it answers; its pid.
 
-    Returns the client and the pid of a queen started now (None when one was running).
-    """
-    if queen.tls is not None and queen.tls.cert is None and is_local(queen):
-        # rbee's own certificate is the cluster CA's: made here first, so that this keeper
-        # trusts it from its first call (the queen finds it made).
-        from rbee.credentials import tls_dir
-        from rbee.pki import Authority
-
-        Authority(tls_dir())
-    client = client_for(queen)
-    if client.health() is not None:
-        return client, None
-    if os.environ.get(QUEEN_URL_ENV):
-        raise UnavailableError(
-            f"the queen at {client.url} ({QUEEN_URL_ENV}) is not answering",
-            hint=f"check {QUEEN_URL_ENV} and that the queen runs on its host; rbee never "
-            f"starts a queen when {QUEEN_URL_ENV} is set",
-        )
-    if not is_local(queen):
-        raise UnavailableError(
-            f"the queen at {queen.url} is not answering",
-            hint="rbee only starts a queen on this machine; start it on its host",
-        )
+    A queen started meanwhile by a concurrent `rbee` call answers as well. Reaching it first
+    (`rbee.cli.reach.ensure_queen`) made the CA its own TLS certificate needs."""
     import asyncio
 
     from rbee.process import start_daemon
 
-    pid = asyncio.run(
+    return asyncio.run(
         start_daemon(
             "the queen",
             local_queen_args(queen).command(),
             queen_log(),
             queen.url,
             token=queen.token,
-            # Any queen will do: one started by a concurrent `rbee` call answers as well.
             accept=lambda health, pid: health.service == QueenArgs.SCRIPT,
             timeout_s=timeout_s,
             verify=queen_tls(),
         )
     )
-    return client, pid
 
 
 def local_queen_args(queen: Queen) -> QueenArgs:

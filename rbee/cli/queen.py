@@ -43,7 +43,7 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
 @queen_app.command("start")
 def queen_start(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Start the queen of the YAML on this machine, detached (logs in ~/.local/state/rbee)."""
-    from rbee.cli.local_queen import ensure_queen
+    from rbee.cli.reach import ensure_queen
     from rbee.config.load import load_cluster
 
     cluster = load_cluster(file)

@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "connect_yaml",
     "credential",
+    "ensure_queen",
     "is_local",
     "reached_queen",
 ]
@@ -68,11 +69,43 @@ def client_for_yaml(file: Path) -> QueenClient:
     return client_for(load_cluster(file).queen)
 
 
+def ensure_queen(queen: Queen, timeout_s: float = 20.0) -> tuple[QueenClient, int | None]:
+    """A client for a running queen; a queen of this machine that is down is started first,
+    unless $RBEE_QUEEN_URL names the queen: then it is only ever reached, never started.
+
+    Returns the client and the pid of a queen started now (None when one was running).
+    """
+    from rbee.errors import UnavailableError
+
+    if queen.tls is not None and queen.tls.cert is None and is_local(queen):
+        # rbee's own certificate is the cluster CA's: made before the first call, so that
+        # this keeper trusts it (the queen finds it made).
+        from rbee.credentials import tls_dir
+        from rbee.pki import Authority
+
+        Authority(tls_dir())
+    client = client_for(queen)
+    if client.health() is not None:
+        return client, None
+    if os.environ.get(QUEEN_URL_ENV):
+        raise UnavailableError(
+            f"the queen at {client.url} ({QUEEN_URL_ENV}) is not answering",
+            hint=f"check {QUEEN_URL_ENV} and that the queen runs on its host; rbee never "
+            f"starts a queen when {QUEEN_URL_ENV} is set",
+        )
+    if not is_local(queen):
+        raise UnavailableError(
+            f"the queen at {queen.url} is not answering",
+            hint="rbee only starts a queen on this machine; start it on its host",
+        )
+    from rbee.cli.local_queen import start_local_queen
+
+    return client, start_local_queen(queen, timeout_s)
+
+
 def connect(queen: Queen) -> QueenClient:
     """A client for the queen the keeper reaches; a local queen that is down is started (and
     said so on stderr)."""
-    from rbee.cli.local_queen import ensure_queen
-
     client, started = ensure_queen(queen)
     if started is not None:
         err.print(f"[dim]started local queen (pid {started}) at {queen.url}[/dim]")

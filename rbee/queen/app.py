@@ -3,7 +3,7 @@ the lifespan that runs their background tasks.
 
 The request path is `serve` (registry, admission, calls, relay, jobs), the control plane
 `control` (plan, apply, self-heal, autoscaling, the store) and the HTTP surface `http` (front
-door, routes, status page); `QueenState` (`rbee.queen.state`) is what the routes share.
+door, routes, status page); `QueenState` (`rbee.queen.http.state`) is what the routes share.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from rbee.queen.http.auth import Authenticator, Keys
 from rbee.queen.http.errors import EXCEPTION_HANDLERS
 from rbee.queen.http.front import MAX_BODY_BYTES, Front
 from rbee.queen.http.routes import CLUSTER_ROUTES, ROUTES
+from rbee.queen.http.state import QueenState
 from rbee.queen.serve.admission import Admission
 from rbee.queen.serve.calls import Calls
 from rbee.queen.serve.jobs import Jobs
@@ -36,7 +37,6 @@ from rbee.queen.serve.metrics import Metrics
 from rbee.queen.serve.registry import Registry
 from rbee.queen.serve.relay import Relay
 from rbee.queen.serve.worker import WorkerRecord
-from rbee.queen.state import QueenState
 
 __all__ = ["cluster_app", "create_app"]
 

@@ -23,7 +23,7 @@ from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
 from rbee.queen.control.control import ApplyLocked, PlanOptions
 from rbee.queen.http.errors import Refused, limit, parse_body
 from rbee.queen.http.front import PRINCIPAL
-from rbee.queen.state import queen_of
+from rbee.queen.http.state import queen_of
 from rbee.wire import (
     ApplyEvent,
     ApplyRequest,

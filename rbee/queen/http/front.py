@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from rbee.daemon import Message, Receive, Scope, Send, browser_refusal, own_names, send_error
 from rbee.queen.http.auth import Need, Principal
-from rbee.queen.state import QueenState
+from rbee.queen.http.state import QueenState
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

@@ -14,7 +14,7 @@ from rbee.config.models import Hive
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
 from rbee.queen.http.errors import Refused, json_body
-from rbee.queen.state import QueenState, queen_of
+from rbee.queen.http.state import QueenState, queen_of
 from rbee.remote.ssh_config import hives_from_ssh_config
 
 __all__ = ["get_hive", "import_ssh", "list_hives", "refresh_capabilities", "ssh_test"]

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from rbee.queen.http.auth import Principal
 from rbee.queen.http.errors import Refused, limit, parse_body
 from rbee.queen.http.front import PRINCIPAL
+from rbee.queen.http.state import queen_of
 from rbee.queen.serve.jobs import (
     IdempotencyConflict,
     JobEnded,
@@ -30,7 +31,6 @@ from rbee.queen.serve.jobs import (
     NoSuchJob,
     UnknownModel,
 )
-from rbee.queen.state import queen_of
 from rbee.wire import sse
 from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
 

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 
 from rbee.errors import RbeeError
 from rbee.queen.http.errors import Refused, parse_body
-from rbee.queen.state import queen_of
+from rbee.queen.http.state import queen_of
 from rbee.wire import CreatedKey, CreateKey
 
 __all__ = ["create_key", "list_keys", "revoke_key"]

@@ -19,7 +19,7 @@ from rbee.clients import HiveClient
 from rbee.errors import UnavailableError
 from rbee.logsource import log_response, own_log
 from rbee.queen.http.errors import Refused
-from rbee.queen.state import QueenState, queen_of
+from rbee.queen.http.state import QueenState, queen_of
 from rbee.wire import sse
 from rbee.wire.logs import LogQuery
 

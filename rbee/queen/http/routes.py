@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 import rbee
 from rbee.queen.http import apply, hives, jobs, keys, logs, ui, workers
+from rbee.queen.http.state import queen_of
 from rbee.queen.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from rbee.queen.state import queen_of
 from rbee.wire import Health, QueenArgs
 
 __all__ = ["CLUSTER_ROUTES", "ROUTES", "health", "metrics", "shutdown"]

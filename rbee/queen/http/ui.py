@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 import rbee
 from rbee.queen.http.front import UI_COOKIE, ui_session
 from rbee.queen.http.sessions import TTL_S as SESSION_TTL_S
-from rbee.queen.state import QueenState, queen_of
+from rbee.queen.http.state import QueenState, queen_of
 from rbee.wire import sse
 
 if TYPE_CHECKING:

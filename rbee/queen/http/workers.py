@@ -12,7 +12,7 @@ from rbee.daemon import PEER
 from rbee.errors import RbeeError
 from rbee.pki import Peer
 from rbee.queen.http.errors import Refused, parse_body
-from rbee.queen.state import queen_of
+from rbee.queen.http.state import queen_of
 from rbee.wire import Heartbeat
 
 __all__ = ["get_worker", "heartbeat", "list_models", "list_workers", "retire_worker"]
