@@ -37,7 +37,6 @@ import httpx
 
 from rbee.apply.executor import Emit
 from rbee.config.models import Hive
-from rbee.plan.model import Action
 from rbee.plan.observed import HiveFacts
 from rbee.queen.control.autoscale import Autoscaler
 from rbee.queen.control.control import Control
@@ -47,6 +46,7 @@ from rbee.queen.serve.admission import Admission
 from rbee.queen.serve.metrics import Metrics
 from rbee.queen.serve.registry import Registry
 from rbee.wire import Capabilities, Heartbeat, ModelEntry, WorkerBinaryEntry
+from rbee.wire.plan import Action
 from tests.fixtures.cluster import LocalCluster, applied_cluster
 
 MODEL = "gemma3-270m"

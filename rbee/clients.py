@@ -28,9 +28,11 @@ from rbee.wire import (
     ApiKey,
     ApplyEvent,
     ApplyRecord,
+    ApplyRequest,
     Capabilities,
     ClusterStatus,
     CreatedKey,
+    DownRequest,
     DownResult,
     Health,
     HiveRecord,
@@ -39,17 +41,22 @@ from rbee.wire import (
     ModelEntry,
     OperationEvent,
     OperationStarted,
+    PlanRequest,
     QueenArgs,
     Renewal,
     SpawnRequest,
     SpawnWorker,
+    SshFacts,
+    SshImport,
+    SshTestRequest,
     WorkerBinaryEntry,
     WorkerProcess,
     WorkerView,
     apply_event,
 )
-from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, job_event
+from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, SubmitJob, job_event
 from rbee.wire.logs import LogQuery
+from rbee.wire.plan import Plan
 
 __all__ = [
     "ChatStream",
@@ -358,21 +365,16 @@ class QueenClient:
             return None
         return health if health.service == QueenArgs.SCRIPT else None
 
-    def plan(self, cluster: dict[str, Any], **options: Any) -> dict[str, Any]:
-        """Ask the queen to observe and plan; `options`: targets, refresh_only, prune."""
-        body = {"cluster": cluster, **options}
-        result: dict[str, Any] = self._request("POST", "/v1/plan", "plan", json=body, timeout=120)
-        return result
+    def plan(self, request: PlanRequest) -> Plan:
+        """Ask the queen to observe and plan."""
+        body = request.model_dump(mode="json")
+        return Plan.model_validate(
+            self._request("POST", "/v1/plan", "plan", json=body, timeout=120)
+        )
 
-    def apply(
-        self,
-        cluster: dict[str, Any] | None,
-        parallelism: int,
-        saved_plan: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> Iterator[ApplyEvent]:
-        """Run an apply in the queen (of `cluster`, or of a saved plan) and yield its events."""
-        body = {"cluster": cluster, "plan": saved_plan, "parallelism": parallelism, **options}
+    def apply(self, request: ApplyRequest) -> Iterator[ApplyEvent]:
+        """Run an apply in the queen (of a cluster, or of a saved plan) and yield its events."""
+        body = request.model_dump(mode="json", exclude_none=True)
         try:
             with self._http.stream("POST", "/v1/apply", json=body, timeout=None) as stream:
                 if stream.status_code >= 400:
@@ -398,14 +400,14 @@ class QueenClient:
             self._request("POST", path, f"capabilities of hive {name}")
         )
 
-    def ssh_test(self, hive: dict[str, Any]) -> dict[str, Any]:
-        body = {"hive": hive}
-        result: dict[str, Any] = self._request("POST", "/v1/ssh-test", "ssh test", json=body)
-        return result
+    def ssh_test(self, request: SshTestRequest) -> SshFacts:
+        """What the queen finds when it connects to a hive over SSH."""
+        body = request.model_dump(mode="json")
+        return SshFacts.model_validate(self._request("POST", "/v1/ssh-test", "ssh test", json=body))
 
-    def import_ssh(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/v1/hives/import-ssh", "import ssh")
-        return result
+    def import_ssh(self) -> SshImport:
+        """The queen's ~/.ssh/config Host entries as hive stanzas."""
+        return SshImport.model_validate(self._request("POST", "/v1/hives/import-ssh", "import ssh"))
 
     def status(self) -> ClusterStatus:
         return ClusterStatus.model_validate(self._request("GET", "/v1/status", "status"))
@@ -423,8 +425,8 @@ class QueenClient:
         path = f"/v1/workers/{worker_id}/retire"
         return WorkerView.model_validate(self._request("POST", path, f"retire {worker_id}"))
 
-    def down(self, cluster: dict[str, Any] | None = None) -> DownResult:
-        body = {"cluster": cluster}
+    def down(self, request: DownRequest) -> DownResult:
+        body = request.model_dump(mode="json")
         return DownResult.model_validate(
             self._request("POST", "/v1/down", "down", json=body, timeout=120)
         )
@@ -476,8 +478,9 @@ class QueenClient:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
-    def submit_job(self, body: dict[str, Any]) -> JobCreated:
+    def submit_job(self, job: SubmitJob) -> JobCreated:
         """Queue an OpenAI chat or completion body (with its `priority`) as a job."""
+        body = job.model_dump(mode="json", exclude_none=True)
         return JobCreated.model_validate(self._request("POST", "/v1/jobs", "submit job", json=body))
 
     def job(self, job_id: str) -> JobRecord:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from rbee.apply.executor import Emit
 from rbee.clients import HiveClient
 from rbee.errors import RbeeError
-from rbee.plan.model import Action
 from rbee.wire import AddModel, OperationEvent, ProgressEvent, SpawnedEvent
+from rbee.wire.plan import Action
 
 __all__ = ["ClusterEffects"]
 

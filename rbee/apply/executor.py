@@ -14,7 +14,6 @@ import httpx
 import tenacity
 
 from rbee.errors import RbeeError
-from rbee.plan.model import Action, Plan
 from rbee.wire import (
     ApplyEvent,
     DoneEvent,
@@ -23,6 +22,7 @@ from rbee.wire import (
     SkippedEvent,
     StartEvent,
 )
+from rbee.wire.plan import Action, Plan
 
 __all__ = ["Effects", "Emit", "Outcome", "RetryPolicy", "execute", "is_transient"]
 

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,8 +19,8 @@ from rbee.cli.reach import connect, connect_yaml
 from rbee.errors import RbeeError
 
 if TYPE_CHECKING:
-    from rbee.plan.model import Plan
     from rbee.wire import ApplyRecord
+    from rbee.wire.plan import Plan
 
 __all__ = ["apply", "force_unlock", "history", "register"]
 
@@ -69,34 +69,40 @@ def apply(
     from rbee.config.load import load_cluster
     from rbee.config.models import Queen
     from rbee.plan.digest import SENSITIVE
-    from rbee.plan.model import Plan
-    from rbee.wire import ErrorEvent, SummaryEvent
+    from rbee.wire import ApplyRequest, ErrorEvent, PlanRequest, SummaryEvent
 
-    options: dict[str, Any] = {"targets": target or [], "prune": prune}
-    lock: dict[str, Any] = {"lock_timeout_s": lock_timeout}
+    run = ApplyRequest(parallelism=parallelism, lock_timeout_s=lock_timeout)
     if plan_file is not None:
         saved = read_plan(plan_file)
-        queen = Queen.model_validate(saved["cluster"]["queen"])
+        queen = Queen.model_validate(saved.cluster["queen"])
         token = os.environ.get("RBEE_TOKEN") if queen.token == SENSITIVE else queen.token
         client = connect(queen.model_copy(update={"token": token}))
         # The YAML beside the plan (a CI job's checkout of the planned commit) names its commit.
-        source = applied_source(file).model_dump() if Path(file).is_file() else None
-        events = client.apply(None, parallelism, saved_plan=saved, **lock, source=source)
+        source = applied_source(file) if Path(file).is_file() else None
+        events = client.apply(run.model_copy(update={"plan": saved, "source": source}))
     else:
         cluster = load_cluster(file)
         client = connect(cluster.queen)
-        source = applied_source(file).model_dump()
+        declared = cluster.model_dump(mode="json")
+        source = applied_source(file)
         if auto_approve:
             # The queen plans under the lock; the plan it streams first is the plan it runs.
             events = client.apply(
-                cluster.model_dump(mode="json"), parallelism, **options, **lock, source=source
+                run.model_copy(
+                    update={
+                        "cluster": declared,
+                        "targets": target or [],
+                        "prune": prune,
+                        "source": source,
+                    }
+                )
             )
         else:
             # What the user approves is what runs: the plan shown goes back as a saved plan,
             # executed exactly or refused as stale if the cluster moved while they read it.
-            shown = client.plan(cluster.model_dump(mode="json"), **options)
-            _confirm(Plan.model_validate(shown))
-            events = client.apply(None, parallelism, saved_plan=shown, **lock, source=source)
+            shown = client.plan(PlanRequest(cluster=declared, targets=target or [], prune=prune))
+            _confirm(shown)
+            events = client.apply(run.model_copy(update={"plan": shown, "source": source}))
     started_at = time.monotonic()
     summary: SummaryEvent | None = None
     if as_json:

@@ -130,6 +130,7 @@ def ssh_test(
     """
     from rbee.cli.reach import client_for
     from rbee.config.load import load_cluster
+    from rbee.wire import SshTestRequest
 
     cluster = load_cluster(file)
     hive = next((h for h in cluster.hives if h.name == name), None)
@@ -137,30 +138,30 @@ def ssh_test(
         known = ", ".join(h.name for h in cluster.hives) or "none"
         raise RbeeError(f"no hive named {name!r} in {file}", hint=f"declared: {known}")
     client = client_for(cluster.queen)
-    facts = client.ssh_test(hive.model_dump(mode="json"))
+    facts = client.ssh_test(SshTestRequest(hive=hive.model_dump(mode="json")))
     if as_json:
-        sys.stdout.write(json.dumps(facts, indent=2) + "\n")
-    elif facts["reachable"] and facts["error_kind"] is None:
-        installed = facts["rbee_version"] or "not installed"
-        running = f"running (pid {facts['hive_pid']})" if facts["hive_running"] else "not running"
-        free = facts["free_disk_bytes"]
-        out.print(f"[green]ok[/green] {hive.name} ({hive.host}): {facts['os']} {facts['arch']}")
-        out.print(f"  python {facts['python_version']}, rbee {installed}, hive {running}")
+        sys.stdout.write(json.dumps(facts.model_dump(mode="json"), indent=2) + "\n")
+    elif facts.reachable and facts.error_kind is None:
+        installed = facts.rbee_version or "not installed"
+        running = f"running (pid {facts.hive_pid})" if facts.hive_running else "not running"
+        free = facts.free_disk_bytes
+        out.print(f"[green]ok[/green] {hive.name} ({hive.host}): {facts.os} {facts.arch}")
+        out.print(f"  python {facts.python_version}, rbee {installed}, hive {running}")
         if free is not None:
             out.print(f"  free disk in the cache: {free / 2**30:.1f} GiB")
-    if not facts["reachable"] or facts["error_kind"] is not None:
-        raise RbeeError(f"{facts['error_kind']}: {facts['error']}")
+    if not facts.reachable or facts.error_kind is not None:
+        raise RbeeError(f"{facts.error_kind}: {facts.error}")
 
 
 @hive_app.command("import-ssh")
 def import_ssh(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Print the queen's ~/.ssh/config Host entries as YAML hive stanzas to paste."""
-    body = client_for_yaml(file).import_ssh()
-    if not body["hives"]:
-        raise RbeeError(f"no concrete Host entries in {body['path']}")
+    found = client_for_yaml(file).import_ssh()
+    if not found.hives:
+        raise RbeeError(f"no concrete Host entries in {found.path}")
     from ruamel.yaml import YAML
 
     yaml = YAML()
     yaml.default_flow_style = False
-    sys.stdout.write(f"# from {body['path']}; review before adding to the cluster YAML\n")
-    yaml.dump({"hives": body["hives"]}, sys.stdout)
+    sys.stdout.write(f"# from {found.path}; review before adding to the cluster YAML\n")
+    yaml.dump({"hives": found.hives}, sys.stdout)

@@ -71,6 +71,7 @@ def submit(
 ) -> None:
     """Queue a job and print its id; with --wait, follow it and print its answer."""
     from rbee.config.load import load_cluster
+    from rbee.wire.jobs import SubmitJob
 
     if priority not in _PRIORITIES:
         raise RbeeError(f"unknown priority {priority!r}", hint="choose batch or interactive")
@@ -84,7 +85,9 @@ def submit(
             raise RbeeError("no model to ask", hint="pass --model or declare a deployment")
         name = cluster.deployments[0].model
     client = connect(cluster.queen)
-    created = client.submit_job({**request, "model": name, "priority": priority})
+    created = client.submit_job(
+        SubmitJob.model_validate({**request, "model": name, "priority": priority})
+    )
     if wait:
         _follow(client, created.job_id, as_json)
     elif as_json:

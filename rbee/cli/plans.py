@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from rbee.cli.console import out
 from rbee.cli.options import DEFAULT_CONFIG, ConfigFile, Prune, Targets
 from rbee.cli.reach import connect
 from rbee.errors import RbeeError
+
+if TYPE_CHECKING:
+    from rbee.wire.plan import Plan
 
 __all__ = ["PlanFormat", "graph", "plan", "read_plan", "show"]
 
@@ -43,17 +46,17 @@ def plan(
     --detailed-exitcode), 1 error (bad YAML, queen unreachable, a hive that cannot be observed).
     """
     from rbee.config.load import load_cluster
-    from rbee.plan.model import Plan
     from rbee.plan.render import plan_json, plan_text
+    from rbee.wire import PlanRequest
 
     cluster = load_cluster(file)
-    body = connect(cluster.queen).plan(
-        cluster.model_dump(mode="json"),
+    request = PlanRequest(
+        cluster=cluster.model_dump(mode="json"),
         targets=target or [],
         refresh_only=refresh_only,
         prune=prune,
     )
-    the_plan = Plan.model_validate(body)
+    the_plan = connect(cluster.queen).plan(request)
     if out_file is not None:
         out_file.write_text(plan_json(the_plan))
     if as_json:
@@ -85,8 +88,8 @@ def show(
 ) -> None:
     """Print a saved plan: as text, as Markdown for a pull request's comment, or as JSON.
     Needs no queen."""
-    from rbee.plan.model import Plan
     from rbee.plan.render import plan_json, plan_markdown, plan_text
+    from rbee.wire.plan import Plan
 
     the_plan = Plan.model_validate(read_plan(plan_file))
     render = {
@@ -106,29 +109,38 @@ def graph(
 ) -> None:
     """Print the apply graph as Graphviz DOT (`rbee graph plan.json | dot -Tsvg > plan.svg`):
     an edge from each action to those that wait for it."""
-    from rbee.plan.model import Plan
     from rbee.plan.render import plan_dot
 
     if plan_file is not None:
-        the_plan = Plan.model_validate(read_plan(plan_file))
+        the_plan = read_plan(plan_file)
     else:
         from rbee.config.load import load_cluster
+        from rbee.wire import PlanRequest
 
         cluster = load_cluster(file)
-        the_plan = Plan.model_validate(connect(cluster.queen).plan(cluster.model_dump(mode="json")))
+        the_plan = connect(cluster.queen).plan(PlanRequest(cluster=cluster.model_dump(mode="json")))
     sys.stdout.write(plan_dot(the_plan))
 
 
-def read_plan(path: Path) -> dict[str, Any]:
+def read_plan(path: Path) -> Plan:
     """The saved plan in `path` as the queen takes it back, or why it is none."""
     import json
 
+    from pydantic import ValidationError
+
+    from rbee.wire.plan import Plan
+
     try:
-        saved: dict[str, Any] = json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except OSError as exc:
         raise RbeeError(f"cannot read saved plan {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise RbeeError(f"{path} is not a saved plan (invalid JSON: {exc})") from None
     if not isinstance(saved, dict) or "observed_digest" not in saved or "cluster" not in saved:
         raise RbeeError(f"{path} is not a plan saved by `rbee plan --out`")
-    return saved
+    try:
+        return Plan.model_validate(saved)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RbeeError(f"{path} is not a valid saved plan: {where}: {first['msg']}") from None

@@ -26,11 +26,12 @@ def down(file: ConfigFile = DEFAULT_CONFIG) -> None:
     """Stop all workers and hives, then the local queen."""
     from rbee.cli.local_queen import stop_queen
     from rbee.config.load import load_cluster
+    from rbee.wire import DownRequest
 
     cluster = load_cluster(file)
     # A local queen is started if needed: it is the one that knows how to stop hives.
     client = connect(cluster.queen)
-    result = client.down(cluster.model_dump(mode="json"))
+    result = client.down(DownRequest(cluster=cluster.model_dump(mode="json")))
     out.print(
         f"stopped {result.stopped_workers} workers and hives: "
         f"{', '.join(result.stopped_hives) or 'none'}"

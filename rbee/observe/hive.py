@@ -9,9 +9,9 @@ from rbee.clients import HiveClient
 from rbee.config.models import Hive
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
 from rbee.observe.ssh import probe
-from rbee.plan.observed import HiveFacts, Observed, SshFacts
+from rbee.plan.observed import HiveFacts, Observed
 from rbee.remote.connect import SshConnections
-from rbee.wire import HiveState, WorkerView
+from rbee.wire import HiveState, SshFacts, WorkerView
 
 __all__ = ["observe", "observe_hive"]
 

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 import asyncssh
 
 from rbee.config.models import Hive
-from rbee.plan.observed import SshFacts
 from rbee.remote import REMOTE_CACHE, REMOTE_HIVE_PID, REMOTE_HIVE_PORT, REMOTE_VENV
 from rbee.remote.connect import SshConnections, SshFailure, connect, run_remote
 from rbee.remote.daemon import HIVE_PID_SHELL
+from rbee.wire import SshFacts
 
 __all__ = ["PROBE_COMMAND", "parse_probe", "probe", "probe_all"]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from rbee.config.models import Cluster
 from rbee.net import SENSITIVE, hide_url_secrets
-from rbee.plan.model import Plan
 from rbee.plan.observed import Observed
+from rbee.wire.plan import Plan
 
 __all__ = ["SENSITIVE", "observed_digest", "redacted", "redacted_plan"]
 

@@ -6,26 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from rbee.errors import SshErrorKind
-from rbee.wire import Capabilities, ModelEntry, WorkerBinaryEntry, WorkerProcess, WorkerView
+from rbee.wire import (
+    Capabilities,
+    ModelEntry,
+    SshFacts,
+    WorkerBinaryEntry,
+    WorkerProcess,
+    WorkerView,
+)
 
 __all__ = ["HiveFacts", "Observed", "SourceFacts", "SshFacts"]
-
-
-class SshFacts(BaseModel):
-    """A network hive's machine as one SSH probe saw it."""
-
-    reachable: bool
-    error_kind: SshErrorKind | None = None
-    error: str | None = None
-    os: str | None = None
-    arch: str | None = None
-    python_version: str | None = None
-    rbee_version: str | None = None
-    hive_running: bool = False
-    hive_pid: int | None = None
-    hive_port: int | None = None
-    free_disk_bytes: int | None = None
 
 
 class HiveFacts(BaseModel):

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rbee.config.models import Deployment, Hive, WorkerBinary
-from rbee.plan.model import Note
 from rbee.plan.resources import hive_address, worker_address, worker_binary_address
 from rbee.wire import Capabilities, ModelEntry, WorkerProcess
+from rbee.wire.plan import Note
 
 __all__ = ["Placement", "place", "vram_bytes"]
 

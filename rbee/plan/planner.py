@@ -15,7 +15,6 @@ from rbee.config.models import Cluster, Deployment, Hive, Model, WorkerBinary
 from rbee.defaults import split_gguf
 from rbee.net import LOCAL_HOSTS, hide_url_secrets
 from rbee.plan.digest import observed_digest, redacted
-from rbee.plan.model import Action, Change, Note, Op, Plan
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
 from rbee.plan.placement import place
 from rbee.plan.resources import (
@@ -28,6 +27,7 @@ from rbee.plan.resources import (
     worker_id,
 )
 from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
+from rbee.wire.plan import Action, Change, Note, Op, Plan
 
 __all__ = ["plan", "scale_up_action"]
 

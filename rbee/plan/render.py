@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from rbee.net import hide_url_secrets
-from rbee.plan.model import Plan
+from rbee.wire.plan import Plan
 
 __all__ = ["plan_dot", "plan_json", "plan_markdown", "plan_text"]
 

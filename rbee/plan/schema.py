@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rbee.plan.model import PLAN_FORMAT_VERSION, Plan
+from rbee.wire.plan import PLAN_FORMAT_VERSION, Plan
 
 __all__ = ["plan_schema", "plan_schema_text"]
 

@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from rbee.errors import SshErrorKind
 from rbee.wire.bodies import Capabilities, Gpu, WorkerView
+from rbee.wire.plan import Plan
 
 __all__ = [
     "ApiKey",
@@ -36,6 +38,9 @@ __all__ = [
     "RetryEvent",
     "SkippedEvent",
     "SpawnedEvent",
+    "SshFacts",
+    "SshImport",
+    "SshTestRequest",
     "StartEvent",
     "SummaryEvent",
     "SyncStatus",
@@ -337,7 +342,7 @@ class ApplyRequest(_Wire):
     """`POST /v1/apply`: a cluster to plan and apply, or a saved plan (`plan`) to apply."""
 
     cluster: dict[str, Any] | None = None
-    plan: dict[str, Any] | None = None
+    plan: Plan | None = None
     targets: list[str] = Field(default_factory=list)
     refresh_only: bool = False
     prune: bool | None = None
@@ -352,6 +357,36 @@ class DownRequest(_Wire):
     """`POST /v1/down`: also the hives of `cluster`, besides those of the last apply."""
 
     cluster: dict[str, Any] | None = None
+
+
+class SshTestRequest(_Wire):
+    """`POST /v1/ssh-test`: a hive of the YAML, as JSON, for the queen to probe over SSH."""
+
+    hive: dict[str, Any]
+
+
+class SshFacts(_Wire):
+    """A network hive's machine as one SSH probe saw it (also `POST /v1/ssh-test`'s answer)."""
+
+    reachable: bool
+    error_kind: SshErrorKind | None = None
+    error: str | None = None
+    os: str | None = None
+    arch: str | None = None
+    python_version: str | None = None
+    rbee_version: str | None = None
+    hive_running: bool = False
+    hive_pid: int | None = None
+    hive_port: int | None = None
+    free_disk_bytes: int | None = None
+
+
+class SshImport(_Wire):
+    """`POST /v1/hives/import-ssh`: the queen's ~/.ssh/config Host entries as YAML hive
+    stanzas (JSON), and the file they came from."""
+
+    path: str
+    hives: list[dict[str, Any]]
 
 
 class ForceUnlock(_Wire):

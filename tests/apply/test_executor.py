@@ -11,8 +11,8 @@ import pytest
 
 from rbee.apply.executor import Emit, Outcome, RetryPolicy, execute, is_transient
 from rbee.errors import NotFoundError, RbeeError, RemoteError, UnavailableError
-from rbee.plan.model import Action, Plan
 from rbee.wire import ApplyEvent, SpawnedEvent
+from rbee.wire.plan import Action, Plan
 
 FAST = RetryPolicy(retries=3, first_delay_s=0.01, factor=2.0, jitter_s=0.0)
 

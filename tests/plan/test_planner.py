@@ -12,10 +12,10 @@ from ruamel.yaml import YAML
 from syrupy.assertion import SnapshotAssertion
 
 from rbee.config.models import Cluster
-from rbee.plan.model import Plan
 from rbee.plan.observed import Observed
 from rbee.plan.planner import plan
 from rbee.plan.render import plan_dot, plan_json, plan_markdown, plan_text
+from rbee.wire.plan import Plan
 
 CASES = Path(__file__).parent / "cases"
 NAMES = sorted(p.stem for p in CASES.glob("*.yaml"))

@@ -17,7 +17,6 @@ import pytest
 
 from rbee.apply.executor import Emit
 from rbee.config.models import Hive
-from rbee.plan.model import Action
 from rbee.plan.observed import HiveFacts
 from rbee.queen.control.autoscale import Autoscaler
 from rbee.queen.control.control import Control
@@ -29,6 +28,7 @@ from rbee.queen.serve.registry import Registry
 from rbee.queen.serve.scheduler import LEAST_LOADED
 from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import Capabilities, Heartbeat, ModelEntry, WorkerBinaryEntry, WorkerProcess
+from rbee.wire.plan import Action
 
 MODEL = "m"
 GIB = 1 << 30

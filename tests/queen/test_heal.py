@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from rbee.plan.model import Action
 from rbee.queen.control.heal import healing, heals
+from rbee.wire.plan import Action
 from tests.plan.test_planner import NAMES, _case
 
 

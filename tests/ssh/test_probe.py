@@ -10,8 +10,8 @@ import pytest
 
 from rbee.config.models import Hive
 from rbee.observe.ssh import probe, probe_all
-from rbee.plan.observed import SshFacts
 from rbee.remote.connect import SshConnections, SshFailure, connect
+from rbee.wire import SshFacts
 from tests.fixtures.netns import (
     SshHost,
     bring_up,

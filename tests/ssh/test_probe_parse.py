@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rbee.observe.ssh import PROBE_COMMAND, parse_probe
-from rbee.plan.observed import SshFacts
+from rbee.wire import SshFacts
 
 CASES = sorted((Path(__file__).parent / "facts").glob("*.json"))
 

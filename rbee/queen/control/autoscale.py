@@ -34,7 +34,6 @@ from rbee.apply.executor import Effects
 from rbee.config.models import Cluster, Deployment, Hive
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe_hive
-from rbee.plan.model import Action
 from rbee.plan.observed import HiveFacts
 from rbee.plan.placement import vram_bytes
 from rbee.plan.planner import scale_up_action
@@ -43,6 +42,7 @@ from rbee.queen.control.control import Control
 from rbee.queen.serve.metrics import Metrics
 from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import ApplyEvent
+from rbee.wire.plan import Action
 
 __all__ = ["DRAIN_TIMEOUT_S", "EVICT_EVERY_S", "Autoscaler"]
 

@@ -24,7 +24,6 @@ from rbee.observe.hive import observe, observe_hive
 from rbee.observe.sources import resolve_sources
 from rbee.plan.desired import desired_after
 from rbee.plan.digest import observed_digest
-from rbee.plan.model import Action, Plan
 from rbee.plan.observed import Observed
 from rbee.plan.planner import plan
 from rbee.queen.control.hive_registry import HiveRegistry
@@ -41,6 +40,7 @@ from rbee.wire import (
     PlanEvent,
     QueenInfo,
 )
+from rbee.wire.plan import Action, Plan
 
 __all__ = ["ApplyLocked", "Control", "PlanOptions"]
 

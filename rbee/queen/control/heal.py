@@ -27,10 +27,10 @@ from rbee.apply.lock import HEAL_HOLDER, ApplyLocked, LockInfo
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster
 from rbee.errors import RbeeError
-from rbee.plan.model import Action, Plan
 from rbee.plan.planner import plan
 from rbee.queen.control.control import Control
 from rbee.wire import ApplyEvent, CrashLoop, SyncStatus
+from rbee.wire.plan import Action, Plan
 
 __all__ = ["CRASH_LIMIT", "CRASH_WINDOW_S", "Healer", "healing"]
 

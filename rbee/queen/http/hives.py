@@ -13,9 +13,10 @@ from rbee.clients import HiveClient
 from rbee.config.models import Hive
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
-from rbee.queen.http.errors import Refused, json_body
+from rbee.queen.http.errors import Refused, parse_body
 from rbee.queen.http.state import QueenState, queen_of
 from rbee.remote.ssh_config import hives_from_ssh_config
+from rbee.wire import SshImport, SshTestRequest
 
 __all__ = ["get_hive", "import_ssh", "list_hives", "refresh_capabilities", "ssh_test"]
 
@@ -60,9 +61,9 @@ async def refresh_capabilities(request: Request) -> JSONResponse:
 
 
 async def ssh_test(request: Request) -> JSONResponse:
-    body = await json_body(request)
+    body = await parse_body(request, SshTestRequest)
     try:
-        hive = Hive.model_validate(body.get("hive"))
+        hive = Hive.model_validate(body.hive)
     except ValidationError as exc:
         message = f"invalid hive: {exc.errors()[0]['msg']}"
         raise Refused(422, message, "invalid_request_error") from None
@@ -78,4 +79,5 @@ async def import_ssh(request: Request) -> JSONResponse:
         text = path.read_text()
     except OSError as exc:
         raise Refused(404, f"cannot read {path}: {exc.strerror}", "not_found_error") from None
-    return JSONResponse({"path": str(path), "hives": hives_from_ssh_config(text)})
+    found = SshImport(path=str(path), hives=hives_from_ssh_config(text))
+    return JSONResponse(found.model_dump(mode="json"))

@@ -22,9 +22,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from rbee.plan.model import Action
     from rbee.queen.serve.registry import Registry
     from rbee.wire import SyncStatus
+    from rbee.wire.plan import Action
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
 

@@ -1,4 +1,6 @@
-"""The plan as a value: actions with reasons and field changes, notes, the summary."""
+"""The plan as a value: actions with reasons and field changes, notes, the summary. It crosses
+processes (the queen plans, the keeper shows and saves it, apply sends it back), so it lives
+with the other wire types; the planner (`rbee.plan`) makes it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, computed_field
 
 import rbee
-from rbee.wire import AddWorkerBinary, SpawnWorker
+from rbee.wire.bodies import AddWorkerBinary
+from rbee.wire.processes import SpawnWorker
 
 __all__ = ["PLAN_FORMAT_VERSION", "Action", "Change", "Note", "Op", "Plan"]
 
