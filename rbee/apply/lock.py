@@ -16,14 +16,13 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import psutil
 
 from rbee.errors import NotFoundError, RbeeError
+from rbee.wire import LockState
 
-__all__ = ["HEAL_HOLDER", "LOCK_SCHEMA", "ApplyLock", "ApplyLocked", "LockInfo", "LockNotFound"]
+__all__ = ["HEAL_HOLDER", "LOCK_SCHEMA", "ApplyLock", "ApplyLocked", "LockNotFound"]
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +42,6 @@ CREATE TABLE IF NOT EXISTS lock (
 _COLUMNS = "id, holder, since, apply_id, queen_pid, queen_started"
 
 
-@dataclass(frozen=True)
-class LockInfo:
-    """Who holds the apply lock, since when, and from which queen process."""
-
-    id: str
-    holder: str
-    since: float
-    apply_id: int | None
-    queen_pid: int
-    queen_started: float
-
-    def describe(self) -> str:
-        """`held by HOLDER since TIME (lock ID ID)`, for messages."""
-        return f"held by {self.holder} since {_when(self.since)} (lock ID {self.id})"
-
-    def to_json(self) -> dict[str, Any]:
-        """The lock as JSON-ready data, with whether its queen is gone (`stale`)."""
-        return {**asdict(self), "since_text": _when(self.since), "stale": _is_stale(self)}
-
-
 #: The holder of the lock while the queen's self-heal acts.
 HEAL_HOLDER = "self-heal"
 
@@ -70,12 +49,12 @@ HEAL_HOLDER = "self-heal"
 class ApplyLocked(RbeeError):
     """Another apply holds the lock; `lock` is that lock when known."""
 
-    def __init__(self, message: str, hint: str | None = None, *, lock: LockInfo | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, lock: LockState | None = None):
         super().__init__(message, hint)
         self.lock = lock
 
     @classmethod
-    def held(cls, lock: LockInfo, waited_s: float = 0.0) -> ApplyLocked:
+    def held(cls, lock: LockState, waited_s: float = 0.0) -> ApplyLocked:
         """The refusal a second apply gets, naming the holder and the way out."""
         waited = f" (waited {waited_s:.0f} s)" if waited_s else ""
         if lock.holder == HEAL_HOLDER:
@@ -104,30 +83,23 @@ class ApplyLock:
         self._pid = os.getpid()
         self._started = psutil.Process(self._pid).create_time()
 
-    def current(self) -> LockInfo | None:
+    def current(self) -> LockState | None:
         """The lock row as it is, stale or not; None when no one holds it."""
         row = self._db.execute(f"SELECT {_COLUMNS} FROM lock WHERE scope = 'apply'").fetchone()
-        return LockInfo(*row) if row else None
+        return _lock(*row) if row else None
 
-    def live(self) -> LockInfo | None:
+    def live(self) -> LockState | None:
         """The lock when its queen process still runs; None when free or stale."""
         lock = self.current()
-        return lock if lock is not None and not _is_stale(lock) else None
+        return lock if lock is not None and not lock.stale else None
 
-    def try_acquire(self, holder: str) -> LockInfo:
+    def try_acquire(self, holder: str) -> LockState:
         """Take the lock at once (breaking a stale one) or raise ApplyLocked naming the holder."""
-        lock = LockInfo(
-            id=str(uuid.uuid4()),
-            holder=holder,
-            since=time.time(),
-            apply_id=None,
-            queen_pid=self._pid,
-            queen_started=self._started,
-        )
+        lock = _lock(str(uuid.uuid4()), holder, time.time(), None, self._pid, self._started)
         with self._immediate():
             held = self.current()
             if held is not None:
-                if not _is_stale(held):
+                if not held.stale:
                     raise ApplyLocked.held(held)
                 self._db.execute("DELETE FROM lock WHERE id = ?", (held.id,))
                 log.warning(
@@ -135,7 +107,7 @@ class ApplyLock:
                     "reason=queen_process_gone",
                     held.id,
                     held.holder,
-                    _when(held.since),
+                    held.since_text,
                     held.queen_pid,
                 )
             self._db.execute(
@@ -145,7 +117,7 @@ class ApplyLock:
         log.info("event=lock_acquired lock_id=%s holder=%r", lock.id, holder)
         return lock
 
-    async def acquire(self, holder: str, timeout_s: float = 0.0, poll_s: float = 0.25) -> LockInfo:
+    async def acquire(self, holder: str, timeout_s: float = 0.0, poll_s: float = 0.25) -> LockState:
         """Take the lock, waiting up to `timeout_s` for the holder to let go."""
         started = time.monotonic()
         while True:
@@ -169,7 +141,7 @@ class ApplyLock:
         log.info("event=lock_released lock_id=%s released=%s", lock_id, released)
         return released
 
-    def force_unlock(self, lock_id: str) -> LockInfo:
+    def force_unlock(self, lock_id: str) -> LockState:
         """Remove the lock if `lock_id` is its ID; an apply still running under it runs on."""
         with self._immediate():
             held = self.current()
@@ -195,12 +167,33 @@ class ApplyLock:
         self._db.execute("COMMIT")
 
 
-def _is_stale(lock: LockInfo) -> bool:
-    """Whether the queen process that took `lock` is gone (pid reuse is told by start time)."""
+def _lock(
+    lock_id: str,
+    holder: str,
+    since: float,
+    apply_id: int | None,
+    queen_pid: int,
+    queen_started: float,
+) -> LockState:
+    """A lock row as the one lock type, read now: `stale` when its queen process is gone."""
+    return LockState(
+        id=lock_id,
+        holder=holder,
+        since=since,
+        apply_id=apply_id,
+        queen_pid=queen_pid,
+        queen_started=queen_started,
+        since_text=_when(since),
+        stale=_is_stale(queen_pid, queen_started),
+    )
+
+
+def _is_stale(queen_pid: int, queen_started: float) -> bool:
+    """Whether the queen process that took a lock is gone (pid reuse is told by start time)."""
     try:
-        proc = psutil.Process(lock.queen_pid)
+        proc = psutil.Process(queen_pid)
         alive = proc.status() != psutil.STATUS_ZOMBIE
-        return not alive or abs(proc.create_time() - lock.queen_started) > 1.0
+        return not alive or abs(proc.create_time() - queen_started) > 1.0
     except psutil.NoSuchProcess:
         return True
     except psutil.AccessDenied:

@@ -99,7 +99,11 @@ class HiveContext:
     def health(self) -> Health:
         expires = self.identity.expires_at if self.identity else None
         return Health(
-            service=SERVICE, version=rbee.__version__, pid=os.getpid(), tls_expires_at=expires
+            service=SERVICE,
+            version=rbee.__version__,
+            pid=os.getpid(),
+            name=self.name,
+            tls_expires_at=expires,
         )
 
     def listed_state(self) -> HiveState:
@@ -120,7 +124,7 @@ def _hive(request: Request) -> HiveContext:
 
 async def health(request: Request) -> Response:
     hive = _hive(request)
-    return JSONResponse({**hive.health().model_dump(), "name": hive.name})
+    return JSONResponse(hive.health().model_dump())
 
 
 async def state(request: Request) -> Response:

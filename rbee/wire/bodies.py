@@ -46,6 +46,7 @@ class Health(_Wire):
     service: str
     version: str
     pid: int
+    name: str | None = Field(default=None, description="the hive's name in the YAML (hives only)")
     tls_expires_at: float | None = Field(
         default=None, description="when its TLS certificate expires (epoch s); none: no TLS"
     )

@@ -101,6 +101,10 @@ class LockState(_Wire):
     since_text: str = ""
     stale: bool = False
 
+    def describe(self) -> str:
+        """`held by HOLDER since TIME (lock ID ID)`, for messages."""
+        return f"held by {self.holder} since {self.since_text} (lock ID {self.id})"
+
 
 class AppliedSource(_Wire):
     """Which file an apply came from: its path, and its git commit when it is in a repository

@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo, LockNotFound
+from rbee.apply.lock import ApplyLock, ApplyLocked, LockNotFound
 from rbee.queen.control.store import Store
+from rbee.wire import LockState
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_the_lock_row_names_holder_since_apply_and_queen_pid(lock: ApplyLock) ->
     assert current is not None
     assert (current.id, current.holder, current.apply_id) == (held.id, "alice", 42)
     assert current.queen_pid == os.getpid()
-    assert current.to_json()["stale"] is False
+    assert current.stale is False
 
 
 def test_release_frees_the_lock_for_the_next_apply(lock: ApplyLock) -> None:
@@ -87,7 +88,7 @@ def test_releasing_an_old_id_leaves_the_current_lock_alone(lock: ApplyLock) -> N
 def test_lock_timeout_waits_for_the_holder_to_let_go(lock: ApplyLock) -> None:
     held = lock.try_acquire("alice")
 
-    async def scenario() -> tuple[LockInfo, float]:
+    async def scenario() -> tuple[LockState, float]:
         async def let_go() -> None:
             await asyncio.sleep(0.4)
             lock.release(held.id)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rbee.apply.actions import ClusterEffects
 from rbee.apply.executor import Emit, Outcome, execute
-from rbee.apply.lock import ApplyLock, ApplyLocked, LockInfo
+from rbee.apply.lock import ApplyLock, ApplyLocked
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster, Hive, Serving
 from rbee.defaults import SSH_IDLE_S
@@ -37,6 +37,7 @@ from rbee.wire import (
     DownResult,
     HiveStatus,
     LockEvent,
+    LockState,
     PlanEvent,
     QueenInfo,
 )
@@ -78,7 +79,7 @@ class Control:
         # One pool for the queen's life: plans, applies and heals reuse their SSH connections.
         self.ssh = SshConnections(idle_s=SSH_IDLE_S)
         self._lock = ApplyLock(store.connection)
-        self._held: LockInfo | None = None
+        self._held: LockState | None = None
         self._serving: dict[str, Serving] = {}
         live = self._lock.live()
         interrupted = store.interrupt_unfinished(live.apply_id if live else None)
@@ -108,16 +109,16 @@ class Control:
         live = self._lock.live()
         return ApplyLocked.held(live).message if live else "no apply is running"
 
-    def current_lock(self) -> LockInfo | None:
+    def current_lock(self) -> LockState | None:
         """The lock as it is, stale or not; None when no one holds it."""
         return self._lock.current()
 
-    def force_unlock(self, lock_id: str) -> LockInfo:
+    def force_unlock(self, lock_id: str) -> LockState:
         """Break the lock with ID `lock_id` (`rbee force-unlock`); LockNotFound if it is not
         the current lock's."""
         return self._lock.force_unlock(lock_id)
 
-    async def take_lock(self, holder: str, timeout_s: float = 0.0) -> LockInfo:
+    async def take_lock(self, holder: str, timeout_s: float = 0.0) -> LockState:
         """Take the lock for `holder`, waiting up to `timeout_s` (ApplyLocked after that). The
         `apply` given it releases it; else `release_lock` must."""
         return await self._lock.acquire(holder, timeout_s)
@@ -127,7 +128,7 @@ class Control:
         self._lock.release(lock_id)
 
     @contextlib.asynccontextmanager
-    async def locked(self, holder: str, timeout_s: float = 0.0) -> AsyncIterator[LockInfo]:
+    async def locked(self, holder: str, timeout_s: float = 0.0) -> AsyncIterator[LockState]:
         """The lock, held for `holder` while the block runs (ApplyLocked when another holds it
         past `timeout_s`)."""
         held = await self._lock.acquire(holder, timeout_s)
@@ -199,7 +200,7 @@ class Control:
         options: PlanOptions | None = None,
         saved: Plan | None = None,
         *,
-        lock: LockInfo | None = None,
+        lock: LockState | None = None,
         lock_timeout_s: float = 0.0,
         source: AppliedSource | None = None,
     ) -> Outcome:
@@ -211,7 +212,7 @@ class Control:
         held = lock or await self._lock.acquire(holder, lock_timeout_s)
         self._held = held
         try:
-            await emit(LockEvent(**held.to_json()))
+            await emit(LockEvent(**held.model_dump()))
             return await self._apply_locked(
                 cluster, holder, emit, parallelism, options, saved, self.ssh, source
             )
@@ -324,7 +325,7 @@ class Control:
         cluster: Cluster,
         actions: list[Action],
         trigger: str,
-        lock: LockInfo,
+        lock: LockState,
         emit: Emit,
         parallelism: int = 4,
     ) -> Outcome:

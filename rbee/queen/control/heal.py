@@ -23,13 +23,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rbee.apply.lock import HEAL_HOLDER, ApplyLocked, LockInfo
+from rbee.apply.lock import HEAL_HOLDER, ApplyLocked
 from rbee.clients import HiveClient
 from rbee.config.models import Cluster
 from rbee.errors import RbeeError
 from rbee.plan.planner import plan
 from rbee.queen.control.control import Control
-from rbee.wire import ApplyEvent, CrashLoop, SyncStatus
+from rbee.wire import ApplyEvent, CrashLoop, LockState, SyncStatus
 from rbee.wire.plan import Action, Plan
 
 __all__ = ["CRASH_LIMIT", "CRASH_WINDOW_S", "Healer", "healing"]
@@ -275,7 +275,7 @@ class Healer:
         return loop
 
     async def _heal(
-        self, cluster: Cluster, todo: list[Action], trigger: str, lock: LockInfo
+        self, cluster: Cluster, todo: list[Action], trigger: str, lock: LockState
     ) -> None:
         self.sync = SyncStatus(
             state="healing",

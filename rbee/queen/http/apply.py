@@ -161,7 +161,7 @@ async def down(request: Request) -> JSONResponse:
 
 async def get_lock(request: Request) -> JSONResponse:
     lock = queen_of(request).control.current_lock()
-    return JSONResponse({"lock": lock.to_json() if lock else None})
+    return JSONResponse({"lock": lock.model_dump(mode="json") if lock else None})
 
 
 async def force_unlock(request: Request) -> JSONResponse:
@@ -170,7 +170,7 @@ async def force_unlock(request: Request) -> JSONResponse:
         unlocked = queen_of(request).control.force_unlock(body.id)
     except LockNotFound as exc:
         raise Refused(404, exc.message, "not_found_error", "lock_not_found") from None
-    return JSONResponse({"unlocked": unlocked.to_json()})
+    return JSONResponse({"unlocked": unlocked.model_dump(mode="json")})
 
 
 async def history(request: Request) -> JSONResponse:
