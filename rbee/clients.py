@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import getpass
@@ -9,6 +10,7 @@ import json
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,10 @@ from rbee.wire.logs import LogQuery
 from rbee.wire.plan import Plan
 
 __all__ = [
+    "HIVES",
     "ChatStream",
     "HiveClient",
+    "HiveTimeout",
     "QueenClient",
     "cluster_tls",
     "error_message",
@@ -198,35 +202,75 @@ async def renew_worker(url: str, hive: str, worker_id: str) -> None:
     _check(response, f"renew the identity of worker {worker_id}")
 
 
-class HiveClient:
-    """Async client for one hive (used by the queen)."""
+class HiveTimeout:
+    """How long the queen waits for a hive, by what it asks: one policy for every caller."""
 
-    def __init__(self, url: str, name: str, timeout: float = 10.0) -> None:
+    CHECK = 3.0  # is it up (health, the registry's checks)
+    LISTING = 5.0  # what it holds (state, listings, a log's head)
+    ACTION = 30.0  # start something (spawn, delete, a download's first answer)
+
+
+class _HivePool:
+    """This process's connections to its hives: one httpx client per hive and event loop, so
+    calls reuse kept-alive TLS connections instead of a handshake each; `transport` replaces
+    the network (tests: `httpx.ASGITransport` of a hive app)."""
+
+    def __init__(self) -> None:
+        self.transport: httpx.AsyncBaseTransport | None = None
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str], httpx.AsyncClient]
+        ] = weakref.WeakKeyDictionary()
+
+    def client(self, url: str, name: str) -> httpx.AsyncClient:
+        clients = self._clients.setdefault(asyncio.get_running_loop(), {})
+        key = (url, name)
+        if key not in clients or clients[key].is_closed:
+            server_name = tls_name("hive", name)
+
+            async def name_the_hive(request: httpx.Request) -> None:
+                request.extensions["sni_hostname"] = server_name
+
+            clients[key] = httpx.AsyncClient(
+                base_url=url,
+                verify=cluster_tls() if self.transport is None else False,
+                transport=self.transport,
+                event_hooks={"request": [name_the_hive]},
+                # Idle connections are dropped before a hive's uvicorn closes them (5 s), so a
+                # check never meets a connection the hive is closing.
+                limits=httpx.Limits(keepalive_expiry=_HIVE_KEEPALIVE_S),
+            )
+        return clients[key]
+
+    async def close(self) -> None:
+        """Close this event loop's connections (a queen shutting down)."""
+        for client in self._clients.pop(asyncio.get_running_loop(), {}).values():
+            await client.aclose()
+
+
+HIVES = _HivePool()
+_HIVE_KEEPALIVE_S = 2.0
+
+
+class HiveClient:
+    """Async client for one hive (used by the queen), over the process's pool (`HIVES`)."""
+
+    def __init__(self, url: str, name: str, timeout: float = HiveTimeout.LISTING) -> None:
         """Hive `name` at `url` (https://): mutual TLS with this process's identity
         (`use_identity`), and the server's certificate must be hive `name`'s (`tls_name`),
-        checked before a byte of any request is sent."""
+        checked before a byte of any request is sent. Each request may take `timeout`."""
         self.url = url.rstrip("/")
-        server_name = tls_name("hive", name)
-
-        async def name_the_hive(request: httpx.Request) -> None:
-            request.extensions["sni_hostname"] = server_name
-
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=timeout,
-            verify=cluster_tls(),
-            event_hooks={"request": [name_the_hive]},
-        )
+        self._timeout = timeout
+        self._http = HIVES.client(self.url, name)
 
     async def __aenter__(self) -> HiveClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._http.aclose()
+        """The connection stays in the pool for the next call."""
 
     async def _get(self, path: str, what: str) -> Any:
         try:
-            response = await self._http.get(path)
+            response = await self._http.get(path, timeout=self._timeout)
         except httpx.TransportError as exc:
             raise UnavailableError(f"hive at {self.url} is unreachable: {exc!r}") from exc
         return _check(response, what).json()
@@ -250,12 +294,14 @@ class HiveClient:
 
     async def add_worker_binary(self, request: AddWorkerBinary) -> AsyncIterator[OperationEvent]:
         """Provision a worker binary and follow the operation's events to the end."""
-        response = await self._http.post("/v1/worker-binaries", json=request.model_dump())
+        response = await self._http.post(
+            "/v1/worker-binaries", json=request.model_dump(), timeout=self._timeout
+        )
         async for event in self._follow(_check(response, "add worker binary")):
             yield event
 
     async def delete_worker_binary(self, name: str) -> None:
-        response = await self._http.delete(f"/v1/worker-binaries/{name}")
+        response = await self._http.delete(f"/v1/worker-binaries/{name}", timeout=self._timeout)
         _check_unless_gone(response, f"delete worker binary {name}")
 
     async def _follow(self, response: httpx.Response) -> AsyncIterator[OperationEvent]:
@@ -272,12 +318,14 @@ class HiveClient:
 
     async def add_model(self, request: AddModel) -> AsyncIterator[OperationEvent]:
         """Start a model download and follow its progress events to the end."""
-        response = await self._http.post("/v1/models", json=request.model_dump())
+        response = await self._http.post(
+            "/v1/models", json=request.model_dump(), timeout=self._timeout
+        )
         async for event in self._follow(_check(response, "add model")):
             yield event
 
     async def delete_model(self, name: str) -> None:
-        response = await self._http.delete(f"/v1/models/{name}")
+        response = await self._http.delete(f"/v1/models/{name}", timeout=self._timeout)
         _check_unless_gone(response, f"delete model {name}")
 
     async def spawn(self, request: SpawnWorker) -> WorkerProcess:
@@ -286,17 +334,22 @@ class HiveClient:
         hosts = [urlsplit(self.url).hostname or "", *LOOPBACK_NAMES]
         identity = issue_identity("worker", f"{request.hive}/{request.worker_id}", hosts)
         body = SpawnRequest(**request.model_dump(), tls_identity=identity.decode()).model_dump()
-        response = await self._http.post("/v1/worker-processes", json=body)
+        response = await self._http.post("/v1/worker-processes", json=body, timeout=self._timeout)
         return WorkerProcess.model_validate(_check(response, "spawn worker").json())
 
     async def renew(self, bundle: bytes) -> None:
         """Hand the hive its renewed TLS identity."""
         body = Renewal(bundle=bundle.decode()).model_dump()
-        _check(await self._http.put("/v1/identity", json=body), "renew the hive's identity")
+        _check(
+            await self._http.put("/v1/identity", json=body, timeout=self._timeout),
+            "renew the hive's identity",
+        )
 
     async def worker_log(self, worker_id: str, lines: int = 20) -> str:
         """The last `lines` lines of a worker's log on this hive (its process may be gone)."""
-        response = await self._http.get(f"/v1/worker-logs/{worker_id}", params={"lines": lines})
+        response = await self._http.get(
+            f"/v1/worker-logs/{worker_id}", params={"lines": lines}, timeout=self._timeout
+        )
         return _check(response, f"log of worker {worker_id}").text
 
     @contextlib.asynccontextmanager

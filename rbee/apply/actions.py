@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from rbee.apply.executor import Emit
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, HiveTimeout
 from rbee.errors import RbeeError
 from rbee.wire import AddModel, OperationEvent, ProgressEvent, SpawnedEvent
 from rbee.wire.plan import Action
@@ -60,7 +60,7 @@ class ClusterEffects:
 
     def _hive(self, action: Action) -> HiveClient:
         assert action.hive_url is not None
-        return HiveClient(action.hive_url, action.hive, timeout=30.0)
+        return HiveClient(action.hive_url, action.hive, timeout=HiveTimeout.ACTION)
 
     async def _add_model(self, action: Action, emit: Emit) -> None:
         assert action.model is not None and action.source is not None

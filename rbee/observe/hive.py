@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, HiveTimeout
 from rbee.config.models import Hive
 from rbee.errors import NotFoundError, RbeeError, UnavailableError
 from rbee.observe.ssh import probe
@@ -19,7 +19,7 @@ __all__ = ["observe", "observe_hive"]
 async def observe_hive(hive: Hive) -> HiveFacts:
     """Ask one hive for its health and listings; an unreachable hive is `running=False`."""
     down = HiveFacts(name=hive.name, running=False, url=hive.url, mode=hive.effective_mode)
-    async with HiveClient(hive.url, hive.name, timeout=5.0) as client:
+    async with HiveClient(hive.url, hive.name, timeout=HiveTimeout.LISTING) as client:
         state: HiveState | str
         try:
             state = await client.state()

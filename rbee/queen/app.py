@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 
+from rbee.clients import HIVES
 from rbee.daemon import ASGIApp, BrowserGuard, PeerAuth, own_names
 from rbee.pki import Identity
 from rbee.queen.control.autoscale import Autoscaler
@@ -157,5 +158,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await queen.jobs.close()
         await queen.calls.close()
+        await HIVES.close()
         await queen.control.ssh.close()
         queen.store.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from rbee.apply.actions import ClusterEffects
 from rbee.apply.executor import Emit, Outcome, execute
 from rbee.apply.lock import ApplyLock, ApplyLocked
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, HiveTimeout
 from rbee.config.models import Cluster, Hive, Serving
 from rbee.defaults import SSH_IDLE_S
 from rbee.errors import RbeeError
@@ -401,7 +401,7 @@ class Control:
         return DownResult(stopped_workers=sum(stopped), stopped_hives=stopped_hives)
 
     async def _stop_workers(self, hive: Hive) -> int:
-        async with HiveClient(hive.url, hive.name, timeout=30.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=HiveTimeout.ACTION) as client:
             try:
                 procs = await client.processes()
             except RbeeError:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rbee.apply.lock import HEAL_HOLDER, ApplyLocked
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, HiveTimeout
 from rbee.config.models import Cluster
 from rbee.errors import RbeeError
 from rbee.plan.planner import plan
@@ -255,7 +255,9 @@ class Healer:
         tail = ""
         if action.hive_url is not None:
             try:
-                async with HiveClient(action.hive_url, action.hive, timeout=5.0) as hive:
+                async with HiveClient(
+                    action.hive_url, action.hive, timeout=HiveTimeout.LISTING
+                ) as hive:
                     tail = await hive.worker_log(worker_id, _LOG_LINES)
             except RbeeError as exc:
                 tail = f"(its log could not be read: {exc.message})"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rbee.clients import HiveClient, hive_identity
+from rbee.clients import HiveClient, HiveTimeout, hive_identity
 from rbee.config.models import Hive
 from rbee.defaults import HIVE_CHECK_INTERVAL_S
 from rbee.errors import RbeeError
@@ -87,7 +87,7 @@ class HiveRegistry:
 
     async def check(self, hive: Hive) -> HiveRecord | None:
         """Check one hive's /health now and record the result."""
-        async with HiveClient(hive.url, hive.name, timeout=3.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=HiveTimeout.CHECK) as client:
             try:
                 health = await client.health()
             except RbeeError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 import psutil
 
-from rbee.clients import HiveClient, cluster_tls, hive_identity
+from rbee.clients import HiveClient, HiveTimeout, cluster_tls, hive_identity
 from rbee.config.models import Hive
 from rbee.credentials import tls_dir
 from rbee.errors import RbeeError, UnavailableError
@@ -107,7 +107,7 @@ class HiveLifecycle:
 
     async def _stop_local(self, hive: Hive) -> bool:
         """Stop a local hive found by its /health pid; False when none was running."""
-        async with HiveClient(hive.url, hive.name, timeout=2.0) as client:
+        async with HiveClient(hive.url, hive.name, timeout=HiveTimeout.CHECK) as client:
             try:
                 health = await client.health()
             except RbeeError:

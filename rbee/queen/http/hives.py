@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from rbee.clients import HiveClient
+from rbee.clients import HiveClient, HiveTimeout
 from rbee.config.models import Hive
 from rbee.errors import RbeeError
 from rbee.observe.ssh import probe
@@ -49,7 +49,7 @@ def _registered(queen: QueenState, name: str) -> Hive:
 async def refresh_capabilities(request: Request) -> JSONResponse:
     queen = queen_of(request)
     hive = _registered(queen, request.path_params["name"])
-    async with HiveClient(hive.url, hive.name, timeout=15.0) as client:
+    async with HiveClient(hive.url, hive.name, timeout=HiveTimeout.ACTION) as client:
         try:
             capabilities = await client.capabilities()
         except RbeeError as exc:
