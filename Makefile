@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_CONFIG := cluster.example.yaml
 DEMO_MODEL := SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: install system-deps demo test lint down lock upgrade
+.PHONY: install system-deps demo test coverage lint down lock upgrade
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -68,5 +68,15 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Two test processes (pytest-xdist), each taking whole files: most tests wait on real daemons.
+PYTEST := $(BIN)/python -m pytest -q -rs -p no:cacheprovider -n 2 --dist loadfile
+
 test: system-deps lint
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+	$(PYTEST)
+
+# Line coverage of rbee/, the daemons the tests start included; the report on stdout.
+coverage: system-deps install
+	rm -rf .coverage && mkdir -p .coverage
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
