@@ -29,10 +29,6 @@ def _case(name: str) -> Plan:
     return plan(desired, observed, QUEEN, rbee_version="0.1.0", **doc.get("options", {}))
 
 
-def test_there_are_at_least_25_scenarios() -> None:
-    assert len(NAMES) >= 25
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_plan_text(name: str, snapshot: SnapshotAssertion) -> None:
     assert plan_text(_case(name)) == snapshot

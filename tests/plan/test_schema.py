@@ -1,4 +1,4 @@
-"""schemas/plan.schema.json is generated from the Plan model and every JSON plan validates."""
+"""schemas/plan.schema.json is generated from the Plan model, kept fresh, and pins the format."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from rbee.plan.render import plan_json
 from rbee.plan.schema import plan_schema, plan_schema_text
-from tests.plan.test_planner import NAMES, _case
+from tests.plan.test_planner import _case
 
 SCHEMA_FILE = Path(__file__).parents[2] / "schemas" / "plan.schema.json"
 
@@ -19,11 +19,6 @@ def test_plan_schema_is_fresh() -> None:
     assert SCHEMA_FILE.read_text() == plan_schema_text(), (
         "schemas/plan.schema.json is stale: run `rbee schema plan > schemas/plan.schema.json`"
     )
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_json_plan_validates_against_the_schema(name: str) -> None:
-    jsonschema.validate(json.loads(plan_json(_case(name))), plan_schema())
 
 
 def test_schema_rejects_a_plan_of_another_format_version() -> None:
