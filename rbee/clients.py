@@ -56,6 +56,7 @@ from rbee.wire import (
     WorkerView,
     apply_event,
 )
+from rbee.wire.chat import ChatChunk, ChatRequest
 from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, SubmitJob, job_event
 from rbee.wire.logs import LogQuery
 from rbee.wire.plan import Plan
@@ -564,18 +565,19 @@ class QueenClient:
             raise UnavailableError(f"lost the queen at {self.url}: {exc!r}") from exc
 
     @contextlib.contextmanager
-    def chat_stream(self, body: dict[str, Any]) -> Iterator[ChatStream]:
+    def chat_stream(self, request: ChatRequest) -> Iterator[ChatStream]:
         """Stream a chat completion; the chunks arrive as the worker makes them."""
+        body = request.model_dump(mode="json", exclude_none=True)
         try:
             with self._http.stream(
-                "POST", "/v1/chat/completions", json={**body, "stream": True}, timeout=None
+                "POST", "/v1/chat/completions", json=body, timeout=None
             ) as stream:
                 if stream.status_code >= 400:
                     stream.read()
                     _check(stream, "inference")
                 yield ChatStream(
                     worker=stream.headers.get("x-rbee-worker", "?"),
-                    chunks=_sse_events(stream),
+                    chunks=(ChatChunk.model_validate(c) for c in _sse_events(stream)),
                 )
         except httpx.TransportError as exc:
             raise UnavailableError(f"lost the queen at {self.url}: {exc!r}") from exc
@@ -586,4 +588,4 @@ class ChatStream:
     """A streamed chat completion: which worker serves it, and its OpenAI chunks."""
 
     worker: str
-    chunks: Iterator[dict[str, Any]]
+    chunks: Iterator[ChatChunk]

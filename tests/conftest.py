@@ -43,4 +43,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first_seen: dict[Path, int] = {}
     for index, item in enumerate(items):
         first_seen.setdefault(item.path, index)
-    items.sort(key=lambda item: (item.path not in slow_files, first_seen[item.path]))
+
+    def weight(item: pytest.Item) -> tuple[bool, bool, int]:
+        # After the slow files, those of folders whose tests start daemons (scripted workers,
+        # hives): seconds each, where the rest take milliseconds.
+        starts_daemons = item.path.parent.name in _DAEMON_FOLDERS
+        return item.path not in slow_files, not starts_daemons, first_seen[item.path]
+
+    items.sort(key=weight)
+
+
+_DAEMON_FOLDERS = {"e2e", "ssh", "hive", "worker", "queen"}

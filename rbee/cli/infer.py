@@ -31,25 +31,25 @@ def infer(
     import json
 
     from rbee.config.load import load_cluster
+    from rbee.wire.chat import ChatMessage, ChatRequest
 
     cluster = load_cluster(file)
     name = model or (cluster.deployments[0].model if cluster.deployments else None)
     if name is None:
         raise RbeeError("no model to ask", hint="pass --model or declare a deployment")
     client = client_for(cluster.queen)
-    body = {
-        "model": name,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-    }
+    request = ChatRequest(
+        model=name,
+        messages=[ChatMessage(role="user", content=prompt)],
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
     started = time.monotonic()
     first: float | None = None
     parts: list[str] = []
-    with client.chat_stream(body) as stream:
+    with client.chat_stream(request) as stream:
         for chunk in stream.chunks:
-            choices = chunk.get("choices") or [{}]
-            text = (choices[0].get("delta") or {}).get("content") or ""
+            text = chunk.text
             if not text:
                 continue
             first = first if first is not None else time.monotonic()
