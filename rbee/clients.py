@@ -36,9 +36,12 @@ from rbee.wire import (
     CreatedKey,
     DownRequest,
     DownResult,
+    ForceUnlock,
     Health,
+    History,
     HiveRecord,
     HiveState,
+    LockAnswer,
     LockState,
     ModelEntry,
     OperationEvent,
@@ -51,13 +54,14 @@ from rbee.wire import (
     SshFacts,
     SshImport,
     SshTestRequest,
+    Unlocked,
     WorkerBinaryEntry,
     WorkerProcess,
     WorkerView,
     apply_event,
 )
 from rbee.wire.chat import ChatChunk, ChatRequest
-from rbee.wire.jobs import JobCreated, JobEvent, JobRecord, SubmitJob, job_event
+from rbee.wire.jobs import JobCreated, JobEvent, JobList, JobRecord, SubmitJob, job_event
 from rbee.wire.logs import LogQuery
 from rbee.wire.plan import Plan
 
@@ -490,13 +494,13 @@ class QueenClient:
 
     def lock(self) -> LockState | None:
         """The apply lock, None when free."""
-        lock = self._request("GET", "/v1/lock", "lock")["lock"]
-        return None if lock is None else LockState.model_validate(lock)
+        return LockAnswer.model_validate(self._request("GET", "/v1/lock", "lock")).lock
 
     def force_unlock(self, lock_id: str) -> LockState:
         """Remove the apply lock if `lock_id` is its ID (NotFoundError otherwise); returns it."""
-        body = self._request("POST", "/v1/lock/force-unlock", "force-unlock", json={"id": lock_id})
-        return LockState.model_validate(body["unlocked"])
+        body = ForceUnlock(id=lock_id).model_dump()
+        answer = self._request("POST", "/v1/lock/force-unlock", "force-unlock", json=body)
+        return Unlocked.model_validate(answer).unlocked
 
     def create_key(
         self, name: str, scope: str, *, rpm: int | None = None, tpm: int | None = None
@@ -517,7 +521,7 @@ class QueenClient:
     def history(self, limit: int = 20) -> list[ApplyRecord]:
         """The last `limit` applies, newest first."""
         body = self._request("GET", "/v1/history", "history", params={"limit": limit})
-        return [ApplyRecord.model_validate(a) for a in body["applies"]]
+        return History.model_validate(body).applies
 
     def logs(self, path: str, query: LogQuery) -> Iterator[str]:
         """A log through the queen (`/v1/logs/queen`, `/v1/logs/hives/NAME`,
@@ -544,7 +548,7 @@ class QueenClient:
         """The newest `limit` jobs (in `state`, if given), newest first."""
         params: dict[str, Any] = {"limit": limit} | ({"state": state} if state else {})
         body = self._request("GET", "/v1/jobs", "jobs", params=params)
-        return [JobRecord.model_validate(j) for j in body["jobs"]]
+        return JobList.model_validate(body).jobs
 
     def cancel_job(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(

@@ -22,6 +22,7 @@ __all__ = [
     "JobError",
     "JobEvent",
     "JobFirstToken",
+    "JobList",
     "JobPosition",
     "JobQueued",
     "JobRecord",
@@ -111,6 +112,12 @@ class JobRecord(_Wire):
 
 
 # --- `GET /v1/jobs/{id}/events`: the SSE stream, one JSON object each --------------------------
+
+
+class JobList(_Wire):
+    """`GET /v1/jobs`: the newest jobs of the caller, newest first."""
+
+    jobs: list[JobRecord]
 
 
 class JobQueued(_Wire):

@@ -26,9 +26,11 @@ __all__ = [
     "ErrorEvent",
     "FailedEvent",
     "ForceUnlock",
+    "History",
     "HiveRecord",
     "HiveStatus",
     "KeyScope",
+    "LockAnswer",
     "LockEvent",
     "LockState",
     "PlanEvent",
@@ -44,6 +46,7 @@ __all__ = [
     "StartEvent",
     "SummaryEvent",
     "SyncStatus",
+    "Unlocked",
     "apply_event",
 ]
 
@@ -361,6 +364,24 @@ class DownRequest(_Wire):
     """`POST /v1/down`: also the hives of `cluster`, besides those of the last apply."""
 
     cluster: dict[str, Any] | None = None
+
+
+class LockAnswer(_Wire):
+    """`GET /v1/lock`: the apply lock, null when free."""
+
+    lock: LockState | None
+
+
+class Unlocked(_Wire):
+    """`POST /v1/lock/force-unlock`: the lock that was removed."""
+
+    unlocked: LockState
+
+
+class History(_Wire):
+    """`GET /v1/history`: the last applies and heals, newest first."""
+
+    applies: list[ApplyRecord]
 
 
 class SshTestRequest(_Wire):

@@ -29,8 +29,11 @@ from rbee.wire import (
     DownRequest,
     ErrorEvent,
     ForceUnlock,
+    History,
+    LockAnswer,
     PlanRequest,
     SummaryEvent,
+    Unlocked,
     sse,
 )
 from rbee.wire.plan import PLAN_FORMAT_VERSION, Plan
@@ -161,7 +164,7 @@ async def down(request: Request) -> JSONResponse:
 
 async def get_lock(request: Request) -> JSONResponse:
     lock = queen_of(request).control.current_lock()
-    return JSONResponse({"lock": lock.model_dump(mode="json") if lock else None})
+    return JSONResponse(LockAnswer(lock=lock).model_dump(mode="json"))
 
 
 async def force_unlock(request: Request) -> JSONResponse:
@@ -170,9 +173,9 @@ async def force_unlock(request: Request) -> JSONResponse:
         unlocked = queen_of(request).control.force_unlock(body.id)
     except LockNotFound as exc:
         raise Refused(404, exc.message, "not_found_error", "lock_not_found") from None
-    return JSONResponse({"unlocked": unlocked.model_dump(mode="json")})
+    return JSONResponse(Unlocked(unlocked=unlocked).model_dump(mode="json"))
 
 
 async def history(request: Request) -> JSONResponse:
     applies = queen_of(request).store.history(limit(request, 20))
-    return JSONResponse({"applies": [a.model_dump(mode="json") for a in applies]})
+    return JSONResponse(History(applies=applies).model_dump(mode="json"))

@@ -32,7 +32,7 @@ from rbee.queen.serve.jobs import (
     UnknownModel,
 )
 from rbee.wire import sse
-from rbee.wire.jobs import JOB_STATES, JobCreated, SubmitJob
+from rbee.wire.jobs import JOB_STATES, JobCreated, JobList, SubmitJob
 
 __all__ = ["cancel_job", "get_job", "job_events", "list_jobs", "submit_job"]
 
@@ -105,7 +105,7 @@ async def list_jobs(request: Request) -> Response:
     if state is not None and state not in JOB_STATES:
         raise Refused(422, f"state must be one of {', '.join(JOB_STATES)}", "invalid_request_error")
     records = await _jobs(request).stored(state, limit(request, 100), _only_of(request))
-    return JSONResponse({"jobs": [r.model_dump(mode="json") for r in records]})
+    return JSONResponse(JobList(jobs=records).model_dump(mode="json"))
 
 
 async def get_job(request: Request) -> Response:
