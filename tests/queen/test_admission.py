@@ -1,6 +1,8 @@
 """Admission at the queen: free slots only, a bounded queue per model, body size, rate limits.
 
 A real queen process; scripted workers (tests/fixtures/scripted.py) hold slots for a known time.
+What the front door answers by itself (keys, scopes, body size) is the queen's app in this
+process (`tests.fixtures.in_process_queen`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.in_process_queen import in_process_queen
 from tests.fixtures.pki import authority, client_tls
-from tests.fixtures.scripted import MODEL, TOKENS, ScriptedQueen, ScriptedWorkers, scripted_workers
+from tests.fixtures.scripted import (
+    MODEL,
+    TOKEN,
+    TOKENS,
+    ScriptedQueen,
+    ScriptedWorkers,
+    scripted_workers,
+)
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -99,25 +109,26 @@ def test_a_wait_past_queue_timeout_is_504(start: Any, scripted: ScriptedWorkers)
     assert _sample(queen.metrics(), "rbee_queen_timeouts_total", kind="queue") == 1
 
 
-def test_a_body_over_the_limit_is_413_before_it_is_read(start: Any) -> None:
-    queen = start(args=["--max-body-mb", "0.01"])  # 10 KiB
-    big = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
-    response = httpx.post(
-        f"{queen.url}/v1/chat/completions", json=big, headers=queen.headers, timeout=10
-    )
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "request_too_large"
+def test_a_body_over_the_limit_is_413_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with in_process_queen(tmp_path, monkeypatch, TOKEN, max_body_bytes=10 * 1024) as queen:
+        big = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
+        response = queen.client.post("/v1/chat/completions", json=big, headers=queen.headers)
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
 
-    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
-        yield b'{"model": "scripted", "pad": "'
-        for _ in range(20):
-            yield b"x" * 1000
-        yield b'"}'
+        def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"model": "scripted", "pad": "'
+            for _ in range(20):
+                yield b"x" * 1000
+            yield b'"}'
 
-    response = httpx.post(
-        f"{queen.url}/v1/chat/completions", content=chunked(), headers=queen.headers, timeout=10
-    )
-    assert response.status_code == 413
+        response = queen.client.post(
+            "/v1/chat/completions", content=chunked(), headers=queen.headers
+        )
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413
 
 
 _GUARDED = [
@@ -129,70 +140,86 @@ _GUARDED = [
 ]
 
 
-def _refuses_without_a_credential(url: str) -> None:
+def _refuses_without_a_credential(client: httpx.Client) -> None:
     """Every route but /health: 401 without a credential, and with a wrong one."""
-    assert httpx.get(f"{url}/health").status_code == 200
+    assert client.get("/health").status_code == 200
     for method, path in _GUARDED:
-        refused = httpx.request(method, f"{url}{path}", json=BODY)
+        refused = client.request(method, path, json=BODY)
         assert refused.status_code == 401, path
         assert refused.json()["error"]["type"] == "authentication_error"
-        wrong = httpx.request(
-            method, f"{url}{path}", json=BODY, headers={"authorization": "Bearer rbee_nope"}
+        wrong = client.request(
+            method, path, json=BODY, headers={"authorization": "Bearer rbee_nope"}
         )
         assert wrong.status_code == 401, path
 
 
-def test_keys_scopes_and_no_open_loopback_queen(start: Any, scripted: ScriptedWorkers) -> None:
+def test_keys_scopes_and_no_open_loopback_queen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with in_process_queen(tmp_path, monkeypatch, TOKEN) as queen:
+        client = queen.client
+        # No key yet, loopback: a credential all the same (there is no open mode any more).
+        _refuses_without_a_credential(client)
+        # The cluster token makes the first key.
+        admin = queen.key("ops", "admin")
+        assert admin.startswith("rbee_")
+        as_admin = {"authorization": f"Bearer {admin}"}
+        made = client.post("/v1/keys", json={"name": "app", "scope": "inference"}, headers=as_admin)
+        inference = made.json()["key"]
+        as_app = {"authorization": f"Bearer {inference}"}
+        # With keys, the same: every route but /health needs a credential.
+        _refuses_without_a_credential(client)
+        # Inference keys: the OpenAI routes only (their answers: the next test).
+        assert client.get("/v1/models", headers=as_app).status_code == 200
+        for method, path in [
+            ("GET", "/v1/status"),
+            ("POST", "/v1/down"),
+            ("POST", "/v1/shutdown"),
+            ("POST", "/v1/lock/force-unlock"),
+            ("GET", "/v1/keys"),
+            ("GET", "/metrics"),
+        ]:
+            forbidden = client.request(method, path, json={}, headers=as_app)
+            assert forbidden.status_code == 403, path
+            assert forbidden.json()["error"]["code"] == "insufficient_scope"
+        # Admin keys: everything.
+        assert client.get("/v1/status", headers=as_admin).status_code == 200
+        listed = client.get("/v1/keys", headers=as_admin).json()
+        assert [(k["name"], k["scope"]) for k in listed] == [("app", "inference"), ("ops", "admin")]
+        assert all(inference not in str(k) and admin not in str(k) for k in listed)
+        # The database keeps hashes, never the keys.
+        assert inference.encode() not in queen.db.read_bytes()
+        # Revoked: refused from then on.
+        assert client.delete("/v1/keys/app", headers=as_admin).status_code == 200
+        assert client.get("/v1/models", headers=as_app).status_code == 401
+
+
+def test_inference_and_admin_keys_get_the_workers_answers(
+    start: Any, scripted: ScriptedWorkers
+) -> None:
     queen = start({})
     queen.add_worker("w", scripted.worker("ok"))
     url = queen.url
-    # No key yet, loopback: a credential all the same (there is no open mode any more).
-    _refuses_without_a_credential(url)
-    # The cluster token makes the first key.
     admin = httpx.post(
         f"{url}/v1/keys", json={"name": "ops", "scope": "admin"}, headers=queen.headers
     ).json()["key"]
-    assert admin.startswith("rbee_")
     as_admin = {"authorization": f"Bearer {admin}"}
     inference = httpx.post(
         f"{url}/v1/keys", json={"name": "app", "scope": "inference"}, headers=as_admin
     ).json()["key"]
     as_app = {"authorization": f"Bearer {inference}"}
-    # With keys, the same: every route but /health needs a credential.
-    _refuses_without_a_credential(url)
-    # Inference keys: the OpenAI routes only.
-    assert httpx.get(f"{url}/v1/models", headers=as_app).status_code == 200
     answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=as_app, timeout=10)
     assert answer.json()["choices"][0]["message"]["content"] == "".join(TOKENS)
-    for method, path in [
-        ("GET", "/v1/status"),
-        ("POST", "/v1/down"),
-        ("POST", "/v1/shutdown"),
-        ("POST", "/v1/lock/force-unlock"),
-        ("GET", "/v1/keys"),
-        ("GET", "/metrics"),
-    ]:
-        forbidden = httpx.request(method, f"{url}{path}", json={}, headers=as_app)
-        assert forbidden.status_code == 403, path
-        assert forbidden.json()["error"]["code"] == "insufficient_scope"
-    # Admin keys: everything.
-    assert httpx.get(f"{url}/v1/status", headers=as_admin).status_code == 200
     assert httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=as_admin).status_code == 200
-    listed = httpx.get(f"{url}/v1/keys", headers=as_admin).json()
-    assert [(k["name"], k["scope"]) for k in listed] == [("app", "inference"), ("ops", "admin")]
-    assert all(inference not in str(k) and admin not in str(k) for k in listed)
-    # The database keeps hashes, never the keys.
-    assert inference.encode() not in queen.db.read_bytes()
-    # Revoked: refused from then on.
-    assert httpx.delete(f"{url}/v1/keys/app", headers=as_admin).status_code == 200
-    assert httpx.get(f"{url}/v1/models", headers=as_app).status_code == 401
 
 
-def test_a_queen_with_a_cluster_token_needs_a_credential_even_without_keys(start: Any) -> None:
-    queen = start({}, token="cluster-secret")
-    assert httpx.get(f"{queen.url}/v1/models").status_code == 401
-    as_operator = {"authorization": "Bearer cluster-secret"}
-    assert httpx.get(f"{queen.url}/v1/status", headers=as_operator).status_code == 200
+def test_a_queen_with_a_cluster_token_needs_a_credential_even_without_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with in_process_queen(tmp_path, monkeypatch, "cluster-secret") as queen:
+        assert queen.client.get("/v1/models").status_code == 401
+        as_operator = {"authorization": "Bearer cluster-secret"}
+        assert queen.client.get("/v1/status", headers=as_operator).status_code == 200
 
 
 def test_heartbeats_need_the_certificate_of_the_worker_they_name(

@@ -1,8 +1,9 @@
 """Plan keys: what CI on a pull request needs and no more. A plan key plans and reads the
 control plane's state; everything else is a 403, and the plan it gets holds no secret.
 
-A real queen process with a cluster token; the keeper plans through it as a CI job would, with
-the plan key in $RBEE_API_KEY and the YAML's secrets in its environment.
+What a route answers, the queen's app in this process (`tests.fixtures.in_process_queen`);
+the plan a CI job saves, a real queen process that the keeper plans through as a CI job would,
+with the plan key in $RBEE_API_KEY and the YAML's secrets in its environment.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from rbee.queen.control.store import Store
 from rbee.queen.http.auth import Keys
+from tests.fixtures.in_process_queen import QUEEN_URL, InProcessQueen, in_process_queen
 from tests.fixtures.ports import free_port
 from tests.fixtures.scripted import ScriptedQueen
 
@@ -33,28 +35,33 @@ SIGNATURE = "signature-9b4a"
 
 @dataclass
 class Keyed:
-    queen: ScriptedQueen
+    queen: InProcessQueen
     plan: dict[str, str]
     admin: dict[str, str]
 
     def call(self, method: str, path: str, who: dict[str, str]) -> httpx.Response:
-        return httpx.request(method, f"{self.queen.url}{path}", json={}, headers=who, timeout=10)
+        return self.queen.client.request(method, path, json={}, headers=who)
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
-def keyed(tmp_path: Path) -> Iterator[Keyed]:
+def keyed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Keyed]:
+    with in_process_queen(tmp_path, monkeypatch, TOKEN) as queen:
+        yield Keyed(queen, _bearer(queen.key("plan", "plan")), _bearer(queen.key("admin", "admin")))
+
+
+@pytest.fixture
+def plan_key_of_a_queen_process(tmp_path: Path) -> Iterator[tuple[ScriptedQueen, str]]:
     queen = ScriptedQueen.start(tmp_path, token=TOKEN)
-    operator = {"authorization": f"Bearer {TOKEN}"}
-
-    def key(scope: str) -> dict[str, str]:
-        made = httpx.post(
-            f"{queen.url}/v1/keys", json={"name": scope, "scope": scope}, headers=operator
-        )
-        assert made.status_code == 201, made.text
-        assert made.json()["scope"] == scope
-        return {"authorization": f"Bearer {made.json()['key']}"}
-
-    yield Keyed(queen, key("plan"), key("admin"))
+    made = httpx.post(
+        f"{queen.url}/v1/keys", json={"name": "plan", "scope": "plan"}, headers=queen.headers
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["scope"] == "plan"
+    yield queen, made.json()["key"]
     queen.stop()
 
 
@@ -77,9 +84,9 @@ def _cluster(queen_url: str) -> dict[str, Any]:
 
 
 def test_a_plan_key_plans_and_reads_the_state(keyed: Keyed) -> None:
-    cluster = _cluster(keyed.queen.url)
+    cluster = _cluster(QUEEN_URL)
     plans = [
-        httpx.post(f"{keyed.queen.url}/v1/plan", json={"cluster": cluster}, headers=who, timeout=30)
+        keyed.queen.client.post("/v1/plan", json={"cluster": cluster}, headers=who)
         for who in (keyed.plan, keyed.admin)
     ]
     assert [p.status_code for p in plans] == [200, 200], plans[0].text
@@ -117,11 +124,14 @@ def test_a_plan_key_may_change_nothing_nor_read_logs_nor_infer(
     assert error["message"].startswith(f"this key's scope does not allow {method} {path}: ")
 
 
-def test_the_plan_a_plan_key_gets_holds_no_secret(keyed: Keyed, tmp_path: Path) -> None:
+def test_the_plan_a_plan_key_gets_holds_no_secret(
+    plan_key_of_a_queen_process: tuple[ScriptedQueen, str], tmp_path: Path
+) -> None:
     """The keeper expands the YAML's `${VAR}`s and sends the cluster; what comes back to a plan
     key, saved and rendered as a CI job would, shows none of them."""
-    cluster = _cluster(keyed.queen.url)
-    cluster["queen"] = {"url": keyed.queen.url, "token": "${RBEE_TOKEN}"}
+    queen, plan_key = plan_key_of_a_queen_process
+    cluster = _cluster(queen.url)
+    cluster["queen"] = {"url": queen.url, "token": "${RBEE_TOKEN}"}
     cluster["models"][0]["source"] = (
         "https://ci:${HUB_PASSWORD}@models.example/m.gguf?sig=${HUB_SIGNATURE}"
     )
@@ -129,7 +139,7 @@ def test_the_plan_a_plan_key_gets_holds_no_secret(keyed: Keyed, tmp_path: Path) 
     env = {
         "HOME": str(tmp_path),
         "PATH": os.environ["PATH"],
-        "RBEE_API_KEY": keyed.plan["authorization"].removeprefix("Bearer "),
+        "RBEE_API_KEY": plan_key,
         "RBEE_TOKEN": TOKEN,
         "HUB_PASSWORD": PASSWORD,
         "HUB_SIGNATURE": SIGNATURE,
