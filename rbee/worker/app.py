@@ -14,11 +14,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -55,8 +55,47 @@ _STOPS = 4
 _STOP_CHARS = 256
 
 
+# OpenAI request fields this worker accepts without acting on them, because OpenAI defines
+# them as having no effect on the answer (an end user's id, stored-completion metadata, how
+# several tool calls may be made when no tool is given). README lists them.
+_HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+# Fields accepted at the value that asks for nothing rbee lacks; any other value is a 400.
+_AT_DEFAULT: dict[str, tuple[object, ...]] = {
+    "n": (1,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "echo": (False,),
+    "best_of": (1,),
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "tool_choice": ("none",),
+    "tools": ([],),
+}
+
+
+def _unsupported(body: dict[str, Any], fields: Iterable[str]) -> str | None:
+    """The first field of `body` this worker would otherwise have to ignore, as a 400's
+    message; None when every field is implemented, harmless or at its default."""
+    for name, value in body.items():
+        if name in fields or name in _HARMLESS or value is None:
+            continue
+        if any(type(value) is type(d) and value == d for d in _AT_DEFAULT.get(name, ())):
+            continue
+        return f"{name}: not supported by rbee's worker (a field it would otherwise ignore)"
+    return None
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: OpenAI's, with a stream only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
 class _Sampling(BaseModel):
-    """The request fields rbee passes to llama-cpp; any other OpenAI field is ignored."""
+    """The request fields rbee passes to llama-cpp (a field it does not implement is refused
+    before this model reads the body: `_unsupported`)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -73,6 +112,13 @@ class _Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="after")
+    def _options_need_a_stream(self) -> _Sampling:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only with stream: true")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -89,7 +135,8 @@ class _Sampling(BaseModel):
     def params(self) -> dict[str, Any]:
         """The sampling settings and prompt the engine takes."""
         params = self.model_dump(
-            exclude_none=True, exclude={"model", "stream", "max_completion_tokens"}
+            exclude_none=True,
+            exclude={"model", "stream", "max_completion_tokens", "stream_options"},
         )
         if self.max_tokens is None and self.max_completion_tokens is not None:
             params["max_tokens"] = self.max_completion_tokens
@@ -98,6 +145,44 @@ class _Sampling(BaseModel):
 
 class _ChatRequest(_Sampling):
     messages: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _text_only(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [_text_message(i, message) for i, message in enumerate(messages)]
+
+
+_ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+
+def _text_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as the chat template takes it: `content` a string. A list of `text`
+    parts is joined; an assistant turn may have no content. What the worker cannot read
+    (tool calls and results, images, audio) is an error naming where it is."""
+    where = f"messages.{index}"
+    role = message.get("role")
+    if role not in _ROLES:
+        raise ValueError(f"{where}.role: {role!r} is not supported (one of {sorted(_ROLES)})")
+    for field in ("tool_calls", "function_call"):
+        if message.get(field):
+            raise ValueError(f"{where}.{field}: tool calls are not supported")
+    content = message.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    elif isinstance(content, list):
+        parts = []
+        for number, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f"{where}.content.{number}: only text parts are supported (got {kind!r}; "
+                    "this model has no projector for images or audio)"
+                )
+            parts.append(part["text"])
+        content = "\n".join(parts)
+    elif not isinstance(content, str):
+        raise ValueError(f"{where}.content: a string or a list of text parts")
+    return {"role": role, "content": content}
 
 
 class _CompletionRequest(_Sampling):
@@ -279,12 +364,18 @@ async def _parse(request: Request, model: type[_Sampling]) -> _Sampling | Respon
         body = json_object(await request.body())
     except ValueError as exc:
         return _error(400, str(exc), "invalid_request_error")
+    unsupported = _unsupported(body, model.model_fields)
+    if unsupported is not None:
+        return _error(400, unsupported, "invalid_request_error", "unsupported_field")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        return _error(400, f"{where}: {first['msg']}", "invalid_request_error", "invalid_value")
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if where and not message.startswith(where):
+            message = f"{where}: {message}"
+        return _error(400, message, "invalid_request_error", "invalid_value")
 
 
 async def _chat_completions(request: Request) -> Response:
@@ -311,7 +402,14 @@ async def _complete(request: Request, kind: Kind, model: type[_Sampling]) -> Res
     handed_off = False
     try:
         generation = await _or_disconnect(
-            request, worker.engine.start(kind, params, stream=body.stream), Generation.cancel
+            request,
+            worker.engine.start(
+                kind,
+                params,
+                stream=body.stream,
+                include_usage=body.stream_options is not None and body.stream_options.include_usage,
+            ),
+            Generation.cancel,
         )
         try:
             # The first chunk (or the whole answer) is awaited here, so a bad prompt is

@@ -76,10 +76,18 @@ class Generation:
     error before any chunk.
     """
 
-    def __init__(self, kind: Kind, model: str, stream: bool, cancelled: threading.Event) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        model: str,
+        stream: bool,
+        cancelled: threading.Event,
+        include_usage: bool = False,
+    ) -> None:
         self._kind = kind
         self._model = model
         self._stream = stream
+        self._include_usage = include_usage
         self._cancelled = cancelled
         self._events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._pending: list[dict[str, Any]] = []
@@ -121,6 +129,11 @@ class Generation:
         else:
             self._finished = True
             chunks.append(self._chunk(None, event[1]))
+            if self._include_usage:
+                # OpenAI's `stream_options.include_usage`: a last chunk, no choices, the usage.
+                usage = self._chunk(None, None)
+                usage.update(choices=[], usage=_usage(event[2], event[3]))
+                chunks.append(usage)
         self._pending = chunks[1:]
         return chunks[0]
 
@@ -139,11 +152,7 @@ class Generation:
             reason,
             **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
         )
-        answer["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        answer["usage"] = _usage(prompt_tokens, completion_tokens)
         return answer
 
     def _chunk(self, content: str | dict[str, str] | None, reason: str | None) -> dict[str, Any]:
@@ -162,6 +171,14 @@ class Generation:
             "model": self._model,
             "choices": [{"index": 0, "logprobs": None, "finish_reason": reason, **choice}],
         }
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class Engine:
@@ -259,7 +276,9 @@ class Engine:
                 f"({ctx_size} tokens per slot, {self._longest_token} bytes at most each)"
             )
 
-    async def start(self, kind: Kind, params: dict[str, Any], *, stream: bool) -> Generation:
+    async def start(
+        self, kind: Kind, params: dict[str, Any], *, stream: bool, include_usage: bool = False
+    ) -> Generation:
         """Wait for a free slot, then put the request into the batch. The prompt is formatted
         and tokenized in a thread: a long one must not stall the event loop (every stream)."""
         assert self._batcher is not None
@@ -272,7 +291,7 @@ class Engine:
             self._release(None)
             raise
         cancelled = threading.Event()
-        generation = Generation(kind, self.config.model, stream, cancelled)
+        generation = Generation(kind, self.config.model, stream, cancelled, include_usage)
         generation.prompt_tokens = len(prompt.tokens)
         loop = asyncio.get_running_loop()
         self._running.add(cancelled)

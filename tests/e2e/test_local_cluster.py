@@ -153,6 +153,28 @@ def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluste
     expected = answer.usage.completion_tokens + len(pieces)
     wait_until("the queen to count the stream", lambda: _tokens_out(cluster) - before >= expected)
     assert _tokens_out(cluster) - before == expected
+    # `include_usage`: the stream ends with the worker's usage, and the queen counts that.
+    before = _tokens_out(cluster)
+    chunks = list(
+        client.chat.completions.create(
+            model="gemma3-270m",
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert usage.completion_tokens == answer.usage.completion_tokens
+    assert usage.prompt_tokens == answer.usage.prompt_tokens
+    wait_until(
+        "the queen to count the stream",
+        lambda: _tokens_out(cluster) - before >= usage.completion_tokens,
+    )
+    assert _tokens_out(cluster) - before == usage.completion_tokens
+    assert [m.id for m in client.models.list()] == ["gemma3-270m"]  # the SDK's Model type
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-model", messages=messages)
     assert missing.value.code == "model_not_found"

@@ -129,6 +129,98 @@ def test_a_plain_completion_honours_stop(two_slots: Worker) -> None:
     assert "seven" not in text
 
 
+def _chat(url: str, **body: Any) -> httpx.Response:
+    body = {"messages": HELLO, "max_tokens": 4, "temperature": 0, **body}
+    return httpx.post(f"{url}/v1/chat/completions", headers=HEADERS, json=body, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ("tool_choice", "required"),
+        ("n", 2),
+        ("logprobs", True),
+        ("response_format", {"type": "json_object"}),
+        ("logit_bias", {"42": 5}),
+        ("a_field_nobody_defined", 1),
+    ],
+)
+def test_a_field_the_worker_would_ignore_is_a_400_naming_it(
+    two_slots: Worker, field: str, value: Any
+) -> None:
+    response = _chat(two_slots.url, **{field: value})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith(f"{field}: not supported")
+    assert error["type"] == "invalid_request_error"
+
+
+def test_harmless_fields_and_defaults_are_accepted(two_slots: Worker) -> None:
+    harmless = {"user": "u-1", "n": 1, "logprobs": False, "response_format": {"type": "text"}}
+    response = _chat(two_slots.url, **harmless, parallel_tool_calls=True, store=False)
+    assert response.status_code == 200, response.text
+
+
+def test_content_as_text_parts_reads_as_the_same_text(two_slots: Worker) -> None:
+    text = HELLO[0]["content"]
+    parts = [{"type": "text", "text": text}]
+    as_parts = _chat(two_slots.url, messages=[{"role": "user", "content": parts}], seed=1)
+    as_text = _chat(two_slots.url, seed=1)
+    assert as_parts.status_code == 200, as_parts.text
+    assert as_parts.json()["choices"] == as_text.json()["choices"]
+    assert as_parts.json()["usage"] == as_text.json()["usage"]
+
+
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [
+        (
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]},
+            "messages.1.content.1: only text parts",
+        ),
+        (
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+            "messages.1.tool_calls: tool calls are not supported",
+        ),
+        ({"role": "tool", "content": "42", "tool_call_id": "c1"}, "messages.1.role: 'tool'"),
+    ],
+)
+def test_what_a_text_model_cannot_read_is_a_400_naming_where(
+    two_slots: Worker, message: dict[str, Any], named: str
+) -> None:
+    response = _chat(two_slots.url, messages=[HELLO[0], message])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith(named)
+
+
+def test_an_assistant_turn_without_content_is_read(two_slots: Worker) -> None:
+    history = [
+        *HELLO,
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "Again."},
+    ]
+    assert _chat(two_slots.url, messages=history).status_code == 200
+
+
+def test_include_usage_ends_a_stream_with_a_usage_chunk(two_slots: Worker) -> None:
+    body = {"messages": HELLO, "max_tokens": 6, "stream_options": {"include_usage": True}}
+    events = _stream(two_slots.url, "/v1/chat/completions", body)
+    assert events[-1][1] == "[DONE]"
+    last = json.loads(events[-2][1])
+    assert last["choices"] == [] and last["object"] == "chat.completion.chunk"
+    usage = last["usage"]
+    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 6
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # Without it, no chunk without choices.
+    plain = _stream(two_slots.url, "/v1/chat/completions", {"messages": HELLO, "max_tokens": 6})
+    assert all(json.loads(data)["choices"] for _, data in plain[:-1])
+    # And only with a stream, as OpenAI's.
+    refused = _chat(two_slots.url, stream_options={"include_usage": True})
+    assert refused.status_code == 400
+    assert "stream_options: only with stream: true" in refused.json()["error"]["message"]
+
+
 def test_models_lists_the_loaded_model(two_slots: Worker) -> None:
     models = httpx.get(f"{two_slots.url}/v1/models", headers=HEADERS, timeout=5).json()
     assert [entry["id"] for entry in models["data"]] == ["gemma3-270m"]

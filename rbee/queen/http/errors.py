@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -44,8 +45,20 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return exc.response
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method the route lacks) in OpenAI's error
+    shape, as every other answer of the queen: SDKs parse `error.message`."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+        body = openai_error(message, "not_found_error", "unknown_route")
+    else:
+        body = openai_error(str(exc.detail), "invalid_request_error")
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 #: The exception handlers of every Starlette app of the queen.
-EXCEPTION_HANDLERS = {Refused: _refused}
+EXCEPTION_HANDLERS = {Refused: _refused, HTTPException: _http_error}
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -70,5 +70,7 @@ async def retire_worker(request: Request) -> JSONResponse:
 
 async def list_models(request: Request) -> JSONResponse:
     models = queen_of(request).registry.models()
-    data = [{"id": m, "object": "model", "owned_by": "rbee"} for m in models]
+    # `created` is required by the OpenAI SDK's Model type; rbee does not know when a GGUF
+    # was made, so 0 (as the worker says).
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "rbee"} for m in models]
     return JSONResponse({"object": "list", "data": data})

@@ -330,6 +330,7 @@ class _Call:
         extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
         prompt = _prompt_tokens(conn.headers)
         events = 0
+        usage: tuple[int, int] | None = None  # exact, when the stream ends with its usage
         pending = b""
         chunk = first
         tail = b""  # what goes out with the end of the response
@@ -347,13 +348,15 @@ class _Call:
                     chunk, pending = chunk[:cut], chunk[cut:]
                 if chunk:
                     events += chunk.count(b"data:")
-                    self.tokens = (prompt, max(0, events - extra))
+                    usage = usage or _usage_of(chunk)
+                    self.tokens = usage or (prompt, max(0, events - extra))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await conn.read()
             else:
                 tail = pending  # a last event without its blank line
             events += tail.count(b"data:")
-            self.tokens = (prompt, max(0, events - extra))
+            usage = usage or _usage_of(tail)
+            self.tokens = usage or (prompt, max(0, events - extra))
         except (UpstreamTimeout, UpstreamClosed) as exc:
             self._failed_after_first_byte(record, exc)
             error = openai_error(
@@ -393,3 +396,12 @@ class _Call:
             headers.append((b"retry-after", str(retry_after).encode()))
         await send_error(self.send, status, message, type_, code, headers)
         return status
+
+
+def _usage_of(data: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from a stream's usage chunk (`stream_options.include_usage`)
+    when `data` holds it: then the count is the worker's, not one per chunk."""
+    if b'"usage"' not in data:
+        return None
+    found = _USAGE.search(data)
+    return (int(found[1]), int(found[2])) if found else None
