@@ -1,16 +1,79 @@
-"""The OpenAI chat bodies rbee's own clients send and read (`rbee infer`): the fields they use.
+"""OpenAI chat and completion requests on rbee's side: which fields rbee implements, accepts as
+harmless or refuses (`unsupported_field`, used by the worker on every request and by the queen
+on every job), and the bodies rbee's own client sends and reads (`rbee infer`).
 
-The queen relays an app's OpenAI bodies as they come; these types are for rbee's side of that
-conversation only, so a chunk's unknown fields are ignored and a request names what it sends.
+The queen relays an app's OpenAI bodies as they come; the worker is where they are read.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatChunk", "ChatMessage", "ChatRequest"]
+__all__ = [
+    "AT_DEFAULT",
+    "HARMLESS",
+    "IMPLEMENTED",
+    "ChatChunk",
+    "ChatMessage",
+    "ChatRequest",
+    "unsupported_field",
+]
+
+#: The request fields the worker implements, chat and completions together (a test pins them
+#: to the worker's request models).
+IMPLEMENTED = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+    }
+)
+
+# OpenAI request fields the worker accepts without acting on them, because OpenAI defines
+# them as having no effect on the answer (an end user's id, stored-completion metadata, how
+# several tool calls may be made when no tool is given). README lists them.
+HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+# Fields accepted at the value that asks for nothing rbee lacks; any other value is a 400.
+AT_DEFAULT: dict[str, tuple[object, ...]] = {
+    "n": (1,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "echo": (False,),
+    "best_of": (1,),
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "tool_choice": ("none",),
+    "tools": ([],),
+}
+
+
+def unsupported_field(body: dict[str, Any], fields: Iterable[str]) -> str | None:
+    """The first field of `body` rbee would otherwise have to ignore, as a 400's message; None
+    when every field is in `implemented`, harmless or at its default. The worker checks each
+    request, the queen each job at submission."""
+    for name, value in body.items():
+        if name in fields or name in HARMLESS or value is None:
+            continue
+        if any(type(value) is type(d) and value == d for d in AT_DEFAULT.get(name, ())):
+            continue
+        return f"{name}: not supported by rbee (a field it would otherwise ignore)"
+    return None
 
 
 class _Wire(BaseModel):

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import uvicorn
@@ -37,6 +37,7 @@ from rbee.wire import (
     openai_error,
     sse,
 )
+from rbee.wire.chat import unsupported_field
 from rbee.worker.engine import Engine, Generation, Kind
 from rbee.worker.heartbeat import HeartbeatSender
 
@@ -55,36 +56,6 @@ _STOPS = 4
 _STOP_CHARS = 256
 
 
-# OpenAI request fields this worker accepts without acting on them, because OpenAI defines
-# them as having no effect on the answer (an end user's id, stored-completion metadata, how
-# several tool calls may be made when no tool is given). README lists them.
-_HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
-# Fields accepted at the value that asks for nothing rbee lacks; any other value is a 400.
-_AT_DEFAULT: dict[str, tuple[object, ...]] = {
-    "n": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "echo": (False,),
-    "best_of": (1,),
-    "logit_bias": ({},),
-    "response_format": ({"type": "text"},),
-    "tool_choice": ("none",),
-    "tools": ([],),
-}
-
-
-def _unsupported(body: dict[str, Any], fields: Iterable[str]) -> str | None:
-    """The first field of `body` this worker would otherwise have to ignore, as a 400's
-    message; None when every field is implemented, harmless or at its default."""
-    for name, value in body.items():
-        if name in fields or name in _HARMLESS or value is None:
-            continue
-        if any(type(value) is type(d) and value == d for d in _AT_DEFAULT.get(name, ())):
-            continue
-        return f"{name}: not supported by rbee's worker (a field it would otherwise ignore)"
-    return None
-
-
 class StreamOptions(BaseModel):
     """`stream_options`: OpenAI's, with a stream only."""
 
@@ -95,7 +66,7 @@ class StreamOptions(BaseModel):
 
 class _Sampling(BaseModel):
     """The request fields rbee passes to llama-cpp (a field it does not implement is refused
-    before this model reads the body: `_unsupported`)."""
+    before this model reads the body: `rbee.wire.chat.unsupported_field`)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -364,7 +335,7 @@ async def _parse(request: Request, model: type[_Sampling]) -> _Sampling | Respon
         body = json_object(await request.body())
     except ValueError as exc:
         return _error(400, str(exc), "invalid_request_error")
-    unsupported = _unsupported(body, model.model_fields)
+    unsupported = unsupported_field(body, model.model_fields)
     if unsupported is not None:
         return _error(400, unsupported, "invalid_request_error", "unsupported_field")
     try:

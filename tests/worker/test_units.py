@@ -160,3 +160,10 @@ def test_a_gpu_worker_offloads_every_layer_to_its_one_gpu(monkeypatch: pytest.Mo
     # Pinned by its hive, the worker's GPU is the only one it sees: its index 0.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert placement("cuda:1")["main_gpu"] == 0
+
+
+def test_the_fields_rbee_says_it_implements_are_the_workers_request_fields() -> None:
+    from rbee.wire.chat import IMPLEMENTED
+    from rbee.worker.app import _ChatRequest, _CompletionRequest
+
+    assert {*_ChatRequest.model_fields, *_CompletionRequest.model_fields} == IMPLEMENTED

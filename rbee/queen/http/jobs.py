@@ -32,6 +32,7 @@ from rbee.queen.serve.jobs import (
     UnknownModel,
 )
 from rbee.wire import sse
+from rbee.wire.chat import IMPLEMENTED, unsupported_field
 from rbee.wire.jobs import JOB_STATES, JobCreated, JobList, SubmitJob
 
 __all__ = ["cancel_job", "get_job", "job_events", "list_jobs", "submit_job"]
@@ -72,9 +73,16 @@ def _idempotency_key(request: Request) -> str | None:
     return given[0]
 
 
+_JOB_FIELDS = IMPLEMENTED | {"priority"}
+
+
 async def submit_job(request: Request) -> Response:
     idempotency_key = _idempotency_key(request)
     asked = await parse_body(request, SubmitJob)
+    # Refused now, not failed later at the worker: a job names what rbee does not implement.
+    unsupported = unsupported_field(asked.model_dump(exclude_unset=True), _JOB_FIELDS)
+    if unsupported is not None:
+        raise Refused(400, unsupported, "invalid_request_error", "unsupported_field")
     # A job counts against its key's rpm as a request does, and its answer against its tpm.
     caller = _caller(request)
     if caller is not None and (over := caller.over_limit()) is not None:
