@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 from rbee.config.models import Cluster, Deployment
 from rbee.plan.resources import (
+    covers,
     deployment_address,
     hive_address,
     model_address,
@@ -19,12 +20,6 @@ from rbee.plan.resources import (
 )
 
 __all__ = ["desired_after"]
-
-
-def _covers(target: str, address: str) -> bool:
-    """`target` names `address` or a resource that contains it (`worker.local` covers
-    `worker.local.x`), as the planner reads targets."""
-    return address == target or (address.startswith(target) and address[len(target)] in ".[")
 
 
 def desired_after(previous: Cluster | None, cluster: Cluster, targets: list[str]) -> Cluster:
@@ -47,13 +42,13 @@ def desired_after(previous: Cluster | None, cluster: Cluster, targets: list[str]
     )
 
     def named(address: str) -> bool:
-        return any(_covers(t, address) for t in targets)
+        return any(covers(t, address) for t in targets)
 
     taken_deployments: list[Deployment] = []
     for deployment in cluster.deployments:
         runs_on = cluster.hive_names(deployment)
         addresses = [deployment_address(h, deployment.key) for h in runs_on]
-        if runs_on and all(any(_covers(t, a) for t in targets) for a in addresses):
+        if runs_on and all(named(a) for a in addresses):
             taken_deployments.append(deployment.model_copy(update={"hives": runs_on}))
     needed = {h for d in taken_deployments for h in cluster.hive_names(d)}
     hives = {h.name for h in cluster.hives if h.name in needed or named(hive_address(h.name))}

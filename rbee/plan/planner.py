@@ -18,6 +18,7 @@ from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
 from rbee.plan.placement import place
 from rbee.plan.resources import (
+    covers,
     deployment_address,
     hive_address,
     model_address,
@@ -732,17 +733,10 @@ def _delete_worker(
     )
 
 
-def _matches(address: str, target: str) -> bool:
-    """`target` names `address` itself or a resource that contains it (`worker.local`)."""
-    if address == target:
-        return True
-    return address.startswith(target) and address[len(target)] in ".["
-
-
 def _targeted(actions: list[Action], targets: list[str]) -> list[Action]:
     """Only the targeted actions and, transitively, what they depend on."""
     by_address = {a.address: a for a in actions}
-    keep = {a.address for a in actions if any(_matches(a.address, t) for t in targets)}
+    keep = {a.address for a in actions if any(covers(t, a.address) for t in targets)}
     pending = list(keep)
     while pending:
         for dep in by_address[pending.pop()].depends_on:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "covers",
     "deployment_address",
     "hive_address",
     "model_address",
@@ -46,3 +47,9 @@ def parse_worker_id(hive: str, model: str, wid: str) -> int | None:
         return None
     tail = wid[len(prefix) :]
     return int(tail) if tail.isdigit() else None
+
+
+def covers(target: str, address: str) -> bool:
+    """`target` (`--target`) names `address` itself or a resource that contains it
+    (`worker.local` covers `worker.local.x[0]`)."""
+    return address == target or (address.startswith(target) and address[len(target)] in ".[")

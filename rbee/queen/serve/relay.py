@@ -309,8 +309,8 @@ class _Call:
             )
         body = first if len(parts) == 1 else b"".join(parts)
         status = conn.status
-        if status == 200 and (usage := _USAGE.search(body)) is not None:
-            self.tokens = (int(usage[1]), int(usage[2]))
+        if status == 200 and (usage := _usage_of(body)) is not None:
+            self.tokens = usage
         start = self._start(status, conn, record.beat.worker_id)
         start["headers"].append((b"content-length", b"%d" % len(body)))
         self.started = True
@@ -399,8 +399,8 @@ class _Call:
 
 
 def _usage_of(data: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from a stream's usage chunk (`stream_options.include_usage`)
-    when `data` holds it: then the count is the worker's, not one per chunk."""
+    """(prompt, completion) tokens from the usage in `data`: a whole answer's, or a stream's
+    last chunk (`stream_options.include_usage`), which then counts instead of one per chunk."""
     if b'"usage"' not in data:
         return None
     found = _USAGE.search(data)
