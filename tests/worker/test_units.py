@@ -164,6 +164,7 @@ def test_a_gpu_worker_offloads_every_layer_to_its_one_gpu(monkeypatch: pytest.Mo
 
 def test_the_fields_rbee_says_it_implements_are_the_workers_request_fields() -> None:
     from rbee.wire.chat import IMPLEMENTED
-    from rbee.worker.app import _ChatRequest, _CompletionRequest
+    from rbee.worker.chat import ChatRequest as _ChatRequest
+    from rbee.worker.chat import CompletionRequest as _CompletionRequest
 
     assert {*_ChatRequest.model_fields, *_CompletionRequest.model_fields} == IMPLEMENTED
