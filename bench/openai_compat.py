@@ -137,14 +137,6 @@ class Outcome:
     note: str = ""
 
 
-class Judged(Exception):
-    """Raised by a probe that has its verdict before the end (a wrong shape mid-stream)."""
-
-    def __init__(self, verdict: Verdict, note: str) -> None:
-        super().__init__(note)
-        self.outcome = Outcome(verdict, note)
-
-
 @dataclass
 class Target:
     """One server as an app sees it: for each role (chat, embedding, reranker) the OpenAI base
@@ -222,8 +214,6 @@ def _status_outcome(status: int, response: _Answer, basic: bool) -> Outcome:
 
 
 def _exception_outcome(exc: Exception, basic: bool) -> Outcome:
-    if isinstance(exc, Judged):
-        return exc.outcome
     if isinstance(exc, openai.APIResponseValidationError):
         return Outcome("broken", f"the SDK's types refuse the body: {_invalid(exc)}")
     if isinstance(exc, openai.APIStatusError):
