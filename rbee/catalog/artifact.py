@@ -314,12 +314,14 @@ class ArtifactCatalog:
         if damaged is not None:
             _log.warning("artifact damaged name=%s why=%s", entry.name, damaged)
             return entry.model_copy(update={"damaged": damaged})
-        if entry.facts is None and entry.path.endswith((PAYLOAD, ".gguf")):
+        stale = entry.facts is None or entry.facts.purpose is None
+        if stale and entry.path.endswith((PAYLOAD, ".gguf")):
             entry = self._with_facts(directory, entry)
         return entry
 
     def _with_facts(self, directory: Path, entry: ModelEntry) -> ModelEntry:
-        """An entry recorded before rbee read GGUF headers gets its facts, kept from then on."""
+        """An entry recorded before rbee read GGUF headers (or before it read what a model is
+        for) gets its facts, kept from then on."""
         parts = sorted(directory.glob(f"{PAYLOAD}-*-of-*.gguf")) or [Path(entry.path)]
         facts = _facts(parts)
         if facts is None:

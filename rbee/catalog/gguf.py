@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from rbee.wire import GgufFacts
+from rbee.wire import GgufFacts, Purpose
 
 __all__ = ["GgufError", "read_facts"]
 
@@ -34,6 +34,17 @@ _FILE_TYPES = {
 }  # fmt: skip
 # Arrays this long are skipped, not kept (a tokenizer's vocabulary, merges and scores).
 _KEEP_ARRAY_MAX = 1024
+# llama.cpp's `<arch>.pooling_type` (enum llama_pooling_type): mean, cls and last pool a
+# sequence into one vector; rank pools it into the classifier's relevance score.
+_POOLED, _RANK = frozenset({1, 2, 3}), 4
+# Encoder-only architectures of llama.cpp: bidirectional attention (they cannot generate) and
+# no KV cache (`llama_model::create_memory` makes none for them).
+_ENCODERS = frozenset(
+    {
+        "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+        "neo-bert", "eurobert", "gemma-embedding",
+    }
+)  # fmt: skip
 
 
 class GgufError(ValueError):
@@ -62,7 +73,9 @@ def read_facts(path: Path) -> GgufFacts:
     key_len = _int(of_arch("attention.key_length")) or head_dim
     value_len = _int(of_arch("attention.value_length")) or head_dim
     kv_per_token = (
-        2 * layers * kv_heads * (key_len + value_len)  # f16: 2 bytes per value
+        0
+        if arch in _ENCODERS
+        else 2 * layers * kv_heads * (key_len + value_len)  # f16: 2 bytes per value
         if layers and kv_heads and key_len and value_len
         else None
     )
@@ -75,7 +88,19 @@ def read_facts(path: Path) -> GgufFacts:
         context_length=_int(of_arch("context_length")),
         chat_template="tokenizer.chat_template" in meta,
         kv_bytes_per_token=kv_per_token,
+        purpose=_purpose(arch, of_arch("pooling_type"), of_arch("attention.causal")),
     )
+
+
+def _purpose(arch: str, pooling: Any, causal: Any) -> Purpose:
+    """What the model is for, as llama.cpp decides how to run it: rank pooling scores a pair
+    (a reranker); any other pooling, attention that is not causal, or an encoder-only
+    architecture makes vectors; the rest generates text."""
+    if pooling == _RANK:
+        return "rerank"
+    if pooling in _POOLED or causal is False or arch in _ENCODERS:
+        return "embedding"
+    return "chat"
 
 
 class _Header:

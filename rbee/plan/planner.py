@@ -27,7 +27,14 @@ from rbee.plan.resources import (
     worker_binary_address,
     worker_id,
 )
-from rbee.wire import AddWorkerBinary, ModelEntry, SpawnWorker, WorkerBinaryEntry, WorkerProcess
+from rbee.wire import (
+    AddWorkerBinary,
+    ModelEntry,
+    Purpose,
+    SpawnWorker,
+    WorkerBinaryEntry,
+    WorkerProcess,
+)
 from rbee.wire.plan import Action, Change, Note, Op, Plan
 
 __all__ = ["plan", "scale_up_action"]
@@ -171,6 +178,8 @@ class _Context:
                     placement.devices[deployment.key],
                     [w for w in facts.workers if _belongs(w, hive.name, deployment)],
                     deps,
+                    # Known only from the file's header, so only for a file the hive holds.
+                    purpose=_purpose(have_models.get(model.name)) if model_action is None else None,
                     restart=(
                         "hive upgraded"
                         if restart_all
@@ -382,6 +391,7 @@ class _Context:
         procs: list[WorkerProcess],
         deps: list[str],
         restart: str | None,
+        purpose: Purpose | None = None,
     ) -> list[Action]:
         actions: list[Action] = []
         by_index: dict[int, list[WorkerProcess]] = {}
@@ -406,7 +416,7 @@ class _Context:
                     )
                 )
             if not existing:
-                reason = _spawning(spawn) + (f": below min ({scaling})" if scaling else "")
+                reason = _spawning(spawn, purpose) + (f": below min ({scaling})" if scaling else "")
                 actions.append(_worker_action(address, "create", hive, reason, deps, spawn))
                 continue
             current = existing[0]
@@ -668,11 +678,18 @@ def scale_up_action(
     model = next(m for m in desired.models if m.name == deployment.model)
     spawn = _worker_spawn(hive.name, deployment, model, index, deployment.device, queen_url)
     address = worker_address(hive.name, deployment.key, index)
-    return _worker_action(address, "create", hive, f"{_spawning(spawn)}: {why}", [], spawn)
+    return _worker_action(address, "create", hive, f"{_spawning(spawn, None)}: {why}", [], spawn)
 
 
-def _spawning(spawn: SpawnWorker) -> str:
-    return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device})"
+def _spawning(spawn: SpawnWorker, purpose: Purpose | None) -> str:
+    """`spawn (slots 2, ctx_size 4096, cpu)`, with what a model that does not chat is for."""
+    kind = {"embedding": ", embedding model", "rerank": ", reranker"}.get(purpose or "", "")
+    return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device}{kind})"
+
+
+def _purpose(entry: ModelEntry | None) -> Purpose | None:
+    """What a model the hive holds is for, as its header says (None: not read)."""
+    return entry.facts.purpose if entry is not None and entry.facts is not None else None
 
 
 def _worker_action(

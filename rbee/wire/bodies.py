@@ -25,6 +25,7 @@ __all__ = [
     "ModelEntry",
     "OperationEvent",
     "OperationStarted",
+    "Purpose",
     "Renewal",
     "WorkerBinaryEntry",
     "WorkerState",
@@ -135,8 +136,14 @@ class AddModel(_Wire):
     )
 
 
+#: What a model is for, as its GGUF header says: text generation (chat and completions),
+#: vectors (`/v1/embeddings`) or relevance scores (`/v1/rerank`).
+Purpose = Literal["chat", "embedding", "rerank"]
+
+
 class GgufFacts(_Wire):
-    """What a GGUF's header says: the model, and what its context costs in memory."""
+    """What a GGUF's header says: the model, what it is for, and what its context costs in
+    memory."""
 
     architecture: str | None = None
     name: str | None = None
@@ -147,13 +154,23 @@ class GgufFacts(_Wire):
     kv_bytes_per_token: int | None = Field(
         default=None, description="KV cache bytes per token of context (f16 cache)"
     )
+    purpose: Purpose | None = Field(
+        default=None,
+        description="chat, embedding or rerank, from the pooling type, causal attention and "
+        "architecture (unknown for facts recorded by an rbee that did not read it)",
+    )
 
     def describe(self) -> str:
-        """`gemma3 268M Q4_K_M, ctx 32768, chat template` (what is known of it)."""
+        """`gemma3 268M Q4_K_M, ctx 32768, chat template`, or `bert 33.2M F16, ctx 512,
+        embedding model` (what is known of it)."""
         parts = [p for p in (self.architecture, _count(self.parameters), self.quantization) if p]
         text = " ".join(parts)
         if self.context_length:
             text += f", ctx {self.context_length}"
+        if self.purpose == "embedding":
+            return text + ", embedding model"
+        if self.purpose == "rerank":
+            return text + ", reranker"
         return text + (", chat template" if self.chat_template else ", no chat template")
 
 

@@ -23,6 +23,7 @@ def test_gemma_is_a_base_model_without_a_chat_template(gguf: Path) -> None:
         chat_template=False,
         # 18 layers * 1 KV head * (256 + 256) dims * 2 bytes
         kv_bytes_per_token=18_432,
+        purpose="chat",
     )
 
 
@@ -57,3 +58,17 @@ def test_a_model_recorded_before_facts_existed_gets_them_when_listed(
     [listed] = catalog.list()
     assert listed.facts == read_facts(gguf)
     assert json.loads(metadata.read_text())["facts"]["architecture"] == "gemma3"  # kept
+
+
+def test_facts_recorded_before_rbee_read_what_a_model_is_for_are_read_again(
+    embedding_gguf: Path, tmp_path: Path
+) -> None:
+    catalog = ArtifactCatalog(tmp_path / "models")
+    entry = catalog.add("bge", embedding_gguf.as_uri())
+    metadata = Path(entry.path).with_name("metadata.json")
+    old = json.loads(metadata.read_text())
+    del old["facts"]["purpose"]  # as an rbee of before this version wrote it
+    metadata.write_text(json.dumps(old))
+    [listed] = catalog.list()
+    assert listed.facts is not None and listed.facts.purpose == "embedding"
+    assert json.loads(metadata.read_text())["facts"]["purpose"] == "embedding"  # kept

@@ -42,6 +42,7 @@ def test_adding_the_real_model_streams_progress_and_succeeds(hive: Hive, gguf: P
                 "context_length": 32768,
                 "chat_template": False,
                 "kv_bytes_per_token": 18_432,
+                "purpose": "chat",
             },
             "damaged": None,
         }

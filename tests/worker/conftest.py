@@ -129,9 +129,10 @@ def launch_worker(
     *extra: str,
     slots: int = 1,
     token: str | None = TOKEN,
+    name: str = "gemma3-270m",
 ) -> Worker:
     """Spawn `python -m rbee.worker.server` the way a hive without TLS does (flags, the token
-    by env only; `token=None`: none at all)."""
+    by env only; `token=None`: none at all), serving `gguf` as the model `name`."""
     worker_id = f"w-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RBEE_TOKEN"}
@@ -142,7 +143,7 @@ def launch_worker(
         sys.executable, "-m", "rbee.worker.server",
         "--worker-id", worker_id,
         "--hive", "test-hive",
-        "--model", "gemma3-270m",
+        "--model", name,
         "--model-path", str(gguf),
         "--worker-binary", "cpu",
         "--host", "127.0.0.1",

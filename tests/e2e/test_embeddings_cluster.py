@@ -1,0 +1,127 @@
+"""Embeddings and rerank through a real cluster: `rbee apply` of a BERT embedding GGUF and a
+BERT reranker (written by the tests, `tests.fixtures.synthetic_bert`), then the OpenAI SDK and
+plain HTTP at the queen: its keys, its `tpm` counting input tokens, its metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.cluster import LocalCluster, applied_cluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    gguf: Path,
+    embedding_gguf: Path,
+    reranker_gguf: Path,
+) -> Iterator[LocalCluster]:
+    def declare(cluster: LocalCluster) -> None:
+        cluster.config.write_text(
+            f"""\
+version: 1
+queen:
+  url: {cluster.queen_url}
+self_heal: false
+hives:
+  - name: local
+    host: 127.0.0.1
+    port: {cluster.hive_port}
+models:
+  - name: bge-tiny
+    source: file://{embedding_gguf}
+    sha256: {_sha256(embedding_gguf)}
+  - name: bge-reranker-tiny
+    source: file://{reranker_gguf}
+    sha256: {_sha256(reranker_gguf)}
+worker_binaries:
+  - name: cpu
+    backend: cpu
+deployments:
+  - model: bge-tiny
+    worker: cpu
+    hives: [local]
+    slots: 2
+    ctx_size: 512
+  - model: bge-reranker-tiny
+    worker: cpu
+    hives: [local]
+    slots: 1
+    ctx_size: 512
+"""
+        )
+
+    with applied_cluster(tmp_path_factory.mktemp("home"), gguf, declare=declare) as applied:
+        yield applied
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_status_says_which_model_embeds_and_which_reranks(cluster: LocalCluster) -> None:
+    text = cluster.rbee("status").stdout
+    assert "model bge-tiny  bert 139K F32, ctx 512, embedding model" in text
+    assert "model bge-reranker-tiny  bert 143K F32, ctx 512, reranker" in text
+
+
+def test_the_openai_sdk_reads_embeddings_through_the_queen(cluster: LocalCluster) -> None:
+    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key=cluster.token, max_retries=0)
+    # The SDK asks for base64 unless told otherwise, and decodes it: both encodings, validated.
+    packed = client.embeddings.create(model="bge-tiny", input=["the bees", "make honey"])
+    floats = client.embeddings.create(
+        model="bge-tiny", input=["the bees", "make honey"], encoding_format="float"
+    )
+    assert [d.index for d in packed.data] == [0, 1]
+    assert [d.embedding for d in packed.data] == [d.embedding for d in floats.data]
+    assert len(packed.data[0].embedding) == 64
+    assert packed.usage.prompt_tokens == packed.usage.total_tokens == 8
+    with pytest.raises(openai.BadRequestError) as wrong:
+        client.chat.completions.create(
+            model="bge-tiny", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert wrong.value.code == "model_not_supported"
+    assert "is an embedding model" in str(wrong.value)
+
+
+def test_rerank_through_the_queen(cluster: LocalCluster) -> None:
+    body = {"model": "bge-reranker-tiny", "query": "bees", "documents": ["honey", "a road"]}
+    response = httpx.post(
+        f"{cluster.queen_url}/v1/rerank", json=body, headers=cluster.headers, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert sorted(r["index"] for r in response.json()["results"]) == [0, 1]
+    assert response.headers["x-rbee-worker"] == "local.bge-reranker-tiny.0"
+
+
+def test_a_keys_tpm_counts_the_input_tokens_of_embeddings(cluster: LocalCluster) -> None:
+    key = cluster.rbee("key", "create", "rag", "--scope", "inference", "--tpm", "20").stdout
+    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key=key.strip(), max_retries=0)
+    before = _answered(cluster, "bge-tiny")
+    words = "the bees make honey in the hive and water"
+    used = client.embeddings.create(model="bge-tiny", input=[words, words])
+    assert used.usage.prompt_tokens == 22  # over the minute's 20: the next request waits
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="bge-tiny", input="bees")
+    assert _answered(cluster, "bge-tiny") == before + 1  # counted as any answered request
+
+
+def _answered(cluster: LocalCluster, model: str) -> float:
+    text = cluster.get("/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "rbee_queen_requests_total"
+        and sample.labels.get("model") == model
+        and sample.labels.get("status") == "200"
+    )
