@@ -33,7 +33,7 @@ _WHAT: dict[Purpose, str] = {
     "rerank": "a reranker",
 }
 _ROUTES: dict[Purpose, str] = {
-    "chat": "POST /v1/chat/completions or /v1/completions",
+    "chat": "POST /v1/chat/completions, /v1/completions or /v1/responses",
     "embedding": "POST /v1/embeddings",
     "rerank": "POST /v1/rerank",
 }

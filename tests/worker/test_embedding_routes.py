@@ -57,8 +57,8 @@ def test_embeddings_of_a_chat_model_is_a_400_saying_it_is_a_chat_model(gguf: Pat
     error = _error(_post(gguf, "/v1/embeddings", {"input": "bees"}))
     assert error["code"] == "model_not_supported"
     assert error["message"] == (
-        "the model 'bge-tiny' is a chat model: it serves POST /v1/chat/completions or "
-        "/v1/completions, not POST /v1/embeddings"
+        "the model 'bge-tiny' is a chat model: it serves POST /v1/chat/completions, "
+        "/v1/completions or /v1/responses, not POST /v1/embeddings"
     )
     assert "is a chat model" in _error(_post(gguf, "/v1/rerank", _RERANK))["message"]
 
