@@ -231,9 +231,9 @@ def _invalid(exc: openai.APIResponseValidationError) -> str:
     if not isinstance(cause, pydantic.ValidationError):
         return _short(str(cause or exc))
     errors = cause.errors()
-    members = {str(e["loc"][0]) for e in errors if e["loc"]}
-    if len(members) > 3:  # a union: every member's complaints, none the one meant
-        return f"matches none of the {len(members)} types of {cause.title}"
+    if cause.title.startswith("union["):  # every member's complaints, none the one meant
+        members = {str(e["loc"][0]) for e in errors if e["loc"]}
+        return f"an event matching none of the SDK's {len(members)} event types"
     found = dict.fromkeys(f"{'.'.join(map(str, e['loc'][-2:]))} {e['type']}" for e in errors)
     return f"{len(errors)} errors: " + _short(", ".join(found), 100)
 
