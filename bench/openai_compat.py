@@ -778,7 +778,10 @@ def responses_stream(t: Target) -> Outcome:
 
 def responses_tools(t: Target) -> Outcome:
     tool = {"type": "function", **WEATHER["function"]}
-    response = _respond(t, input=ASK_WEATHER[0]["content"], tools=[tool], tool_choice="required")
+    response = _respond(
+        t, input=ASK_WEATHER[0]["content"], tools=[tool], tool_choice="required",
+        max_output_tokens=200,
+    )  # fmt: skip
     calls = [(i.name, i.arguments) for i in response.output if i.type == "function_call"]
     return _calls_outcome(calls, response.output_text, None)
 

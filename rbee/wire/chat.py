@@ -42,24 +42,25 @@ IMPLEMENTED = frozenset(
         "frequency_penalty",
         "seed",
         "stop",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 
 # OpenAI request fields the worker accepts without acting on them, because OpenAI defines
-# them as having no effect on the answer (an end user's id, stored-completion metadata, how
-# several tool calls may be made when no tool is given). README lists them.
-HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+# them as having no effect on the answer (an end user's id, stored-completion metadata).
+# README lists them.
+HARMLESS = frozenset({"user", "metadata", "store", "service_tier"})
 # Fields accepted at the value that asks for nothing rbee lacks; any other value is a 400.
 AT_DEFAULT: dict[str, tuple[object, ...]] = {
-    "n": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "echo": (False,),
     "best_of": (1,),
     "logit_bias": ({},),
-    "response_format": ({"type": "text"},),
-    "tool_choice": ("none",),
-    "tools": ([],),
 }
 
 

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -34,9 +35,12 @@ from rbee.wire import (
     json_object,
 )
 from rbee.worker.chat import ChatRequest, CompletionRequest, Sampling
+from rbee.worker.embed import Embedder, model_purpose
+from rbee.worker.embeddings import embeddings, rerank, wrong_purpose
 from rbee.worker.engine import Engine, Generation, Kind
 from rbee.worker.heartbeat import HeartbeatSender
-from rbee.worker.http import ClientGone, EventStream, error, or_disconnect, parse
+from rbee.worker.http import EventStream, error, generate, parse
+from rbee.worker.responses import create_response
 
 __all__ = ["SERVICE", "create_app"]
 
@@ -49,14 +53,19 @@ _DRAIN_TIMEOUT_S = 300.0
 _CLOSE_TIMEOUT_S = 10.0
 
 
-
 class _Worker:
     """The worker's state: engine, heartbeat, drain, and requests in flight."""
 
     def __init__(self, config: WorkerArgs, token: str | None, identity: Identity | None) -> None:
         self.config = config
         self.identity = identity
-        self.engine = Engine(config, on_change=self._state_may_have_changed)
+        # The GGUF's header says what it is for, and so which engine serves it.
+        self.purpose = model_purpose(config.model_path)
+        self.engine: Engine | Embedder = (
+            Engine(config, on_change=self._state_may_have_changed)
+            if self.purpose == "chat"
+            else Embedder(config, self.purpose, on_change=self._state_may_have_changed)
+        )
         tls = identity.client if identity else None
         self.heartbeat = HeartbeatSender(config.queen_url, token, self.snapshot, tls=tls)
         self.draining = False
@@ -186,6 +195,9 @@ async def _complete(request: Request, kind: Kind, model: type[Sampling]) -> Resp
     body = await parse(request, model)
     if isinstance(body, Response):
         return body
+    engine = worker.engine
+    if not isinstance(engine, Engine):  # known from the header, loaded or not
+        return wrong_purpose(worker.config.model, worker.purpose, "chat")
     refusal = worker.refusal()
     if refusal is not None:
         return refusal
@@ -193,48 +205,31 @@ async def _complete(request: Request, kind: Kind, model: type[Sampling]) -> Resp
         params = body.params()
     except ValueError as exc:
         return error(400, str(exc), "invalid_request_error", "invalid_value")
-    worker.request_started()
-    handed_off = False
-    try:
-        generation = await or_disconnect(
-            request,
-            worker.engine.start(
-                kind,
-                params,
-                stream=body.stream,
-                include_usage=body.stream_options is not None and body.stream_options.include_usage,
-            ),
-            Generation.cancel,
-        )
-        try:
-            # The first chunk (or the whole answer) is awaited here, so a bad prompt is
-            # still an HTTP error rather than an error event inside a 200 stream.
-            first = await or_disconnect(request, anext(generation))
-        except BaseException:
-            generation.cancel()
-            raise
+    start = engine.start(
+        kind,
+        params,
+        stream=body.stream,
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
+        choices=body.n,
+    )
+
+    def respond(generation: Generation, first: dict[str, Any]) -> Response:
         if not body.stream:
             return JSONResponse(first)
-        handed_off = True
         return EventStream(generation, first, on_close=worker.request_finished)
-    except ClientGone:
-        return Response(status_code=499)
-    except (ValueError, TypeError, KeyError) as exc:
-        return error(400, str(exc), "invalid_request_error")
-    except Exception as exc:
-        log.exception("generation failed")
-        return error(500, f"generation failed: {exc}", "server_error")
-    finally:
-        if not handed_off:
-            worker.request_finished()
+
+    return await generate(request, worker, start, respond, stream=body.stream)
 
 
 async def _health(request: Request) -> Response:
     worker: _Worker = request.app.state.worker
     health = Health(service=SERVICE, version=__version__, pid=os.getpid())
-    cache = dataclasses.asdict(worker.engine.stats)
+    stats = dataclasses.asdict(worker.engine.stats)
+    counters = "prompt_cache" if isinstance(worker.engine, Engine) else "embeddings"
     return JSONResponse(
-        health.model_dump() | worker.snapshot().model_dump() | {"prompt_cache": cache}
+        health.model_dump()
+        | worker.snapshot().model_dump()
+        | {"purpose": worker.purpose, counters: stats}
     )
 
 
@@ -255,7 +250,13 @@ async def _renew_identity(request: Request) -> Response:
 
 async def _models(request: Request) -> Response:
     worker: _Worker = request.app.state.worker
-    entry = {"id": worker.config.model, "object": "model", "created": 0, "owned_by": "rbee"}
+    entry = {
+        "id": worker.config.model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "rbee",
+        "purpose": worker.purpose,
+    }
     return JSONResponse({"object": "list", "data": [entry]})
 
 
@@ -287,6 +288,9 @@ def create_app(
             Route("/v1/models", _models, methods=["GET"]),
             Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
             Route("/v1/completions", _completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/rerank", rerank, methods=["POST"]),
+            Route("/v1/responses", create_response, methods=["POST"]),
             Route("/v1/identity", _renew_identity, methods=["PUT"]),
         ],
         lifespan=_lifespan,

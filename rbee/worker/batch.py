@@ -7,6 +7,13 @@ than one chunk. Each sequence samples with its own sampler chain. All of the wor
 serve the one batch, so a request alone runs at full speed. A finished sequence leaves its
 tokens in its slot's KV cells: a later request whose prompt starts the same way (the next chat
 turn) reuses them instead of reading them again.
+
+A request may carry a grammar (JSON output): its sequence samples as llama-server does, the
+chain first and the grammar checking only the chosen token, the grammar over the whole
+vocabulary only when that token breaks it. A request may ask for the log-probabilities of
+its tokens (from the model's raw distribution, as llama-server's default). Several choices of
+one prompt (`n`) are admitted together: the first reads the prompt, the others get a copy of
+its KV cells and sample from the same logits.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import math
 import queue
 import threading
 import uuid
@@ -22,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals, llama_chat_format
 from llama_cpp._utils import suppress_stdout_stderr
 
-__all__ = ["Batcher", "Formatted", "Kind", "Request", "SlotStats", "formatter"]
+__all__ = ["Batcher", "Formatted", "Kind", "Logprob", "Request", "SlotStats", "formatter"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,18 @@ Kind = Literal["chat", "completion"]
 #: stream waits for one token while a long prompt is read.
 PROMPT_CHUNK = 128
 _PENALTY_LAST_N = 64
+#: The most alternatives a token's log-probabilities list (OpenAI's bound for `top_logprobs`).
+MAX_TOP_LOGPROBS = 20
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """One generated token's log-probability and, when asked, its likeliest alternatives."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,8 +69,8 @@ class Formatted:
 @dataclass
 class Request:
     """One generation asked of the batcher; `emit` receives its events from the loop's thread:
-    ("text", str), ("done", finish_reason, prompt_tokens, completion_tokens) or
-    ("error", BaseException)."""
+    ("text", str, logprobs: list[Logprob] | None), ("done", finish_reason, prompt_tokens,
+    completion_tokens) or ("error", BaseException)."""
 
     prompt: Formatted
     max_tokens: int | None
@@ -63,6 +84,10 @@ class Request:
     seed: int | None
     emit: Callable[[tuple[Any, ...]], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: GBNF the output must follow (None: free text).
+    grammar: str | None = None
+    #: Alternatives per token to report with its log-probability; None: no log-probabilities.
+    logprobs: int | None = None
 
 
 @dataclass
@@ -74,16 +99,80 @@ class SlotStats:
     hits: int = 0
 
 
-class _Sequence:
-    """A request running in slot `seq_id`."""
+class _Sampler:
+    """A sequence's sampler chain and, for JSON output, its grammar."""
 
-    def __init__(self, request: Request, seq_id: int, keep: int, sampler: Any) -> None:
+    def __init__(self, chain: Any, grammar: Any, vocab_size: int) -> None:
+        self.chain = chain
+        self.grammar = grammar
+        self._vocab_size = vocab_size
+        self._candidates = np.empty(vocab_size, dtype=_TOKEN_DATA) if grammar else None
+
+    def sample(self, ctx: Any, at: int) -> int:
+        """The next token from the logits at batch index `at`, accepted by every sampler."""
+        if self.grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self.chain, ctx, at))  # accepts it too
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, at), (self._vocab_size,))
+        token = self._choose(logits, grammar_first=False)
+        if not self._allowed(token):
+            token = self._choose(logits, grammar_first=True)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _choose(self, logits: Any, *, grammar_first: bool) -> int:
+        candidates = self._candidates
+        assert candidates is not None
+        candidates["id"] = np.arange(self._vocab_size, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+            size=self._vocab_size,
+            selected=-1,
+            sorted=False,
+        )
+        if grammar_first:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    def _allowed(self, token: int) -> bool:
+        """Whether the grammar lets `token` come next (it sets a refused token's logit to -inf)."""
+        one = llama_cpp.llama_token_data(id=token, logit=1.0, p=0.0)
+        array = llama_cpp.llama_token_data_array(
+            data=ctypes.pointer(one), size=1, selected=-1, sorted=False
+        )
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        return not math.isinf(one.logit)
+
+    def free(self) -> None:
+        llama_cpp.llama_sampler_free(self.chain)
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+
+
+class _Sequence:
+    """A request running in slot `seq_id`. A further choice of another sequence's prompt
+    (`follows` it) waits for that one to read the prompt, then starts from a copy of its cells."""
+
+    def __init__(
+        self,
+        request: Request,
+        seq_id: int,
+        keep: int,
+        sampler: _Sampler,
+        follows: _Sequence | None = None,
+    ) -> None:
         self.request = request
         self.seq_id = seq_id
         self.prompt = request.prompt.tokens
         self.read = keep  # prompt tokens already in the KV cells
         self.pos = keep
         self.sampler = sampler
+        self.follows = follows
+        self.followers: list[_Sequence] = []
+        self.logprobs: list[Logprob] = []
         self.generated: list[int] = []
         self.next_token: int | None = None
         self.logits_at = -1
@@ -93,6 +182,7 @@ class _Sequence:
 
     @property
     def reading(self) -> bool:
+        """Reading its prompt, or waiting for the sequence it follows to read it."""
         return self.read < len(self.prompt)
 
 
@@ -131,18 +221,21 @@ class Batcher:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self._vocab = model.vocab
-        self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[list[Request] | None] = queue.SimpleQueue()
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # tokens in each slot's KV
         self._free = list(range(slots))
         self._running: list[_Sequence] = []
-        self._waiting: list[Request] = []
+        self._waiting: list[list[Request]] = []
         self.stats = SlotStats()
         self._thread = threading.Thread(target=self._loop, name="rbee-decode", daemon=True)
         self._thread.start()
 
-    def submit(self, request: Request) -> None:
-        """Queue `request`; it starts as soon as a slot is free."""
-        self._incoming.put(request)
+    def submit(self, *choices: Request) -> None:
+        """Queue the choices of one prompt (one for most requests); they start together as
+        soon as as many slots are free."""
+        if not 0 < len(choices) <= self.slots:
+            raise ValueError(f"between 1 and {self.slots} choices at once")
+        self._incoming.put(list(choices))
 
     def close(self) -> None:
         """Stop the loop after the current step (pending requests are cancelled)."""
@@ -159,18 +252,18 @@ class Batcher:
         try:
             while True:
                 if not self._running and not self._waiting:
-                    request = self._incoming.get()
-                    if request is None:
+                    choices = self._incoming.get()
+                    if choices is None:
                         return
-                    self._waiting.append(request)
+                    self._waiting.append(choices)
                 while True:
                     try:
-                        request = self._incoming.get_nowait()
+                        choices = self._incoming.get_nowait()
                     except queue.Empty:
                         break
-                    if request is None:
+                    if choices is None:
                         return
-                    self._waiting.append(request)
+                    self._waiting.append(choices)
                 try:
                     self._admit()
                     self._drop_cancelled()
@@ -188,22 +281,26 @@ class Batcher:
             llama_cpp.llama_free(self._ctx)
 
     def _admit(self) -> None:
-        while self._waiting and self._free:
-            request = self._waiting.pop(0)
-            if request.cancelled.is_set():
-                request.emit(("done", "cancelled", len(request.prompt.tokens), 0))
-                continue
+        while self._waiting and len(self._free) >= len(self._waiting[0]):
+            request, *others = self._waiting.pop(0)
             prompt = request.prompt.tokens
+            if request.cancelled.is_set():
+                for one in (request, *others):
+                    one.emit(("done", "cancelled", len(prompt), 0))
+                continue
             if len(prompt) >= self.ctx_size:
-                request.emit(
-                    (
-                        "error",
-                        ValueError(
-                            f"the prompt is {len(prompt)} tokens; this worker's context holds "
-                            f"{self.ctx_size} per slot"
-                        ),
-                    )
+                error = ValueError(
+                    f"the prompt is {len(prompt)} tokens; this worker's context holds "
+                    f"{self.ctx_size} per slot"
                 )
+                for one in (request, *others):
+                    one.emit(("error", error))
+                continue
+            try:
+                samplers = [self._sampler(one) for one in (request, *others)]
+            except ValueError as exc:
+                for one in (request, *others):
+                    one.emit(("error", exc))
                 continue
             # The free slot whose cached tokens share the longest start with this prompt.
             seq_id = max(self._free, key=lambda s: _common(self._cached[s], prompt))
@@ -219,7 +316,15 @@ class Batcher:
                 self.stats.hits += 1
                 self.stats.reused_tokens += keep
                 log.debug("prompt cache seq=%d reused=%d of %d", seq_id, keep, len(prompt))
-            self._running.append(_Sequence(request, seq_id, keep, self._sampler(request)))
+            leader = _Sequence(request, seq_id, keep, samplers[0])
+            self._running.append(leader)
+            for other, sampler in zip(others, samplers[1:], strict=True):
+                slot = self._free.pop()
+                llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                self._cached[slot] = []
+                follower = _Sequence(other, slot, 0, sampler, follows=leader)
+                leader.followers.append(follower)
+                self._running.append(follower)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.request.cancelled.is_set()]:
@@ -234,7 +339,7 @@ class Batcher:
                 sequence.logits_at = self._add(sequence.next_token, sequence, logits=True)
         budget = self.chunk
         for sequence in self._running:
-            if not sequence.reading or budget <= 0:
+            if not sequence.reading or sequence.follows is not None or budget <= 0:
                 continue
             end = min(len(sequence.prompt), sequence.read + budget)
             for index in range(sequence.read, end):
@@ -255,7 +360,19 @@ class Batcher:
         for sequence in list(self._running):
             if sequence.reading or sequence.logits_at < 0:
                 continue
+            self._start_followers(sequence)
             self._sample(sequence)
+
+    def _start_followers(self, leader: _Sequence) -> None:
+        """`leader` has read its prompt: its followers start from a copy of its cells (made
+        before the next decode) and sample from its logits."""
+        for follower in leader.followers:
+            llama_cpp.llama_memory_seq_cp(self._memory, leader.seq_id, follower.seq_id, -1, -1)
+            self._cached[follower.seq_id] = list(self._cached[leader.seq_id])
+            follower.read = follower.pos = leader.pos
+            follower.logits_at = leader.logits_at
+            follower.follows = None
+        leader.followers = []
 
     def _add(self, token: int, sequence: _Sequence, *, logits: bool) -> int:
         batch = self._batch
@@ -271,27 +388,29 @@ class Batcher:
         return int(i)
 
     def _sample(self, sequence: _Sequence) -> None:
-        token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, sequence.logits_at)
-        llama_cpp.llama_sampler_accept(sequence.sampler, token)
-        sequence.logits_at = -1
+        at, sequence.logits_at = sequence.logits_at, -1
+        token = sequence.sampler.sample(self._ctx, at)
         request = sequence.request
         if llama_cpp.llama_vocab_is_eog(self._vocab, token) or (
             token in request.prompt.stop_tokens
         ):
-            self._flush(sequence, sequence.text[sequence.sent :])
+            self._flush(sequence, sequence.text[sequence.sent :], final=True)
             self._finish(sequence, "stop")
             return
+        if request.logprobs is not None:
+            sequence.logprobs.append(self._logprob(at, token, request.logprobs))
         sequence.generated.append(token)
         sequence.text += sequence.bytes.decode(self._piece(token))
         if self._stopped_by_string(sequence):
             return
         limit = request.max_tokens
         if limit is not None and len(sequence.generated) >= limit:
-            self._flush(sequence, sequence.text[sequence.sent :] + sequence.bytes.decode(b"", True))
+            rest = sequence.text[sequence.sent :] + sequence.bytes.decode(b"", True)
+            self._flush(sequence, rest, final=True)
             self._finish(sequence, "length")
             return
         if sequence.pos >= self.ctx_size:
-            self._flush(sequence, sequence.text[sequence.sent :])
+            self._flush(sequence, sequence.text[sequence.sent :], final=True)
             self._finish(sequence, "length")
             return
         sequence.next_token = token
@@ -310,14 +429,18 @@ class Batcher:
         self._flush(sequence, text[sequence.sent : len(text) - hold])
         return False
 
-    def _flush(self, sequence: _Sequence, text: str) -> None:
-        if text:
+    def _flush(self, sequence: _Sequence, text: str, *, final: bool = False) -> None:
+        """Send `text` with the log-probabilities of the tokens generated since the last (on
+        the `final` flush, those of tokens whose text was held back too)."""
+        if text or (final and sequence.logprobs):
             sequence.sent += len(text)
-            sequence.request.emit(("text", text))
+            logprobs = sequence.logprobs if sequence.request.logprobs is not None else None
+            sequence.logprobs = []
+            sequence.request.emit(("text", text, logprobs))
 
     def _finish(self, sequence: _Sequence, reason: str | None, *, keep_cache: bool = True) -> None:
         self._running.remove(sequence)
-        llama_cpp.llama_sampler_free(sequence.sampler)
+        sequence.sampler.free()
         if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
             self._cached[sequence.seq_id] = []
@@ -333,8 +456,30 @@ class Batcher:
             size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -size, 0, False)
         return buffer.raw[:size]
 
-    def _sampler(self, request: Request) -> Any:
+    def _logprob(self, at: int, token: int, top: int) -> Logprob:
+        """`token`'s log-probability in the raw distribution at batch index `at`, and the `top`
+        likeliest tokens' (llama-server reports the same, before any sampler)."""
+        size = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, at), (size,))
+        peak = float(logits.max())
+        norm = peak + math.log(float(np.exp(logits - peak).sum()))
+        best: tuple[tuple[bytes, float], ...] = ()
+        if top:
+            ids = np.argpartition(-logits, top)[:top]
+            ids = ids[np.argsort(-logits[ids])]
+            best = tuple((self._piece(int(i)), float(logits[i]) - norm) for i in ids)
+        return Logprob(self._piece(token), float(logits[token]) - norm, best)
+
+    def _sampler(self, request: Request) -> _Sampler:
+        grammar = None
+        if request.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, request.grammar.encode(), b"root"
+            )
+            if not grammar:
+                raise ValueError("the output's grammar cannot be parsed")
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        size = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
         def add(sampler: Any) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
@@ -346,7 +491,7 @@ class Batcher:
         ):
             add(
                 llama_cpp.llama_sampler_init_penalties(
-                    llama_cpp.llama_vocab_n_tokens(self._vocab),
+                    size,
                     _PENALTY_LAST_N,
                     request.repeat_penalty,
                     request.frequency_penalty,
@@ -355,7 +500,7 @@ class Batcher:
             )
         if request.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
-            return chain
+            return _Sampler(chain, grammar, size)
         if request.top_k > 0:
             add(llama_cpp.llama_sampler_init_top_k(request.top_k))
         add(llama_cpp.llama_sampler_init_top_p(request.top_p, 1))
@@ -363,7 +508,7 @@ class Batcher:
         add(llama_cpp.llama_sampler_init_temp(request.temperature))
         seed = request.seed if request.seed is not None else uuid.uuid4().int & 0xFFFFFFFF
         add(llama_cpp.llama_sampler_init_dist(seed))
-        return chain
+        return _Sampler(chain, grammar, size)
 
 
 def _common(a: list[int], b: list[int]) -> int:

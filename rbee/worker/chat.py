@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rbee.worker.batch import MAX_TOP_LOGPROBS
+from rbee.worker.tools import read_turn
+
 __all__ = ["ChatRequest", "CompletionRequest", "Sampling", "StreamOptions"]
 
 _STOPS = 4
@@ -44,6 +47,8 @@ class Sampling(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, description="choices; at most the worker's slots")
+    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _options_need_a_stream(self) -> Sampling:
@@ -67,7 +72,7 @@ class Sampling(BaseModel):
         """The sampling settings and prompt the engine takes."""
         params = self.model_dump(
             exclude_none=True,
-            exclude={"model", "stream", "max_completion_tokens", "stream_options"},
+            exclude={"model", "stream", "max_completion_tokens", "stream_options", "n"},
         )
         if self.max_tokens is None and self.max_completion_tokens is not None:
             params["max_tokens"] = self.max_completion_tokens
@@ -76,27 +81,44 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[dict[str, Any]] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("messages")
     @classmethod
     def _text_only(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [_text_message(i, message) for i, message in enumerate(messages)]
 
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: only with logprobs: true")
+        return self
 
-_ROLES = frozenset({"system", "developer", "user", "assistant"})
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        params["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
+        params.pop("top_logprobs", None)
+        return params
+
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
 def _text_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
     """A chat message as the chat template takes it: `content` a string. A list of `text`
-    parts is joined; an assistant turn may have no content. What the worker cannot read
-    (tool calls and results, images, audio) is an error naming where it is."""
+    parts is joined; an assistant turn may have no content; tool calls and results are
+    written as the model is asked to write them (`rbee.worker.tools`). What the worker cannot
+    read (images, audio, the legacy `function_call`) is an error naming where it is."""
     where = f"messages.{index}"
     role = message.get("role")
     if role not in _ROLES:
         raise ValueError(f"{where}.role: {role!r} is not supported (one of {sorted(_ROLES)})")
-    for field in ("tool_calls", "function_call"):
-        if message.get(field):
-            raise ValueError(f"{where}.{field}: tool calls are not supported")
+    if message.get("function_call"):
+        raise ValueError(f"{where}.function_call: not supported (use tool_calls)")
     content = message.get("content")
     if content is None and role == "assistant":
         content = ""
@@ -113,11 +135,14 @@ def _text_message(index: int, message: dict[str, Any]) -> dict[str, Any]:
         content = "\n".join(parts)
     elif not isinstance(content, str):
         raise ValueError(f"{where}.content: a string or a list of text parts")
+    if role == "tool" or (role == "assistant" and message.get("tool_calls")):
+        return read_turn(where, message, content)
     return {"role": role, "content": content}
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="OpenAI's bound")
 
     def params(self) -> dict[str, Any]:
         params = super().params()

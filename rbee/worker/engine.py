@@ -15,15 +15,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import llama_cpp
-from llama_cpp import _internals
+from llama_cpp import _internals, llama_chat_format
 from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.wire import WorkerArgs
-from rbee.worker.batch import Batcher, Formatted, Request, SlotStats, formatter
+from rbee.worker.batch import Batcher, Formatted, Logprob, Request, SlotStats, formatter
+from rbee.worker.grammar import SchemaError, response_grammar
 from rbee.worker.llama_output import forward_llama_logs
+from rbee.worker.tools import ToolUse, generic_turn, tool_use, writes_hermes
 
 __all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "worker_threads"]
 
@@ -68,12 +71,14 @@ _DEFAULTS: dict[Kind, dict[str, Any]] = {
 
 
 class Generation:
-    """One request in the batch: iterate it for its OpenAI chunks (stream) or its one answer.
+    """One request in the batch, its `choices` sequences together: iterate it for its OpenAI
+    chunks (stream) or its one answer.
 
     The decode loop's events cross to the event loop one at a time, as tokens come: nothing
-    buffers a whole streamed answer. A chat stream's first chunk (the assistant role) is sent
-    with the first text, so a request the worker refuses (a prompt too long) is still an
-    error before any chunk.
+    buffers a whole streamed answer, except one whose tool calls are read from the whole
+    (`rbee.worker.tools`). A chat stream's first chunk (the assistant role) is sent with the
+    first text, so a request the worker refuses (a prompt too long) is still an error before
+    any chunk.
     """
 
     def __init__(
@@ -83,23 +88,33 @@ class Generation:
         stream: bool,
         cancelled: threading.Event,
         include_usage: bool = False,
+        *,
+        choices: int = 1,
+        tools: ToolUse | None = None,
     ) -> None:
         self._kind = kind
         self._model = model
         self._stream = stream
         self._include_usage = include_usage
         self._cancelled = cancelled
+        self._tools = tools
         self._events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._pending: list[dict[str, Any]] = []
         self._finished = False
-        self._started = False
+        self._open = choices
+        self._texts: list[list[str]] = [[] for _ in range(choices)]
+        self._logprobs: list[list[Logprob] | None] = [None] * choices
+        self._offsets = [0] * choices  # completions' text_offset, per choice
+        self._reasons: list[str | None] = [None] * choices
+        self._started: set[int] = set()
+        self._completion_tokens = 0
         self._id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4()}"
         self._created = int(time.time())
         #: The prompt's tokens, known before the first chunk.
         self.prompt_tokens = 0
 
     def deliver(self, event: tuple[Any, ...]) -> None:
-        """An event from the decode loop (on the event loop's thread)."""
+        """An event of choice `event[1]` from the decode loop (on the event loop's thread)."""
         self._events.put_nowait(event)
 
     def cancel(self) -> None:
@@ -116,61 +131,148 @@ class Generation:
             raise StopAsyncIteration
         if not self._stream:
             return await self._whole()
-        event = await self._events.get()
-        if event[0] == "error":
-            self._finished = True
-            raise event[1]
-        chunks = []
-        if not self._started and self._kind == "chat":
-            chunks.append(self._chunk({"role": "assistant"}, None))
-        self._started = True
-        if event[0] == "text":
-            chunks.append(self._chunk(event[1], None))
-        else:
-            self._finished = True
-            chunks.append(self._chunk(None, event[1]))
-            if self._include_usage:
-                # OpenAI's `stream_options.include_usage`: a last chunk, no choices, the usage.
-                usage = self._chunk(None, None)
-                usage.update(choices=[], usage=_usage(event[2], event[3]))
-                chunks.append(usage)
+        while not (chunks := self._chunks(await self._events.get())):
+            pass
         self._pending = chunks[1:]
         return chunks[0]
 
+    def _chunks(self, event: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The chunks one event of the decode loop makes (none while tool calls are read)."""
+        kind, index = event[0], event[1]
+        if kind == "error":
+            self._finished = True
+            raise event[2]
+        chunks = []
+        if index not in self._started and self._kind == "chat":
+            chunks.append(self._chunk(index, {"role": "assistant"}))
+        self._started.add(index)
+        if kind == "text":
+            _, _, text, logprobs = event
+            if self._tools is not None:
+                self._texts[index].append(text)
+            else:
+                chunks.append(self._chunk(index, text, logprobs=logprobs))
+            return chunks
+        _, _, reason, prompt_tokens, completion_tokens = event
+        self._completion_tokens += completion_tokens
+        if self._tools is not None:
+            content, calls = self._tools.parse("".join(self._texts[index]))
+            reason = "tool_calls" if calls and reason == "stop" else reason
+            if content:
+                chunks.append(self._chunk(index, content))
+            for number, call in enumerate(calls):
+                head = {**call, "function": {**call["function"], "arguments": ""}}
+                arguments = {"function": {"arguments": call["function"]["arguments"]}}
+                chunks.append(self._chunk(index, {"tool_calls": [{"index": number, **head}]}))
+                chunks.append(self._chunk(index, {"tool_calls": [{"index": number, **arguments}]}))
+        chunks.append(self._chunk(index, None, reason))
+        self._open -= 1
+        if self._open == 0:
+            self._finished = True
+            if self._include_usage:
+                # OpenAI's `stream_options.include_usage`: a last chunk, no choices, the usage.
+                chunk = "chat.completion.chunk" if self._kind == "chat" else "text_completion"
+                usage = self._body(chunk, [])
+                usage["usage"] = _usage(prompt_tokens, self._completion_tokens)
+                chunks.append(usage)
+        return chunks
+
     async def _whole(self) -> dict[str, Any]:
-        parts: list[str] = []
-        while (event := await self._events.get())[0] == "text":
-            parts.append(event[1])
+        prompt_tokens = 0
+        while self._open:
+            event = await self._events.get()
+            kind, index = event[0], event[1]
+            if kind == "error":
+                self._finished = True
+                raise event[2]
+            if kind == "text":
+                self._texts[index].append(event[2])
+                if event[3] is not None:
+                    self._logprobs[index] = (self._logprobs[index] or []) + event[3]
+                continue
+            _, _, self._reasons[index], prompt_tokens, completion_tokens = event
+            self._completion_tokens += completion_tokens
+            self._open -= 1
         self._finished = True
-        if event[0] == "error":
-            raise event[1]
-        _, reason, prompt_tokens, completion_tokens = event
-        text = "".join(parts)
         chat = self._kind == "chat"
         answer = self._body(
             "chat.completion" if chat else "text_completion",
-            reason,
-            **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+            [self._choice(i) for i in range(len(self._texts))],
         )
-        answer["usage"] = _usage(prompt_tokens, completion_tokens)
+        answer["usage"] = _usage(prompt_tokens, self._completion_tokens)
         return answer
 
-    def _chunk(self, content: str | dict[str, str] | None, reason: str | None) -> dict[str, Any]:
+    def _choice(self, index: int) -> dict[str, Any]:
+        """Choice `index` of a whole answer."""
+        text, reason = "".join(self._texts[index]), self._reasons[index]
+        logprobs = self._logprobs_of(index, self._logprobs[index])
+        if self._kind != "chat":
+            return _choice(index, reason, logprobs, text=text)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self._tools is not None:
+            message["content"], calls = self._tools.parse(text)
+            if calls:
+                message["tool_calls"] = calls
+                reason = "tool_calls" if reason == "stop" else reason
+        return _choice(index, reason, logprobs, message=message)
+
+    def _chunk(
+        self,
+        index: int,
+        content: str | dict[str, Any] | None,
+        reason: str | None = None,
+        logprobs: list[Logprob] | None = None,
+    ) -> dict[str, Any]:
+        listed = self._logprobs_of(index, logprobs)
         if self._kind != "chat":
             text = content if isinstance(content, str) else ""
-            return self._body("text_completion", reason, text=text)
+            return self._body("text_completion", [_choice(index, reason, listed, text=text)])
         delta = {"content": content} if isinstance(content, str) else content or {}
-        return self._body("chat.completion.chunk", reason, delta=delta)
+        return self._body("chat.completion.chunk", [_choice(index, reason, listed, delta=delta)])
 
-    def _body(self, object_: str, reason: str | None, **choice: Any) -> dict[str, Any]:
-        """An OpenAI answer or chunk of this generation with its one choice."""
+    def _logprobs_of(self, index: int, logprobs: list[Logprob] | None) -> dict[str, Any] | None:
+        """OpenAI's `logprobs` of a choice for these tokens: chat's or completions' shape."""
+        if logprobs is None:
+            return None
+        if self._kind == "chat":
+            return {"content": [_chat_logprob(one) for one in logprobs], "refusal": None}
+        offsets = []
+        for one in logprobs:
+            offsets.append(self._offsets[index])
+            self._offsets[index] += len(_text(one.token))
+        return {
+            "tokens": [_text(one.token) for one in logprobs],
+            "token_logprobs": [one.logprob for one in logprobs],
+            "top_logprobs": [{_text(t): lp for t, lp in one.top} for one in logprobs],
+            "text_offset": offsets,
+        }
+
+    def _body(self, object_: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        """An OpenAI answer or chunk of this generation."""
         return {
             "id": self._id,
             "object": object_,
             "created": self._created,
             "model": self._model,
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": reason, **choice}],
+            "choices": choices,
         }
+
+
+def _choice(
+    index: int, reason: str | None, logprobs: dict[str, Any] | None, **fields: Any
+) -> dict[str, Any]:
+    return {"index": index, "logprobs": logprobs, "finish_reason": reason, **fields}
+
+
+def _text(token: bytes) -> str:
+    return token.decode("utf-8", "replace")
+
+
+def _chat_logprob(one: Logprob) -> dict[str, Any]:
+    def entry(token: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": _text(token), "logprob": logprob, "bytes": list(token)}
+
+    return {**entry(one.token, one.logprob), "top_logprobs": [entry(t, lp) for t, lp in one.top]}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -188,11 +290,13 @@ class Engine:
         self.config = config
         self._on_change = on_change
         self._slots = asyncio.Semaphore(config.slots)
+        self._claiming = asyncio.Lock()  # one request at a time takes its slots: no deadlock
         self._busy = 0
         self._batcher: Batcher | None = None
         self._model: _internals.LlamaModel | None = None
         self._formatter: Any = None
         self._running: set[threading.Event] = set()
+        self._hermes = False  # the GGUF's template writes Hermes tool calls (rbee.worker.tools)
         self._longest_token: int | None = None  # bytes of the vocabulary's longest token
         self.loaded = False
 
@@ -231,6 +335,9 @@ class Engine:
         metadata = model.metadata()
         chosen = chat_format_for(metadata, config.chat_format)
         self._formatter = formatter(model, metadata, chosen)
+        self._hermes = isinstance(
+            self._formatter, llama_chat_format.Jinja2ChatFormatter
+        ) and writes_hermes(metadata.get("tokenizer.chat_template"))
         threads = worker_threads(config.threads)
         self._batcher = Batcher(model, config.slots, config.ctx_size, threads)
         self._model = model
@@ -239,16 +346,25 @@ class Engine:
             config.model, config.slots, threads, chosen or "gguf template",
         )  # fmt: skip
 
-    def _format(self, kind: Kind, params: dict[str, Any]) -> Formatted:
+    def _format(self, kind: Kind, params: dict[str, Any]) -> tuple[Formatted, _Constraint]:
+        """The prompt's tokens and what constrains the answer (a grammar, tool calls)."""
         assert self._model is not None
         user_stop = params.get("stop") or []
         stop = [user_stop] if isinstance(user_stop, str) else list(user_stop)
+        constraint = _constraint(params, hermes=self._hermes)
         if kind == "completion":
             text = params["prompt"].encode()
             self._fits(text)
             tokens = self._model.tokenize(text, True, True) if text else [self._model.token_bos()]
-            return Formatted(tokens, stop, frozenset())
-        result = self._formatter(messages=params["messages"])
+            return Formatted(tokens, stop, frozenset()), constraint
+        messages = params["messages"]
+        tools = constraint.tools
+        if not self._hermes:
+            messages = [generic_turn(message) for message in messages]
+        if tools is not None and not tools.hermes:
+            messages = _with_system(messages, tools.instructions)
+        given = {"tools": tools.tools} if tools is not None and tools.hermes else {}
+        result = self._formatter(messages=messages, **given)
         text = result.prompt.encode()
         self._fits(text)
         tokens = self._model.tokenize(text, not result.added_special, True)
@@ -257,7 +373,7 @@ class Engine:
         )
         # A GGUF template's formatter names its end tokens (beyond the vocabulary's EOG).
         ends = frozenset(getattr(self._formatter, "stop_token_ids", None) or ())
-        return Formatted(tokens, stop + more, ends)
+        return Formatted(tokens, stop + more, ends), constraint
 
     def _fits(self, text: bytes) -> None:
         """Refuse, before tokenizing it, a prompt too long for a slot whatever its tokens: no
@@ -277,58 +393,87 @@ class Engine:
             )
 
     async def start(
-        self, kind: Kind, params: dict[str, Any], *, stream: bool, include_usage: bool = False
+        self,
+        kind: Kind,
+        params: dict[str, Any],
+        *,
+        stream: bool,
+        include_usage: bool = False,
+        choices: int = 1,
     ) -> Generation:
-        """Wait for a free slot, then put the request into the batch. The prompt is formatted
-        and tokenized in a thread: a long one must not stall the event loop (every stream)."""
+        """Wait for `choices` free slots, then put the request into the batch. The prompt is
+        formatted and tokenized in a thread: a long one must not stall the event loop (every
+        stream)."""
         assert self._batcher is not None
-        await self._slots.acquire()
-        self._busy += 1
+        if choices > self.config.slots:
+            raise ValueError(f"n: at most {self.config.slots}, the slots this worker serves")
+        async with self._claiming:
+            for _ in range(choices):
+                await self._slots.acquire()
+                self._busy += 1
         self._on_change()
         try:
-            prompt = await asyncio.to_thread(self._format, kind, params)
+            prompt, constraint = await asyncio.to_thread(self._format, kind, params)
         except BaseException:
-            self._release(None)
+            for _ in range(choices):
+                self._release()
             raise
         cancelled = threading.Event()
-        generation = Generation(kind, self.config.model, stream, cancelled, include_usage)
+        generation = Generation(
+            kind,
+            self.config.model,
+            stream,
+            cancelled,
+            include_usage,
+            choices=choices,
+            tools=constraint.tools,
+        )
         generation.prompt_tokens = len(prompt.tokens)
         loop = asyncio.get_running_loop()
         self._running.add(cancelled)
+        left = [choices]
 
         def deliver(event: tuple[Any, ...]) -> None:
             generation.deliver(event)
             if event[0] != "text":
-                self._release(cancelled)
+                self._release()
+                left[0] -= 1
+                if not left[0]:
+                    self._running.discard(cancelled)
 
-        def emit(event: tuple[Any, ...]) -> None:
-            with contextlib.suppress(RuntimeError):  # the event loop closed first (exit)
-                loop.call_soon_threadsafe(deliver, event)
+        def emitter(index: int) -> Callable[[tuple[Any, ...]], None]:
+            def emit(event: tuple[Any, ...]) -> None:
+                with contextlib.suppress(RuntimeError):  # the event loop closed first (exit)
+                    loop.call_soon_threadsafe(deliver, (event[0], index, *event[1:]))
+
+            return emit
 
         merged = {**_DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+        seed = merged.get("seed")
         self._batcher.submit(
-            Request(
-                prompt=prompt,
-                max_tokens=merged["max_tokens"],
-                temperature=float(merged["temperature"]),
-                top_p=float(merged.get("top_p", 0.95)),
-                top_k=int(merged.get("top_k", 40)),
-                min_p=float(merged.get("min_p", 0.05)),
-                repeat_penalty=float(merged["repeat_penalty"]),
-                frequency_penalty=float(merged.get("frequency_penalty", 0.0)),
-                presence_penalty=float(merged.get("presence_penalty", 0.0)),
-                seed=merged.get("seed"),
-                emit=emit,
-                cancelled=cancelled,
+            *(
+                Request(
+                    prompt=prompt,
+                    max_tokens=merged["max_tokens"],
+                    temperature=float(merged["temperature"]),
+                    top_p=float(merged.get("top_p", 0.95)),
+                    top_k=int(merged.get("top_k", 40)),
+                    min_p=float(merged.get("min_p", 0.05)),
+                    repeat_penalty=float(merged["repeat_penalty"]),
+                    frequency_penalty=float(merged.get("frequency_penalty", 0.0)),
+                    presence_penalty=float(merged.get("presence_penalty", 0.0)),
+                    seed=None if seed is None else seed + index,
+                    emit=emitter(index),
+                    cancelled=cancelled,
+                    grammar=constraint.grammar,
+                    logprobs=merged.get("logprobs"),
+                )
+                for index in range(choices)
             )
         )
         return generation
 
-    def _release(self, cancelled: threading.Event | None) -> None:
-        if cancelled is not None:
-            if cancelled not in self._running:
-                return
-            self._running.discard(cancelled)
+    def _release(self) -> None:
         self._busy -= 1
         self._slots.release()
         self._on_change()
@@ -345,6 +490,46 @@ class Engine:
         self._batcher.close()
         if self._batcher.join(timeout):
             self._model.close()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class _Constraint:
+    """What holds an answer to a form: a grammar, and for tool calls how to read it back."""
+
+    grammar: str | None = None
+    tools: ToolUse | None = None
+
+
+def _constraint(params: Mapping[str, Any], *, hermes: bool) -> _Constraint:
+    """The constraint `response_format`, `tools` and `tool_choice` ask for (a ValueError
+    names what cannot be enforced)."""
+    response_format = params.get("response_format")
+    try:
+        grammar = response_grammar(response_format)
+    except SchemaError as exc:
+        raise ValueError(str(exc)) from None
+    schema = None
+    if grammar is not None and response_format is not None:
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema", {"type": "object"})
+    tools = tool_use(
+        params.get("tools"),
+        params.get("tool_choice"),
+        params.get("parallel_tool_calls"),
+        schema,
+        hermes=hermes,
+    )
+    if tools is not None:
+        return _Constraint(tools.grammar, tools)
+    return _Constraint(grammar)
+
+
+def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`messages` with `text` ending the system message (one first when there is none)."""
+    if messages and messages[0]["role"] in ("system", "developer"):
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def placement(device: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -17,7 +17,16 @@ from rbee.wire import json_object, openai_error, sse
 from rbee.wire.chat import unsupported_field
 from rbee.worker.engine import Generation
 
-__all__ = ["ClientGone", "EventStream", "disconnected", "error", "or_disconnect", "parse"]
+__all__ = [
+    "ClientGone",
+    "EventStream",
+    "InFlight",
+    "disconnected",
+    "error",
+    "generate",
+    "or_disconnect",
+    "parse",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +134,48 @@ class EventStream(Response):
             yield sse.json_event(openai_error(f"generation failed: {exc}", "server_error"))
             return
         yield sse.DONE
+
+
+class InFlight(Protocol):
+    """The worker's count of requests in flight, which draining waits on."""
+
+    def request_started(self) -> None: ...
+    def request_finished(self) -> None: ...
+
+
+async def generate(
+    request: Request,
+    worker: InFlight,
+    start: Awaitable[Generation],
+    respond: Callable[[Generation, dict[str, Any]], Response],
+    *,
+    stream: bool,
+) -> Response:
+    """Run a generation for `request`: `start` puts it into the batch, `respond` makes the
+    response from it and its first chunk (or whole answer). A stream's response ends the
+    request when it closes; every other outcome ends it here. Errors are OpenAI's: a prompt
+    the worker refuses is a 400, a client gone a 499, a failure a 500."""
+    worker.request_started()
+    handed_off = False
+    try:
+        generation = await or_disconnect(request, start, Generation.cancel)
+        try:
+            # The first chunk (or the whole answer) is awaited here, so a bad prompt is
+            # still an HTTP error rather than an error event inside a 200 stream.
+            first = await or_disconnect(request, anext(generation))
+        except BaseException:
+            generation.cancel()
+            raise
+        response = respond(generation, first)
+        handed_off = stream
+        return response
+    except ClientGone:
+        return Response(status_code=499)
+    except (ValueError, TypeError, KeyError) as exc:
+        return error(400, str(exc), "invalid_request_error")
+    except Exception as exc:
+        log.exception("generation failed")
+        return error(500, f"generation failed: {exc}", "server_error")
+    finally:
+        if not handed_off:
+            worker.request_finished()

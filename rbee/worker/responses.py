@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rbee.wire import json_object
+from rbee.wire import Purpose, WorkerArgs, json_object
 from rbee.wire import responses as wire
 from rbee.wire.chat import unsupported_field as chat_unsupported_field
 from rbee.worker.chat import ChatRequest
+from rbee.worker.embed import Embedder
+from rbee.worker.embeddings import wrong_purpose
 from rbee.worker.engine import Engine, Generation
-from rbee.worker.http import ClientGone, EventStream, error, or_disconnect, parse
+from rbee.worker.http import EventStream, error, generate, parse
 
 __all__ = ["create_response"]
 
@@ -32,7 +34,9 @@ log = logging.getLogger(__name__)
 class _Worker(Protocol):
     """What this route needs of the worker (`rbee.worker.app`)."""
 
-    engine: Engine
+    config: WorkerArgs
+    engine: Engine | Embedder
+    purpose: Purpose
 
     def refusal(self) -> Response | None: ...
     def request_started(self) -> None: ...
@@ -48,6 +52,9 @@ async def create_response(request: Request) -> Response:
     chat = _chat(body)
     if isinstance(chat, Response):
         return chat
+    engine = worker.engine
+    if not isinstance(engine, Engine):  # an embedding model: known from the header
+        return wrong_purpose(worker.config.model, worker.purpose, "chat")
     refusal = worker.refusal()
     if refusal is not None:
         return refusal
@@ -55,35 +62,15 @@ async def create_response(request: Request) -> Response:
         params = chat.params()
     except ValueError as exc:
         return error(400, str(exc), "invalid_request_error", "invalid_value")
-    worker.request_started()
-    handed_off = False
-    try:
-        generation = await or_disconnect(
-            request,
-            worker.engine.start("chat", params, stream=body.stream, include_usage=True),
-            Generation.cancel,
-        )
-        try:
-            # Awaited here, as chat's: a prompt the worker refuses is still an HTTP error.
-            first = await or_disconnect(request, anext(generation))
-        except BaseException:
-            generation.cancel()
-            raise
+    start = engine.start("chat", params, stream=body.stream, include_usage=True)
+
+    def respond(generation: Generation, first: dict[str, Any]) -> Response:
         builder = wire.ResponseBuilder(body, first["model"], first["created"])
         if not body.stream:
             return JSONResponse(builder.answer(first))
-        handed_off = True
         return _ResponseEvents(generation, first, worker.request_finished, builder)
-    except ClientGone:
-        return Response(status_code=499)
-    except (ValueError, TypeError, KeyError) as exc:
-        return error(400, str(exc), "invalid_request_error")
-    except Exception as exc:
-        log.exception("generation failed")
-        return error(500, f"generation failed: {exc}", "server_error")
-    finally:
-        if not handed_off:
-            worker.request_finished()
+
+    return await generate(request, worker, start, respond, stream=body.stream)
 
 
 async def _read(request: Request) -> wire.ResponsesRequest | Response:

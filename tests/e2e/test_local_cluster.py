@@ -180,6 +180,37 @@ def test_the_openai_client_unchanged_and_the_tokens_counted(cluster: LocalCluste
     assert missing.value.code == "model_not_found"
 
 
+def test_the_responses_api_through_the_queen_and_its_tokens_counted(
+    cluster: LocalCluster,
+) -> None:
+    """`/v1/responses` is relayed like chat, streamed or not, and the queen counts the usage
+    its answers end with (`output_tokens`), not one token per event."""
+    client = openai.OpenAI(base_url=f"{cluster.queen_url}/v1", api_key=cluster.token, max_retries=0)
+    common: Any = {
+        "model": "gemma3-270m",
+        "instructions": "Answer briefly.",
+        "input": "Name three colours.",
+        "max_output_tokens": 12,
+        "temperature": 0,
+    }
+    before = _tokens_out(cluster)
+    whole = client.responses.create(**common)
+    assert whole.output_text and whole.usage is not None
+    events = list(client.responses.create(stream=True, **common))
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    last = events[-1]
+    assert last.type == f"response.{whole.status}"
+    assert last.type in ("response.completed", "response.incomplete")
+    assert last.response.output_text == whole.output_text  # greedy: the same text
+    assert last.response.usage == whole.usage
+    expected = 2 * whole.usage.output_tokens
+    wait_until("the queen to count the stream", lambda: _tokens_out(cluster) - before >= expected)
+    assert _tokens_out(cluster) - before == expected
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(**common, previous_response_id=whole.id)
+    assert refused.value.code == "unsupported_field"
+
+
 def test_the_queen_logs_each_request_with_its_id_and_worker(cluster: LocalCluster) -> None:
     body = {
         "model": "gemma3-270m",

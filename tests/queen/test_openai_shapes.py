@@ -39,7 +39,13 @@ def test_a_job_with_a_field_rbee_does_not_implement_is_refused_at_submission(
             "/v1/jobs", json={**body, "tools": tools}, headers=queen.headers
         )
         assert refused.status_code == 400
-        assert refused.json()["error"]["message"].startswith("tools: not supported")
+        assert refused.json()["error"]["message"].startswith("tools: a job's result holds")
+        for field, value in (("logit_bias", {"1": 2}), ("n", 2), ("logprobs", True)):
+            refused = queen.client.post(
+                "/v1/jobs", json={**body, field: value}, headers=queen.headers
+            )
+            assert refused.status_code == 400, field
+            assert refused.json()["error"]["message"].startswith(f"{field}: ")
         harmless = {**body, "user": "u-1", "n": 1, "priority": "interactive"}
         accepted = queen.client.post("/v1/jobs", json=harmless, headers=queen.headers)
         assert accepted.status_code == 201, accepted.text

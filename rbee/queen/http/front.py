@@ -5,8 +5,8 @@ here straight to the relay, everything else on to Starlette.
 
 Who may call what:
 - `/health` is open.
-- `/v1/chat/completions`, `/v1/completions`, `/v1/models`, and the jobs (`/v1/jobs*`): an
-  inference or admin key.
+- `/v1/chat/completions`, `/v1/completions`, `/v1/responses`, `/v1/embeddings`, `/v1/rerank`,
+  `/v1/models`, and the jobs (`/v1/jobs*`): an inference or admin key.
 - Planning and reading the control plane's state (`_PLAN_ROUTES`: plan, status, hives,
   workers, the lock, history): a plan or admin key. A plan key gets no inference, no logs (they
   may hold prompts) and no keys: it is for CI on pull requests.
@@ -50,12 +50,17 @@ PRINCIPAL = "rbee.principal"
 #: The cookie holding the status page's session id.
 UI_COOKIE = "rbee_ui"
 
-_INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions"})
+_INFERENCE = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/rerank"}
+)
 #: What a path needs, whatever the method; `_needs` says it for the other paths.
 _NEEDS: dict[str, Need] = {
     "/health": "open",
     "/v1/chat/completions": "inference",
     "/v1/completions": "inference",
+    "/v1/responses": "inference",
+    "/v1/embeddings": "inference",
+    "/v1/rerank": "inference",
     "/v1/models": "inference",
     "/ui/login": "open",
     "/ui/logout": "open",

@@ -74,13 +74,32 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 _JOB_FIELDS = IMPLEMENTED | {"priority"}
+# A job's result is one answer's text: what only other parts of an answer carry (more
+# choices, log-probabilities, tool calls) is refused for jobs at any value but its default.
+_TEXT_ONLY: dict[str, object] = {
+    "n": 1,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "tools": [],
+    "tool_choice": "none",
+    "parallel_tool_calls": True,
+}
+
+
+def _beyond_text(body: dict[str, object]) -> str | None:
+    for name, default in _TEXT_ONLY.items():
+        value = body.get(name)
+        if value is not None and (type(value) is not type(default) or value != default):
+            return f"{name}: a job's result holds one answer's text; ask /v1/chat/completions"
+    return None
 
 
 async def submit_job(request: Request) -> Response:
     idempotency_key = _idempotency_key(request)
     asked = await parse_body(request, SubmitJob)
     # Refused now, not failed later at the worker: a job names what rbee does not implement.
-    unsupported = unsupported_field(asked.model_dump(exclude_unset=True), _JOB_FIELDS)
+    body = asked.model_dump(exclude_unset=True)
+    unsupported = unsupported_field(body, _JOB_FIELDS) or _beyond_text(body)
     if unsupported is not None:
         raise Refused(400, unsupported, "invalid_request_error", "unsupported_field")
     # A job counts against its key's rpm as a request does, and its answer against its tpm.

@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 #: A request still running after this long starts watching for its client's disconnect.
 WATCH_AFTER_S = 0.05
 _SSE_END = b"\n\n"
-_USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
+# An embeddings or rerank answer's usage has no completion tokens: its input is what it costs.
+# A Responses answer's counts are `input_tokens` and `output_tokens`.
+_USAGE = re.compile(
+    rb'"(?:prompt|input)_tokens":\s*(\d+)(?:.*?"(?:completion|output)_tokens":\s*(\d+))?', re.S
+)
 _RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"x-accel-buffering"})
 _PROMPT_TOKENS = sse.PROMPT_TOKENS.encode()
 
@@ -327,7 +331,9 @@ class _Call:
         # for chat a role chunk first. The count is kept as chunks go out: a client that
         # leaves once it has read `[DONE]` cancels this call during the last send, and its
         # tokens must have been counted by then.
-        extra = 3 if self.scope["path"].endswith("/chat/completions") else 2
+        # A Responses stream opens with 4 events before its first text (it ends with its usage).
+        path = self.scope["path"]
+        extra = 3 if path.endswith("/chat/completions") else 4 if path == "/v1/responses" else 2
         prompt = _prompt_tokens(conn.headers)
         events = 0
         usage: tuple[int, int] | None = None  # exact, when the stream ends with its usage
@@ -399,9 +405,13 @@ class _Call:
 
 
 def _usage_of(data: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from the usage in `data`: a whole answer's, or a stream's
-    last chunk (`stream_options.include_usage`), which then counts instead of one per chunk."""
-    if b'"usage"' not in data:
+    """(prompt, completion) tokens from the usage in `data`: a whole answer's (an embeddings
+    or rerank answer's has prompt tokens alone), or a stream's last chunk
+    (`stream_options.include_usage`), which then counts instead of one per chunk."""
+    last = data.rfind(b'"usage"')
+    if last < 0:
         return None
-    found = _USAGE.search(data)
-    return (int(found[1]), int(found[2])) if found else None
+    # From the last usage on: a Responses object repeats the request (its tools' schemas may
+    # hold anything) before its usage, which it puts last.
+    found = _USAGE.search(data, last)
+    return (int(found[1]), int(found[2] or 0)) if found else None
