@@ -112,6 +112,13 @@ class _Worker:
             self._last_state = state
             self.heartbeat.poke()
 
+    def chat_engine(self) -> Engine | Response:
+        """The chat engine, or the answer to a chat request now: a 400 for a model that is
+        not for chat (known from its header, loaded or not), a 503 while loading or draining."""
+        if not isinstance(self.engine, Engine):
+            return wrong_purpose(self.config.model, self.purpose, "chat")
+        return self.refusal() or self.engine
+
     def refusal(self) -> Response | None:
         """A 503 while the worker cannot take requests (loading, draining), else None."""
         state = self.state
@@ -195,12 +202,9 @@ async def _complete(request: Request, kind: Kind, model: type[Sampling]) -> Resp
     body = await parse(request, model)
     if isinstance(body, Response):
         return body
-    engine = worker.engine
-    if not isinstance(engine, Engine):  # known from the header, loaded or not
-        return wrong_purpose(worker.config.model, worker.purpose, "chat")
-    refusal = worker.refusal()
-    if refusal is not None:
-        return refusal
+    engine = worker.chat_engine()
+    if isinstance(engine, Response):
+        return engine
     try:
         params = body.params()
     except ValueError as exc:

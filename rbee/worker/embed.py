@@ -33,8 +33,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.catalog.gguf import GgufError, read_facts
 from rbee.wire import Purpose, WorkerArgs
-from rbee.worker.engine import placement, worker_threads
-from rbee.worker.llama_output import forward_llama_logs
+from rbee.worker.engine import open_model, worker_threads
 
 __all__ = [
     "MAX_INPUTS",
@@ -263,15 +262,8 @@ class Embedder:
             model.close()  # type: ignore[no-untyped-call]
 
     def _open(self) -> tuple[_internals.LlamaModel, Any]:
-        forward_llama_logs()
         config = self.config
-        params = llama_cpp.llama_model_default_params()
-        for key, value in placement(config.device).items():
-            setattr(params, key, value)
-        with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
-            model = _internals.LlamaModel(
-                path_model=config.model_path, params=params, verbose=False
-            )
+        model = open_model(config)
         trained = model.n_ctx_train()
         # Position embeddings end at the trained context: no input may go past it.
         self.input_tokens = min(config.ctx_size, trained) if trained > 0 else config.ctx_size

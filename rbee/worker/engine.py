@@ -28,7 +28,15 @@ from rbee.worker.grammar import SchemaError, response_grammar
 from rbee.worker.llama_output import forward_llama_logs
 from rbee.worker.tools import ToolUse, generic_turn, tool_use, writes_hermes
 
-__all__ = ["Engine", "Generation", "Kind", "chat_format_for", "placement", "worker_threads"]
+__all__ = [
+    "Engine",
+    "Generation",
+    "Kind",
+    "chat_format_for",
+    "open_model",
+    "placement",
+    "worker_threads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -323,15 +331,8 @@ class Engine:
         self._on_change()
 
     def _load(self) -> None:
-        forward_llama_logs()
         config = self.config
-        params = llama_cpp.llama_model_default_params()
-        for key, value in placement(config.device).items():
-            setattr(params, key, value)
-        with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
-            model = _internals.LlamaModel(
-                path_model=config.model_path, params=params, verbose=False
-            )
+        model = open_model(config)
         metadata = model.metadata()
         chosen = chat_format_for(metadata, config.chat_format)
         self._formatter = formatter(model, metadata, chosen)
@@ -530,6 +531,16 @@ def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, An
         first = messages[0]
         return [{**first, "content": f"{first['content']}\n\n{text}"}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+def open_model(config: WorkerArgs) -> _internals.LlamaModel:
+    """The worker's GGUF, loaded where its `--device` says, llama.cpp's logs sent to ours."""
+    forward_llama_logs()
+    params = llama_cpp.llama_model_default_params()
+    for key, value in placement(config.device).items():
+        setattr(params, key, value)
+    with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
+        return _internals.LlamaModel(path_model=config.model_path, params=params, verbose=False)
 
 
 def placement(device: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ __all__ = [
     "disconnected",
     "error",
     "generate",
+    "invalid",
     "or_disconnect",
     "parse",
 ]
@@ -84,12 +85,15 @@ async def parse(request: Request, model: type[_M]) -> _M | Response:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if where and not message.startswith(where):
-            message = f"{where}: {message}"
-        return error(400, message, "invalid_request_error", "invalid_value")
+        return error(400, invalid(exc), "invalid_request_error", "invalid_value")
+
+
+def invalid(exc: ValidationError) -> str:
+    """A validation error as a 400's message: its first error, named where it is."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return message if not where or message.startswith(where) else f"{where}: {message}"
 
 
 class EventStream(Response):

@@ -17,14 +17,12 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rbee.wire import Purpose, WorkerArgs, json_object
+from rbee.wire import json_object
 from rbee.wire import responses as wire
 from rbee.wire.chat import unsupported_field as chat_unsupported_field
 from rbee.worker.chat import ChatRequest
-from rbee.worker.embed import Embedder
-from rbee.worker.embeddings import wrong_purpose
 from rbee.worker.engine import Engine, Generation
-from rbee.worker.http import EventStream, error, generate, parse
+from rbee.worker.http import EventStream, error, generate, invalid, parse
 
 __all__ = ["create_response"]
 
@@ -34,11 +32,7 @@ log = logging.getLogger(__name__)
 class _Worker(Protocol):
     """What this route needs of the worker (`rbee.worker.app`)."""
 
-    config: WorkerArgs
-    engine: Engine | Embedder
-    purpose: Purpose
-
-    def refusal(self) -> Response | None: ...
+    def chat_engine(self) -> Engine | Response: ...
     def request_started(self) -> None: ...
     def request_finished(self) -> None: ...
 
@@ -52,12 +46,9 @@ async def create_response(request: Request) -> Response:
     chat = _chat(body)
     if isinstance(chat, Response):
         return chat
-    engine = worker.engine
-    if not isinstance(engine, Engine):  # an embedding model: known from the header
-        return wrong_purpose(worker.config.model, worker.purpose, "chat")
-    refusal = worker.refusal()
-    if refusal is not None:
-        return refusal
+    engine = worker.chat_engine()
+    if isinstance(engine, Response):
+        return engine
     try:
         params = chat.params()
     except ValueError as exc:
@@ -93,12 +84,7 @@ def _chat(body: wire.ResponsesRequest) -> ChatRequest | Response:
     try:
         return ChatRequest.model_validate(translation.body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if where and not message.startswith(where):
-            message = f"{where}: {message}"
-        message = translation.in_responses_terms(message)
+        message = translation.in_responses_terms(invalid(exc))
         return error(400, message, "invalid_request_error", "invalid_value")
 
 
