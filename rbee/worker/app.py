@@ -110,7 +110,10 @@ class _Worker:
             level = logging.DEBUG if {state, self._last_state} == {"idle", "busy"} else logging.INFO
             log.log(level, "state=%s previous=%s", state, self._last_state)
             self._last_state = state
-            self.heartbeat.poke()
+            if level == logging.INFO:
+                self.heartbeat.poke()
+            else:
+                self.heartbeat.nudge()
 
     def chat_engine(self) -> Engine | Response:
         """The chat engine, or the answer to a chat request now: a 400 for a model that is

@@ -54,6 +54,19 @@ _ALL_OF_PART = frozenset({"$ref", "properties", "required", "type", "anyOf"})
 _FORMATS = frozenset({"date", "time", "date-time", "uuid", *(f"uuid{v}" for v in range(1, 6))})
 
 
+# Two rules of the Python port differ from llama.cpp's C++ converter, which llama-server uses:
+# its `space` lets no newline in, which models that indent JSON keep running into (the
+# grammar then goes over the whole vocabulary, and answers read oddly), and its `char` lets
+# raw control characters into strings, which JSON forbids: they are replaced by llama.cpp's.
+_HEX = " ".join(["[0-9a-fA-F]"] * 4)
+_AS_LLAMA_SERVER = {
+    r'space ::= " "?': r'space ::= | " " | "\n"{1,2} [ \t]{0,20}',
+    rf'char ::= [^"\\] | "\\" (["\\/bfnrt] | "u" {_HEX})': (
+        r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+    ),
+}
+
+
 class SchemaError(ValueError):
     """A schema the grammar cannot enforce; the message names where and what."""
 
@@ -67,10 +80,11 @@ def schema_grammar(schema: Any, where: str = "schema") -> str:
         raise SchemaError(f"{where}: at most {MAX_SCHEMA_BYTES} bytes of schema")
     check_schema(schema, where)
     try:
-        return str(json_schema_to_gbnf(text))
+        grammar = str(json_schema_to_gbnf(text))
     except (AssertionError, KeyError, ValueError, RecursionError, TypeError) as exc:
         reason = str(exc) or type(exc).__name__
         raise SchemaError(f"{where}: cannot be made into a grammar ({reason})") from None
+    return "\n".join(_AS_LLAMA_SERVER.get(line, line) for line in grammar.splitlines())
 
 
 def response_grammar(response_format: Mapping[str, Any] | None) -> str | None:

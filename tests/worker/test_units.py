@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 
 import httpx
 import llama_cpp
@@ -14,7 +15,7 @@ import pytest
 from rbee.wire import Heartbeat, WorkerArgs
 from rbee.worker.app import create_app
 from rbee.worker.engine import chat_format_for, placement, worker_threads
-from rbee.worker.heartbeat import HeartbeatSender
+from rbee.worker.heartbeat import NUDGE_GAP_S, HeartbeatSender
 
 CONFIG = WorkerArgs(
     worker_id="w1",
@@ -149,6 +150,49 @@ def test_heartbeats_carry_the_token_and_survive_a_failing_queen() -> None:
     assert str(seen[0].url) == "http://queen/v1/workers/heartbeat"
     assert seen[0].headers["authorization"] == "Bearer s3cret"
     assert json.loads(seen[2].content) == beat.model_dump()
+
+
+def test_slots_taken_and_freed_are_told_at_most_every_gap_a_lifecycle_step_at_once() -> None:
+    seen: list[float] = []
+    beat = Heartbeat(
+        worker_id="w1", hive="local", model="m", worker_binary="cpu",
+        url="http://127.0.0.1:9001", pid=1, device="cpu", state="idle", slots_total=1,
+        slots_busy=0,
+    )  # fmt: skip
+
+    def queen(request: httpx.Request) -> httpx.Response:
+        seen.append(time.monotonic())
+        return httpx.Response(200)
+
+    sender = HeartbeatSender(
+        "http://queen/", "s3cret", lambda: beat, interval_s=60,
+        transport=httpx.MockTransport(queen),
+    )  # fmt: skip
+
+    async def scenario() -> tuple[int, float, int]:
+        task = asyncio.create_task(sender.run())
+        while not seen:
+            await asyncio.sleep(0.005)
+        for _ in range(50):  # fifty requests, each taking and freeing the slot
+            sender.nudge()
+            await asyncio.sleep(0.004)
+        nudged = len(seen)
+        sender.poke()  # loaded, draining: at once, whatever the gap
+        poked_at = time.monotonic()
+        while len(seen) == nudged:
+            await asyncio.sleep(0.001)
+        waited = seen[-1] - poked_at
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return nudged, waited, len(seen)
+
+    nudged, waited, total = asyncio.run(asyncio.wait_for(scenario(), 10))
+    # 0.2 s of nudges: the first beat, then one per NUDGE_GAP_S (0.5 s) at most.
+    assert nudged == 1
+    assert waited < NUDGE_GAP_S / 2
+    assert total == 2
 
 
 def test_a_gpu_worker_offloads_every_layer_to_its_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
