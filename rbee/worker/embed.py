@@ -56,6 +56,9 @@ MAX_TOKENS = 300_000
 BATCH_TOKENS = 2048
 #: Sequences one decode reads at most.
 SEQUENCES = 64
+#: Characters (or token ids) a request may have for its inputs to be tokenized on the event
+#: loop (tens of microseconds) rather than in a thread.
+_INLINE_TOKENIZE = 4096
 
 
 class BadInput(ValueError):
@@ -150,12 +153,14 @@ class Embedder:
     async def embed(self, inputs: Sequence[str | list[int]]) -> Embedded:
         """The vectors of `inputs` (texts, or token ids as they are); BadInput names one the
         model cannot read, ValueError a request too large."""
-        return await self._run(lambda: self._tokenize(inputs))
+        size = sum(len(given) for given in inputs)
+        return await self._run(lambda: self._tokenize(inputs), size)
 
     async def rerank(self, query: str, documents: Sequence[str]) -> Embedded:
         """Each document's relevance to `query` (a row of one score each), the pair joined as
         llama-server joins it (`format_prompt_rerank`)."""
-        return await self._run(lambda: self._pairs(query, documents))
+        size = len(query) * len(documents) + sum(len(document) for document in documents)
+        return await self._run(lambda: self._pairs(query, documents), size)
 
     def close(self, timeout: float) -> None:
         """Shutdown: stop the decode thread, which frees the context and the model while the
@@ -164,14 +169,16 @@ class Embedder:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    async def _run(self, tokenize: Callable[[], list[list[int]]]) -> Embedded:
+    async def _run(self, tokenize: Callable[[], list[list[int]]], size: int) -> Embedded:
+        """Read the inputs `tokenize` makes (`size` characters or tokens in all)."""
         await self._requests.acquire()
         self._busy += 1
         self._on_change()
         cancelled = threading.Event()
         try:
-            # Tokenized in a thread: 2048 inputs must not stall the event loop.
-            inputs = await asyncio.to_thread(tokenize)
+            # Tokenized in a thread, for 2048 inputs must not stall the event loop; a few
+            # sentences at once: the hop to a thread would cost more than they do.
+            inputs = tokenize() if size <= _INLINE_TOKENIZE else await asyncio.to_thread(tokenize)
             answer: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
             self._incoming.put(_Job(inputs, _reporter(answer), cancelled))
             return await answer
