@@ -537,7 +537,7 @@ class QueenClient:
             raise self._unreachable(exc) from exc
 
     def submit_job(self, job: SubmitJob) -> JobCreated:
-        """Queue an OpenAI chat or completion body (with its `priority`) as a job."""
+        """Queue an OpenAI chat, completion or embeddings body (with its `priority`) as a job."""
         body = job.model_dump(mode="json", exclude_none=True)
         return JobCreated.model_validate(self._request("POST", "/v1/jobs", "submit job", json=body))
 

@@ -19,12 +19,12 @@ from rbee.errors import RbeeError
 
 if TYPE_CHECKING:
     from rbee.clients import QueenClient
-    from rbee.wire.jobs import JobRecord
+    from rbee.wire.jobs import EmbeddingResult, JobRecord
 
 __all__ = ["job_app"]
 
 job_app = typer.Typer(
-    help="Jobs: OpenAI chat or completion requests the queen runs for you and keeps, "
+    help="Jobs: OpenAI chat, completion or embeddings requests the queen runs for you and keeps, "
     "followed by id. Interactive jobs go before batch ones, first come first served within "
     "each; queued jobs survive a queen restart.",
     no_args_is_help=True,
@@ -58,7 +58,8 @@ def submit(
         Path | None,
         typer.Option(
             "--body",
-            help="an OpenAI chat (`messages`) or completion (`prompt`) body as JSON; - reads stdin",
+            help="an OpenAI chat (`messages`), completion (`prompt`) or embeddings (`input`) "
+            "body as JSON; - reads stdin",
         ),
     ] = None,
     max_tokens: Annotated[
@@ -99,7 +100,10 @@ def submit(
 
 @job_app.command("get")
 def get(job_id: JobId, file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = False) -> None:
-    """Show a job: its state, where it runs or waits, and its answer once done."""
+    """Show a job: its state, where it runs or waits, and its answer once done (an embedding
+    job's vectors one a line)."""
+    from rbee.wire.jobs import EmbeddingResult
+
     record = connect_yaml(file).job(job_id)
     if as_json:
         sys.stdout.write(record.model_dump_json(indent=2) + "\n")
@@ -118,7 +122,9 @@ def get(job_id: JobId, file: ConfigFile = DEFAULT_CONFIG, as_json: AsJson = Fals
         lines.append(f"error    {record.error}")
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
-    if record.result is not None:
+    if isinstance(record.result, EmbeddingResult):
+        _vectors(record.result)
+    elif record.result is not None:
         result = record.result
         err.print(
             f"[dim]{result.completion_tokens} tokens, finish: {result.finish_reason}[/dim]",
@@ -201,7 +207,16 @@ def _request(prompt: str | None, body: Path | None) -> dict[str, Any]:
 
 def _follow(client: QueenClient, job_id: str, as_json: bool) -> None:
     """Print a job's progress on stderr and its text on stdout as it comes, to its end."""
-    from rbee.wire.jobs import JobAssigned, JobChunk, JobError, JobPosition, JobQueued, chunk_text
+    from rbee.wire.jobs import (
+        EmbeddingResult,
+        JobAssigned,
+        JobChunk,
+        JobDone,
+        JobError,
+        JobPosition,
+        JobQueued,
+        chunk_text,
+    )
 
     last: JobError | None = None
     for event in client.job_events(job_id):
@@ -212,6 +227,9 @@ def _follow(client: QueenClient, job_id: str, as_json: bool) -> None:
         elif isinstance(event, JobChunk) and not as_json:
             sys.stdout.write(chunk_text(event.chunk) or "")
             sys.stdout.flush()
+        elif isinstance(event, JobDone) and isinstance(event.result, EmbeddingResult):
+            if not as_json:
+                _vectors(event.result)
         elif isinstance(event, JobError):
             last = event
     if as_json:
@@ -220,6 +238,16 @@ def _follow(client: QueenClient, job_id: str, as_json: bool) -> None:
         sys.stdout.write("\n")
     if last is not None:
         raise RbeeError(f"job {job_id} {last.state}: {last.message}")
+
+
+def _vectors(result: EmbeddingResult) -> None:
+    """An embedding job's vectors on stdout, one JSON array (or base64 string) a line."""
+    err.print(
+        f"[dim]{len(result.data)} vectors, {result.usage.prompt_tokens} input tokens[/dim]",
+        highlight=False,
+    )
+    for item in result.data:
+        sys.stdout.write(json.dumps(item.embedding) + "\n")
 
 
 def _state(record: JobRecord) -> str:

@@ -3,7 +3,8 @@ which its caller follows by id instead of holding a connection open.
 
 `POST /v1/jobs` takes `SubmitJob` and answers `JobCreated`; `GET /v1/jobs[/{id}]` gives
 `JobRecord`s; `GET /v1/jobs/{id}/events` streams `JobEvent`s: `queued`, `position` (while it
-waits), `assigned`, `first_token`, a `chunk` per OpenAI chunk, then `done` or `error`.
+waits), `assigned`, `first_token`, a `chunk` per OpenAI chunk, then `done` or `error`. An
+embedding job (`input`) is answered whole: `queued`, `assigned`, then `done` with its vectors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "ENDED",
     "JOB_STATES",
+    "MAX_EMBEDDING_INPUTS",
+    "Embedding",
+    "EmbeddingResult",
+    "EmbeddingUsage",
     "JobAssigned",
     "JobChunk",
     "JobCreated",
@@ -22,6 +27,7 @@ __all__ = [
     "JobError",
     "JobEvent",
     "JobFirstToken",
+    "JobKind",
     "JobList",
     "JobPosition",
     "JobQueued",
@@ -35,10 +41,13 @@ __all__ = [
 ]
 
 Priority = Literal["interactive", "batch"]
+JobKind = Literal["chat", "completion", "embedding"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 #: States a job never leaves.
 ENDED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
+#: Inputs of one embedding job at most: OpenAI's bound for `/v1/embeddings`, the worker's too.
+MAX_EMBEDDING_INPUTS = 2048
 
 
 class _Wire(BaseModel):
@@ -46,9 +55,9 @@ class _Wire(BaseModel):
 
 
 class SubmitJob(BaseModel):
-    """`POST /v1/jobs`: an OpenAI chat (`messages`) or completion (`prompt`) body, plus
-    `priority`. Every other OpenAI field goes to the worker as sent; `stream` is the queen's
-    choice (the job's events are its stream)."""
+    """`POST /v1/jobs`: an OpenAI chat (`messages`), completion (`prompt`) or embeddings
+    (`input`) body, plus `priority`. Every other OpenAI field goes to the worker as sent;
+    `stream` is the queen's choice (the job's events are its stream)."""
 
     model_config = ConfigDict(extra="allow", defer_build=True)
 
@@ -58,16 +67,37 @@ class SubmitJob(BaseModel):
     )
     messages: list[dict[str, Any]] | None = Field(default=None, min_length=1)
     prompt: str | list[str] | None = None
+    input: str | list[str] | list[int] | list[list[int]] | None = Field(
+        default=None,
+        description="what an embedding job embeds: a string, strings, token ids or token-id "
+        f"lists, at most {MAX_EMBEDDING_INPUTS}, none empty",
+    )
+    encoding_format: Literal["float", "base64"] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> SubmitJob:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("a job is a chat (`messages`) or a completion (`prompt`): send one")
+        if sum(given is not None for given in (self.messages, self.prompt, self.input)) != 1:
+            raise ValueError(
+                "a job is a chat (`messages`), a completion (`prompt`) or embeddings (`input`): "
+                "send one"
+            )
+        given = self.input
+        if isinstance(given, list):
+            if not given or any(not item for item in given if not isinstance(item, int)):
+                raise ValueError("input: an empty list or string: there is nothing to embed")
+            if len(given) > MAX_EMBEDDING_INPUTS and not isinstance(given[0], int):
+                raise ValueError(
+                    f"input: at most {MAX_EMBEDDING_INPUTS} inputs per job (got {len(given)})"
+                )
+        elif given == "":
+            raise ValueError("input: an empty string: there is nothing to embed")
         return self
 
     @property
-    def kind(self) -> Literal["chat", "completion"]:
-        return "chat" if self.messages is not None else "completion"
+    def kind(self) -> JobKind:
+        if self.messages is not None:
+            return "chat"
+        return "completion" if self.prompt is not None else "embedding"
 
 
 class JobCreated(_Wire):
@@ -78,11 +108,33 @@ class JobCreated(_Wire):
 
 
 class JobResult(_Wire):
-    """What a finished job produced: its text, not every chunk."""
+    """What a finished chat or completion job produced: its text, not every chunk."""
 
     text: str
     finish_reason: str | None = None
     completion_tokens: int = Field(description="chunks with text: one per token")
+
+
+class Embedding(_Wire):
+    """One vector of an embeddings answer, as OpenAI's `data` holds it."""
+
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(
+        description="floats, or base64 of little-endian float32s (`encoding_format: base64`)"
+    )
+
+
+class EmbeddingUsage(_Wire):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResult(_Wire):
+    """What a finished embedding job produced: its worker's answer's vectors and usage."""
+
+    data: list[Embedding]
+    usage: EmbeddingUsage
 
 
 class JobRecord(_Wire):
@@ -91,7 +143,7 @@ class JobRecord(_Wire):
     job_id: str
     priority: Priority
     model: str
-    kind: Literal["chat", "completion"]
+    kind: JobKind
     state: JobState
     position: int | None = Field(
         default=None, description="while queued: its place among its model's jobs (1 is next)"
@@ -103,7 +155,7 @@ class JobRecord(_Wire):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    result: JobResult | None = None
+    result: JobResult | EmbeddingResult | None = None
     error: str | None = None
     owner: str | None = Field(
         default=None,
@@ -152,7 +204,7 @@ class JobChunk(_Wire):
 
 class JobDone(_Wire):
     event: Literal["done"] = "done"
-    result: JobResult
+    result: JobResult | EmbeddingResult
 
 
 class JobError(_Wire):

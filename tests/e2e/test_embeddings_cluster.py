@@ -1,12 +1,15 @@
 """Embeddings and rerank through a real cluster: `rbee apply` of a BERT embedding GGUF and a
 BERT reranker (written by the tests, `tests.fixtures.synthetic_bert`), then the OpenAI SDK and
-plain HTTP at the queen: its keys, its `tpm` counting input tokens, its metrics."""
+plain HTTP at the queen: its keys, its `tpm` counting input tokens, its metrics; and embedding
+jobs (`/v1/jobs` with `input`) on the same cluster."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -125,3 +128,77 @@ def _answered(cluster: LocalCluster, model: str) -> float:
         and sample.labels.get("model") == model
         and sample.labels.get("status") == "200"
     )
+
+
+def _job(
+    cluster: LocalCluster, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[str, list[dict[str, Any]]]:
+    """Submit a job and follow its events to its end: its id and its events."""
+    created = httpx.post(f"{cluster.queen_url}/v1/jobs", json=body, headers=headers, timeout=10)
+    assert created.status_code == 201, created.text
+    job_id: str = created.json()["job_id"]
+    url = f"{cluster.queen_url}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=60) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data:")]
+    return job_id, events
+
+
+def test_an_embedding_job_keeps_the_vectors_a_direct_request_answers(
+    cluster: LocalCluster,
+) -> None:
+    """Queued, assigned, done (no chunks: one answer, not streamed), and its result is the
+    worker's `data` and `usage`, stored: the same vectors `/v1/embeddings` answers."""
+    inputs = ["the bees", "make honey"]
+    body = {"model": "bge-tiny", "input": inputs, "encoding_format": "float"}
+    job_id, events = _job(cluster, {**body, "priority": "interactive"}, cluster.headers)
+    assert [e["event"] for e in events] == ["queued", "assigned", "done"]
+    record = cluster.get(f"/v1/jobs/{job_id}").json()
+    assert (record["kind"], record["state"], record["runs"]) == ("embedding", "done", 1)
+    direct = httpx.post(
+        f"{cluster.queen_url}/v1/embeddings", json=body, headers=cluster.headers, timeout=30
+    ).json()
+    assert record["result"]["usage"] == direct["usage"] == {"prompt_tokens": 8, "total_tokens": 8}
+    assert record["result"]["data"] == direct["data"]
+    assert [len(d["embedding"]) for d in record["result"]["data"]] == [64, 64]
+    assert events[-1]["result"] == record["result"]
+    listed = {j["job_id"]: j for j in cluster.get("/v1/jobs").json()["jobs"]}
+    assert listed[job_id]["state"] == "done"
+    assert listed[job_id]["result"] is None  # a list leaves the vectors out
+    shown = cluster.rbee("job", "get", job_id)
+    assert [json.loads(line) for line in shown.stdout.splitlines()[-2:]] == [
+        d["embedding"] for d in direct["data"]
+    ]
+    assert "2 vectors, 8 input tokens" in shown.stderr
+
+
+def test_an_embedding_job_counts_its_input_tokens_against_the_keys_tpm(
+    cluster: LocalCluster,
+) -> None:
+    key = cluster.rbee("key", "create", "rag-jobs", "--scope", "inference", "--tpm", "20")
+    headers = {"authorization": f"Bearer {key.stdout.strip()}"}
+    words = "the bees make honey in the hive and water"
+    job_id, _ = _job(cluster, {"model": "bge-tiny", "input": [words, words]}, headers)
+    done = httpx.get(f"{cluster.queen_url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+    assert done["result"]["usage"]["prompt_tokens"] == 22  # over the minute's 20
+    late = httpx.post(
+        f"{cluster.queen_url}/v1/jobs",
+        json={"model": "bge-tiny", "input": "bees"},
+        headers=headers,
+        timeout=10,
+    )
+    assert late.status_code == 429, late.text
+    assert late.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_job_its_model_is_not_for_fails_with_the_workers_message(cluster: LocalCluster) -> None:
+    """Chat of an embedding model, embeddings of a reranker: the queen cannot know a model's
+    purpose before its worker answers, so the job fails with the worker's 400."""
+    chat = {"model": "bge-tiny", "messages": [{"role": "user", "content": "hi"}]}
+    embed = {"model": "bge-reranker-tiny", "input": "bees"}
+    for body, says in ((chat, "is an embedding model"), (embed, "is a reranker")):
+        job_id, events = _job(cluster, body, cluster.headers)
+        assert events[-1]["event"] == "error"
+        record = cluster.get(f"/v1/jobs/{job_id}").json()
+        assert record["state"] == "failed", record
+        assert record["error"].startswith("the worker refused the job (400): the model ")
+        assert says in record["error"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from rbee.queen.control.store import Store
 from rbee.queen.serve.admission import Admission
 from rbee.queen.serve.registry import Registry
 from rbee.wire import Heartbeat
-from rbee.wire.jobs import JobRecord
+from rbee.wire.jobs import EmbeddingResult, JobRecord, JobResult
 from tests.fixtures.scripted import MODEL, TOKENS, ScriptedQueen, ScriptedWorkers, scripted_workers
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -338,5 +339,93 @@ def test_an_insert_with_an_idempotency_key_its_owner_used_gives_the_first_job_ba
     assert table.insert(record("job-3", "bob"), BODY, "order-42") is None
     assert table.insert(record("job-4", "alice"), BODY) is None
     assert [r.job_id for r in table.recent(None, 10)] == ["job-4", "job-3", "job-1"]
+    table.close()
+    store.close()
+
+
+def test_a_database_from_before_embedding_jobs_keeps_its_jobs_and_takes_embedding_ones(
+    tmp_path: Path,
+) -> None:
+    """The migration remakes `jobs` (its CHECK on `kind`): old rows keep their order, results
+    and keys; an embedding job's vectors are stored and read back, and left out of a list."""
+    path = tmp_path / "queen.db"
+    Store(path).close()
+    text = '{"text": "red", "finish_reason": "stop", "completion_tokens": 1}'
+    with sqlite3.connect(path) as before:  # jobs as the eighth migration left it
+        before.executescript(
+            f"""
+            DROP TABLE jobs;
+            CREATE TABLE jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                priority TEXT NOT NULL CHECK (priority IN ('interactive', 'batch')),
+                model TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('chat', 'completion')),
+                body TEXT NOT NULL,
+                state TEXT NOT NULL
+                    CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+                worker TEXT,
+                runs INTEGER NOT NULL DEFAULT 0,
+                result TEXT,
+                error TEXT,
+                created_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                owner TEXT,
+                idempotency_key TEXT
+            );
+            CREATE INDEX jobs_by_state ON jobs (state, seq);
+            CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (owner, idempotency_key)
+                WHERE idempotency_key IS NOT NULL;
+            INSERT INTO jobs (seq, id, priority, model, kind, body, state, result, created_at,
+                owner, idempotency_key)
+                VALUES (7, 'job-old', 'batch', '{MODEL}', 'chat', '{{}}', 'done', '{text}', 1,
+                'alice', 'k');
+            PRAGMA user_version = 8;
+            """
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            before.execute(
+                "INSERT INTO jobs (id, priority, model, kind, body, state, created_at) "
+                "VALUES ('job-x', 'batch', 'm', 'embedding', '{}', 'queued', 0)"
+            )
+    store = Store(path)
+    table = JobTable(store.path)
+    assert table.get("job-old") == JobRecord(
+        job_id="job-old",
+        priority="batch",
+        model=MODEL,
+        kind="chat",
+        state="done",
+        runs=0,
+        created_at=1,
+        result=JobResult(text="red", finish_reason="stop", completion_tokens=1),
+        owner="alice",
+    )
+    assert table.keyed("alice", "k") is not None
+    record = JobRecord(
+        job_id="job-new",
+        priority="batch",
+        model=MODEL,
+        kind="embedding",
+        state="queued",
+        runs=0,
+        created_at=2,
+    )
+    assert table.insert(record, {"model": MODEL, "input": "bees"}) is None
+    vectors = EmbeddingResult.model_validate(
+        {
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        }
+    )
+    ended = record.model_copy(update={"state": "done", "result": vectors, "finished_at": 3.0})
+    assert table.ended(ended)
+    assert table.get("job-new") == ended
+    listed = table.recent(None, 10)
+    assert [(r.job_id, r.result) for r in listed] == [
+        ("job-new", None),
+        ("job-old", JobResult(text="red", finish_reason="stop", completion_tokens=1)),
+    ]
     table.close()
     store.close()

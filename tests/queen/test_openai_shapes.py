@@ -49,3 +49,32 @@ def test_a_job_with_a_field_rbee_does_not_implement_is_refused_at_submission(
         harmless = {**body, "user": "u-1", "n": 1, "priority": "interactive"}
         accepted = queen.client.post("/v1/jobs", json=harmless, headers=queen.headers)
         assert accepted.status_code == 201, accepted.text
+
+
+def test_an_embedding_job_with_dimensions_or_another_kinds_field_is_refused_at_submission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with in_process_queen(tmp_path, monkeypatch, TOKEN) as queen:
+        queen.add_worker("local.scripted.0", "https://127.0.0.1:9")
+        body = {"model": "scripted", "input": ["the bees", "make honey"]}
+
+        def submit(job: dict[str, object]) -> tuple[int, str]:
+            answer = queen.client.post("/v1/jobs", json=job, headers=queen.headers)
+            return answer.status_code, answer.json().get("error", {}).get("message", "")
+
+        status, message = submit({**body, "dimensions": 32})
+        assert status == 400 and message.startswith("dimensions: not supported: a GGUF")
+        status, message = submit({**body, "max_tokens": 8})  # a chat field
+        assert (status, message.split(":")[0]) == (400, "max_tokens")
+        chat = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}
+        status, message = submit({**chat, "encoding_format": "base64"})  # an embeddings field
+        assert (status, message.split(":")[0]) == (400, "encoding_format")
+        status, message = submit({**chat, "input": "bees"})
+        assert status == 422 and "send one" in message
+        status, message = submit({**body, "input": ["bees"] * 2049})
+        assert status == 422 and "at most 2048 inputs per job (got 2049)" in message
+        status, message = submit({**body, "input": ["bees", ""]})
+        assert status == 422 and "nothing to embed" in message
+        tokens = [[101, 7, 102], [101, 102]]
+        harmless = {**body, "input": tokens, "user": "u-1", "encoding_format": "base64"}
+        assert submit(harmless)[0] == 201

@@ -1,8 +1,9 @@
 """The jobs' rows in the queen's SQLite (table `jobs`, made by `rbee.queen.control.store`).
 
 A job is written when it is submitted, before its id is answered, and again at each change of
-state; its result is stored once, by the update that ends it. Its `Idempotency-Key`, if sent,
-is unique per owner and goes with its row.
+state; its result is stored once, by the update that ends it, as JSON (`JobResult`, or an
+embedding job's `EmbeddingResult`: rows from before embedding jobs read as they were). Its
+`Idempotency-Key`, if sent, is unique per owner and goes with its row.
 
 The table has a connection of its own, used by one thread (`call`): a write waits for its
 fsync (0.4 ms here, 8 ms at p99), and the event loop, which relays every OpenAI request, must
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rbee.queen.serve.jobs import JobRow
-from rbee.wire.jobs import ENDED, JobRecord, JobResult, JobState
+from rbee.wire.jobs import ENDED, EmbeddingResult, JobKind, JobRecord, JobResult, JobState
 
 __all__ = ["JobTable"]
 
@@ -30,7 +31,18 @@ _COLUMNS = (
     "id, priority, model, kind, state, worker, runs, result, error, created_at, started_at, "
     "finished_at, owner"
 )
+# A list leaves out an embedding job's result: its vectors are megabytes.
+_LISTED_COLUMNS = _COLUMNS.replace(
+    "result", "CASE WHEN kind = 'embedding' THEN NULL ELSE result END"
+)
 _ENDED_SQL = "(" + ", ".join(f"'{state}'" for state in sorted(ENDED)) + ")"
+
+
+_RESULTS: dict[JobKind, type[JobResult | EmbeddingResult]] = {
+    "chat": JobResult,
+    "completion": JobResult,
+    "embedding": EmbeddingResult,
+}
 
 
 class JobTable:
@@ -118,11 +130,12 @@ class JobTable:
     def recent(
         self, state: JobState | None, limit: int, owner: str | None = None
     ) -> list[JobRecord]:
-        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first."""
+        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first; an
+        embedding job without its result (its vectors, megabytes: `get` reads them)."""
         clauses = [(c, v) for c, v in (("state = ?", state), ("owner = ?", owner)) if v]
         where = ("WHERE " + " AND ".join(c for c, _ in clauses)) if clauses else ""
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {_LISTED_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",
             (*(v for _, v in clauses), limit),
         ).fetchall()
         return [_record(*row) for row in rows]
@@ -174,7 +187,7 @@ def _record(
         created_at=created_at,
         started_at=started_at,
         finished_at=finished_at,
-        result=JobResult.model_validate_json(result) if result else None,
+        result=_RESULTS[kind].model_validate_json(result) if result else None,
         error=error,
         owner=owner,
     )

@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT NOT NULL UNIQUE,
     priority TEXT NOT NULL CHECK (priority IN ('interactive', 'batch')),
     model TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('chat', 'completion')),
+    kind TEXT NOT NULL CHECK (kind IN ('chat', 'completion', 'embedding')),
     body TEXT NOT NULL,
     state TEXT NOT NULL
         CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
@@ -329,6 +329,21 @@ def _job_idempotency_keys(db: sqlite3.Connection) -> None:
     )
 
 
+def _embedding_jobs(db: sqlite3.Connection) -> None:
+    """Jobs of kind `embedding`: SQLite cannot change a CHECK in place, so `jobs` is made
+    again (as `_JOBS` says now, with the columns added since) and its rows copied over, `seq`
+    and all; an embedding job's result is JSON in `result` as a text job's is."""
+    columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
+    for index in ("jobs_by_state", "jobs_by_finish", "jobs_by_idempotency_key"):
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+    db.execute("ALTER TABLE jobs RENAME TO jobs_before_embedding")
+    _jobs(db)
+    _job_owners(db)
+    _job_idempotency_keys(db)
+    db.execute(f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_before_embedding")
+    db.execute("DROP TABLE jobs_before_embedding")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _history_and_hives,
     _api_keys,
@@ -338,6 +353,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _job_owners,
     _plan_keys,
     _job_idempotency_keys,
+    _embedding_jobs,
 )
 
 

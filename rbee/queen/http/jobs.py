@@ -2,9 +2,10 @@
 
 `POST /v1/jobs` (201 `JobCreated`), `GET /v1/jobs[?state=&limit=]`, `GET /v1/jobs/{id}`,
 `GET /v1/jobs/{id}/events` (SSE) and `DELETE /v1/jobs/{id}` (cancel). Errors are OpenAI-style
-bodies. Like the OpenAI routes, they need an inference or admin key (`rbee.queen.http.front`). A job
-belongs to the key that submitted it: another inference key gets 404 for it and never lists
-it; admin keys and the cluster token see every job.
+bodies. A job is a chat (`messages`), a completion (`prompt`) or embeddings (`input`), each
+with its OpenAI fields. Like the OpenAI routes, they need an inference or admin key
+(`rbee.queen.http.front`). A job belongs to the key that submitted it: another inference key
+gets 404 for it and never lists it; admin keys and the cluster token see every job.
 
 `POST /v1/jobs` takes an `Idempotency-Key` header (1 to 255 printable ASCII characters, else a
 400): the same request sent again with the same key by the same key's holder answers the job it
@@ -14,6 +15,7 @@ that key is a 422.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from starlette.requests import Request
@@ -38,6 +40,7 @@ from rbee.wire.jobs import JOB_STATES, JobCreated, JobList, SubmitJob
 __all__ = ["cancel_job", "get_job", "job_events", "list_jobs", "submit_job"]
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+_JSON = "application/json"
 
 
 def _jobs(request: Request) -> Jobs:
@@ -74,6 +77,12 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 _JOB_FIELDS = IMPLEMENTED | {"priority"}
+# OpenAI's embeddings fields (`user` is harmless to all); `dimensions` is refused below.
+_EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "priority"})
+_DIMENSIONS = (
+    "dimensions: not supported: a GGUF does not say which shorter sizes its model was trained "
+    "to keep (Matryoshka), so rbee serves each vector whole"
+)
 # A job's result is one answer's text: what only other parts of an answer carry (more
 # choices, log-probabilities, tool calls) is refused for jobs at any value but its default.
 _TEXT_ONLY: dict[str, object] = {
@@ -94,15 +103,25 @@ def _beyond_text(body: dict[str, object]) -> str | None:
     return None
 
 
+def _unsupported(asked: SubmitJob) -> str | None:
+    """Why the job names what rbee does not implement for its kind (a 400), if it does."""
+    body = asked.model_dump(exclude_unset=True)
+    if asked.kind == "embedding":
+        if body.get("dimensions") is not None:
+            return _DIMENSIONS
+        return unsupported_field(body, _EMBEDDING_FIELDS)
+    return unsupported_field(body, _JOB_FIELDS) or _beyond_text(body)
+
+
 async def submit_job(request: Request) -> Response:
     idempotency_key = _idempotency_key(request)
     asked = await parse_body(request, SubmitJob)
     # Refused now, not failed later at the worker: a job names what rbee does not implement.
-    body = asked.model_dump(exclude_unset=True)
-    unsupported = unsupported_field(body, _JOB_FIELDS) or _beyond_text(body)
+    unsupported = _unsupported(asked)
     if unsupported is not None:
         raise Refused(400, unsupported, "invalid_request_error", "unsupported_field")
-    # A job counts against its key's rpm as a request does, and its answer against its tpm.
+    # A job counts against its key's rpm as a request does, and its answer (an embedding
+    # job's inputs) against its tpm.
     caller = _caller(request)
     if caller is not None and (over := caller.over_limit()) is not None:
         message, retry_after = over
@@ -139,9 +158,10 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     try:
         record = await _jobs(request).get(job_id, _only_of(request))
-        return JSONResponse(record.model_dump(mode="json"))
     except NoSuchJob:
         raise _no_such_job(job_id) from None
+    # An embedding job's vectors are megabytes of JSON: written off the event loop.
+    return Response(await asyncio.to_thread(record.model_dump_json), media_type=_JSON)
 
 
 async def cancel_job(request: Request) -> Response:

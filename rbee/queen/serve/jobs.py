@@ -7,9 +7,13 @@ batch job behind them all), starts it, and takes the next. A job that comes in a
 one waiting (interactive before batch) or a cancelled head is seen at once.
 
 Running. A job calls its worker as the relay does (`Calls.attempt`: the same loop, connections,
-timeouts, backoff, retry count and failure bookkeeping), always streamed: its events are the
-worker's chunks. Before the worker's first byte, a failure sends it to another worker
+timeouts, backoff, retry count and failure bookkeeping). A chat or completion job is always
+streamed: its events are the worker's chunks. An embedding job asks `/v1/embeddings` for one
+answer, which becomes its result (its vectors and usage; an answer over `MAX_EMBEDDINGS_BYTES`
+fails the job). Before the worker's first byte, a failure sends it to another worker
 (`serving.attempts` in all); after it, the job fails (the chunks already went to its readers).
+A key's `tpm` is charged a chat or completion job's answer tokens, an embedding job's input
+tokens.
 
 Idempotency. A job sent with an `Idempotency-Key` is its owner's only job with that key: the
 same request sent again (its answer was lost) gets the first job back instead of a second one,
@@ -26,9 +30,10 @@ a write per change of state costs little next to a generation, and a job id once
 never lost.
 
 Events. A job's events stay in memory while it lives, so a reader gets them from the start;
-the last `ENDED_KEPT` ended jobs keep them too. Later (or after a restart) a reader gets only
-the end. Results are the text and a token count, never the chunks; ended jobs are deleted
-after `RETENTION_S`, and beyond the newest `KEEP_ENDED`.
+the last `ENDED_KEPT` ended jobs keep them too (fewer when their end events, an embedding
+job's vectors, pass `ENDED_KEPT_BYTES`). Later (or after a restart) a reader gets only the
+end. Results are the text and a token count, never the chunks (an embedding job's, its
+vectors); ended jobs are deleted after `RETENTION_S`, and beyond the newest `KEEP_ENDED`.
 """
 
 from __future__ import annotations
@@ -46,16 +51,17 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rbee.config.models import Serving
 from rbee.queen.serve.admission import Admission, NoWorker, QueueFull, QueueTimeout
 from rbee.queen.serve.calls import AttemptFailed, Calls, Exhausted
-from rbee.queen.serve.upstream import UpstreamClosed, UpstreamTimeout
+from rbee.queen.serve.upstream import Connection, UpstreamClosed, UpstreamTimeout
 from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import sse
 from rbee.wire.jobs import (
     ENDED,
+    EmbeddingResult,
     JobAssigned,
     JobChunk,
     JobDone,
@@ -87,8 +93,13 @@ _T = TypeVar("_T")
 
 #: Jobs queued or running at most; more are refused (503) until some end.
 MAX_LIVE = 10_000
-#: Ended jobs whose events stay in memory for late readers.
+#: Ended jobs whose events stay in memory for late readers, and the bytes their end events
+#: may hold together (an embedding job's vectors); the oldest go first.
 ENDED_KEPT = 256
+ENDED_KEPT_BYTES = 64 * 1024 * 1024
+#: An embedding job's answer at most (2048 vectors of 1536 floats in base64, of 384 written
+#: out as JSON): a result is stored whole, in SQLite and in memory. More fails the job.
+MAX_EMBEDDINGS_BYTES = 32 * 1024 * 1024
 #: Ended jobs are deleted after this long, and beyond the newest KEEP_ENDED.
 RETENTION_S = 24 * 3600.0
 KEEP_ENDED = 10_000
@@ -98,7 +109,11 @@ PRUNE_EVERY_S = 600.0
 _TURN_S = 60.0
 #: How long a head job waits before it asks again when no worker serves its model yet.
 _NO_WORKER_S = 0.5
-_PATHS = {"chat": b"/v1/chat/completions", "completion": b"/v1/completions"}
+_PATHS = {
+    "chat": b"/v1/chat/completions",
+    "completion": b"/v1/completions",
+    "embedding": b"/v1/embeddings",
+}
 _SSE_END = b"\n\n"
 
 
@@ -186,7 +201,11 @@ class _Feed:
         self._changed: asyncio.Event | None = None
 
     def push(self, event: BaseModel, *, last: bool = False) -> None:
-        self.events.append(sse.json_event(event.model_dump(mode="json")))
+        self.append(_encode(event), last=last)
+
+    def append(self, event: bytes, *, last: bool = False) -> None:
+        """Add an event already written as SSE bytes."""
+        self.events.append(event)
         self.ended = last
         self.poke()
 
@@ -214,6 +233,7 @@ class _Job:
     # Takes the tokens of its answer from its key's `tpm` (in memory: a job that a restarted
     # queen runs again is not charged twice).
     spend: Callable[[int], None] | None = None
+    kept_bytes: int = 0  # its end event's, once it ended
 
 
 class _Queue:
@@ -285,6 +305,7 @@ class Jobs:
         self._keep_ended = keep_ended
         self._live: dict[str, _Job] = {}
         self._ended: OrderedDict[str, _Job] = OrderedDict()
+        self._ended_bytes = 0
         self._queues: dict[str, _Queue] = {}
         self._dispatchers: list[asyncio.Task[None]] = []
 
@@ -297,10 +318,10 @@ class Jobs:
         spend: Callable[[int], None] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Store a new job of `owner` (a key's name) and queue it; `spend` takes its answer's
-        tokens from the key's limits. With an `idempotency_key` the owner used already, the
-        job it was used for instead. The job, and whether it is new. Raises UnknownModel,
-        JobsFull, IdempotencyConflict."""
+        """Store a new job of `owner` (a key's name) and queue it; `spend` takes its tokens
+        (an answer's, an embedding job's inputs') from the key's limits. With an
+        `idempotency_key` the owner used already, the job it was used for instead. The job,
+        and whether it is new. Raises UnknownModel, JobsFull, IdempotencyConflict."""
         body = request.model_dump(
             exclude={"priority", "stream", "stream_options"}, exclude_none=True
         )
@@ -350,9 +371,13 @@ class Jobs:
     async def stored(
         self, state: JobState | None = None, limit: int = 100, owner: str | None = None
     ) -> list[JobRecord]:
-        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first."""
+        """The newest `limit` jobs (in `state`, of `owner`, if given), newest first; an
+        embedding job without its result (its vectors: `get` gives them)."""
         records = await self._table.call(self._table.recent, state, limit, owner)
-        return [self._view(self._live[r.job_id]) if r.job_id in self._live else r for r in records]
+        return [
+            _listed(self._view(self._live[r.job_id])) if r.job_id in self._live else r
+            for r in records
+        ]
 
     def recent(self, limit: int = 10) -> list[JobRecord]:
         """The newest `limit` jobs this queen holds in memory (every live one, and the last
@@ -511,7 +536,8 @@ class Jobs:
         stopping and the next one runs it again."""
         record = job.record
         serving = self._admission.serving(record.model)
-        body = json.dumps({**job.body, "stream": True}).encode()
+        embeds = record.kind == "embedding"
+        body = json.dumps(job.body if embeds else {**job.body, "stream": True}).encode()
         loop = asyncio.get_running_loop()
 
         async def claim(tried: frozenset[str], last: AttemptFailed | None) -> WorkerRecord | None:
@@ -531,9 +557,11 @@ class Jobs:
             self._assigned(job, slot)
             return slot
 
-        async def call(slot: WorkerRecord) -> JobResult:
+        async def call(slot: WorkerRecord) -> JobResult | EmbeddingResult:
             # Stored before the worker hears of it: `runs` never undercounts.
             await self._table.call(self._table.started, record.model_copy())
+            if embeds:
+                return await self._embed(job, slot, serving, body)
             return await self._generate(job, slot, serving, body)
 
         try:
@@ -550,17 +578,28 @@ class Jobs:
             log.exception("event=job_crashed job_id=%s", record.job_id)
             await self._end(job, "failed", error=f"the queen failed running the job: {exc!r}")
 
+    @contextlib.asynccontextmanager
+    async def _called(
+        self, record: JobRecord, slot: WorkerRecord, serving: Serving, body: bytes
+    ) -> AsyncIterator[tuple[Connection, bytes]]:
+        """The job's call to `slot`'s worker: its connection and first bytes. A failure after
+        them fails the job; the connection goes back however the answer ends."""
+        conn, data = await self._calls.call_worker(slot, _PATHS[record.kind], body, serving)
+        try:
+            yield conn, data
+        except (UpstreamTimeout, UpstreamClosed) as exc:
+            self._calls.failed_mid_answer(record.model, slot, exc, record.job_id)
+            raise _Failed(f"the worker failed mid-answer: {exc}") from None
+        finally:
+            self._calls.done(conn, slot)
+
     async def _generate(
         self, job: _Job, slot: WorkerRecord, serving: Serving, body: bytes
     ) -> JobResult:
         """Stream the job's answer from `slot`'s worker into its events; its result."""
-        record = job.record
-        conn, data = await self._calls.call_worker(slot, _PATHS[record.kind], body, serving)
-        try:
+        async with self._called(job.record, slot, serving, body) as (conn, data):
             if conn.status != 200:
-                while more := await conn.read():
-                    data += more
-                raise _Failed(f"the worker refused the job ({conn.status}): {_message(data)}")
+                raise _Failed(_refused(conn.status, await _whole(conn, data)))
             answer = _Answer()
             job.feed.push(JobFirstToken(after_s=round(time.monotonic() - job.assigned_at, 4)))
             pending = b""
@@ -571,18 +610,30 @@ class Jobs:
                     job.feed.push(JobChunk(chunk=chunk))
                 data = await conn.read()
             return answer.result()
-        except (UpstreamTimeout, UpstreamClosed) as exc:
-            self._calls.failed_mid_answer(record.model, slot, exc, record.job_id)
-            raise _Failed(f"the worker failed mid-answer: {exc}") from None
-        finally:
-            self._calls.done(conn, slot)
+
+    async def _embed(
+        self, job: _Job, slot: WorkerRecord, serving: Serving, body: bytes
+    ) -> EmbeddingResult:
+        """Ask `slot`'s worker for the job's vectors, one answer not streamed; its result."""
+        async with self._called(job.record, slot, serving, body) as (conn, data):
+            answer = await _whole(conn, data)
+            if conn.status != 200:
+                raise _Failed(_refused(conn.status, answer))
+            try:
+                # Megabytes of floats: read off the event loop, which relays every request.
+                return await asyncio.to_thread(EmbeddingResult.model_validate_json, answer)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                message = f"the worker sent a malformed embeddings answer: {where}: {first['msg']}"
+                raise _Failed(message) from None
 
     async def _end(
         self,
         job: _Job,
         state: JobState,
         *,
-        result: JobResult | None = None,
+        result: JobResult | EmbeddingResult | None = None,
         error: str | None = None,
     ) -> None:
         """End the job: at once in memory, then in SQLite, then in its events (so a reader
@@ -593,13 +644,21 @@ class Jobs:
         record.error = error
         record.finished_at = time.time()
         if job.spend is not None and result is not None:
-            job.spend(result.completion_tokens)
+            job.spend(_tokens(result))
         await self._table.call(self._table.ended, record.model_copy())
+        end = _end_event(record)
+        if isinstance(result, EmbeddingResult):  # megabytes of floats: off the event loop
+            event = await asyncio.to_thread(_encode, end)
+        else:
+            event = _encode(end)
         del self._live[record.job_id]
         self._ended[record.job_id] = job
-        while len(self._ended) > ENDED_KEPT:
-            self._ended.popitem(last=False)
-        job.feed.push(_end_event(record), last=True)
+        job.kept_bytes = len(event)
+        self._ended_bytes += job.kept_bytes
+        while len(self._ended) > ENDED_KEPT or self._ended_bytes > ENDED_KEPT_BYTES:
+            _, gone = self._ended.popitem(last=False)
+            self._ended_bytes -= gone.kept_bytes
+        job.feed.append(event, last=True)
         log.info(
             "event=job_ended job_id=%s state=%s runs=%d worker=%s",
             record.job_id,
@@ -665,6 +724,44 @@ def _split(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
     return payloads, rest
 
 
+async def _whole(conn: Connection, first: bytes) -> bytes:
+    """The rest of a worker's answer that began with `first`; _Failed past
+    `MAX_EMBEDDINGS_BYTES` (more than any answer a job keeps)."""
+    answer = bytearray(first)
+    while more := await conn.read():
+        answer += more
+        if len(answer) > MAX_EMBEDDINGS_BYTES:
+            raise _Failed(
+                f"the worker's answer is over {MAX_EMBEDDINGS_BYTES // 2**20} MiB, more than a "
+                "job keeps: send fewer inputs per job (or encoding_format base64, a quarter of "
+                "the size), or ask /v1/embeddings"
+            )
+    return bytes(answer)
+
+
+def _refused(status: int, body: bytes) -> str:
+    return f"the worker refused the job ({status}): {_message(body)}"
+
+
+def _tokens(result: JobResult | EmbeddingResult) -> int:
+    """What a job's result costs its key's `tpm`: an answer's tokens, or the inputs' (an
+    embedding answer has no others)."""
+    if isinstance(result, EmbeddingResult):
+        return result.usage.prompt_tokens
+    return result.completion_tokens
+
+
+def _listed(record: JobRecord) -> JobRecord:
+    """`record` as a list shows it: an embedding job's vectors left out (megabytes each)."""
+    if isinstance(record.result, EmbeddingResult):
+        record.result = None
+    return record
+
+
+def _encode(event: BaseModel) -> bytes:
+    return sse.json_event(event.model_dump(mode="json"))
+
+
 def _message(body: bytes) -> str:
     """The message of an OpenAI-style error body, else the body."""
     with contextlib.suppress(ValueError, AttributeError, TypeError):
@@ -693,4 +790,4 @@ def _end_event(record: JobRecord) -> JobDone | JobError:
 async def _end_only(record: JobRecord) -> AsyncIterator[bytes]:
     """A job no longer in memory: how it ended (it ended: live jobs are all in memory)."""
     if record.state in ENDED:
-        yield sse.json_event(_end_event(record).model_dump(mode="json"))
+        yield await asyncio.to_thread(_encode, _end_event(record))  # an embedding's vectors
