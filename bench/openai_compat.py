@@ -542,7 +542,8 @@ def completions_logprobs(t: Target) -> Outcome:
 
 def json_object(t: Target) -> Outcome:
     messages = [{"role": "user", "content": "A JSON object describing a cat: name and age."}]
-    response = _chat(t, messages=messages, max_tokens=128, response_format={"type": "json_object"})
+    # Room to close the object: a JSON mode holds the form, not the length of what is written.
+    response = _chat(t, messages=messages, max_tokens=400, response_format={"type": "json_object"})
     choice = response.choices[0]
     return _schema_outcome(choice.message.content or "", choice.finish_reason, None)
 

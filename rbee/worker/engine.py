@@ -449,7 +449,12 @@ class Engine:
 
             return emit
 
-        merged = {**_DEFAULTS[kind], **{k: v for k, v in params.items() if v is not None}}
+        defaults = _DEFAULTS[kind]
+        if constraint.grammar is not None:
+            # A repeat penalty weighs on the quotes, colons and braces JSON repeats by nature:
+            # it keeps a model from closing what it opened (llama-server applies none).
+            defaults = {**defaults, "repeat_penalty": 1.0}
+        merged = {**defaults, **{k: v for k, v in params.items() if v is not None}}
         seed = merged.get("seed")
         self._batcher.submit(
             *(
