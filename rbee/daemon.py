@@ -16,12 +16,14 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from rbee.errors import PortInUseError, RbeeError
+from rbee.net import peer_credentials
 from rbee.paths import cache_dir, private_dir, state_dir
 from rbee.pki import Peer, Role, peer_of
 from rbee.wire import openai_error
@@ -40,6 +42,7 @@ __all__ = [
     "Scope",
     "Send",
     "bind",
+    "bind_unix",
     "browser_refusal",
     "env_token",
     "fail",
@@ -118,6 +121,32 @@ class PeerAuth:
             await self.app(scope, receive, send)
 
 
+def _same_user(transport: asyncio.Transport) -> Peer | None:
+    """The queen, for a connection on a Unix socket from a process of this daemon's own user
+    (the kernel says who, `SO_PEERCRED`): a worker's socket is how the queen on its machine
+    reaches it without TLS. Nobody else can be that user; root can be anyone anyway."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _, uid, _ = peer_credentials(sock)
+    return Peer("queen", "local") if uid == os.getuid() else None
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, 0600 (a stale one from a dead process replaced)."""
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))  # under the daemon's umask 077: the operator's alone from the start
+        path.chmod(0o600)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _Protocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol, plus the TLS peer in each request's scope (`PEER`) and a
     deadline for each request's head (`HEAD_TIMEOUT_S`)."""
@@ -127,7 +156,7 @@ class _Protocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._peer = peer_of(transport.get_extra_info("ssl_object"))
+        self._peer = peer_of(transport.get_extra_info("ssl_object")) or _same_user(transport)
         self._start_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:

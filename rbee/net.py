@@ -1,9 +1,11 @@
-"""Addresses: which host names mean this machine's loopback, URLs for host:port, and URLs
-with their secrets hidden."""
+"""Addresses: which host names mean this machine's loopback, URLs for host:port, URLs with
+their secrets hidden, and who is at the other end of a Unix socket."""
 
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "hide_url_secrets",
     "http_url",
     "https_url",
+    "peer_credentials",
 ]
 
 #: What a hidden secret reads as, wherever rbee prints or stores one.
@@ -62,3 +65,12 @@ def http_url(host: str, port: int) -> str:
 def https_url(host: str, port: int) -> str:
     """`https://host:port`, with an IPv6 address in brackets."""
     return "https" + http_url(host, port).removeprefix("http")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    size = struct.calcsize("3i")
+    pid, uid, gid = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    )
+    return pid, uid, gid

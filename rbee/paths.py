@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "contained", "private_dir", "state_dir"]
+__all__ = ["cache_dir", "contained", "private_dir", "socket_dir", "state_dir"]
 
 
 def cache_dir(kind: str = "") -> Path:
@@ -16,6 +20,25 @@ def cache_dir(kind: str = "") -> Path:
 def state_dir() -> Path:
     """`~/.local/state/rbee` (0700): daemon logs, pid files and the queen's SQLite database."""
     return private_dir(Path.home() / ".local" / "state" / "rbee")
+
+
+def socket_dir() -> Path:
+    """Where workers put their Unix sockets: `$XDG_RUNTIME_DIR/rbee`, else `/tmp/rbee-<uid>`
+    (a socket's path holds 107 bytes at most; a home directory can be longer). The directory
+    must be this user's own and not a link: one another user made first is refused
+    (PermissionError), so nobody can put a socket of theirs where a worker's is expected."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = (
+        Path(runtime) / "rbee" if runtime else Path(tempfile.gettempdir()) / f"rbee-{os.getuid()}"
+    )
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{path} is not a directory of this user's own")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def private_dir(path: Path) -> Path:

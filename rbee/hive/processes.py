@@ -7,6 +7,7 @@ Workers run in their own session and outlive the hive that spawned them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ import psutil
 
 from rbee.errors import NotFoundError
 from rbee.net import LOOPBACK
-from rbee.paths import contained, private_dir, state_dir
+from rbee.paths import contained, private_dir, socket_dir, state_dir
 from rbee.pki import write_private
 from rbee.process import spawn_detached, terminate
 from rbee.wire import SpawnRequest, WorkerArgs, WorkerProcess
@@ -69,6 +70,7 @@ def spawn_worker(
         host=host,
         port=_free_port(host),
         identity=identity,
+        socket=_socket_path(request.worker_id),
     )
     proc = spawn_detached(args.command(python), log, token, env=device_env(args.device))
     try:
@@ -81,6 +83,19 @@ def spawn_worker(
         worker.worker_id, worker.pid, worker.port, log,
     )  # fmt: skip
     return worker
+
+
+def _socket_path(worker_id: str) -> str | None:
+    """A short path for the worker's Unix socket, this hive's and this worker's alone (the
+    queen on this machine relays there); None where the user has no private directory for
+    sockets: the worker then serves TLS alone."""
+    try:
+        directory = socket_dir()
+    except OSError as exc:
+        _log.warning("no private directory for sockets: workers serve TLS alone error=%s", exc)
+        return None
+    name = hashlib.sha256(f"{state_dir()}\0{worker_id}".encode()).hexdigest()[:24]
+    return str(directory / f"{name}.sock")
 
 
 def device_env(device: str) -> dict[str, str]:

@@ -75,6 +75,11 @@ class Heartbeat(_Wire):
     tls_expires_at: float | None = Field(
         default=None, description="when its TLS certificate expires (epoch s); none: no TLS"
     )
+    socket: str | None = Field(
+        default=None,
+        max_length=107,
+        description="a Unix socket it serves too: the queen on its machine relays there",
+    )
 
 
 class Renewal(_Wire):

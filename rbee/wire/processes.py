@@ -225,6 +225,11 @@ class WorkerArgs(SpawnWorker, CommandLine):
         description="the worker's TLS identity (certificate, key and cluster CA in one PEM "
         "file): with it the worker serves mutual TLS and heartbeats over it",
     )
+    socket: str | None = Field(
+        default=None,
+        description="a Unix socket to serve on too, for the queen on this machine: no TLS, "
+        "the kernel says who connects, and only this user's processes are let in",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -101,6 +101,7 @@ class _Worker:
             slots_total=self.engine.slots_total,
             slots_busy=self.engine.slots_busy,
             tls_expires_at=self.identity.expires_at if self.identity else None,
+            socket=config.socket,
         )
 
     def _state_may_have_changed(self) -> None:

@@ -15,6 +15,7 @@ from rbee.daemon import (
     BrowserGuard,
     Listener,
     PeerAuth,
+    bind_unix,
     env_token,
     fail,
     listen,
@@ -36,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     With `--identity` (how a hive of the queen starts it) it serves mutual TLS and only the
     queen may call it; without, every route but /health needs the token in $RBEE_TOKEN. A
     worker with neither refuses to start: it would answer anyone on the machine, around the
-    queen's keys and limits."""
+    queen's keys and limits. With `--socket` it also serves a Unix socket, where a process of
+    its own user counts as the queen (`rbee.daemon`: the kernel says who connects)."""
     config = WorkerArgs.parse_cli(argv)
     token = env_token(None)
     sock = listen(SERVICE, config.host, config.port)
@@ -63,9 +65,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         listener = Listener(BrowserGuard(BearerAuth(app, token), names), sock)
     else:
         fail(RbeeError(f"{SERVICE} needs --identity or RBEE_TOKEN", hint=WorkerArgs.DESCRIPTION))
-    run_daemon(listener)
+    listeners = [listener]
+    ours = None
+    if config.socket is not None:
+        try:
+            local = bind_unix(Path(config.socket))
+            ours = os.stat(config.socket).st_ino
+        except OSError as exc:
+            fail(RbeeError(f"cannot listen on {config.socket}: {exc.strerror or exc}"))
+        listeners.append(Listener(listener.app, local, lifespan=False))
+    run_daemon(*listeners)
+    if ours is not None:
+        _remove_socket(Path(config.socket or ""), ours)
     close_devnull_files()
     raise SystemExit(app.state.worker.exit_code)
+
+
+def _remove_socket(path: Path, inode: int) -> None:
+    """Remove this worker's socket at exit, unless a successor has bound the path since."""
+    try:
+        if path.lstat().st_ino == inode:
+            path.unlink()
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

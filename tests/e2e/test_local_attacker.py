@@ -9,8 +9,11 @@ The attacker is a real unprivileged process (`setpriv` to nobody) with the syste
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ pytestmark = pytest.mark.slow
 # Run as nobody: every door of the cluster, then the files. Prints one JSON object.
 _PROBE = r"""
 import json, socket, ssl, sys, urllib.error, urllib.request
-queen, hive, worker, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+queen, hive, worker, sockets = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+files = sys.argv[5:]
 seen = {}
 
 def http(name, method, url, body=None):
@@ -50,6 +54,17 @@ http("hive_models", "GET", hive + "/v1/models")
 http("hive_spawn", "POST", hive + "/v1/worker-processes", spawn)
 http("hive_plain", "GET", hive.replace("https://", "http://") + "/v1/models")
 http("worker_chat", "POST", worker + "/v1/completions", b'{"prompt": "hi"}')
+for path in sockets:  # the worker's Unix socket, and a way to it past its directory
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+                  b'{"prompt": "hi"}')
+        seen[path] = int(s.recv(64).split()[1])
+    except Exception as exc:
+        seen[path] = type(exc).__name__
 for path in files:
     try:
         open(path, "rb").read(1)
@@ -86,15 +101,32 @@ def test_another_user_gets_nothing_from_the_queen_the_hive_or_the_worker(
     assert worker["url"].startswith("https://")
     state = cluster.home / ".local/state/rbee"
     secrets = [state / "cluster.token", state / "queen.db", state / "tls/ca.key"]
-    seen = _as_nobody(
-        "/usr/bin/python3",
-        "-c",
-        _PROBE,
-        cluster.queen_url,
-        f"https://127.0.0.1:{cluster.hive_port}",
-        worker["url"],
-        *map(str, secrets),
-    )
+    # The worker's socket, and the same socket reached past its private directory and mode
+    # (a hard link in an open directory, the socket made 0666 meanwhile): there the kernel's
+    # word on who connects is all that keeps another user out.
+    socket_path = Path(worker["socket"])
+    open_dir = Path(tempfile.mkdtemp(dir=socket_path.parent.parent))  # pytest's are 0700
+    open_dir.chmod(0o777)
+    linked = open_dir / "worker.sock"
+    os.link(socket_path, linked)
+    mode = stat.S_IMODE(socket_path.stat().st_mode)
+    socket_path.chmod(0o666)
+    try:
+        seen = _as_nobody(
+            "/usr/bin/python3",
+            "-c",
+            _PROBE,
+            cluster.queen_url,
+            f"https://127.0.0.1:{cluster.hive_port}",
+            worker["url"],
+            f"{socket_path},{linked}",
+            *map(str, secrets),
+        )
+    finally:
+        socket_path.chmod(mode)
+        shutil.rmtree(open_dir)
+    assert seen[str(socket_path)] == "PermissionError"
+    assert seen[str(linked)] == 401
     assert seen["queen_status"] == 401
     assert seen["queen_chat"] == 401
     assert seen["queen_keys"] == 401

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,26 @@ def test_non_streamed_answer_is_one_openai_json(cluster: LocalCluster) -> None:
     body = response.json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["content"].strip()
+
+
+def test_the_queen_reaches_a_worker_on_its_machine_through_its_socket(
+    cluster: LocalCluster,
+) -> None:
+    """No TLS between two processes of the operator on one machine: the worker serves a Unix
+    socket of theirs (0600, in a 0700 directory), where the relay keeps its connections."""
+    [worker] = cluster.workers()
+    path = Path(worker["socket"])
+    info = path.stat()
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert cluster.chat("Say hello.", max_tokens=2).status_code == 200
+    # The listening socket and the relay's kept-alive connection, both named by the path.
+    on_path = [
+        c
+        for c in psutil.Process(worker["pid"]).net_connections(kind="unix")
+        if c.laddr == str(path)
+    ]
+    assert len(on_path) >= 2, on_path
 
 
 def test_rbee_infer_streams_to_the_terminal_and_as_json(cluster: LocalCluster) -> None:

@@ -22,6 +22,7 @@ WORKER = WorkerArgs(
     port=41234,
     threads=3,
     identity="/home/rbee/.local/state/rbee/tls/workers/gpu1.gemma3-270m.0.pem",
+    socket="/run/user/1000/rbee/5c333fb2af8fdf0c9d80056a.sock",
 )
 HIVE = HiveArgs(
     host="10.0.0.11",

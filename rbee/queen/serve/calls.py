@@ -143,15 +143,19 @@ class Calls:
         (`conn.status`) and its first bytes are in. Give the connection back with `done`.
         Raises AttemptFailed when the attempt failed before the worker's first byte."""
         address, pool = record.address, self._pool
-        conn = pool.idle(address.host, address.port)
+        conn = pool.idle(address.key)
         reused = conn is not None
         active = self._active.setdefault(record.beat.worker_id, set())
         try:
             while True:
                 if conn is None:
                     try:
-                        conn = await pool.connect(
-                            address.host, address.port, serving.connect_timeout, record.tls_name
+                        conn = await (
+                            pool.connect_unix(address.socket, serving.connect_timeout)
+                            if address.socket
+                            else pool.connect(
+                                address.host, address.port, serving.connect_timeout, record.tls_name
+                            )
                         )
                     except TimeoutError:
                         raise AttemptFailed(

@@ -62,8 +62,8 @@ class Registry:
         if record is None or record.beat.pid != heartbeat.pid:
             record = self._workers[heartbeat.worker_id] = WorkerRecord(heartbeat, self._clock())
         else:
-            if heartbeat.url != record.beat.url:
-                record.address = Address.of(heartbeat.url)
+            if (heartbeat.url, heartbeat.socket) != (record.beat.url, record.beat.socket):
+                record.address = Address.of(heartbeat.url, heartbeat.socket)
             record.beat = heartbeat
             record.last_seen = self._clock()
         return record

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 from collections.abc import Sequence
 from typing import cast
 
 import httptools
+
+from rbee.net import peer_credentials
 
 __all__ = ["Connection", "Pool", "UpstreamClosed", "UpstreamTimeout", "header_block"]
 
@@ -203,15 +206,16 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections by (host, port); TLS to https:// addresses with `tls`."""
+    """Idle keep-alive connections by (host, port), or (Unix socket, 0); TLS to https://
+    addresses with `tls`."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._tls = tls
 
-    def idle(self, host: str, port: int) -> Connection | None:
-        """A kept-alive connection to host:port, if one is idle."""
-        idle = self._idle.get((host, port))
+    def idle(self, key: tuple[str, int]) -> Connection | None:
+        """A kept-alive connection to `key` (host and port, or socket and 0), if one is idle."""
+        idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
@@ -235,6 +239,20 @@ class Pool:
             ),
             timeout_s,
         )
+        return conn
+
+    async def connect_unix(self, path: str, timeout_s: float) -> Connection:
+        """A new connection to the Unix socket `path`, served by a process of this user's
+        (the kernel says whose: OSError otherwise, as a refused connection). TimeoutError
+        after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        transport, conn = await asyncio.wait_for(
+            loop.create_unix_connection(lambda: Connection((path, 0)), path), timeout_s
+        )
+        _, uid, _ = peer_credentials(transport.get_extra_info("socket"))
+        if uid != os.getuid():
+            conn.close()
+            raise OSError(f"{path} is served by uid {uid}, not by this user")
         return conn
 
     def release(self, conn: Connection) -> None:

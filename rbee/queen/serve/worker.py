@@ -7,6 +7,9 @@ choose among them) both import it and neither imports the other.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,21 +23,47 @@ __all__ = ["Address", "Policy", "WorkerRecord"]
 
 @dataclass(frozen=True)
 class Address:
-    """Where a worker listens, parsed once from its heartbeat's URL for the relay."""
+    """Where a worker listens, parsed once from its heartbeat for the relay: its URL, and the
+    Unix socket it serves too when it runs on the queen's machine (`socket`)."""
 
     host: str
     port: int
     prefix: bytes  # a path before /v1/…, usually empty
     host_header: bytes
     tls: bool
+    #: The worker's socket, relayed to in clear: its URL is on loopback and the socket is
+    #: this user's (the relay checks again who serves it when it connects).
+    socket: str | None = None
 
     @classmethod
-    def of(cls, url: str) -> Address:
+    def of(cls, url: str, socket: str | None = None) -> Address:
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if parts.scheme == "https" else 80)
         prefix, tls = parts.path.rstrip("/").encode(), parts.scheme == "https"
-        return cls(host, port, prefix, parts.netloc.encode(), tls)
+        local = socket if socket is not None and _on_this_machine(host, socket) else None
+        return cls(host, port, prefix, parts.netloc.encode(), tls, local)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Its connections' key in the relay's pool."""
+        return (self.socket, 0) if self.socket else (self.host, self.port)
+
+
+def _on_this_machine(host: str, socket: str) -> bool:
+    """Whether a worker at `host` serving `socket` is on this machine and this user's: its
+    address is loopback, and `socket` is a socket this user owns."""
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            return False
+    try:
+        info = os.stat(socket)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
 
 
 @dataclass(eq=False)
@@ -56,7 +85,7 @@ class WorkerRecord:
     since: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.address = Address.of(self.beat.url)
+        self.address = Address.of(self.beat.url, self.beat.socket)
         name = f"{self.beat.hive}/{self.beat.worker_id}"
         self.tls_name = tls_name("worker", name) if self.address.tls else None
         self.last_used = self.last_seen
