@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from rbee.wire import json_object
 from rbee.wire import responses as wire
 from rbee.wire.chat import unsupported_field as chat_unsupported_field
+from rbee.wire.response_events import ResponseBuilder, sse_event
 from rbee.worker.chat import ChatRequest
 from rbee.worker.engine import Engine, Generation
 from rbee.worker.http import EventStream, error, generate, invalid, parse
@@ -56,7 +57,7 @@ async def create_response(request: Request) -> Response:
     start = engine.start("chat", params, stream=body.stream, include_usage=True)
 
     def respond(generation: Generation, first: dict[str, Any]) -> Response:
-        builder = wire.ResponseBuilder(body, first["model"], first["created"])
+        builder = ResponseBuilder(body, first["model"], first["created"])
         if not body.stream:
             return JSONResponse(builder.answer(first))
         return _ResponseEvents(generation, first, worker.request_finished, builder)
@@ -96,7 +97,7 @@ class _ResponseEvents(EventStream):
         generation: Generation,
         first: dict[str, Any],
         on_close: Callable[[], None],
-        builder: wire.ResponseBuilder,
+        builder: ResponseBuilder,
     ) -> None:
         super().__init__(generation, first, on_close)
         self._builder = builder
@@ -104,16 +105,16 @@ class _ResponseEvents(EventStream):
     async def _events(self) -> AsyncIterator[bytes]:
         builder = self._builder
         for event in [*builder.start(), *builder.feed(self._first)]:
-            yield wire.sse_event(event)
+            yield sse_event(event)
         try:
             async for chunk in self._generation:
                 for event in builder.feed(chunk):
-                    yield wire.sse_event(event)
+                    yield sse_event(event)
         except Exception as exc:
             # The status line is gone: report the failure in-band, as OpenAI does.
             log.exception("generation failed mid-stream")
             for event in builder.fail(f"generation failed: {exc}"):
-                yield wire.sse_event(event)
+                yield sse_event(event)
             return
         for event in builder.finish():
-            yield wire.sse_event(event)
+            yield sse_event(event)

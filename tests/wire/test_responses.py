@@ -11,13 +11,12 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
+from rbee.wire.response_events import ResponseBuilder, sse_event
 from rbee.wire.responses import (
     AT_DEFAULT,
     HARMLESS,
     IMPLEMENTED,
-    ResponseBuilder,
     ResponsesRequest,
-    sse_event,
     unsupported_field,
 )
 
