@@ -2,7 +2,7 @@
 LiteLLM's proxy, all in front of the same stub upstream, measured with wrk in one run.
 
 Usage: .venv/bin/python bench/router.py [--duration 10] [--concurrency 1 16 64]
-           [--stub python|nginx] [--targets direct nginx litellm queen queen-keys]
+           [--stub python|nginx] [--targets direct nginx litellm queen queen-keys queen-unix]
            [--modes non-stream stream] [--streams N [--only-streams]] [--keep]
 
 The stub upstream has one port per mode: one answers POST /v1/chat/completions with a small
@@ -52,6 +52,19 @@ every target's answer is checked once (status, content, [DONE]) before wrk runs.
   every request is looked up and scope-checked; GET /metrics is scraped once with the admin
   key after its runs (the note under the table says whether it answered 200). Its rows say
   "n/a (no /v1/keys yet)" while the queen has no such endpoint.
+- queen-unix (not in the default targets): the same queen, relaying in clear to the stub's
+  Unix-socket twin, as it does to a worker on its own machine: the heartbeat carries the TLS
+  twin's `https://127.0.0.1:PORT` URL and the socket (`socket`), which the stub serves in a
+  0700 directory of this user's (nginx `listen unix:`, or uvicorn `--uds`). Only a queen of
+  this checkout reads `socket` (an older one ignores it and relays over TLS). A note under the
+  table says, for every queen row, which way its connections to the stub went: its TCP
+  connections open to the stub's ports and the connections open on the stub's socket
+  (/proc/net/unix: a connection accepted there bears the socket's path) after the run.
+  With it, a second table compares the three paths to the stub at each mode and c: direct
+  (wrk at the plain stub, the ceiling), unix and tls (queen), each against unix and direct,
+  with the 1-minute load average after each row (the bench's own processes in it) and the
+  cores others kept busy during it (the machine's CPU time less this bench's and its
+  children's, from psutil): a row where others ran is not comparable.
 
 Every (target, mode, c) runs a --warmup (2 s) wrk warm-up, then --duration seconds with
 threads = min(c, 2); wrk's Lua `done()` prints the numbers. "added p50" is the target's p50
@@ -112,6 +125,8 @@ from rbee.pki import Authority, Role, client_context, tls_name, write_private
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "nginx", "litellm", "queen", "queen-keys")
+#: Accepted by --targets, not run unless named.
+EXTRA_TARGETS = ("queen-unix",)
 LABELS = {"queen-keys": "queen (keys+metrics)"}
 MODES = ("non-stream", "stream")
 PATH = "/v1/chat/completions"
@@ -374,23 +389,46 @@ class Upstream:
     # queen's certificate of the bench's CA, for its stub_status), and its plain twin's TLS one.
     tls: ssl.SSLContext | None = None
     tls_twin: Upstream | None = None
+    # A stub on a Unix socket (`socket`, port 0), and its plain twin's Unix one.
+    socket: str | None = None
+    unix_twin: Upstream | None = None
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
+    def get(self, path: str) -> httpx.Response:
+        """GET `path` of the stub, on its socket or its port."""
+        if self.socket is not None:
+            transport = httpx.HTTPTransport(uds=self.socket)
+            with httpx.Client(transport=transport, timeout=5) as client:
+                return client.get(f"http://127.0.0.1{path}")
+        return httpx.get(f"{self.url}{path}", timeout=5, verify=self.tls or True)
+
     def accepted(self) -> int | None:
         """Connections the stub has accepted so far (this call's own included)."""
         if self.status == "nginx":
             # "Active connections: 1 \nserver accepts handled requests\n 7 7 12 \n…"
-            status = httpx.get(f"{self.url}/nginx_status", timeout=5, verify=self.tls or True)
-            return int(status.text.split()[7])
+            return int(self.get("/nginx_status").text.split()[7])
         if self.status == "python":
-            verify = self.tls or True
-            answer = httpx.get(f"{self.url}/stub_status", timeout=5, verify=verify)
-            count = answer.json()["connections"]
+            count = self.get("/stub_status").json()["connections"]
             return None if count is None else int(count)
         return None
+
+
+def _socket_dir(ctx: Context) -> Path:
+    """A 0700 directory of this user's for the stub's sockets (a queen relays to a socket
+    of its own user's only)."""
+    path = ctx.tmp / "sockets"
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _unix_ready(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(path) == 0
 
 
 def _stub_bodies() -> dict[str, tuple[str, str]]:
@@ -418,61 +456,84 @@ def _python_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
     stub, ca = ctx.identity("worker", STUB_WORKER), ctx.authority.directory / "ca.pem"
     queen = client_context(ctx.identity("queen", "bench"))
     tls_flags = ["--ssl-certfile", str(stub), "--ssl-ca-certs", str(ca), "--ssl-cert-reqs", "2"]
+    unix = "queen-unix" in ctx.args.targets
     with contextlib.ExitStack() as stack:
         for mode, (ctype, body) in _stub_bodies().items():
             env = {**os.environ, "RBEE_STUB_CONTENT_TYPE": ctype, "RBEE_STUB_BODY": body}
             started: list[Upstream] = []
-            for tls in (None, queen):
-                port = _free_port()
+            for kind in ("plain", "tls", "unix") if unix else ("plain", "tls"):
+                tls = queen if kind == "tls" else None
+                port = 0 if kind == "unix" else _free_port()
+                path = str(_socket_dir(ctx) / f"stub-{mode}.sock") if kind == "unix" else None
                 argv = [sys.executable, "-m", "uvicorn", "stub_upstream:app"]
-                argv += ["--app-dir", str(ROOT / "bench"), "--host", "127.0.0.1"]
-                argv += ["--port", str(port), "--http", "httptools", "--loop", "uvloop"]
+                argv += ["--app-dir", str(ROOT / "bench")]
+                argv += ["--uds", path] if path else ["--host", "127.0.0.1", "--port", str(port)]
+                argv += ["--http", "httptools", "--loop", "uvloop"]
                 argv += ["--no-access-log", "--log-level", "warning", "--no-proxy-headers"]
                 argv += tls_flags if tls else []
-                name = f"stub-python-{mode}{'-tls' if tls else ''}"
+                name = f"stub-python-{mode}{'' if kind == 'plain' else '-' + kind}"
                 proc = stack.enter_context(_process(name, argv, ctx.tmp, env=env))
-                upstream = Upstream(port, proc.pid, status="python", tls=tls)
-                health = functools.partial(_http_ok, f"{upstream.url}/health", tls)
-                proc.wait_ready(health, 30)
+                upstream = Upstream(port, proc.pid, status="python", tls=tls, socket=path)
+                proc.wait_ready(functools.partial(_stub_ok, upstream), 30)
                 started.append(upstream)
-            plain, twin = started
-            plain.tls_twin = twin
+            plain = started[0]
+            plain.tls_twin = started[1]
+            plain.unix_twin = started[2] if unix else None
             upstreams[mode] = plain
         yield upstreams
+
+
+def _stub_ok(upstream: Upstream) -> bool:
+    try:
+        return upstream.get("/health").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextlib.contextmanager
 def _nginx_stub(ctx: Context) -> Iterator[dict[str, Upstream]]:
     """nginx answering with `return 200 '…'`, one port per mode, and per mode a twin port
     serving mutual TLS with a worker's certificate of the bench's CA (nginx's TLS costs next
-    to nothing: the rows show the relay's own TLS)."""
+    to nothing: the rows show the relay's own TLS) and a twin Unix socket."""
     ports = {mode: _free_port() for mode in MODES}
     tls_ports = {mode: _free_port() for mode in MODES}
+    sockets = {mode: str(_socket_dir(ctx) / f"stub-{mode}.sock") for mode in MODES}
     bodies = _stub_bodies()
     stub, ca = ctx.identity("worker", STUB_WORKER), ctx.authority.directory / "ca.pem"
     tls = (
         f"ssl_certificate {stub}; ssl_certificate_key {stub}; ssl_client_certificate {ca}; "
         "ssl_verify_client on; ssl_protocols TLSv1.2 TLSv1.3;"
     )
+    listens = {
+        mode: (
+            (f"127.0.0.1:{ports[mode]}", ""),
+            (f"127.0.0.1:{tls_ports[mode]} ssl", tls),
+            (f"unix:{sockets[mode]}", ""),
+        )
+        for mode in MODES
+    }
     servers = "\n".join(
         f"""    server {{
-        listen 127.0.0.1:{port}{" ssl" if secure else ""} backlog=4096;
-        {tls if secure else ""}
+        listen {listen} backlog=4096;
+        {extra}
         location = {PATH} {{ default_type {ctype}; return 200 {_nginx_string(body)}; }}
         location = /health {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
         location = /nginx_status {{ stub_status; }}
         location / {{ return 404; }}
     }}"""
         for mode, (ctype, body) in bodies.items()
-        for port, secure in ((ports[mode], False), (tls_ports[mode], True))
+        for listen, extra in listens[mode]
     )
     queen = client_context(ctx.identity("queen", "bench"))
     every = [*ports.values(), *tls_ports.values()]
     with _nginx(ctx, "stub-nginx", servers, every) as proc:
+        proc.wait_ready(lambda: all(map(_unix_ready, sockets.values())), 10)
         upstreams = {}
         for mode, port in ports.items():
             upstreams[mode] = Upstream(port, proc.pid, status="nginx")
             upstreams[mode].tls_twin = Upstream(tls_ports[mode], proc.pid, "nginx", tls=queen)
+            unix = Upstream(0, proc.pid, "nginx", socket=sockets[mode])
+            upstreams[mode].unix_twin = unix
         yield upstreams
 
 
@@ -656,15 +717,21 @@ def _make_key(queen: str, name: str, scope: str, headers: dict[str, str]) -> str
 
 @contextlib.contextmanager
 def _queen_target(
-    ctx: Context, upstream: Upstream, slots: int, keys: bool = False, source: Path | None = None
+    ctx: Context,
+    upstream: Upstream,
+    slots: int,
+    keys: bool = False,
+    source: Path | None = None,
+    unix: bool = False,
 ) -> Iterator[Endpoint]:
     """The queen of this checkout, or of `source` (a worktree of another revision).
 
     A queen with mutual TLS (this checkout's, or a revision's that has `rbee/pki.py`) relays to
     the stub's TLS twin, hears its heartbeats on its cluster listener and wants its cluster
     token (sent by wrk); an older one relays to the plain stub and is open until its first key.
+    With `unix`, the heartbeat names the stub's socket too, and the queen relays there.
     """
-    name = ctx.name("queen-keys" if keys else "queen")
+    name = ctx.name("queen-unix" if unix else "queen-keys" if keys else "queen")
     home = ctx.tmp / name
     home.mkdir()
     port = _free_port(pair=True)
@@ -673,6 +740,7 @@ def _queen_target(
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     mtls = (source or ROOT).joinpath("rbee", "pki.py").exists()
     headers: dict[str, str] = {}
+    unix_twin = upstream.unix_twin
     if mtls:
         if upstream.tls_twin is None:
             raise Unavailable("this queen relays over TLS only: use --stub python")
@@ -706,6 +774,11 @@ def _queen_target(
         "slots_total": slots,
         "slots_busy": 0,
     }
+    if unix:
+        if not mtls or unix_twin is None:
+            raise Unavailable("no Unix socket to relay to (a queen of this checkout only)")
+        beat["socket"] = unix_twin.socket
+        upstream = unix_twin
     # `python -m` puts its working directory first on sys.path: run from the source wanted.
     cwd = source or ROOT
     with _process(name, [*argv, "--db", str(home / "queen.db")], ctx.tmp, env, cwd) as proc:
@@ -741,15 +814,17 @@ def _target(ctx: Context, name: str, upstream: Upstream, slots: int) -> Iterator
         "litellm": lambda: _litellm_target(ctx, upstream),
         "queen": lambda: _queen_target(ctx, upstream, slots),
         "queen-keys": lambda: _queen_target(ctx, upstream, slots, keys=True),
+        "queen-unix": lambda: _queen_target(ctx, upstream, slots, unix=True),
     }
     with starts[name]() as endpoint:
         yield endpoint
 
 
 def _target_name(text: str) -> str:
-    if text in TARGETS or (text.startswith("queen@") and len(text) > 6):
+    if text in TARGETS + EXTRA_TARGETS or (text.startswith("queen@") and len(text) > 6):
         return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(TARGETS)} or queen@REV")
+    names = ", ".join(TARGETS + EXTRA_TARGETS)
+    raise argparse.ArgumentTypeError(f"expected one of {names} or queen@REV")
 
 
 def _worktree(ctx: Context, rev: str) -> Path:
@@ -857,6 +932,22 @@ class Row:
     result: WrkResult | None = None
     note: str = ""
     upstream_conns: int | None = None  # connections the stub accepted during the run
+    load: float | None = None  # the 1-minute load average right after the run
+    others_cpu: float | None = None  # cores busy with what this bench did not start, meanwhile
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds spent so far by the machine and by this bench and everything it started
+    (those ended and waited for included): over a row, the first's growth less the second's
+    is the work of others on the same cores. The machine's count takes softirq in: loopback
+    traffic's, charged to the processes here, is a third of the busy time in /proc/stat."""
+    times = psutil.cpu_times()
+    me = psutil.Process()
+    ours = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            ours += sum(proc.cpu_times()[:4])  # user, system, and its waited children's
+    return times.user + times.nice + times.system + times.irq + times.softirq, ours
 
 
 def _bench_target(
@@ -878,13 +969,30 @@ def _bench_target(
                     _wrk(ctx, url, script, c, args.warmup)
                     relayed_to = endpoint.upstream or upstream
                     before = relayed_to.accepted()
+                    cpu_before, start = _cpu_seconds(), time.monotonic()
                     result = _wrk(ctx, url, script, c, args.duration)
+                    (busy, ours), wall = _cpu_seconds(), time.monotonic() - start
+                    others = (busy - cpu_before[0] - (ours - cpu_before[1])) / wall
                     after = relayed_to.accepted()
                     # Less the status request of `after` itself.
                     opened = (
                         after - before - 1 if after is not None and before is not None else None
                     )
-                    rows.append(Row(name, mode, c, result, upstream_conns=opened))
+                    load = os.getloadavg()[0]
+                    rows.append(
+                        Row(
+                            name,
+                            mode,
+                            c,
+                            result,
+                            upstream_conns=opened,
+                            load=load,
+                            others_cpu=others,
+                        )
+                    )
+                    if endpoint.upstream is not None and endpoint.pid is not None:
+                        paths = _relay_paths(endpoint.pid, upstream)
+                        notes.append(f"{label}, {mode}, c={c}: {paths}")
                 except Unavailable as exc:
                     rows.append(Row(name, mode, c, note=str(exc)))
             if endpoint.metrics_headers is not None:
@@ -894,6 +1002,37 @@ def _bench_target(
         done = {row.c for row in rows}
         rows += [Row(name, mode, c, note=str(exc)) for c in args.concurrency if c not in done]
     return rows
+
+
+def _relay_paths(pid: int, stub: Upstream) -> str:
+    """Which ways the connections of proxy `pid` to the stub (`stub` and its twins) go, as
+    open now: its TCP connections to each port, and the connections on the stub's socket."""
+    tcp = collections.Counter(
+        conn.raddr.port
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.raddr and conn.status == psutil.CONN_ESTABLISHED
+    )
+    parts = [
+        f"{tcp[twin.port]} TCP to :{twin.port} ({'TLS' if twin.tls else 'plain'})"
+        for twin in (stub, stub.tls_twin)
+        if twin is not None
+    ]
+    if stub.unix_twin is not None and stub.unix_twin.socket is not None:
+        path = stub.unix_twin.socket
+        parts.append(f"{_unix_accepted(path)} on unix:{Path(path).name}")
+    return "relay connections open after the run: " + ", ".join(parts)
+
+
+def _unix_accepted(path: str) -> int:
+    """Connections accepted on the Unix socket `path`, open now: in /proc/net/unix such a
+    connection bears the listening socket's path (the connecting end bears none), and the
+    listening socket is the one flagged __SO_ACCEPTCON (0x10000)."""
+    count = 0
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == path and not int(fields[3], 16) & 0x10000:
+            count += 1
+    return count
 
 
 def _scrape(endpoint: Endpoint) -> str:
@@ -953,6 +1092,36 @@ def _wrk_table(rows: list[Row]) -> list[str]:
             f"| {label} | {row.mode} | {row.c} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
             f"| {added} | {share} | {r.errors} | {_or_dash(row.upstream_conns)} |"
         )
+    return lines
+
+
+#: The ways to the stub that the second table compares: (its name there, the target).
+PATHS = (("direct", "direct"), ("unix", "queen-unix"), ("tls", "queen"))
+
+
+def _paths_table(rows: list[Row]) -> list[str]:
+    """Each path's req/s at each mode and c, against unix's and direct's."""
+    by_key = {(row.target, row.mode, row.c): row for row in rows if row.result is not None}
+    lines = [
+        "| mode | c | path | req/s | vs unix | vs direct | load 1 min after "
+        "| others' CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    modes = list(dict.fromkeys(row.mode for row in rows))
+    for mode, c in itertools.product(modes, sorted({row.c for row in rows})):
+        unix, direct = by_key.get(("queen-unix", mode, c)), by_key.get(("direct", mode, c))
+        for path, target in PATHS:
+            row = by_key.get((target, mode, c))
+            if row is None or row.result is None:
+                continue
+            rps = row.result.rps
+            cells = [mode, str(c), path, f"{rps:,.0f}"]
+            for base in (unix, direct):
+                share = base.result.rps if base is not None and base.result else None
+                cells.append(f"{(rps / share - 1) * 100:+.1f} %" if share else "-")
+            cells.append("-" if row.load is None else f"{row.load:.2f}")
+            cells.append("-" if row.others_cpu is None else f"{row.others_cpu:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -1157,7 +1326,8 @@ def main() -> None:
         nargs="+",
         type=_target_name,
         default=list(TARGETS),
-        help=f"of {', '.join(TARGETS)}, or queen@REV: the queen of git revision REV",
+        help=f"of {', '.join(TARGETS + EXTRA_TARGETS)}, or queen@REV: the queen of git "
+        "revision REV (default: all but queen-unix)",
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--streams", type=int, default=0, help="N concurrent long streams")
@@ -1179,6 +1349,7 @@ def main() -> None:
     _raise_fd_limit()
     tools = _ensure_tools()
     tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-router-"))
+    load_before = os.getloadavg()
     ctx = Context(args, tmp, tools)
     wrk_rows: list[Row] = []
     notes: list[str] = []
@@ -1199,6 +1370,7 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    load_after = os.getloadavg()
     litellm = _litellm_version(args.litellm_venv)
     print(f"machine: {_machine()}")
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
@@ -1207,6 +1379,8 @@ def main() -> None:
         f"rbee {_revision()}; {_version([tools.nginx, '-v'])}; {_version([tools.wrk, '-v'])}; "
         f"LiteLLM {litellm or 'not installed'}"
     )
+    loads = [", ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after)]
+    print(f"load average (1, 5, 15 min): {loads[0]} before, {loads[1]} after")
     if wrk_rows:
         print(f"stub (wrk runs): {_stub_line(args.stub, tools)}")
         print()
@@ -1216,6 +1390,11 @@ def main() -> None:
         )
         print()
         print("\n".join(_wrk_table(wrk_rows)))
+        if any(row.target == "queen-unix" for row in wrk_rows):
+            print()
+            print("The queen's relay to the stub: in clear on a Unix socket, or mutual TLS on TCP:")
+            print()
+            print("\n".join(_paths_table(wrk_rows)))
         for note in notes:
             print(f"\n{note}")
     if stream_lines:
