@@ -61,8 +61,11 @@ every target's answer is checked once (status, content, [DONE]) before wrk runs.
   connections open to the stub's ports and the connections open on the stub's socket
   (/proc/net/unix: a connection accepted there bears the socket's path) after the run.
   With it, a second table compares the three paths to the stub at each mode and c: direct
-  (wrk at the plain stub, the ceiling), unix and tls (queen), each against unix and direct,
-  with the 1-minute load average after each row (the bench's own processes in it) and the
+  (wrk at the plain stub, the ceiling), unix and tls (queen), each against unix and direct;
+  the queen's own CPU time per request relayed (user and system, from psutil), which is the
+  relay's cost without the stub's side of TLS (on these shared cores the stub's TLS server
+  also takes from the req/s), against unix's; the 1-minute load average after each row (the
+  bench's own processes in it) and the
   cores others kept busy during it (the machine's CPU time less this bench's and its
   children's, from psutil): a row where others ran is not comparable.
 
@@ -934,6 +937,7 @@ class Row:
     upstream_conns: int | None = None  # connections the stub accepted during the run
     load: float | None = None  # the 1-minute load average right after the run
     others_cpu: float | None = None  # cores busy with what this bench did not start, meanwhile
+    relay_us: float | None = None  # the queen's own CPU time per request relayed (µs)
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -948,6 +952,17 @@ def _cpu_seconds() -> tuple[float, float]:
         with contextlib.suppress(psutil.NoSuchProcess):
             ours += sum(proc.cpu_times()[:4])  # user, system, and its waited children's
     return times.user + times.nice + times.system + times.irq + times.softirq, ours
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user and system) the process `pid` has used so far."""
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return None
+    return float(times.user + times.system)
 
 
 def _bench_target(
@@ -969,9 +984,16 @@ def _bench_target(
                     _wrk(ctx, url, script, c, args.warmup)
                     relayed_to = endpoint.upstream or upstream
                     before = relayed_to.accepted()
+                    relay_before = _process_cpu(endpoint.pid)
                     cpu_before, start = _cpu_seconds(), time.monotonic()
                     result = _wrk(ctx, url, script, c, args.duration)
                     (busy, ours), wall = _cpu_seconds(), time.monotonic() - start
+                    relay_after = _process_cpu(endpoint.pid)
+                    relay_us = (
+                        (relay_after - relay_before) / result.requests * 1e6
+                        if relay_after is not None and relay_before is not None and result.requests
+                        else None
+                    )
                     others = (busy - cpu_before[0] - (ours - cpu_before[1])) / wall
                     after = relayed_to.accepted()
                     # Less the status request of `after` itself.
@@ -988,6 +1010,7 @@ def _bench_target(
                             upstream_conns=opened,
                             load=load,
                             others_cpu=others,
+                            relay_us=relay_us if endpoint.upstream is not None else None,
                         )
                     )
                     if endpoint.upstream is not None and endpoint.pid is not None:
@@ -1103,9 +1126,9 @@ def _paths_table(rows: list[Row]) -> list[str]:
     """Each path's req/s at each mode and c, against unix's and direct's."""
     by_key = {(row.target, row.mode, row.c): row for row in rows if row.result is not None}
     lines = [
-        "| mode | c | path | req/s | vs unix | vs direct | load 1 min after "
-        "| others' CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | c | path | req/s | vs unix | vs direct | queen CPU µs/request "
+        "| vs unix | load 1 min after | others' CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     modes = list(dict.fromkeys(row.mode for row in rows))
     for mode, c in itertools.product(modes, sorted({row.c for row in rows})):
@@ -1119,6 +1142,9 @@ def _paths_table(rows: list[Row]) -> list[str]:
             for base in (unix, direct):
                 share = base.result.rps if base is not None and base.result else None
                 cells.append(f"{(rps / share - 1) * 100:+.1f} %" if share else "-")
+            cost, unix_cost = row.relay_us, unix.relay_us if unix is not None else None
+            cells.append("-" if cost is None else f"{cost:.0f}")
+            cells.append(f"{(cost / unix_cost - 1) * 100:+.1f} %" if cost and unix_cost else "-")
             cells.append("-" if row.load is None else f"{row.load:.2f}")
             cells.append("-" if row.others_cpu is None else f"{row.others_cpu:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
