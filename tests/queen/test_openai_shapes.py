@@ -78,3 +78,26 @@ def test_an_embedding_job_with_dimensions_or_another_kinds_field_is_refused_at_s
         tokens = [[101, 7, 102], [101, 102]]
         harmless = {**body, "input": tokens, "user": "u-1", "encoding_format": "base64"}
         assert submit(harmless)[0] == 201
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/responses"],
+)
+def test_every_inference_route_needs_an_inference_key_and_refuses_a_cross_site_post(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    body = {"model": "scripted", "input": "hi"}
+    with in_process_queen(tmp_path, monkeypatch, TOKEN) as queen:
+        plan = {"authorization": f"Bearer {queen.key('ci', 'plan')}"}
+        inference = {"authorization": f"Bearer {queen.key('app', 'inference')}"}
+        assert queen.client.post(path, json=body).status_code == 401
+        refused = queen.client.post(path, json=body, headers=plan)
+        assert (
+            refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+        )
+        page = {**queen.headers, "content-type": "text/plain", "origin": "http://evil.example"}
+        cross = queen.client.post(path, content=b'{"model": "scripted"}', headers=page)
+        assert cross.status_code == 403 and cross.json()["error"]["code"] == "cross_origin"
+        # An inference key gets through to the relay: no worker serves this model (a 404).
+        assert queen.client.post(path, json=body, headers=inference).status_code == 404

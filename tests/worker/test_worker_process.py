@@ -76,12 +76,15 @@ def test_a_worker_with_a_token_refuses_callers_without_it_on_loopback_too(
     two_slots: Worker,
 ) -> None:
     # Loopback is no exception: anyone on the machine could go around the queen's keys.
-    body = {"messages": HELLO, "max_tokens": 2}
-    for headers in ({}, {"authorization": "Bearer wrong"}):
-        refused = httpx.post(
-            f"{two_slots.url}/v1/chat/completions", json=body, headers=headers, timeout=5
-        )
-        assert refused.status_code == 401
+    body = {"messages": HELLO, "max_tokens": 2, "input": "hi"}
+    routes = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank")
+    for path in (*routes, "/v1/responses"):
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            refused = httpx.post(f"{two_slots.url}{path}", json=body, headers=headers, timeout=5)
+            assert refused.status_code == 401, path
+        page = {**HEADERS, "content-type": "text/plain", "origin": "http://evil.example"}
+        cross = httpx.post(f"{two_slots.url}{path}", content=b"{}", headers=page, timeout=5)
+        assert cross.status_code == 403, path
     assert httpx.get(f"{two_slots.url}/health", timeout=5).status_code == 200
 
 
