@@ -60,8 +60,15 @@ def _status(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def _worker(cluster: LocalCluster) -> dict[str, Any]:
-    [worker] = [w for w in cluster.wait_workers(1) if w["model"] == "gemma3-270m"]
-    assert worker["state"] == "idle"
+    """The one worker, once the queen has heard it is idle (a request's end is told within
+    the heartbeat's nudge gap, half a second)."""
+
+    def idle() -> list[dict[str, Any]]:
+        workers = [w for w in cluster.wait_workers(1) if w["model"] == "gemma3-270m"]
+        return workers if len(workers) == 1 and workers[0]["state"] == "idle" else []
+
+    wait_until("the worker to be idle", lambda: bool(idle()), timeout=10)
+    [worker] = idle()
     return worker
 
 

@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 from rbee.queen.serve.relay import _usage_of
-from rbee.wire.responses import ResponseBuilder, ResponsesRequest, sse_event
+from rbee.wire.response_events import ResponseBuilder, sse_event
+from rbee.wire.responses import ResponsesRequest
 
 CHAT_USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
 FORGED = {
