@@ -82,6 +82,15 @@ def test_since_keeps_the_entries_stamped_within_it(cluster: LocalCluster) -> Non
     assert old in _logs(cluster, "worker", WORKER, "-n", "4").stdout
 
 
+def _as_from_a_terminal() -> None:
+    """In the follower, before it runs: SIGINT at its default and not blocked, as a shell
+    starts a command. A child inherits an ignored or blocked SIGINT, and what ran before in
+    this test process (an event loop, a library's threads) may have left it so: in the full
+    suite the follower sometimes never saw its Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _follow_until_seen(
     cluster: LocalCluster, args: list[str], make_line: Callable[[], str]
 ) -> None:
@@ -93,7 +102,12 @@ def _follow_until_seen(
     never blocks on a full one."""
     argv, env = _command(cluster, *args, "-f", "-n", "1")
     follower = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_from_a_terminal,
     )
     assert follower.stdout is not None and follower.stderr is not None
     lines: queue.Queue[str] = queue.Queue()
