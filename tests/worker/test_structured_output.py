@@ -118,7 +118,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 def smol(queen: FakeQueen, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A SmolLM2 worker with three slots, shared by this module's tests."""
     directory: Path = tmp_path_factory.mktemp("smol")
-    worker = launch_worker(queen.url, demo_model_path(), directory, slots=SLOTS)
+    worker = launch_worker(queen.url, demo_model_path(), directory, "--threads", "1", slots=SLOTS)
     try:
         worker.wait_ready()
         yield worker
@@ -358,7 +358,7 @@ def test_more_choices_than_slots_is_a_400(smol: Worker) -> None:
 def hermes(queen: FakeQueen, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A worker of SmolLM2 under a template that writes Hermes `<tool_call>` tags."""
     directory: Path = tmp_path_factory.mktemp("hermes")
-    worker = launch_worker(queen.url, hermes_model_path(), directory, slots=1)
+    worker = launch_worker(queen.url, hermes_model_path(), directory, "--threads", "1", slots=1)
     try:
         worker.wait_ready()
         yield worker
