@@ -33,7 +33,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.catalog.gguf import GgufError, read_facts
 from rbee.wire import Purpose, WorkerArgs
-from rbee.worker.engine import open_model, worker_threads
+from rbee.worker.engine import open_model, reporter, worker_threads
 
 __all__ = [
     "MAX_INPUTS",
@@ -143,7 +143,7 @@ class Embedder:
         """Start the decode thread; returns once it has loaded the model (or raises why not)."""
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._thread = threading.Thread(
-            target=self._serve, args=(_reporter(ready),), name="rbee-embed", daemon=True
+            target=self._serve, args=(reporter(ready),), name="rbee-embed", daemon=True
         )
         self._thread.start()
         await ready
@@ -180,7 +180,7 @@ class Embedder:
             # sentences at once: the hop to a thread would cost more than they do.
             inputs = tokenize() if size <= _INLINE_TOKENIZE else await asyncio.to_thread(tokenize)
             answer: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
-            self._incoming.put(_Job(inputs, _reporter(answer), cancelled))
+            self._incoming.put(_Job(inputs, reporter(answer), cancelled))
             return await answer
         finally:
             cancelled.set()  # a request that is gone stops being read after this decode
@@ -392,26 +392,6 @@ class Embedder:
         if job.left == 0 and not job.failed:
             rows = [r for r in job.rows if r is not None]
             job.deliver(Embedded(rows, sum(len(tokens) for tokens in job.inputs)))
-
-
-def _reporter(future: asyncio.Future[_T]) -> Callable[[_T | BaseException], None]:
-    """What the decode thread calls with `future`'s result, or the exception it raises; a
-    future already done (its request gone) or a closed event loop (exit) drop it."""
-    loop = future.get_loop()
-
-    def settle(outcome: _T | BaseException) -> None:
-        if future.done():
-            return
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
-    def report(outcome: _T | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, outcome)
-
-    return report
 
 
 def _if(added: bool, token: int) -> list[int]:

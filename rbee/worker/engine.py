@@ -35,6 +35,7 @@ __all__ = [
     "chat_format_for",
     "open_model",
     "placement",
+    "reporter",
     "worker_threads",
 ]
 
@@ -566,29 +567,29 @@ def placement(device: str) -> dict[str, Any]:
     }
 
 
-def _quiet_after_loop_closed(work: Callable[[], None]) -> Callable[[], None]:
-    """A thread body that ends silently when the event loop it reports to has closed."""
+def reporter(future: asyncio.Future[_T]) -> Callable[[_T | BaseException], None]:
+    """What a thread calls with `future`'s result, or the exception it raised; a future
+    already done (its request gone) or a closed event loop (exit) drop it."""
+    loop = future.get_loop()
 
-    def body() -> None:
-        try:
-            work()
-        except RuntimeError:
-            log.debug("event loop closed before a slot thread finished")
+    def settle(outcome: _T | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
-    return body
+    def report(outcome: _T | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome)
+
+    return report
 
 
 async def _in_daemon_thread(work: Callable[[], _T], *, name: str) -> _T:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(result: _T | BaseException) -> None:
-        if future.done():
-            return
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+    future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+    report = reporter(future)
 
     def body() -> None:
         outcome: _T | BaseException
@@ -596,7 +597,7 @@ async def _in_daemon_thread(work: Callable[[], _T], *, name: str) -> _T:
             outcome = work()
         except BaseException as exc:
             outcome = exc
-        loop.call_soon_threadsafe(deliver, outcome)
+        report(outcome)
 
-    threading.Thread(target=_quiet_after_loop_closed(body), name=name, daemon=True).start()
+    threading.Thread(target=body, name=name, daemon=True).start()
     return await future
