@@ -20,6 +20,7 @@ __all__ = [
     "HIVE_PORT",
     "QUEEN_CLUSTER_PORT",
     "QUEEN_PORT",
+    "RPC_PORT",
     "SLOTS",
     "SOURCE_SCHEMES",
     "SPLIT_GGUF",
@@ -29,6 +30,7 @@ __all__ = [
     "CtxSize",
     "Device",
     "Slots",
+    "SplitMode",
     "split_gguf",
 ]
 
@@ -36,6 +38,8 @@ QUEEN_PORT = 7833
 #: The queen's mutual-TLS listener for the cluster's own traffic (workers' heartbeats).
 QUEEN_CLUSTER_PORT = 7834
 HIVE_PORT = 7835
+#: Where a hive's RPC server takes the mutual-TLS connections of the workers that span it.
+RPC_PORT = 7836
 #: Seconds between the queen's health checks of every hive (a hive gone offline is healed).
 HIVE_CHECK_INTERVAL_S = 5.0
 #: Seconds the queen keeps an unused SSH connection to a network hive open for the next plan.
@@ -66,5 +70,11 @@ BACKEND: Backend = "cpu"
 Slots = Annotated[int, Field(ge=1, le=64, description="parallel sequences per worker")]
 CtxSize = Annotated[int, Field(ge=128, le=1_048_576, description="context tokens per slot")]
 Device = Annotated[
-    str, Field(pattern=r"^(cpu|cuda:\d+|metal)$", description="cpu, cuda:N or metal")
+    str,
+    Field(
+        pattern=r"^(cpu|metal|cuda:\d+(,cuda:\d+)*)$",
+        description="cpu, metal, cuda:N, or several GPUs of one worker: cuda:0,cuda:1",
+    ),
 ]
+#: How llama.cpp splits a model over several devices: whole layers, or rows of each matrix.
+SplitMode = Literal["layer", "row"]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rbee.defaults import BACKEND, Backend
-from rbee.wire.processes import WorkerProcess
+from rbee.wire.processes import RpcServerProcess, WorkerProcess
 
 __all__ = [
     "AddModel",
@@ -271,6 +271,9 @@ class HiveState(_Wire):
     worker_binaries: list[WorkerBinaryEntry]
     workers: list[WorkerProcess]
     capabilities: Capabilities
+    rpc_servers: list[RpcServerProcess] = Field(
+        default_factory=list, description="this hive's RPC server, when a worker spans it"
+    )
 
 
 def json_object(raw: bytes | str) -> dict[str, Any]:

@@ -24,11 +24,13 @@ from rbee.defaults import (
     HIVE_PORT,
     QUEEN_CLUSTER_PORT,
     QUEEN_PORT,
+    RPC_PORT,
     SLOTS,
     WORKER_BINARY,
     CtxSize,
     Device,
     Slots,
+    SplitMode,
 )
 from rbee.net import LOOPBACK, http_url, https_url
 
@@ -36,7 +38,10 @@ __all__ = [
     "CommandLine",
     "HiveArgs",
     "QueenArgs",
+    "RpcServerArgs",
+    "RpcServerProcess",
     "SpawnRequest",
+    "SpawnRpcServer",
     "SpawnWorker",
     "WorkerArgs",
     "WorkerProcess",
@@ -183,6 +188,29 @@ class SpawnWorker(BaseModel):
     chat_format: str | None = Field(
         default=None, description="llama-cpp chat format when the GGUF names none"
     )
+    split_mode: SplitMode | None = Field(
+        default=None,
+        description="how the model is split over several devices (several GPUs, or RPC "
+        "servers): whole layers or rows; unset for one device",
+    )
+    tensor_split: str | None = Field(
+        default=None,
+        pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
+        description="the share of the layers each device takes, in llama.cpp's order of "
+        "devices (RPC servers first, then this worker's GPUs), e.g. 0.3,0.7",
+    )
+    gpu_layers: int | None = Field(
+        default=None,
+        ge=0,
+        description="layers (of the blocks and the output layer) not kept on this machine's "
+        "CPU; unset: all of them on a GPU worker, none on a CPU worker",
+    )
+    rpc: str | None = Field(
+        default=None,
+        pattern=r"^[^,@\s]+@[^,@\s]+:\d+(,[^,@\s]+@[^,@\s]+:\d+)*$",
+        description="the RPC servers this worker spans, as HIVE@HOST:PORT,...: reached over "
+        "mutual TLS, each hive's server presenting that hive's certificate",
+    )
     queen_url: str = Field(description="where to send heartbeats, e.g. http://127.0.0.1:7833")
 
     def spec(self) -> dict[str, Any]:
@@ -240,6 +268,55 @@ class WorkerArgs(SpawnWorker, CommandLine):
 
 class WorkerProcess(WorkerArgs):
     """A worker process as a hive lists it: its command line, read back from the process."""
+
+    pid: int
+    started_at: float = Field(description="process start time, seconds since the epoch")
+
+
+class SpawnRpcServer(BaseModel):
+    """`POST /v1/rpc-servers` of a hive: start its RPC server, which lends this hive's devices
+    (its GPUs, or its CPU and memory) to workers of other hives that span it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    worker_binary: str = Field(
+        default=WORKER_BINARY,
+        description="the worker binary (runtime) whose llama.cpp runs the server: its backend "
+        "must be the spanning worker's",
+    )
+    device: Device = DEVICE
+    port: int = Field(
+        default=RPC_PORT, ge=1, le=65535, description="where spanning workers connect (mTLS)"
+    )
+    threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all)")
+
+
+class RpcServerArgs(SpawnRpcServer, CommandLine):
+    """`rpc-server-rbee`'s command line: llama.cpp's RPC server on a loopback no other process
+    can reach, behind a mutual-TLS gate on the hive's address."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
+
+    SCRIPT = "rpc-server-rbee"
+    MODULE = "rbee.worker.rpc_server"
+    DESCRIPTION = (
+        "Lend this machine's devices to a worker on another hive (llama.cpp's RPC backend). "
+        "llama.cpp's server has no authentication: it listens on the loopback of a network "
+        "namespace of its own, and the only way in is a mutual-TLS gate that admits workers "
+        "of the cluster. Normally started by a hive, not by hand."
+    )
+
+    hive: str = Field(description="the hive it serves for (its certificate's name)")
+    host: str = Field(default=LOOPBACK, description="address of the mutual-TLS gate")
+    cache_dir: str = Field(
+        description="llama.cpp's tensor cache: weights a worker sent before are read from "
+        "here, so a restarted server does not receive them again"
+    )
+    identity: str = Field(description="the hive's TLS identity bundle (PEM)")
+
+
+class RpcServerProcess(RpcServerArgs):
+    """An RPC server as a hive lists it: its command line, read back from the process."""
 
     pid: int
     started_at: float = Field(description="process start time, seconds since the epoch")
