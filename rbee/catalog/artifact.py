@@ -314,14 +314,15 @@ class ArtifactCatalog:
         if damaged is not None:
             _log.warning("artifact damaged name=%s why=%s", entry.name, damaged)
             return entry.model_copy(update={"damaged": damaged})
-        stale = entry.facts is None or entry.facts.purpose is None
+        facts = entry.facts
+        stale = facts is None or facts.purpose is None or facts.layer_bytes is None
         if stale and entry.path.endswith((PAYLOAD, ".gguf")):
             entry = self._with_facts(directory, entry)
         return entry
 
     def _with_facts(self, directory: Path, entry: ModelEntry) -> ModelEntry:
         """An entry recorded before rbee read GGUF headers (or before it read what a model is
-        for) gets its facts, kept from then on."""
+        for, or the weights of each layer) gets its facts, kept from then on."""
         parts = sorted(directory.glob(f"{PAYLOAD}-*-of-*.gguf")) or [Path(entry.path)]
         facts = _facts(parts)
         if facts is None:
@@ -445,16 +446,36 @@ def _damage(directory: Path, entry: ModelEntry) -> str | None:
 
 
 def _facts(payloads: list[Path]) -> GgufFacts | None:
-    """The model's facts from its (first) file; the parameters of every part."""
+    """The model's facts from its (first) file; the parameters and weights of every part."""
     try:
         facts = read_facts(payloads[0])
-        rest = [read_facts(path).parameters or 0 for path in payloads[1:]]
+        rest = [read_facts(path) for path in payloads[1:]]
     except GgufError as exc:
         _log.warning("no GGUF facts path=%s error=%s", payloads[0], exc)
         return None
-    if rest and facts.parameters is not None:
-        facts = facts.model_copy(update={"parameters": facts.parameters + sum(rest)})
+    for part in rest:
+        facts = facts.model_copy(
+            update={
+                "parameters": _plus(facts.parameters, part.parameters),
+                "layer_bytes": _summed(facts.layer_bytes, part.layer_bytes),
+                "input_bytes": _plus(facts.input_bytes, part.input_bytes),
+                "output_bytes": _plus(facts.output_bytes, part.output_bytes),
+            }
+        )
     return facts
+
+
+def _plus(whole: int | None, part: int | None) -> int | None:
+    return None if whole is None else whole + (part or 0)
+
+
+def _summed(whole: list[int] | None, part: list[int] | None) -> list[int] | None:
+    """Per-block bytes of two parts of one split model (each holds some blocks' tensors)."""
+    if whole is None or part is None:
+        return whole
+    longest = max(len(whole), len(part))
+    padded = [*whole, *[0] * (longest - len(whole))], [*part, *[0] * (longest - len(part))]
+    return [a + b for a, b in zip(*padded, strict=True)]
 
 
 def _from_peer(resolved: Resolved, sink: Sink, progress: Progress) -> None:

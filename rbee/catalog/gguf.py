@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ _FIXED = {
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
 }  # fmt: skip
 _STRING, _ARRAY = 8, 9
+# Where the tensor data starts: the header's end rounded up to this, unless the file says.
+_ALIGNMENT = 32
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+# The tensors of llama.cpp's output layer (`LLM_TENSOR_OUTPUT`, `LLM_TENSOR_OUTPUT_NORM`).
+_OUTPUT = ("output.", "output_norm.")
 # llama.cpp's `general.file_type` (enum llama_ftype), as its quantize tool names them.
 _FILE_TYPES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
@@ -59,7 +65,9 @@ def read_facts(path: Path) -> GgufFacts:
         except ValueError:  # an empty file
             raise GgufError("not a GGUF file (it is empty)") from None
         with view:
-            meta, parameters = _Header(view).read()
+            header = _Header(view)
+            meta, parameters = header.read()
+            sizes = header.tensor_sizes(_int(meta.get("general.alignment")) or _ALIGNMENT)
     arch = str(meta.get("general.architecture", ""))
 
     def of_arch(key: str) -> Any:
@@ -80,6 +88,7 @@ def read_facts(path: Path) -> GgufFacts:
         else None
     )
     file_type = _int(meta.get("general.file_type"))
+    layer_bytes, input_bytes, output_bytes = _weights(sizes, layers or 0)
     return GgufFacts(
         architecture=arch or None,
         name=str(meta["general.name"]) if "general.name" in meta else None,
@@ -89,7 +98,30 @@ def read_facts(path: Path) -> GgufFacts:
         chat_template="tokenizer.chat_template" in meta,
         kv_bytes_per_token=kv_per_token,
         purpose=_purpose(arch, of_arch("pooling_type"), of_arch("attention.causal")),
+        layer_bytes=layer_bytes,
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
     )
+
+
+def _weights(sizes: dict[str, int], layers: int) -> tuple[list[int], int, int]:
+    """The weights' bytes per block (`blk.N.*`), of the input layer (every tensor outside the
+    blocks and the output layer: the token embeddings, which llama.cpp keeps on the CPU) and
+    of the output layer (`output.*`, `output_norm.*`; a model whose output is tied to its
+    token embeddings has no `output.weight` of its own, and none is counted)."""
+    blocks = [0] * layers
+    input_bytes = output_bytes = 0
+    for name, size in sizes.items():
+        block = _BLOCK.match(name)
+        if block is not None:
+            index = int(block[1])
+            blocks.extend([0] * (index + 1 - len(blocks)))
+            blocks[index] += size
+        elif name.startswith(_OUTPUT):
+            output_bytes += size
+        else:
+            input_bytes += size
+    return blocks, input_bytes, output_bytes
 
 
 def _purpose(arch: str, pooling: Any, causal: Any) -> Purpose:
@@ -109,6 +141,7 @@ class _Header:
     def __init__(self, data: mmap.mmap) -> None:
         self._data = data
         self._at = 0
+        self._offsets: dict[str, int] = {}
 
     def read(self) -> tuple[dict[str, Any], int]:
         if self._take(4) != _MAGIC:
@@ -124,12 +157,22 @@ class _Header:
             meta[key] = self._value(kind)
         parameters = 0
         for _ in range(tensors):
-            self._string()
+            name = self._string()
             (dims,) = self._unpack("<I", 4)
             shape = self._unpack(f"<{dims}Q", 8 * dims)
-            self._take(4 + 8)  # type, offset
+            _, offset = self._unpack("<IQ", 12)  # type, offset in the data
+            self._offsets[name] = offset
             parameters += math.prod(shape)
         return meta, parameters
+
+    def tensor_sizes(self, alignment: int) -> dict[str, int]:
+        """Each tensor's bytes in the file (with its padding), once `read` has run: from its
+        offset to the next tensor's, the last one to the end of the file. The data starts at
+        the header's end rounded up to `alignment`."""
+        start = -(-self._at // alignment) * alignment
+        ordered = sorted(self._offsets.items(), key=lambda item: item[1])
+        ends = [offset for _, offset in ordered[1:]] + [len(self._data) - start]
+        return {name: end - offset for (name, offset), end in zip(ordered, ends, strict=True)}
 
     def _value(self, kind: int) -> Any:
         if kind in _FIXED:

@@ -164,6 +164,19 @@ class GgufFacts(_Wire):
         description="chat, embedding or rerank, from the pooling type, causal attention and "
         "architecture (unknown for facts recorded by an rbee that did not read it)",
     )
+    layer_bytes: list[int] | None = Field(
+        default=None,
+        description="the weights' bytes of each block (blk.N.*), in order (unknown for facts "
+        "recorded by an rbee that did not read them)",
+    )
+    input_bytes: int | None = Field(
+        default=None,
+        description="bytes of the tensors outside the blocks and the output layer (the token "
+        "embeddings): llama.cpp keeps them on the CPU of the worker's machine",
+    )
+    output_bytes: int | None = Field(
+        default=None, description="bytes of the output layer (output.*, output_norm.*)"
+    )
 
     def describe(self) -> str:
         """`gemma3 268M Q4_K_M, ctx 32768, chat template`, or `bert 33.2M F16, ctx 512,

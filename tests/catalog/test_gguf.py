@@ -14,7 +14,10 @@ from tests.fixtures.model import demo_model_path
 
 
 def test_gemma_is_a_base_model_without_a_chat_template(gguf: Path) -> None:
-    assert read_facts(gguf) == GgufFacts(
+    facts = read_facts(gguf).model_copy(
+        update={"layer_bytes": None, "input_bytes": None, "output_bytes": None}
+    )
+    assert facts == GgufFacts(
         architecture="gemma3",
         name="Gemma 3 270m",
         parameters=268_098_176,
@@ -33,6 +36,28 @@ def test_smollm2_has_its_chat_template() -> None:
     assert facts.chat_template
     assert facts.kv_bytes_per_token == 2 * 30 * 3 * (64 + 64)
     assert facts.describe() == "llama 135M Q4_1, ctx 8192, chat template"
+
+
+@pytest.mark.parametrize("which", ["gemma", "smollm2"])
+def test_the_weights_of_the_blocks_input_and_output_add_up_to_the_tensor_data(
+    which: str, gguf: Path
+) -> None:
+    path = gguf if which == "gemma" else demo_model_path()
+    facts = read_facts(path)
+    assert facts.layer_bytes is not None and facts.input_bytes and facts.output_bytes is not None
+    layers = {"gemma": 18, "smollm2": 30}[which]
+    assert len(facts.layer_bytes) == layers and all(facts.layer_bytes)
+    gguf_reader = pytest.importorskip("gguf").GGUFReader(path)
+    data = path.stat().st_size - gguf_reader.data_offset
+    assert sum(facts.layer_bytes) + facts.input_bytes + facts.output_bytes == data
+    # Every tensor's own bytes fit in what is counted for it (the rest is alignment padding).
+    own = {t.name: int(t.n_bytes) for t in gguf_reader.tensors}
+    blocks = [0] * layers
+    for name, size in own.items():
+        if name.startswith("blk."):
+            blocks[int(name.split(".")[1])] += size
+    padding = [got - want for got, want in zip(facts.layer_bytes, blocks, strict=True)]
+    assert all(0 <= pad < 32 * 16 for pad in padding)
 
 
 def test_a_file_that_is_no_gguf_or_cut_short_is_refused(tmp_path: Path, gguf: Path) -> None:
