@@ -26,12 +26,14 @@ from rbee.defaults import (
     DEVICE,
     HIVE_PORT,
     QUEEN_PORT,
+    RPC_PORT,
     SLOTS,
     SOURCE_SCHEMES,
     Backend,
     CtxSize,
     Device,
     Slots,
+    SplitMode,
     split_gguf,
 )
 from rbee.net import LOCAL_HOSTS, LOOPBACK, http_url, https_url
@@ -167,6 +169,10 @@ class Hive(_Strict):
     )
     port: Port = HIVE_PORT
     ssh: Ssh | None = None
+    rpc_port: Port = Field(
+        default=RPC_PORT,
+        description="where this hive's RPC server takes the workers of other hives that span it",
+    )
 
     @property
     def effective_mode(self) -> Literal["local", "network"]:
@@ -405,7 +411,31 @@ class Deployment(_Strict):
     device: Device = DEVICE
     devices: list[GpuDevice] | Literal["all"] | None = Field(
         default=None,
-        description="one worker per GPU on each hive: a list of cuda:N, or all of the hive's GPUs",
+        description="one worker per GPU on each hive (per `gpus_per_worker` GPUs): a list of "
+        "cuda:N, or all of the hive's GPUs",
+    )
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="with `devices:`, the GPUs of one worker: each worker takes this many of "
+        "the list, in order, and the model is split over them",
+    )
+    split_mode: SplitMode = Field(
+        default="layer",
+        description="how a worker on several devices splits the model: whole layers per device, "
+        "or rows of each matrix over its GPUs",
+    )
+    tensor_split: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="the share of the model each device of a worker takes, one per device in "
+        "the order the plan shows them (its GPUs, or its CPU, then each spanned hive's "
+        "devices); default: by each device's memory",
+    )
+    span: list[Name] = Field(
+        default_factory=list,
+        description="hives whose devices (GPUs, else CPU and memory) the worker also uses, over "
+        "llama.cpp's RPC: for a model bigger than one machine",
     )
     ctx_size: CtxSize = CTX_SIZE
     serving: Serving = Field(
@@ -432,6 +462,16 @@ class Deployment(_Strict):
             )
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _one_device(cls, value: str) -> str:
+        if "," in value:
+            raise ValueError(
+                "one device per worker here: for several GPUs per worker give "
+                "`devices: [cuda:0, cuda:1]` with `gpus_per_worker: 2`"
+            )
+        return value
+
     @model_validator(mode="after")
     def _devices_or_replicas(self) -> Deployment:
         if self.devices is not None:
@@ -443,6 +483,14 @@ class Deployment(_Strict):
             if isinstance(self.devices, list) and len(set(self.devices)) != len(self.devices):
                 raise ValueError("`devices:` lists a GPU twice")
         return self
+
+    @property
+    def tensor_split_devices(self) -> int | None:
+        """How many devices one worker uses when its hive alone decides (no `span:`): its
+        GPUs, or its one device; None when it depends on the spanned hives' GPUs."""
+        if self.span:
+            return None
+        return self.gpus_per_worker if self.devices is not None else 1
 
 
 class Cluster(_Strict):
@@ -531,6 +579,8 @@ def check_references(cluster: Cluster) -> list[tuple[Loc, str]]:
                     errors.append(
                         ((*here, "hives", position), f"unknown hive {hive!r}; {_known(hives)}")
                     )
+        errors.extend(_gpu_errors(deployment, here))
+        errors.extend(_span_errors(cluster, deployment, here, hives))
         for hive in cluster.hive_names(deployment):
             if (hive, deployment.key) in pairs:
                 what = "model" if deployment.name is None else "name"
@@ -542,6 +592,85 @@ def check_references(cluster: Cluster) -> list[tuple[Loc, str]]:
                     )
                 )
             pairs.add((hive, deployment.key))
+    return errors
+
+
+def _gpu_errors(deployment: Deployment, here: Loc) -> list[tuple[Loc, str]]:
+    """`gpus_per_worker` divides `devices:`, and `tensor_split` has a share per device."""
+    errors: list[tuple[Loc, str]] = []
+    per = deployment.gpus_per_worker
+    if deployment.devices is None and per != 1:
+        errors.append(
+            (
+                (*here, "gpus_per_worker"),
+                "takes the GPUs of `devices:`: give `devices: [cuda:0, …]` or `devices: all`",
+            )
+        )
+    elif isinstance(deployment.devices, list) and len(deployment.devices) % per:
+        errors.append(
+            (
+                (*here, "gpus_per_worker"),
+                f"`devices:` lists {len(deployment.devices)} GPUs, not a multiple of {per} "
+                f"(each worker takes {per} of them, in order)",
+            )
+        )
+    count = deployment.tensor_split_devices
+    shares = deployment.tensor_split
+    if shares is not None and count is not None and len(shares) != count:
+        errors.append(
+            (
+                (*here, "tensor_split"),
+                f"{len(shares)} shares for a worker on {count} device{'s' if count > 1 else ''}: "
+                "give one share per device",
+            )
+        )
+    return errors
+
+
+def _span_errors(
+    cluster: Cluster, deployment: Deployment, here: Loc, hives: set[str]
+) -> list[tuple[Loc, str]]:
+    """A span names declared hives other than the worker's own, once each, for one worker on
+    one hive."""
+    if not deployment.span:
+        return []
+    errors: list[tuple[Loc, str]] = []
+    runs_on = cluster.hive_names(deployment)
+    workers = (
+        len(deployment.devices) // deployment.gpus_per_worker
+        if isinstance(deployment.devices, list)
+        else 1  # `devices: all`: the plan checks that the hive has gpus_per_worker GPUs
+        if deployment.devices == "all"
+        else deployment.replicas
+    )
+    if workers != 1:
+        errors.append(
+            (
+                (*here, "span"),
+                "`span:` lends other hives' devices to one worker: give `replicas: 1` (or "
+                "`devices:` with as many GPUs as `gpus_per_worker:`)",
+            )
+        )
+    if len(runs_on) != 1:
+        where = "`hives: all`" if deployment.hives == "all" else f"{len(runs_on)} hives"
+        errors.append(
+            (
+                (*here, "span"),
+                f"a worker that spans hives runs on one hive: give `hives: [NAME]`, not {where}",
+            )
+        )
+    for position, hive in enumerate(deployment.span):
+        if hive not in hives:
+            errors.append(((*here, "span", position), f"unknown hive {hive!r}; {_known(hives)}"))
+        elif hive in runs_on:
+            errors.append(
+                (
+                    (*here, "span", position),
+                    f"hive {hive!r} runs the worker itself: span only other hives",
+                )
+            )
+        elif hive in deployment.span[:position]:
+            errors.append(((*here, "span", position), f"hive {hive!r} is listed twice"))
     return errors
 
 
