@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from rbee.wire import (
     Capabilities,
     ModelEntry,
+    RpcServerProcess,
     SshFacts,
     WorkerBinaryEntry,
     WorkerProcess,
@@ -29,6 +30,7 @@ class HiveFacts(BaseModel):
     models: list[ModelEntry] = []
     worker_binaries: list[WorkerBinaryEntry] = []
     workers: list[WorkerProcess] = []
+    rpc_servers: list[RpcServerProcess] = []
     capabilities: Capabilities | None = None
     ssh: SshFacts | None = None
 

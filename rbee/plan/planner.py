@@ -16,13 +16,14 @@ from rbee.defaults import split_gguf
 from rbee.net import LOCAL_HOSTS, hide_url_secrets
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
-from rbee.plan.placement import place
+from rbee.plan.placement import Placement, Replica, place
 from rbee.plan.resources import (
     covers,
     deployment_address,
     hive_address,
     model_address,
     parse_worker_id,
+    rpc_server_address,
     worker_address,
     worker_binary_address,
     worker_id,
@@ -31,6 +32,8 @@ from rbee.wire import (
     AddWorkerBinary,
     ModelEntry,
     Purpose,
+    RpcServerProcess,
+    SpawnRpcServer,
     SpawnWorker,
     WorkerBinaryEntry,
     WorkerProcess,
@@ -53,6 +56,7 @@ def plan(
     """Diff the declared cluster against what was observed. Pure: no I/O."""
     ctx = _Context(desired, observed, queen_url, rbee_version)
     actions: list[Action] = []
+    ctx.plan_rpc_servers()
     for hive in desired.hives:
         facts = observed.hives.get(hive.name) or HiveFacts(
             name=hive.name, running=False, url=hive.url, mode=hive.effective_mode
@@ -63,6 +67,7 @@ def plan(
     for name, facts in sorted(observed.hives.items()):
         if name not in declared:
             actions.extend(ctx.plan_unlisted_hive(facts, pruning))
+    actions = _rpc_server_stops_after_their_workers(actions, observed)
     if not pruning:
         ctx.unmanaged.extend(ctx.unlisted)
     else:
@@ -108,6 +113,71 @@ class _Context:
         self.unlisted: list[Note] = []
         self.prunable: list[Action] = []
         self.scaling: list[Note] = []
+        self.placement: Placement = place(desired, observed.hives)
+        self.rpc_servers: dict[str, Action] = {}
+
+    def plan_rpc_servers(self) -> None:
+        """Each hive's RPC server: started where a worker spans the hive, replaced when its
+        spec, runtime or hive changes, stopped where none spans it any more. Planned before
+        the hives, since the workers that span a hive wait for (and restart with) its server."""
+        for hive in self.desired.hives:
+            facts = self.observed.hives.get(hive.name)
+            if facts is None or (facts.ssh is not None and not facts.ssh.reachable):
+                continue
+            action = self._rpc_server_action(
+                hive, facts, self.placement.servers.get(hive.name), facts.rpc_servers
+            )
+            if action is not None:
+                self.rpc_servers[hive.name] = action
+
+    def _rpc_server_action(
+        self,
+        hive: Hive,
+        facts: HiveFacts,
+        wanted: SpawnRpcServer | None,
+        running: list[RpcServerProcess],
+    ) -> Action | None:
+        common: dict[str, Any] = {
+            "address": rpc_server_address(hive.name),
+            "kind": "rpc_server",
+            "hive": hive.name,
+            "hive_url": hive.url,
+        }
+        current = running[0] if running else None
+        if wanted is None:
+            if current is None:
+                return None
+            return Action(op="delete", reason="stop: no worker spans this hive", pid=current.pid,
+                          rpc_server=_rpc_spec(current), **common)  # fmt: skip
+        spanning = ", ".join(
+            worker_address(h, key, 0)
+            for (h, key), servers in self.placement.spans.items()
+            if hive.name in servers and not self.placement.blocked(h, key)
+        )
+        lends = f"lend {wanted.device} on port {wanted.port} to {spanning}"
+        if current is None:
+            return Action(op="create", reason=lends, rpc_server=wanted, **common)
+        changes = _changes(_rpc_spec(current).model_dump(), wanted.model_dump())
+        causes = [f"{c.field} {c.old} → {c.new}" for c in changes]
+        hive_action = self._hive_action(hive, facts)
+        if hive_action is not None and hive_action.op == "replace":
+            causes.append("hive upgraded")
+        binary = self.binaries.get(wanted.worker_binary)
+        have = {b.name: b for b in facts.worker_binaries}.get(wanted.worker_binary)
+        if binary is not None and have is not None:
+            binary_action = self._binary_action(hive, binary, have, [])
+            if binary_action is not None and binary_action.op == "replace":
+                causes.append("worker binary changed")
+        if not causes:
+            return None
+        return Action(
+            op="replace",
+            reason=", ".join(causes) + f": server restarts ({lends})",
+            changes=changes,
+            pid=current.pid,
+            rpc_server=wanted,
+            **common,
+        )
 
     def plan_hive(self, hive: Hive, facts: HiveFacts) -> list[Action]:
         if facts.ssh is not None and not facts.ssh.reachable:
@@ -130,11 +200,9 @@ class _Context:
         deployed = {d.model for d in deployments}
         declared = list(deployments)
         # A deployment the hive cannot serve is reported and left as it is; the rest proceed.
-        placement = place(
-            hive, deployments, self.binaries, facts.capabilities, have_models, facts.workers
-        )
-        self.errors.extend(placement.errors)
-        deployments = [d for d in deployments if not placement.blocked(d.key)]
+        placement = self.placement
+        self.errors.extend(note for name, note in placement.errors if name == hive.name)
+        deployments = [d for d in deployments if not placement.blocked(hive.name, d.key)]
         for deployment in list(deployments):
             problem = self.source_problem(self.models[deployment.model])
             if problem is not None:
@@ -142,6 +210,9 @@ class _Context:
                 self.errors.append(Note(address=address, message=problem))
                 deployments.remove(deployment)
         used_binaries = {d.worker for d in deployments}
+        server = placement.servers.get(hive.name)
+        if server is not None:  # the RPC server runs the spanning worker's binary
+            used_binaries.add(server.worker_binary)
         have_binaries = {b.name: b for b in facts.worker_binaries}
         binary_actions: dict[str, Action] = {}
         for name in sorted(used_binaries):
@@ -152,6 +223,12 @@ class _Context:
                 actions.append(binary_action)
                 binary_actions[name] = binary_action
         later: list[Action] = []
+        rpc_action = self.rpc_servers.get(hive.name)
+        if rpc_action is not None:
+            deps = list(hive_deps)
+            if server is not None and server.worker_binary in binary_actions:
+                deps.append(binary_actions[server.worker_binary].address)
+            later.append(rpc_action.model_copy(update={"depends_on": deps}))
         model_actions: dict[str, Action | None] = {}
         for deployment in deployments:
             model = self.models[deployment.model]
@@ -170,12 +247,24 @@ class _Context:
                 deps.append(binary_action.address)
             if model_action is not None:
                 deps.append(model_action.address)
+            waiting = placement.waiting.get((hive.name, deployment.key))
+            if waiting is not None:
+                address = worker_address(hive.name, deployment.key, 0)
+                self.errors.append(Note(address=address, message=waiting))
+                continue
+            servers = [self.rpc_servers[h] for h in deployment.span if h in self.rpc_servers]
+            restarts = [
+                f"the RPC server of hive {a.hive} restarts"
+                for a in servers
+                if a.op in ("create", "replace")
+            ]
+            deps += [a.address for a in servers if a.op != "delete"]
             later.extend(
                 self._worker_actions(
                     hive,
                     deployment,
                     model,
-                    placement.devices[deployment.key],
+                    placement.replicas[(hive.name, deployment.key)],
                     [w for w in facts.workers if _belongs(w, hive.name, deployment)],
                     deps,
                     # Known only from the file's header, so only for a file the hive holds.
@@ -190,7 +279,7 @@ class _Context:
                         and not (have_models[model.name].damaged or "").endswith("is missing")
                         else "worker binary changed"
                         if binary_action is not None and binary_action.op == "replace"
-                        else None
+                        else ", ".join(restarts) or None
                     ),
                 )
             )
@@ -219,6 +308,8 @@ class _Context:
                 )
                 self._unlisted(delete, "not declared for this hive")
         declared_binaries = {d.worker for d in declared}
+        if server is not None:
+            declared_binaries.add(server.worker_binary)
         for binary in facts.worker_binaries:
             if binary.name not in declared_binaries:
                 users = {w.pid for w in facts.workers if w.worker_binary == binary.name}
@@ -387,7 +478,7 @@ class _Context:
         hive: Hive,
         deployment: Deployment,
         model: Model,
-        devices: list[str],
+        devices: list[Replica],
         procs: list[WorkerProcess],
         deps: list[str],
         restart: str | None,
@@ -405,8 +496,8 @@ class _Context:
             for proc in by_index.pop(index):
                 actions.append(_delete_worker(hive.name, hive.url, proc, why, deployment.key))
         previous_replace: str | None = None
-        for index, device in wanted:
-            spawn = _worker_spawn(hive.name, deployment, model, index, device, self.queen_url)
+        for index, replica in wanted:
+            spawn = _worker_spawn(hive.name, deployment, model, index, replica, self.queen_url)
             address = worker_address(hive.name, deployment.key, index)
             existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
             for duplicate in existing[1:]:
@@ -417,7 +508,8 @@ class _Context:
                 )
             if not existing:
                 reason = _spawning(spawn, purpose) + (f": below min ({scaling})" if scaling else "")
-                actions.append(_worker_action(address, "create", hive, reason, deps, spawn))
+                create = _worker_action(address, "create", hive, reason, deps, spawn, replica)
+                actions.append(create)
                 continue
             current = existing[0]
             changes = _spec_changes(current, spawn)
@@ -439,6 +531,7 @@ class _Context:
                 ", ".join(causes) + ": worker restarts",
                 deps + rolling,
                 spawn,
+                replica,
                 pid=current.pid,
                 changes=changes,
             )
@@ -447,8 +540,8 @@ class _Context:
         return actions
 
     def _replicas(
-        self, hive: Hive, deployment: Deployment, devices: list[str], running: list[int]
-    ) -> tuple[list[tuple[int, str]], list[int], str | None]:
+        self, hive: Hive, deployment: Deployment, devices: list[Replica], running: list[int]
+    ) -> tuple[list[tuple[int, Replica]], list[int], str | None]:
         """The replicas to keep or spawn (index, device), the indices to stop, and for a range
         what it is and how many run (`replicas 0..3, 2 live`).
 
@@ -465,7 +558,7 @@ class _Context:
         kept = running[: elastic.max]
         free = (index for index in itertools.count() if index not in running)
         added = [next(free) for _ in range(elastic.min - len(kept))]
-        wanted = [(index, deployment.device) for index in sorted(kept + added)]
+        wanted = [(index, Replica(device=deployment.device)) for index in sorted(kept + added)]
         return wanted, running[elastic.max :], f"replicas {elastic}, {live} live"
 
     def _silent(self, proc: WorkerProcess) -> bool:
@@ -653,7 +746,7 @@ def _field(path: str) -> str:
 
 
 def _worker_spawn(
-    hive: str, deployment: Deployment, model: Model, index: int, device: str, queen_url: str
+    hive: str, deployment: Deployment, model: Model, index: int, replica: Replica, queen_url: str
 ) -> SpawnWorker:
     """What replica `index` of `deployment` on `hive` runs: one spec for apply and for the
     queen's autoscaler, so a worker spawned on demand is the one apply would have spawned."""
@@ -664,8 +757,12 @@ def _worker_spawn(
         worker_binary=deployment.worker,
         slots=deployment.slots,
         ctx_size=deployment.ctx_size,
-        device=device,
+        device=replica.device,
         chat_format=model.chat_format,
+        split_mode=replica.split_mode,
+        tensor_split=replica.tensor_split,
+        gpu_layers=replica.gpu_layers,
+        rpc=replica.rpc,
         queen_url=queen_url,
     )
 
@@ -676,14 +773,18 @@ def scale_up_action(
     """The create action of replica `index`, as a plan would hold it, for a worker the queen
     spawns on demand (`why`) between applies."""
     model = next(m for m in desired.models if m.name == deployment.model)
-    spawn = _worker_spawn(hive.name, deployment, model, index, deployment.device, queen_url)
+    replica = Replica(device=deployment.device)
+    spawn = _worker_spawn(hive.name, deployment, model, index, replica, queen_url)
     address = worker_address(hive.name, deployment.key, index)
-    return _worker_action(address, "create", hive, f"{_spawning(spawn, None)}: {why}", [], spawn)
+    reason = f"{_spawning(spawn, None)}: {why}"
+    return _worker_action(address, "create", hive, reason, [], spawn, replica)
 
 
 def _spawning(spawn: SpawnWorker, purpose: Purpose | None) -> str:
     """`spawn (slots 2, ctx_size 4096, cpu)`, with what a model that does not chat is for."""
     kind = {"embedding": ", embedding model", "rerank": ", reranker"}.get(purpose or "", "")
+    if spawn.rpc:
+        kind += ", spanning " + ", ".join(s.partition("@")[0] for s in spawn.rpc.split(","))
     return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device}{kind})"
 
 
@@ -699,6 +800,7 @@ def _worker_action(
     reason: str,
     deps: list[str],
     spawn: SpawnWorker,
+    replica: Replica,
     pid: int | None = None,
     changes: list[Change] | None = None,
 ) -> Action:
@@ -714,6 +816,7 @@ def _worker_action(
         model=spawn.model,
         pid=pid,
         spawn=spawn,
+        placement=list(replica.shares),
     )
 
 
@@ -748,6 +851,35 @@ def _delete_worker(
         model=proc.model,
         pid=proc.pid,
     )
+
+
+def _rpc_spec(proc: RpcServerProcess) -> SpawnRpcServer:
+    """What a running RPC server runs, as its spawn would say it."""
+    return SpawnRpcServer.model_validate(proc.model_dump(include=set(SpawnRpcServer.model_fields)))
+
+
+def _rpc_server_stops_after_their_workers(
+    actions: list[Action], observed: Observed
+) -> list[Action]:
+    """An RPC server stopped or restarted waits for the workers that span it to stop or
+    restart (a server gone under a running worker breaks it)."""
+    spanning: dict[str, set[int]] = {}
+    for facts in observed.hives.values():
+        for proc in facts.workers:
+            for server in (proc.rpc or "").split(",") if proc.rpc else []:
+                spanning.setdefault(server.partition("@")[0], set()).add(proc.pid)
+    updated: list[Action] = []
+    for action in actions:
+        if action.kind == "rpc_server" and action.op == "delete":
+            pids = spanning.get(action.hive, set())
+            stops = [
+                a.address
+                for a in actions
+                if a.kind == "worker" and a.op in ("delete", "replace") and a.pid in pids
+            ]
+            action = action.model_copy(update={"depends_on": [*action.depends_on, *stops]})
+        updated.append(action)
+    return updated
 
 
 def _targeted(actions: list[Action], targets: list[str]) -> list[Action]:

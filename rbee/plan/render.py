@@ -9,9 +9,9 @@ import re
 from typing import Any
 
 from rbee.net import hide_url_secrets
-from rbee.wire.plan import Plan
+from rbee.wire.plan import Action, Plan
 
-__all__ = ["plan_dot", "plan_json", "plan_markdown", "plan_text"]
+__all__ = ["placement_text", "plan_dot", "plan_json", "plan_markdown", "plan_text"]
 
 _SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-"}
 _ANSI = {"create": "32", "update": "33", "replace": "33", "delete": "31"}
@@ -44,6 +44,8 @@ def plan_text(plan: Plan, colour: bool = False) -> str:
         for action in plan.actions:
             symbol = _paint(f"{_SYMBOL[action.op]:>3}", _ANSI[action.op], colour)
             lines.append(f"  {symbol} {action.address:<{width}}  {action.reason}")
+            if action.placement:
+                lines.append(f"        on {placement_text(action)}")
             for change in action.changes:
                 lines.append(
                     f"        ~ {change.field}: {_value(change.old)} → {_value(change.new)}"
@@ -65,6 +67,19 @@ def plan_text(plan: Plan, colour: bool = False) -> str:
             f"{counts['destroy']} to destroy.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def placement_text(action: Action) -> str:
+    """Where a split worker's weights and KV cache go, device by device:
+    `cpu 0.5 GB + cuda:0 21.3 GB + cuda:1 20.1 GB + gpu2/cuda:0 (rpc) 9.8 GB`."""
+    parts = []
+    for share in action.placement:
+        if not share.total_bytes:
+            continue
+        where = share.device if share.hive == action.hive else f"{share.hive}/{share.device}"
+        rpc = " (rpc)" if share.rpc else ""
+        parts.append(f"{where}{rpc} {share.total_bytes / 1e9:.1f} GB")
+    return " + ".join(parts)
 
 
 def _drift_lines(plan: Plan) -> list[str]:
@@ -144,6 +159,8 @@ def plan_markdown(plan: Plan) -> str:
         for action in plan.actions:
             lines += ["<details>", f"<summary><code>{action.address}</code></summary>", ""]
             lines.append(f"- {_VERB[action.op]}: {_cell(action.reason)}")
+            if action.placement:
+                lines.append(f"- on {_cell(placement_text(action))}")
             for change in action.changes:
                 old, new = _code(_value(change.old)), _code(_value(change.new))
                 lines.append(f"- {_code(change.field)}: {old} → {new}")

@@ -8,6 +8,7 @@ __all__ = [
     "hive_address",
     "model_address",
     "parse_worker_id",
+    "rpc_server_address",
     "worker_address",
     "worker_binary_address",
     "worker_id",
@@ -24,6 +25,11 @@ def model_address(hive: str, model: str) -> str:
 
 def worker_binary_address(hive: str, name: str) -> str:
     return f"worker_binary.{hive}.{name}"
+
+
+def rpc_server_address(hive: str) -> str:
+    """`rpc_server.HIVE`: the server that lends a hive's devices to workers spanning it."""
+    return f"rpc_server.{hive}"
 
 
 def deployment_address(hive: str, model: str) -> str:

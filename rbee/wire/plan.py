@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field, computed_field
 
 import rbee
 from rbee.wire.bodies import AddWorkerBinary
-from rbee.wire.processes import SpawnWorker
+from rbee.wire.processes import SpawnRpcServer, SpawnWorker
 
-__all__ = ["PLAN_FORMAT_VERSION", "Action", "Change", "Note", "Op", "Plan"]
+__all__ = ["PLAN_FORMAT_VERSION", "Action", "Change", "DeviceShare", "Note", "Op", "Plan"]
 
 PLAN_FORMAT_VERSION = 1
 
@@ -27,11 +27,27 @@ class Change(BaseModel):
     new: Any = None
 
 
+class DeviceShare(BaseModel):
+    """What one device holds of a worker split over several: its layers (of the blocks and
+    the output layer), their weights and their KV cache, in bytes."""
+
+    hive: str
+    device: str = Field(description="cpu or cuda:N of that hive")
+    rpc: bool = Field(default=False, description="lent by that hive's RPC server")
+    layers: int
+    weights_bytes: int
+    kv_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes
+
+
 class Action(BaseModel):
     """One change to one resource, with why and what it waits for."""
 
     address: str
-    kind: Literal["hive", "worker_binary", "model", "worker"]
+    kind: Literal["hive", "worker_binary", "model", "worker", "rpc_server"]
     op: Op
     hive: str
     reason: str
@@ -48,6 +64,11 @@ class Action(BaseModel):
     pid: int | None = None
     binary: AddWorkerBinary | None = None
     spawn: SpawnWorker | None = None
+    rpc_server: SpawnRpcServer | None = None
+    placement: list[DeviceShare] = Field(
+        default_factory=list,
+        description="a worker split over several devices: where its weights and KV cache go",
+    )
 
 
 class Note(BaseModel):

@@ -301,3 +301,97 @@ def test_a_never_heard_worker_is_silent_only_once_the_queen_could_have_heard_it(
     assert reasons == (
         ["alive but silent: no heartbeat reached the queen: worker restarts"] if replaced else []
     )
+
+
+def test_a_worker_on_two_gpus_gets_the_split_the_plan_shows() -> None:
+    [action] = _case("tensor_split_given_puts_a_quarter_on_the_first_gpu").actions
+    assert action.spawn is not None
+    assert (action.spawn.device, action.spawn.tensor_split, action.spawn.split_mode) == (
+        "cuda:0,cuda:1",
+        "0.25,0.75",
+        "layer",
+    )
+    # 64 blocks and the output layer (65 layers): llama.cpp's split points put layers 0 … 16
+    # on cuda:0 (16/65 < 0.25), the 48 others on cuda:1.
+    assert [(s.device, s.layers) for s in action.placement] == [
+        ("cpu", 0),
+        ("cuda:0", 17),
+        ("cuda:1", 48),
+    ]
+
+
+def test_eight_gpus_four_per_worker_run_two_workers_on_four_gpus_each() -> None:
+    actions = _case("eight_80gb_gpus_four_per_worker_run_two_workers").actions
+    assert [a.spawn.device for a in actions if a.spawn] == [
+        "cuda:0,cuda:1,cuda:2,cuda:3",
+        "cuda:4,cuda:5,cuda:6,cuda:7",
+    ]
+
+
+def test_a_span_places_layers_on_every_hive_and_waits_for_their_rpc_servers() -> None:
+    actions = {a.address: a for a in _case(
+        "span_of_three_hives_places_a_70b_model_over_their_gpus"
+    ).actions}  # fmt: skip
+    worker = actions["worker.gpu1.llama-70b[0]"]
+    assert worker.spawn is not None
+    assert worker.spawn.rpc == "gpu2@10.0.0.12:7836,gpu3@10.0.0.13:7836"
+    assert worker.depends_on == ["rpc_server.gpu2", "rpc_server.gpu3"]
+    assert {(s.hive, s.rpc) for s in worker.placement if s.layers} == {
+        ("gpu1", False),
+        ("gpu2", True),
+        ("gpu3", True),
+    }
+    assert sum(s.layers for s in worker.placement) == 81
+    server = actions["rpc_server.gpu2"]
+    assert server.rpc_server is not None and server.rpc_server.device == "cuda:0"
+    assert server.depends_on == ["worker_binary.gpu2.cuda"]
+
+
+@pytest.mark.parametrize(
+    "name", ["span_in_sync_plans_nothing", "gpus_per_worker_2_in_sync_plans_nothing"]
+)
+def test_a_split_worker_in_place_is_in_sync(name: str) -> None:
+    """What a split worker holds is counted back: its own share never over-commits it."""
+    the_plan = _case(name)
+    assert not the_plan.has_changes and not the_plan.errors
+
+
+def test_a_dead_rpc_server_is_started_again_then_its_head_worker_restarts() -> None:
+    server, worker = sorted(
+        _case("a_dead_rpc_server_is_started_and_its_head_worker_restarted").actions,
+        key=lambda a: a.kind,
+    )
+    assert (server.address, server.op) == ("rpc_server.gpu3", "create")
+    assert (worker.op, worker.changes) == ("replace", [])  # no declared change: self-heal runs it
+    assert worker.depends_on == ["rpc_server.gpu3"]
+
+
+def test_a_hive_dropped_from_span_stops_its_server_once_the_worker_restarted() -> None:
+    actions = {a.address: a for a in _case(
+        "a_hive_dropped_from_span_stops_its_rpc_server_after_the_worker"
+    ).actions}  # fmt: skip
+    assert actions["rpc_server.gpu3"].op == "delete"
+    assert actions["rpc_server.gpu3"].depends_on == ["worker.gpu1.llama-70b[0]"]
+    assert actions["worker.gpu1.llama-70b[0]"].op == "replace"
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "words"),
+    [
+        ("a_model_bigger_than_its_gpus_together_is_an_error", "worker.gpu1.qwen-32b[0]",
+         "does not fit its devices"),
+        ("a_spanned_gpu_over_committed_by_its_own_worker_is_an_error", "hive.gpu2",
+         "llama-70b of hive gpu1 (over RPC), qwen-32b need"),
+        ("two_workers_spanning_one_cpu_hive_over_commit_its_memory", "hive.helper",
+         "the memory of hive helper is over-committed"),
+        ("span_onto_a_hive_without_an_nvidia_gpu_is_an_error", "worker.gpu1.llama-70b[0]",
+         "hive gpu3 has no NVIDIA GPU"),
+    ],
+)  # fmt: skip
+def test_what_does_not_fit_is_an_error_before_anything_moves(
+    name: str, address: str, words: str
+) -> None:
+    the_plan = _case(name)
+    assert [e.address for e in the_plan.errors] == [address]
+    assert words in the_plan.errors[0].message
+    assert not any(a.kind in ("worker", "rpc_server") for a in the_plan.actions)
