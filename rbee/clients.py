@@ -49,7 +49,9 @@ from rbee.wire import (
     PlanRequest,
     QueenArgs,
     Renewal,
+    RpcServerProcess,
     SpawnRequest,
+    SpawnRpcServer,
     SpawnWorker,
     SshFacts,
     SshImport,
@@ -375,6 +377,24 @@ class HiveClient:
             f"/v1/worker-processes/{pid}", params={"grace": grace_s}, timeout=grace_s + 10
         )
         _check_unless_gone(response, f"stop worker pid {pid}")
+
+    async def rpc_servers(self) -> list[RpcServerProcess]:
+        """The hive's RPC server, when a worker of another hive spans it (one at most)."""
+        listed = await self._get("/v1/rpc-servers", "list RPC servers")
+        return [RpcServerProcess.model_validate(item) for item in listed]
+
+    async def spawn_rpc_server(self, request: SpawnRpcServer) -> RpcServerProcess:
+        """Start the hive's RPC server (a 409 while one runs)."""
+        response = await self._http.post(
+            "/v1/rpc-servers", json=request.model_dump(), timeout=self._timeout
+        )
+        return RpcServerProcess.model_validate(_check(response, "start RPC server").json())
+
+    async def stop_rpc_server(self, pid: int, grace_s: float = 5.0) -> None:
+        response = await self._http.delete(
+            f"/v1/rpc-servers/{pid}", params={"grace": grace_s}, timeout=grace_s + 10
+        )
+        _check_unless_gone(response, f"stop RPC server pid {pid}")
 
 
 class QueenClient:

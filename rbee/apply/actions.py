@@ -45,6 +45,8 @@ class ClusterEffects:
                 await self._start_hive(action)
         elif action.kind == "worker_binary":
             await self._worker_binary(action, emit)
+        elif action.kind == "rpc_server":
+            await self._rpc_server(action)
         elif action.kind == "model":
             if action.op == "delete":
                 async with self._hive(action) as hive:
@@ -88,6 +90,15 @@ class ClusterEffects:
             # the plan restarts them.
             what = f"provisioning worker binary {action.binary.name}"
             await _follow(hive.add_worker_binary(action.binary), what, action.address, emit)
+
+    async def _rpc_server(self, action: Action) -> None:
+        """Stop the hive's RPC server (delete, replace), then start it (create, replace)."""
+        async with self._hive(action) as hive:
+            if action.op in ("delete", "replace") and action.pid is not None:
+                await hive.stop_rpc_server(action.pid)
+            if action.op != "delete":
+                assert action.rpc_server is not None
+                await hive.spawn_rpc_server(action.rpc_server)
 
     async def _stop_worker(self, action: Action) -> None:
         assert action.pid is not None

@@ -40,6 +40,7 @@ async def observe_hive(hive: Hive) -> HiveFacts:
             "models": state.models,
             "worker_binaries": state.worker_binaries,
             "workers": state.workers,
+            "rpc_servers": state.rpc_servers,
             "capabilities": state.capabilities,
         }
     )

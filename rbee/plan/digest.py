@@ -11,6 +11,7 @@ from typing import Any
 from rbee.config.models import Cluster
 from rbee.net import SENSITIVE, hide_url_secrets
 from rbee.plan.observed import Observed
+from rbee.wire import RpcServerProcess
 from rbee.wire.plan import Plan
 
 __all__ = ["SENSITIVE", "observed_digest", "redacted", "redacted_plan"]
@@ -31,6 +32,12 @@ def observed_digest(observed: Observed) -> str:
                 (b.name, json.dumps(b.spec, sort_keys=True)) for b in hive.worker_binaries
             ),
             "workers": sorted((w.worker_id, w.pid, *w.spec().values()) for w in hive.workers),
+            # A server started or gone since the plan was made changes what it does.
+            **(
+                {"rpc_servers": sorted((r.pid, *_rpc_spec(r)) for r in hive.rpc_servers)}
+                if hive.rpc_servers
+                else {}
+            ),
             "ssh": None
             if hive.ssh is None
             else (hive.ssh.reachable, hive.ssh.rbee_version, hive.ssh.hive_running),
@@ -80,3 +87,7 @@ def redacted_plan(plan: Plan, secrets: Iterable[str | None] = ()) -> dict[str, A
 
     data: dict[str, Any] = hide(plan.model_dump(mode="json"))
     return data
+
+
+def _rpc_spec(server: RpcServerProcess) -> tuple[str, str, int, int | None]:
+    return (server.worker_binary, server.device, server.port, server.threads)
