@@ -1,11 +1,14 @@
 """Addresses: which host names mean this machine's loopback, URLs for host:port, URLs with
-their secrets hidden, and who is at the other end of a Unix socket."""
+their secrets hidden, and who is at the other end of a Unix socket or a loopback connection."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import struct
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -16,6 +19,7 @@ __all__ = [
     "hide_url_secrets",
     "http_url",
     "https_url",
+    "loopback_peer_uid",
     "peer_credentials",
 ]
 
@@ -74,3 +78,27 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
         "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
     )
     return pid, uid, gid
+
+
+def loopback_peer_uid(peer: tuple[Any, ...], local: tuple[Any, ...]) -> int | None:
+    """The user owning the socket at `peer` connected to our `local` address, both on this
+    machine (the kernel's table of TCP sockets: /proc/net/tcp, tcp6); None when not found."""
+    want = (_proc_address(peer), _proc_address(local))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and (fields[1], fields[2]) == want:
+                return int(fields[7])
+    return None
+
+
+def _proc_address(address: tuple[Any, ...]) -> str:
+    """`(host, port)` as /proc/net/tcp writes it: the address's bytes as native-endian 32-bit
+    words in hex, a colon, the port in hex."""
+    packed = ipaddress.ip_address(address[0]).packed
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{word:08X}" for word in words) + f":{int(address[1]):04X}"

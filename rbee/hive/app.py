@@ -34,6 +34,7 @@ from rbee.hive import capabilities
 from rbee.hive.binaries import WorkerBinaryCatalog
 from rbee.hive.operations import Operation, Operations
 from rbee.hive.processes import find_worker, list_workers, log_path, spawn_worker, stop_worker
+from rbee.hive.rpc_servers import list_rpc_servers, spawn_rpc_server, stop_rpc_server
 from rbee.logsource import LogFile, log_response, own_log
 from rbee.net import LOOPBACK
 from rbee.paths import cache_dir
@@ -46,7 +47,9 @@ from rbee.wire import (
     HiveState,
     OperationStarted,
     Renewal,
+    RpcServerProcess,
     SpawnRequest,
+    SpawnRpcServer,
     json_object,
     openai_error,
     sse,
@@ -114,7 +117,14 @@ class HiveContext:
             worker_binaries=self.worker_binaries.list(),
             workers=list_workers(self.models.root),
             capabilities=capabilities.gather(),
+            rpc_servers=self.rpc_servers(),
         )
+
+    def rpc_servers(self) -> list[RpcServerProcess]:
+        """This hive's RPC server (a worker of another hive spans this one), if it runs."""
+        if self.identity is None:
+            return []
+        return list_rpc_servers(self.name, self.identity.path)
 
 
 def _hive(request: Request) -> HiveContext:
@@ -323,6 +333,50 @@ async def stop_worker_process(request: Request) -> Response:
     return _json(await run_in_threadpool(stop_worker, pid, grace, _hive(request).models.root))
 
 
+async def list_rpc_server_processes(request: Request) -> Response:
+    return _json(await run_in_threadpool(_hive(request).rpc_servers))
+
+
+async def spawn_rpc_server_process(request: Request) -> Response:
+    """`POST /v1/rpc-servers`: lend this hive's devices to workers that span it. Only a hive
+    with a TLS identity runs one: the identity is the gate's, the only way in."""
+    hive = _hive(request)
+    wanted = await _parse(request, SpawnRpcServer)
+    if hive.identity is None:
+        message = "an RPC server needs the hive's TLS identity (its gate is mutual TLS)"
+        raise _HTTPError(422, message, "validation_error")
+    identity = hive.identity.path
+    async with hive.binaries_in_use:
+        running = await run_in_threadpool(hive.rpc_servers)
+        if running:
+            message = f"this hive already runs an RPC server (pid {running[0].pid})"
+            raise _HTTPError(409, message, "conflict")
+        try:
+            binary = await run_in_threadpool(hive.worker_binaries.get, wanted.worker_binary)
+        except (NotFoundError, InvalidArtifactError):
+            message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
+            raise _HTTPError(404, message, "worker_binary_not_found") from None
+        server = await run_in_threadpool(
+            spawn_rpc_server,
+            wanted,
+            binary.python,
+            hive.name,
+            identity,
+            hive.worker_host,
+            hive.models.root.parent / "rpc-cache",
+        )
+    return _json(server, status=201)
+
+
+async def stop_rpc_server_process(request: Request) -> Response:
+    hive = _hive(request)
+    grace = _grace(request.query_params.get("grace", "5"))
+    if hive.identity is None:
+        raise _HTTPError(404, "this hive runs no RPC server", "not_found")
+    pid, identity = request.path_params["pid"], hive.identity.path
+    return _json(await run_in_threadpool(stop_rpc_server, pid, grace, hive.name, identity))
+
+
 async def worker_log(request: Request) -> Response:
     query = _log_query(request)
     try:
@@ -362,6 +416,9 @@ ROUTES = [
     Route("/v1/worker-processes", spawn_worker_process, methods=["POST"]),
     Route("/v1/worker-processes/{pid:int}", get_worker_process),
     Route("/v1/worker-processes/{pid:int}", stop_worker_process, methods=["DELETE"]),
+    Route("/v1/rpc-servers", list_rpc_server_processes),
+    Route("/v1/rpc-servers", spawn_rpc_server_process, methods=["POST"]),
+    Route("/v1/rpc-servers/{pid:int}", stop_rpc_server_process, methods=["DELETE"]),
     Route("/v1/worker-logs/{worker_id}", worker_log),
     Route("/v1/logs", own_log_route),
     Route("/v1/identity", renew_identity, methods=["PUT"]),

@@ -99,10 +99,12 @@ def _socket_path(worker_id: str) -> str | None:
 
 
 def device_env(device: str) -> dict[str, str]:
-    """The environment that pins a worker to its device: `cuda:N` sees GPU N alone (as its
-    GPU 0), so no layer or buffer lands on another GPU."""
-    backend, _, index = device.partition(":")
-    return {"CUDA_VISIBLE_DEVICES": index} if backend == "cuda" else {}
+    """The environment that pins a worker to its devices: `cuda:N` sees GPU N alone (as its
+    GPU 0), `cuda:N,cuda:M` those two (as 0 and 1), so no layer or buffer lands on another
+    GPU."""
+    if not device.startswith("cuda:"):
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(d.partition(":")[2] for d in device.split(","))}
 
 
 def parse_worker(pid: int, cmdline: Sequence[str], started_at: float) -> WorkerProcess | None:

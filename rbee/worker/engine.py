@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -16,17 +17,22 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import llama_cpp
 from llama_cpp import _internals, llama_chat_format
 from llama_cpp._utils import suppress_stdout_stderr
 
+from rbee.errors import RbeeError
+from rbee.pki import client_context
 from rbee.wire import WorkerArgs
+from rbee.worker import ggml_rpc
 from rbee.worker.batch import Batcher, Formatted, Logprob, Request, SlotStats, formatter
 from rbee.worker.grammar import SchemaError, response_grammar
 from rbee.worker.llama_output import forward_llama_logs
 from rbee.worker.tools import ToolUse, generic_turn, tool_use, writes_hermes
+from rbee.worker.tunnel import Forwarder
 
 __all__ = [
     "Engine",
@@ -540,31 +546,83 @@ def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, An
 
 
 def open_model(config: WorkerArgs) -> _internals.LlamaModel:
-    """The worker's GGUF, loaded where its `--device` says, llama.cpp's logs sent to ours."""
+    """The worker's GGUF, loaded where its flags say (`placement`), llama.cpp's logs sent to
+    ours. A worker that spans other hives first adds their RPC servers, through tunnels, as
+    devices of this process."""
     forward_llama_logs()
+    if config.rpc:
+        for endpoint in _span(config):
+            ggml_rpc.add_server(endpoint)
     params = llama_cpp.llama_model_default_params()
-    for key, value in placement(config.device).items():
+    for key, value in placement(config).items():
         setattr(params, key, value)
     with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
         return _internals.LlamaModel(path_model=config.model_path, params=params, verbose=False)
 
 
-def placement(device: str) -> dict[str, Any]:
-    """llama-cpp's placement for a `--device` such as cpu, cuda:1 or metal.
+def placement(config: WorkerArgs) -> dict[str, Any]:
+    """llama-cpp's model parameters for where the worker's flags put its layers.
 
-    On a GPU every layer is offloaded to that one GPU (no split across GPUs). A hive pins a
-    `cuda:N` worker with CUDA_VISIBLE_DEVICES=N, so its GPU is the only one it sees: index 0.
+    On one GPU every layer is offloaded to it. A hive pins a `cuda:N` worker with
+    CUDA_VISIBLE_DEVICES=N (several GPUs: `N,M`), so it sees its own GPUs alone, numbered from
+    0. Several devices (GPUs, RPC servers) split the model as `--split-mode` and
+    `--tensor-split` say (the split the plan showed); `--gpu-layers` keeps the first layers
+    on this machine's CPU.
     """
-    if device == "cpu":
-        return {"n_gpu_layers": 0}
-    _, _, index = device.partition(":")
-    pinned = "CUDA_VISIBLE_DEVICES" in os.environ
-    main_gpu = 0 if pinned or not index.isdigit() else int(index)
-    return {
-        "n_gpu_layers": -1,
-        "main_gpu": main_gpu,
-        "split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE,
-    }
+    devices = [] if config.device in ("cpu", "metal") else config.device.split(",")
+    params: dict[str, Any] = {"n_gpu_layers": 0 if config.device == "cpu" else -1}
+    if len(devices) == 1 and not config.rpc:
+        _, _, index = devices[0].partition(":")
+        pinned = "CUDA_VISIBLE_DEVICES" in os.environ
+        params["main_gpu"] = 0 if pinned or not index.isdigit() else int(index)
+        params["split_mode"] = llama_cpp.LLAMA_SPLIT_MODE_NONE
+        return params
+    if config.rpc or len(devices) > 1:
+        params["n_gpu_layers"] = -1
+        mode = config.split_mode or "layer"
+        params["split_mode"] = (
+            llama_cpp.LLAMA_SPLIT_MODE_ROW if mode == "row" else llama_cpp.LLAMA_SPLIT_MODE_LAYER
+        )
+    if config.gpu_layers is not None:
+        params["n_gpu_layers"] = config.gpu_layers
+    if config.tensor_split:
+        shares = [float(share) for share in config.tensor_split.split(",")]
+        # llama.cpp reads up to its maximum of devices from this pointer: the array is
+        # padded to that length and kept alive with the module (the model is loaded once).
+        array = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*shares)
+        _kept.append(array)
+        params["tensor_split"] = ctypes.cast(array, ctypes.POINTER(ctypes.c_float))
+    return params
+
+
+_kept: list[Any] = []
+_tunnels: list[Forwarder] = []
+
+
+def _span(config: WorkerArgs) -> list[str]:
+    """A tunnel to each RPC server the worker spans (`--rpc HIVE@HOST:PORT,...`): the local
+    endpoints llama.cpp's RPC client connects to. The worker must hold a TLS identity: the
+    tunnels present it."""
+    if config.identity is None:
+        raise RbeeError("a worker that spans other hives needs --identity (its tunnels use it)")
+    context = client_context(Path(config.identity))
+    endpoints = []
+    for server in (config.rpc or "").split(","):
+        hive, _, address = server.partition("@")
+        host, _, port = address.rpartition(":")
+        tunnel = Forwarder(hive, (host.strip("[]"), int(port)), context, _server_lost)
+        _tunnels.append(tunnel)
+        endpoints.append(tunnel.endpoint)
+    return endpoints
+
+
+def _server_lost(hive: str) -> None:
+    """An RPC server this worker spans went away, and with it the layers it held: llama.cpp
+    would abort on the next token. Exit now, so the queen restarts the worker with the
+    server (self-heal) instead of a request finding it half gone."""
+    log.error("the RPC server of hive %s closed its connection: exiting", hive)
+    logging.shutdown()
+    os._exit(3)
 
 
 def reporter(future: asyncio.Future[_T]) -> Callable[[_T | BaseException], None]:

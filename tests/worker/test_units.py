@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import time
+from typing import Any
 
 import httpx
 import llama_cpp
@@ -195,15 +196,31 @@ def test_slots_taken_and_freed_are_told_at_most_every_gap_a_lifecycle_step_at_on
     assert total == 2
 
 
+def _args(**flags: Any) -> WorkerArgs:
+    return WorkerArgs(
+        worker_id="w", hive="h", model="m", queen_url="https://q", model_path="/m.gguf", port=0,
+        **flags,
+    )  # fmt: skip
+
+
 def test_a_gpu_worker_offloads_every_layer_to_its_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert placement("cpu") == {"n_gpu_layers": 0}
-    unpinned = placement("cuda:1")
+    assert placement(_args(device="cpu")) == {"n_gpu_layers": 0}
+    unpinned = placement(_args(device="cuda:1"))
     assert (unpinned["n_gpu_layers"], unpinned["main_gpu"]) == (-1, 1)
     assert unpinned["split_mode"] == llama_cpp.LLAMA_SPLIT_MODE_NONE
     # Pinned by its hive, the worker's GPU is the only one it sees: its index 0.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert placement("cuda:1")["main_gpu"] == 0
+    assert placement(_args(device="cuda:1"))["main_gpu"] == 0
+
+
+def test_a_worker_on_several_devices_splits_as_its_flags_say() -> None:
+    two = placement(_args(device="cuda:0,cuda:1", split_mode="row", tensor_split="0.25,0.75"))
+    assert (two["n_gpu_layers"], two["split_mode"]) == (-1, llama_cpp.LLAMA_SPLIT_MODE_ROW)
+    assert [two["tensor_split"][i] for i in range(3)] == [0.25, 0.75, 0.0]
+    # A CPU head spanning a hive keeps its first layers: gpu_layers go to the RPC device.
+    span = placement(_args(device="cpu", rpc="b@10.0.0.2:7836", gpu_layers=16))
+    assert (span["n_gpu_layers"], span["split_mode"]) == (16, llama_cpp.LLAMA_SPLIT_MODE_LAYER)
 
 
 def test_the_fields_rbee_says_it_implements_are_the_workers_request_fields() -> None:
