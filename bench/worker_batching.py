@@ -31,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,19 +51,22 @@ def _model() -> Path:
     return Path(gemma.assemble(Path.home() / ".cache" / "rbee-test" / gemma.MODEL_NAME))
 
 
-def llama_server() -> Path:
-    """llama-server built from the sdist of the installed llama-cpp-python (cached)."""
-    version = llama_cpp.__version__
-    home = CACHE / f"llama-server-{version}"
-    binary = home / "llama-server"
-    if binary.exists():
-        return binary
+def llama_cpp_build(
+    home: Path, binaries: dict[str, str], flags: Sequence[str] = ()
+) -> dict[str, Path]:
+    """llama.cpp programs built from the sdist of the installed llama-cpp-python (the same
+    version of the kernels as the worker), once: `binaries` maps each cmake target to the path
+    under `home` its program is copied to, last (a folder without them is a build underway);
+    `flags` are more cmake options, e.g. `-DGGML_RPC=ON`. Returns target → program."""
+    programs = {target: home / name for target, name in binaries.items()}
+    if all(program.exists() for program in programs.values()):
+        return programs
     home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         sdist = Path(scratch) / "sdist"
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "-d", str(sdist), f"llama-cpp-python=={version}"],
+             "-d", str(sdist), f"llama-cpp-python=={llama_cpp.__version__}"],
             check=True,
         )  # fmt: skip
         [archive] = sdist.glob("*.tar.gz")
@@ -73,15 +77,23 @@ def llama_server() -> Path:
         subprocess.run(
             ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
              "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DBUILD_SHARED_LIBS=OFF"],
+             "-DBUILD_SHARED_LIBS=OFF", *flags],
             check=True,
         )  # fmt: skip
         jobs = str(os.cpu_count() or 2)
         subprocess.run(
-            ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], check=True
+            ["cmake", "--build", str(build), "--target", *programs, "-j", jobs], check=True
         )
-        shutil.copy2(build / "bin" / "llama-server", binary)
-    return binary
+        for target, program in programs.items():
+            program.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(build / "bin" / target, program)
+    return programs
+
+
+def llama_server() -> Path:
+    """llama-server built from the sdist of the installed llama-cpp-python (cached)."""
+    home = CACHE / f"llama-server-{llama_cpp.__version__}"
+    return llama_cpp_build(home, {"llama-server": "llama-server"})["llama-server"]
 
 
 class Server:
