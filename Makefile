@@ -15,9 +15,21 @@ $(BIN)/activate:
 # brings the pip that knows --build-constraint (the pinned build backends).
 LOCKS := requirements/extra.txt requirements/dev.txt requirements/build.txt
 PIP_LOCKED := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+# llama-cpp-python is compiled with llama.cpp's RPC backend, as every runtime rbee builds
+# (rbee/llama_wheel.py): `span:` needs it. pip's wheel cache keys a wheel by its source alone,
+# so one cached by an older build without it is dropped from the cache and compiled again.
+LLAMA_CMAKE_ARGS := -DGGML_RPC=on
 $(VENV)/.installed: pyproject.toml $(LOCKS) | $(BIN)/activate
 	$(PIP_LOCKED) -r requirements/extra.txt
-	$(PIP_LOCKED) --build-constraint requirements/build.txt -r requirements/dev.txt
+	CMAKE_ARGS=$(LLAMA_CMAKE_ARGS) $(PIP_LOCKED) --build-constraint requirements/build.txt \
+		-r requirements/dev.txt
+	@$(BIN)/python -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_rpc())" || { \
+		echo "llama-cpp-python came without its RPC backend (a wheel cached by an older build): compiling it again"; \
+		$(BIN)/python -m pip cache remove llama_cpp_python >/dev/null; \
+		awk '/^llama-cpp-python==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' \
+			requirements/dev.txt > $(VENV)/llama-cpp-python.txt; \
+		CMAKE_ARGS=$(LLAMA_CMAKE_ARGS) $(PIP_LOCKED) --force-reinstall \
+			--build-constraint requirements/build.txt -r $(VENV)/llama-cpp-python.txt; }
 	$(BIN)/python -m pip install --quiet --no-deps --build-constraint requirements/build.txt -e .
 	touch $@
 

@@ -236,7 +236,7 @@ class Build(_Strict):
     cmake_args: str | None = Field(
         default=None,
         description="CMAKE_ARGS for llama.cpp (default: -DGGML_CUDA=on for cuda, "
-        "-DGGML_METAL=on for metal, none for cpu)",
+        "-DGGML_METAL=on for metal, and -DGGML_RPC=on for every backend: `span:` needs it)",
     )
 
     @field_validator("llama_cpp_python")

@@ -40,6 +40,7 @@ import psutil
 from rbee.catalog.vendors import Resolved
 from rbee.catalog.vendors.http import download
 from rbee.errors import NotFoundError, RbeeError
+from rbee.llama_wheel import RPC_CMAKE_ARGS, has_rpc
 from rbee.wire import AddWorkerBinary
 
 __all__ = [
@@ -54,8 +55,14 @@ __all__ = [
     "runtime_wheel",
 ]
 
-#: What each backend asks of llama.cpp's build when the YAML gives no `cmake_args`.
-CMAKE_ARGS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on"}
+#: What each backend asks of llama.cpp's build when the YAML gives no `cmake_args`: every
+#: runtime has llama.cpp's RPC backend, so a worker may span hives and a hive lend its
+#: devices (`span:`) with nothing more in the YAML.
+CMAKE_ARGS = {
+    "cpu": RPC_CMAKE_ARGS,
+    "cuda": f"-DGGML_CUDA=on {RPC_CMAKE_ARGS}",
+    "metal": f"-DGGML_METAL=on {RPC_CMAKE_ARGS}",
+}
 _RUNTIMES = ".runtimes"
 _MARKER = "rbee-runtime.json"
 _WHEELS = "wheel"
@@ -242,8 +249,10 @@ def _compile(spec: dict[str, str], wheels: Path, cache: Path, log: Callable[[str
     env = dict(os.environ)
     env["CMAKE_ARGS"] = spec["cmake_args"]
     # pip's wheel cache keys a built wheel by its source, not by CMAKE_ARGS: a cached cpu wheel
-    # would be handed to a cuda build. Only the plain cpu build shares the user's cache.
-    if spec["backend"] != "cpu" or spec["cmake_args"]:
+    # would be handed to a cuda build. Only the plain cpu build (what `make install` builds)
+    # shares the user's cache, and a wheel from it without the RPC backend is built again.
+    shared = spec["backend"] == "cpu" and spec["cmake_args"] == CMAKE_ARGS["cpu"]
+    if not shared:
         env["PIP_CACHE_DIR"] = str(cache)
     command = [
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python",
@@ -251,6 +260,11 @@ def _compile(spec: dict[str, str], wheels: Path, cache: Path, log: Callable[[str
         f"llama-cpp-python{spec['llama_cpp_python']}",
     ]  # fmt: skip
     _run(command, log, env=env)
+    if shared and not all(map(has_rpc, wheels.glob("*.whl"))):
+        log("the cached wheel has no RPC backend (an older build): compiling it again")
+        for stale in wheels.glob("*.whl"):
+            stale.unlink()
+        _run([*command[:4], "--no-cache-dir", *command[4:]], log, env=env)
 
 
 def _install(staging: Path, wheels: Path, log: Callable[[str], None]) -> None:

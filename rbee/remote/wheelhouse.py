@@ -23,6 +23,7 @@ from typing import Any
 
 import rbee
 from rbee.errors import RbeeError
+from rbee.llama_wheel import RPC_CMAKE_ARGS, has_rpc
 from rbee.paths import cache_dir
 from rbee.remote.requirements import pins_for, read_lock, requirement_lines
 
@@ -47,6 +48,20 @@ BUILD_CONSTRAINTS = "requirements/build.txt"
 _COMPILED = "llama-cpp-python"
 _MANIFEST = "manifest.json"
 _PIP_TIMEOUT_S = 1800
+
+
+def _compile_llama(dest: Path, requirement: Path, constraints: tuple[str, ...]) -> None:
+    """llama-cpp-python's wheel, with the RPC backend (`rbee.llama_wheel`), into `dest`."""
+    flags = (
+        "--quiet", "--no-deps", "--require-hashes", *constraints,
+        "--wheel-dir", str(dest), "--requirement", str(requirement),
+    )  # fmt: skip
+    _pip("wheel", *flags, env={"CMAKE_ARGS": RPC_CMAKE_ARGS})
+    if not all(map(has_rpc, dest.glob("llama_cpp_python-*.whl"))):
+        # A wheel cached by an older build, without the RPC backend.
+        for stale in dest.glob("llama_cpp_python-*.whl"):
+            stale.unlink()
+        _pip("wheel", "--no-cache-dir", *flags, env={"CMAKE_ARGS": RPC_CMAKE_ARGS})
 
 
 def project_dir() -> Path:
@@ -91,7 +106,7 @@ def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> lis
     pins = pins_for(read_lock(root / HIVE_LOCK), target)
     locked = requirement_lines(pins)
     build = (root / BUILD_CONSTRAINTS).read_text()
-    deps = hashlib.sha256((target + locked + build).encode()).hexdigest()
+    deps = hashlib.sha256((target + locked + build + RPC_CMAKE_ARGS).encode()).hexdigest()
     manifest = _read_manifest(house)
     listed = [str(name) for name in manifest.get("wheels") or []]
     if (
@@ -113,10 +128,7 @@ def build_wheelhouse(dest: Path | None = None, python: str | None = None) -> lis
             compiled.write_text(requirement_lines({_COMPILED: pins[_COMPILED]}))
             binary = work / "binary.txt"
             binary.write_text(requirement_lines({n: p for n, p in pins.items() if n != _COMPILED}))
-            _pip(
-                "wheel", "--quiet", "--no-deps", "--require-hashes", *constraints,
-                "--wheel-dir", str(work / "deps"), "--requirement", str(compiled),
-            )  # fmt: skip
+            _compile_llama(work / "deps", compiled, constraints)
             _pip(
                 "download", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
                 *_target_flags(target), "--dest", str(work / "deps"), "--requirement", str(binary),
@@ -158,9 +170,9 @@ def _target_flags(python: str) -> list[str]:
     return flags + [arg for platform in platforms for arg in ("--platform", platform)]
 
 
-def _pip(*args: str) -> None:
+def _pip(*args: str, env: dict[str, str] | None = None) -> None:
     argv = [sys.executable, "-m", "pip", *args]
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})}
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, env=env, check=False
     )

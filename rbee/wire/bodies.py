@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rbee.defaults import BACKEND, Backend
+from rbee.defaults import BACKEND, Backend, Device
 from rbee.wire.processes import RpcServerProcess, WorkerProcess
 
 __all__ = [
@@ -68,7 +68,7 @@ class Heartbeat(_Wire):
     worker_binary: _Label
     url: str = Field(pattern=r"^https?://[!-~]{1,2000}$")
     pid: int
-    device: _Label
+    device: Device
     state: WorkerState
     slots_total: int = Field(ge=1)
     slots_busy: int = Field(ge=0)

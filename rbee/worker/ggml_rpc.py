@@ -83,11 +83,18 @@ _loaded: ctypes.CDLL | None = None
 
 
 def _ggml() -> ctypes.CDLL:
-    """ggml's library as llama-cpp-python loaded it (the same registry llama.cpp uses)."""
+    """ggml's library as llama-cpp-python loaded it: the registry llama.cpp reads is that
+    instance's. A wheel holds `libggml.so`, `.so.0` and `.so.0.x` as copies (not links), and
+    each file would load as a library of its own: the one mapped in this process is used."""
     global _loaded
     if _loaded is None:
-        lib = Path(llama_cpp.__file__).with_name("lib")
-        ggml = ctypes.CDLL(str(next(lib.glob("libggml.so*"), lib / "libggml.so")))
+        lib = Path(llama_cpp.__file__).with_name("lib").resolve()
+        mapped = {
+            Path(line.split(maxsplit=5)[5].strip())
+            for line in Path("/proc/self/maps").read_text().splitlines()
+            if line.count(" ") >= 5 and "/libggml.so" in line
+        }
+        ggml = ctypes.CDLL(str(next((p for p in mapped if p.parent == lib), lib / "libggml.so.0")))
         ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
         ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
         ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
