@@ -55,6 +55,12 @@ def status(
                 f"{gpu.memory_free_mib}/{gpu.memory_total_mib} MiB free",
                 highlight=False,
             )
+        for server in hive.rpc_servers:
+            out.print(
+                f"  rpc  server pid {server.pid}  {server.host}:{server.port}  lends "
+                f"{server.device} ({server.worker_binary})  cache {server.cache_dir}",
+                highlight=False,
+            )
         for name, facts in hive.model_facts.items():
             out.print(f"  model {name}  {facts or 'not a GGUF rbee could read'}", highlight=False)
     for worker in body.workers:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from rbee.errors import SshErrorKind
 from rbee.wire.bodies import Capabilities, Gpu, WorkerView
 from rbee.wire.plan import Plan
+from rbee.wire.processes import RpcServerProcess
 
 __all__ = [
     "ApiKey",
@@ -170,6 +171,10 @@ class HiveStatus(_Wire):
     model_facts: dict[str, str | None] = Field(default_factory=dict)
     gpus: list[Gpu] = Field(default_factory=list)
     worker_processes: int = 0
+    rpc_servers: list[RpcServerProcess] = Field(
+        default_factory=list,
+        description="the hive's RPC server, lending its devices to a worker that spans it",
+    )
     error: str | None = None
 
 

@@ -534,3 +534,126 @@ def test_a_killed_hive_daemon_is_restarted_over_ssh_and_its_workers_adopted(
     assert "hive.h1" in healed[0]["reasons"] and healed[0]["trigger"], healed[0]
     assert net.chat().status_code == 200
     assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+
+
+# Greedy prompts whose next tokens are no near-ties (the batching tests' own): one host and a
+# split answer them alike, token for token.
+_SPAN_PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):"]
+
+
+def _write_span(net: NetworkCluster, self_heal: dict[str, Any] | bool = False) -> None:
+    """gemma on h2 alone (one host), and a worker on h0 that spans h1 over llama.cpp's RPC."""
+    net.write(net.good_hives(), self_heal=self_heal)
+    body = json.loads(net.config.read_text())
+    one = {"model": "gemma3-270m", "worker": "cpu", "slots": 1, "ctx_size": 512}
+    body["deployments"] = [
+        {**one, "hives": ["h2"]},
+        {**one, "name": "split", "hives": ["h0"], "span": ["h1"]},
+    ]
+    net.config.write_text(json.dumps(body, indent=2))
+
+
+def _greedy(net: NetworkCluster, worker: dict[str, Any]) -> list[str]:
+    texts = []
+    for prompt in _SPAN_PROMPTS:
+        body = {"prompt": prompt, "max_tokens": 24, "temperature": 0}
+        answer = httpx.post(
+            f"{worker['url']}/v1/completions", json=body, verify=net.as_queen(), timeout=120
+        )
+        assert answer.status_code == 200, answer.text
+        texts.append(answer.json()["choices"][0]["text"])
+    return texts
+
+
+def _workers(net: NetworkCluster) -> dict[str, dict[str, Any]]:
+    return {w["worker_id"]: w for w in net.get("/v1/workers")}
+
+
+def _rpc_servers(net: NetworkCluster, host: SshHost) -> list[dict[str, Any]]:
+    url = f"https://{host.address}:7835/v1/rpc-servers"
+    listed: list[dict[str, Any]] = httpx.get(url, verify=net.as_queen(), timeout=5).json()
+    return listed
+
+
+def test_a_worker_spanning_another_hive_answers_as_one_host_does(net: NetworkCluster) -> None:
+    """h0's worker keeps its first layers and h1's RPC server holds the rest (its tensor
+    cache holds what h0 sent); greedy answers are the one-host worker's, token for token."""
+    _write_span(net)
+    plan = net.rbee("plan")
+    assert "+ rpc_server.h1" in plan.stdout, plan.stdout
+    assert "h1/cpu (rpc)" in plan.stdout, plan.stdout
+    net.rbee("apply", "--auto-approve")
+    workers = _workers(net)
+    split, solo = workers["h0.split.0"], workers["h2.gemma3-270m.0"]
+    assert split["state"] == solo["state"] == "idle"
+    [server] = _rpc_servers(net, net.hosts[1])
+    assert server["hive"] == "h1" and server["host"] == net.hosts[1].address
+    cache = Path(server["cache_dir"])
+    assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) > 10_000_000
+    assert _greedy(net, split) == _greedy(net, solo)
+    assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+
+
+def test_a_third_host_cannot_reach_the_rpc_server(net: NetworkCluster) -> None:
+    """llama.cpp's RPC server has no authentication. From another machine of the LAN (h2):
+    h1's gate answers TLS only and ends a handshake without a cluster certificate, before a
+    byte reaches llama.cpp; and nothing else of h1 listens: llama.cpp's own port is in a
+    namespace of the RPC server's alone."""
+    stranger, lender = net.hosts[2], net.hosts[1]
+    ca = Path(tempfile.mkdtemp(prefix="rbee-stranger-")) / "ca.pem"
+    shutil.copyfile(net.home / ".local/state/rbee/tls/ca.pem", ca)
+    ca.parent.chmod(0o755)
+    ca.chmod(0o644)
+    # RPC_CMD_HELLO (14) with an empty body, as llama.cpp's client opens a connection.
+    script = (
+        "import socket, ssl, struct, sys\n"
+        "host, port = sys.argv[2], 7836\n"
+        "with socket.create_connection((host, port), timeout=5) as raw:\n"
+        "    raw.sendall(bytes([14]) + struct.pack('<Q', 0))\n"
+        "    print('plain', raw.recv(64)[:1].hex() or 'closed')\n"
+        "context = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "context.check_hostname = False\n"
+        "try:\n"
+        "    with socket.create_connection((host, port), timeout=5) as raw:\n"
+        "        with context.wrap_socket(raw) as tls:\n"
+        "            tls.sendall(bytes([14]) + struct.pack('<Q', 0))\n"
+        "            print('tls', tls.recv(64).hex() or 'closed')\n"
+        "except (ssl.SSLError, OSError) as exc:\n"
+        "    print('tls', type(exc).__name__)\n"
+    )
+    try:
+        tried = stranger.run("python3", "-c", script, str(ca), lender.address).stdout.split()
+    finally:
+        shutil.rmtree(ca.parent, ignore_errors=True)
+    # The plain hello gets a TLS alert (0x15) or a close; the TLS one fails its handshake.
+    assert tried[:2] == ["plain", "15"] or tried[:2] == ["plain", "closed"], tried
+    assert tried[2] == "tls" and tried[3] in ("SSLError", "closed", "ConnectionResetError"), tried
+    listening = subprocess.run(
+        ["ip", "netns", "exec", lender.namespace, "ss", "-ltnH"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    ports = {int(line.split()[3].rpartition(":")[2]) for line in listening.splitlines()}
+    assert ports == {22, 7835, 7836}, listening  # its sshd, the hive and the gate
+
+
+def test_a_killed_rpc_server_is_healed_with_its_head_worker(net: NetworkCluster) -> None:
+    """Killing h1's RPC server takes the layers it held: the head worker on h0 exits at once,
+    and self-heal starts the server again, then the worker, which answers as before."""
+    _write_span(net, self_heal={"interval": "5s"})
+    net.rbee("apply", "--auto-approve")
+    before = _workers(net)["h0.split.0"]
+    expected = _greedy(net, before)
+    [server] = _rpc_servers(net, net.hosts[1])
+    net.hosts[1].run("kill", "-KILL", str(server["pid"]))
+    killed = time.monotonic()
+    while True:
+        worker = _workers(net).get("h0.split.0")
+        if worker and worker["pid"] != before["pid"] and worker["state"] == "idle":
+            break
+        assert time.monotonic() - killed < 180, "the split worker was not healed in 180 s"
+        time.sleep(1)
+    [again] = _rpc_servers(net, net.hosts[1])
+    assert again["pid"] != server["pid"]
+    assert _greedy(net, worker) == expected
+    healed = [e for e in net.get("/v1/history?limit=10")["applies"] if e["kind"] == "self-heal"]
+    assert any("rpc_server.h1" in e["done"] for e in healed), healed

@@ -368,6 +368,7 @@ class Control:
                         },
                         gpus=fact.capabilities.gpus if fact.capabilities else [],
                         worker_processes=len(fact.workers),
+                        rpc_servers=fact.rpc_servers,
                         error=fact.error,
                     )
                 )
