@@ -31,7 +31,6 @@ bulk transfer, so the channel chosen is the one adding the least round-trip time
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -49,7 +48,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from rbee.pki import Authority, client_context, server_context, tls_name, write_private
-from rbee.worker.tunnel import Forwarder, serve_gate
+from rbee.worker.tunnel import Forwarder, run_gate
 
 REQUEST, ANSWER = 9, 32
 WARMUP = 200
@@ -120,7 +119,7 @@ def _gate(identity: str, target_port: int, ready: Connection) -> None:
     sock = socket.create_server(("127.0.0.1", 0))
     ready.send(sock.getsockname()[1])
     bundle = Path(identity)
-    asyncio.run(serve_gate(sock, bundle, server_context(bundle), ("127.0.0.1", target_port)))
+    run_gate(sock, bundle, server_context(bundle), ("127.0.0.1", target_port))
 
 
 def _forwarder(identity: str, gate_port: int, ready: Connection) -> None:

@@ -10,7 +10,6 @@ namespace, is the only way in.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -27,7 +26,7 @@ from rbee.daemon import fail, listen
 from rbee.errors import RbeeError
 from rbee.pki import server_context
 from rbee.wire import RpcServerArgs
-from rbee.worker.tunnel import serve_gate
+from rbee.worker.tunnel import run_gate
 
 __all__ = ["main", "private_loopback"]
 
@@ -83,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.hive, args.host, gate.getsockname()[1], len(devices), cache,
     )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_gate(gate, identity, context, target))
+        run_gate(gate, identity, context, target)
 
 
 def private_loopback() -> None:

@@ -13,8 +13,9 @@ whoever reaches it runs code on the machine. So its port is never reachable as i
   worker's certificate and checking the hive's.
 
 Both ends are asyncio protocols that hand each chunk to the other side's transport as it
-arrives (no copies through queues), with TCP_NODELAY: the RPC protocol is request/response
-with small messages, so latency, not bandwidth, is what a tunnel costs (`bench/rpc_split.py`).
+arrives (no copies through queues), with TCP_NODELAY, on uvloop: the RPC protocol is
+request/response with small messages, so latency, not bandwidth, is what a tunnel costs
+(`bench/rpc_tunnel.py`, `bench/rpc_split.py`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,22 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 from rbee.net import loopback_peer_uid
 from rbee.pki import peer_of, tls_name
 
-__all__ = ["Forwarder", "serve_gate"]
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop (uvicorn[standard] brings it wherever it builds), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+__all__ = ["Forwarder", "run_gate", "serve_gate"]
 
 _log = logging.getLogger(__name__)
 _Connect = Callable[[], Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]]
@@ -50,8 +62,8 @@ class _Half(asyncio.Protocol):
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,8 +124,7 @@ def _join(downstream: _Half, connect: _Connect, what: str) -> None:
             _log.warning("tunnel cannot reach %s error=%s", what, exc)
             downstream.close()
             return
-        assert isinstance(upstream, _Half)
-        upstream.pair(downstream)
+        cast(_Half, upstream).pair(downstream)
         if downstream.transport is not None and not downstream.gone:
             downstream.transport.resume_reading()
 
@@ -153,6 +164,17 @@ async def serve_gate(
         await server.serve_forever()
 
 
+def run_gate(
+    sock: socket.socket, identity: Path, context: ssl.SSLContext, target: tuple[str, int]
+) -> None:
+    """`serve_gate` on an event loop of its own, until the process is stopped."""
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(serve_gate(sock, identity, context, target))
+    finally:
+        loop.close()
+
+
 class Forwarder:
     """The head worker's end: `127.0.0.1:port` (its RPC client connects there) piped to a
     hive's gate over mutual TLS. Runs its own event loop in a daemon thread.
@@ -175,7 +197,7 @@ class Forwarder:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         self._uid = os.getuid()
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         threading.Thread(target=self._run, name=f"rpc-tunnel-{hive}", daemon=True).start()
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rbee.wire import CommandLine, HiveArgs, QueenArgs, SpawnWorker, WorkerArgs
+from rbee.wire import CommandLine, HiveArgs, QueenArgs, RpcServerArgs, SpawnWorker, WorkerArgs
 
 # Every flag set to a value other than its default, so a field lost on the way shows up.
 WORKER = WorkerArgs(
@@ -13,9 +13,13 @@ WORKER = WorkerArgs(
     model="gemma3-270m",
     slots=4,
     ctx_size=2048,
-    device="cuda:1",
+    device="cuda:1,cuda:2",
     worker_binary="cuda",
     chat_format="gemma",
+    split_mode="row",
+    tensor_split="0.25,0.5,0.25",
+    gpu_layers=40,
+    rpc="gpu2@10.0.0.12:7836",
     queen_url="http://10.0.0.1:7833",
     model_path="/home/rbee/.cache/rbee/models/gemma3-270m/payload",
     host="10.0.0.11",
@@ -42,7 +46,19 @@ QUEEN = QueenArgs(
     tls_cert="/etc/rbee/queen.crt",
     tls_key="/etc/rbee/queen.key",
 )
-SAMPLES = pytest.mark.parametrize("args", [WORKER, HIVE, QUEEN], ids=["worker", "hive", "queen"])
+RPC_SERVER = RpcServerArgs(
+    worker_binary="cuda",
+    device="cuda:0,cuda:1",
+    port=7900,
+    threads=3,
+    hive="gpu2",
+    host="10.0.0.12",
+    cache_dir="/home/rbee/.cache/rbee/rpc-cache",
+    identity="/home/rbee/.local/state/rbee/tls/hive.pem",
+)
+SAMPLES = pytest.mark.parametrize(
+    "args", [WORKER, HIVE, QUEEN, RPC_SERVER], ids=["worker", "hive", "queen", "rpc-server"]
+)
 
 
 def _secrets(cls: type[CommandLine]) -> set[str]:
@@ -91,6 +107,8 @@ def test_other_command_lines_are_not_workers() -> None:
     assert WorkerArgs.from_cmdline(bad_port) is None
     assert not HiveArgs.runs_in(WORKER.command())
     assert HiveArgs.runs_in(HIVE.command())
+    assert WorkerArgs.from_cmdline(RPC_SERVER.command()) is None
+    assert RpcServerArgs.from_cmdline(WORKER.command()) is None
 
 
 @pytest.mark.parametrize("cls", [HiveArgs, QueenArgs])
@@ -104,7 +122,10 @@ def test_a_token_is_accepted_as_a_flag_but_never_written_to_a_command_line(
 
 
 def test_what_a_worker_runs_is_every_spawn_field_but_its_identity() -> None:
-    assert list(WORKER.spec()) == ["slots", "ctx_size", "device", "worker_binary", "chat_format"]
+    assert list(WORKER.spec()) == [
+        "slots", "ctx_size", "device", "worker_binary", "chat_format",
+        "split_mode", "tensor_split", "gpu_layers", "rpc",
+    ]  # fmt: skip
     spawn = SpawnWorker.model_validate(WORKER.model_dump())
     assert spawn.spec() == WORKER.spec()
 
