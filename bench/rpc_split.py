@@ -31,8 +31,7 @@ llama-server and rpc-server are built with GGML_RPC=ON from the llama.cpp vendor
 llama-cpp-python sdist of the worker's version, once, cached under
 ~/.cache/rbee-bench/llama-rpc-<version>/bin/ (a 15-minute build on 2 cores).
 
-rbee's split (`rbee_split`) runs once `rbee.worker.rpc_server` exists; `--rbee-python` is the
-Python whose llama-cpp-python has the RPC backend.
+`--rbee-python` is the Python whose llama-cpp-python has the RPC backend (default: this one).
 """
 
 from __future__ import annotations
@@ -193,7 +192,7 @@ def rbee_one_host(case: Case) -> Setup:
 
 def rbee_split(case: Case) -> Setup | None:
     """rbee's worker in A spanning rbee's RPC server in B, as a hive would start them; None
-    until `rbee.worker.rpc_server` exists (TODO(issue 23): the row stays TODO till then).
+    where this rbee has no `rbee.worker.rpc_server` (an older checkout).
 
     The worker holds a worker identity: its tunnel to B presents it, and it serves mutual TLS
     to the queen's (this script's); B's gate holds hive b's."""

@@ -592,6 +592,8 @@ def test_a_worker_spanning_another_hive_answers_as_one_host_does(net: NetworkClu
     assert sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) > 10_000_000
     assert _greedy(net, split) == _greedy(net, solo)
     assert net.rbee("plan", "--detailed-exitcode", check=False).returncode == 0
+    status = net.rbee("status").stdout
+    assert f"rpc  server pid {server['pid']}  {net.hosts[1].address}:7836  lends cpu" in status
 
 
 def test_a_third_host_cannot_reach_the_rpc_server(net: NetworkCluster) -> None:
