@@ -178,3 +178,23 @@ def test_sigterm_exits_cleanly(hive: Hive) -> None:
     # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process should.
     assert hive.proc.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in hive.stderr.read_text()
+
+
+def test_only_the_queen_starts_lists_or_stops_a_hives_rpc_server(hive: Hive) -> None:
+    """The routes that lend this hive's devices (`/v1/rpc-servers`): a worker (the one that
+    would span it, say), another hive and a cross-site page are refused; the queen is
+    answered (no RPC server runs; an unprovisioned worker binary is a 404)."""
+    page = {"content-type": "text/plain", "origin": "http://evil.example"}
+    with hive.client("worker", "gpu1.llama.0") as worker, hive.client("hive", "peer") as peer:
+        for client in (worker, peer):
+            assert client.get("/v1/rpc-servers").status_code == 403
+            assert client.post("/v1/rpc-servers", json={}).status_code == 403
+            assert client.delete("/v1/rpc-servers/1").status_code == 403
+    with hive.client() as queen:
+        crossed = queen.post("/v1/rpc-servers", content="{}", headers=page)
+        assert crossed.status_code == 403 and crossed.json()["error"]["code"] == "cross_origin"
+        assert queen.get("/v1/rpc-servers").json() == []
+        missing = queen.post("/v1/rpc-servers", json={"worker_binary": "cpu"})
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error"]["code"] == "worker_binary_not_found"
+        assert queen.delete("/v1/rpc-servers/1").status_code == 404
