@@ -38,14 +38,13 @@ def test_smollm2_has_its_chat_template() -> None:
     assert facts.describe() == "llama 135M Q4_1, ctx 8192, chat template"
 
 
-@pytest.mark.parametrize("which", ["gemma", "smollm2"])
-def test_the_weights_of_the_blocks_input_and_output_add_up_to_the_tensor_data(
-    which: str, gguf: Path
-) -> None:
-    path = gguf if which == "gemma" else demo_model_path()
+def test_the_weights_of_the_blocks_input_and_output_add_up_to_the_tensor_data() -> None:
+    """Checked against the gguf package's own reader on SmolLM2 (on gemma, whose 262k-token
+    vocabulary that reader parses for 19 s, tests/hive/test_models.py pins the figures)."""
+    path = demo_model_path()
     facts = read_facts(path)
     assert facts.layer_bytes is not None and facts.input_bytes and facts.output_bytes is not None
-    layers = {"gemma": 18, "smollm2": 30}[which]
+    layers = 30
     assert len(facts.layer_bytes) == layers and all(facts.layer_bytes)
     gguf_reader = pytest.importorskip("gguf").GGUFReader(path)
     data = path.stat().st_size - gguf_reader.data_offset

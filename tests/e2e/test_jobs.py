@@ -186,7 +186,7 @@ def test_interactive_requests_go_before_batch_jobs_and_each_priority_is_fifo(
 def test_twenty_batch_jobs_survive_a_sigkilled_queen_and_each_runs_to_done_once(
     cluster: LocalCluster,
 ) -> None:
-    busy = _submit(cluster, _long(200), "interactive")
+    busy = _submit(cluster, _long(120), "interactive")  # still running when the queen dies
     _running(cluster, busy)
     batch = [_submit(cluster, SHORT, "batch") for _ in range(20)]
     queen = psutil.Process(httpx.get(f"{cluster.queen_url}/health", timeout=5).json()["pid"])

@@ -556,7 +556,7 @@ def _write_span(net: NetworkCluster, self_heal: dict[str, Any] | bool = False) -
 def _greedy(net: NetworkCluster, worker: dict[str, Any]) -> list[str]:
     texts = []
     for prompt in _SPAN_PROMPTS:
-        body = {"prompt": prompt, "max_tokens": 24, "temperature": 0}
+        body = {"prompt": prompt, "max_tokens": 16, "temperature": 0}
         answer = httpx.post(
             f"{worker['url']}/v1/completions", json=body, verify=net.as_queen(), timeout=120
         )
@@ -577,8 +577,9 @@ def _rpc_servers(net: NetworkCluster, host: SshHost) -> list[dict[str, Any]]:
 
 def test_a_worker_spanning_another_hive_answers_as_one_host_does(net: NetworkCluster) -> None:
     """h0's worker keeps its first layers and h1's RPC server holds the rest (its tensor
-    cache holds what h0 sent); greedy answers are the one-host worker's, token for token."""
-    _write_span(net)
+    cache holds what h0 sent); greedy answers are the one-host worker's, token for token.
+    (Self-heal is on, for the last of these tests.)"""
+    _write_span(net, self_heal={"interval": "5s"})
     plan = net.rbee("plan")
     assert "+ rpc_server.h1" in plan.stdout, plan.stdout
     assert "h1/cpu (rpc)" in plan.stdout, plan.stdout
@@ -641,8 +642,6 @@ def test_a_third_host_cannot_reach_the_rpc_server(net: NetworkCluster) -> None:
 def test_a_killed_rpc_server_is_healed_with_its_head_worker(net: NetworkCluster) -> None:
     """Killing h1's RPC server takes the layers it held: the head worker on h0 exits at once,
     and self-heal starts the server again, then the worker, which answers as before."""
-    _write_span(net, self_heal={"interval": "5s"})
-    net.rbee("apply", "--auto-approve")
     before = _workers(net)["h0.split.0"]
     expected = _greedy(net, before)
     [server] = _rpc_servers(net, net.hosts[1])
