@@ -641,10 +641,14 @@ def test_a_third_host_cannot_reach_the_rpc_server(net: NetworkCluster) -> None:
 
 def test_a_killed_rpc_server_is_healed_with_its_head_worker(net: NetworkCluster) -> None:
     """Killing h1's RPC server takes the layers it held: the head worker on h0 exits at once,
-    and self-heal starts the server again, then the worker, which answers as before."""
+    and self-heal starts the server again, then the worker, which answers as before; the
+    server reads the big tensors (llama.cpp hashes those over 10 MiB) back from its cache on
+    disk instead of receiving them again."""
     before = _workers(net)["h0.split.0"]
     expected = _greedy(net, before)
     [server] = _rpc_servers(net, net.hosts[1])
+    cache = Path(server["cache_dir"])
+    cached = {f: f.stat().st_mtime_ns for f in cache.rglob("*") if f.is_file()}
     net.hosts[1].run("kill", "-KILL", str(server["pid"]))
     killed = time.monotonic()
     while True:
@@ -656,5 +660,7 @@ def test_a_killed_rpc_server_is_healed_with_its_head_worker(net: NetworkCluster)
     [again] = _rpc_servers(net, net.hosts[1])
     assert again["pid"] != server["pid"]
     assert _greedy(net, worker) == expected
+    # The big tensors came back from the cache on disk: not one file of it rewritten.
+    assert {f: f.stat().st_mtime_ns for f in cache.rglob("*") if f.is_file()} == cached
     healed = [e for e in net.get("/v1/history?limit=10")["applies"] if e["kind"] == "self-heal"]
     assert any("rpc_server.h1" in e["done"] for e in healed), healed
