@@ -567,7 +567,7 @@ def placement(config: WorkerArgs) -> dict[str, Any]:
     CUDA_VISIBLE_DEVICES=N (several GPUs: `N,M`), so it sees its own GPUs alone, numbered from
     0. Several devices (GPUs, RPC servers) split the model as `--split-mode` and
     `--tensor-split` say (the split the plan showed); `--gpu-layers` keeps the first layers
-    on this machine's CPU.
+    on this machine's CPU, and a CPU worker that spans keeps its output layer there too.
     """
     devices = [] if config.device in ("cpu", "metal") else config.device.split(",")
     params: dict[str, Any] = {"n_gpu_layers": 0 if config.device == "cpu" else -1}
@@ -585,6 +585,8 @@ def placement(config: WorkerArgs) -> dict[str, Any]:
         )
     if config.gpu_layers is not None:
         params["n_gpu_layers"] = config.gpu_layers
+    if config.rpc and config.device == "cpu":
+        params["tensor_buft_overrides"] = _output_on_this_cpu()
     if config.tensor_split:
         shares = [float(share) for share in config.tensor_split.split(",")]
         # llama.cpp reads up to its maximum of devices from this pointer: the array is
@@ -593,6 +595,26 @@ def placement(config: WorkerArgs) -> dict[str, Any]:
         _kept.append(array)
         params["tensor_split"] = ctypes.cast(array, ctypes.POINTER(ctypes.c_float))
     return params
+
+
+class _BuftOverride(ctypes.Structure):
+    """llama.cpp's `llama_model_tensor_buft_override`: tensors whose name matches `pattern`
+    go to buffer type `buft`."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _output_on_this_cpu() -> ctypes.c_void_p:
+    """A CPU worker that spans keeps the output layer on its own CPU (llama.cpp would put it on
+    the last RPC device): per token only the last block's hidden state crosses the network,
+    not the logits over the whole vocabulary (1 MB for a 262k-token vocabulary). A model with
+    tied embeddings names its output `token_embd` (the input's, already on this CPU)."""
+    cpu = ggml_rpc.host_buffer_type()
+    overrides = (_BuftOverride * 2)(
+        _BuftOverride(rb"^(output|output_norm|token_embd)\.", cpu), _BuftOverride(None, None)
+    )
+    _kept.append(overrides)
+    return ctypes.cast(overrides, ctypes.c_void_p)
 
 
 _kept: list[Any] = []

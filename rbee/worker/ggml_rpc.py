@@ -18,7 +18,13 @@ import llama_cpp
 
 from rbee.errors import RbeeError
 
-__all__ = ["RpcUnavailableError", "add_server", "server_devices", "start_server"]
+__all__ = [
+    "RpcUnavailableError",
+    "add_server",
+    "host_buffer_type",
+    "server_devices",
+    "start_server",
+]
 
 _CPU, _GPU = 0, 1  # enum ggml_backend_dev_type
 
@@ -50,6 +56,12 @@ def server_devices(gpus: bool) -> list[int]:
     if not devices:
         raise RbeeError("no GPU is visible to this RPC server" if gpus else "no CPU device")
     return devices
+
+
+def host_buffer_type() -> int:
+    """The CPU's buffer type: where a tensor kept on this machine's memory lives."""
+    ggml = _ggml()
+    return int(ggml.ggml_backend_dev_buffer_type(ggml.ggml_backend_dev_by_type(_CPU)))
 
 
 def start_server(endpoint: str, cache_dir: Path, threads: int, devices: list[int]) -> None:
@@ -104,5 +116,9 @@ def _ggml() -> ctypes.CDLL:
         ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
         ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
         ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+        ggml.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
         _loaded = ggml
     return _loaded

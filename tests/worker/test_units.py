@@ -218,9 +218,11 @@ def test_a_worker_on_several_devices_splits_as_its_flags_say() -> None:
     two = placement(_args(device="cuda:0,cuda:1", split_mode="row", tensor_split="0.25,0.75"))
     assert (two["n_gpu_layers"], two["split_mode"]) == (-1, llama_cpp.LLAMA_SPLIT_MODE_ROW)
     assert [two["tensor_split"][i] for i in range(3)] == [0.25, 0.75, 0.0]
-    # A CPU head spanning a hive keeps its first layers: gpu_layers go to the RPC device.
+    # A CPU head spanning a hive keeps its first layers (gpu_layers go to the RPC device)...
     span = placement(_args(device="cpu", rpc="b@10.0.0.2:7836", gpu_layers=16))
     assert (span["n_gpu_layers"], span["split_mode"]) == (16, llama_cpp.LLAMA_SPLIT_MODE_LAYER)
+    # ... and its output layer: the logits are made here, not sent over from the last server.
+    assert "tensor_buft_overrides" in span and "tensor_buft_overrides" not in two
 
 
 def test_the_fields_rbee_says_it_implements_are_the_workers_request_fields() -> None:
