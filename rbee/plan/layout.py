@@ -5,7 +5,9 @@ first, then its own GPUs). The input layer (the token embeddings) stays on the w
 layers 0 … n_layer (the blocks, then the output layer) below `n_layer + 1 - gpu_layers` stay
 there too, and each other layer goes to the device whose cumulative share of the split first
 exceeds its position (`llama_model::load_tensors`, vendored llama.cpp's src/llama-model.cpp).
-A block's KV cache lives with its block. Pure arithmetic, so the plan shows what will run.
+A worker with no GPU of its own keeps the output layer on its CPU too (the worker overrides
+where those tensors go: the logits then never cross the network). A block's KV cache lives
+with its block. Pure arithmetic, so the plan shows what will run.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def layout(
         if first_gpu <= il and il - first_gpu < active:
             at = _f32(_f32(il - first_gpu) / active)
             where = devices[bisect.bisect_right(points, at)]
+        if il == n_layer and devices and all(d.rpc for d in devices):
+            where = cpu  # the output layer of a worker with no GPU of its own
         layers[where] += 1
         if il < n_layer:
             weights[where] += blocks[il]
