@@ -438,12 +438,6 @@ class Deployment(_Strict):
         "llama.cpp's RPC: for a model bigger than one machine",
     )
     ctx_size: CtxSize = CTX_SIZE
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="threads each worker decodes with; unset: a CPU worker gets its share of "
-        "its hive's cores (the cores over the hive's CPU workers), a GPU worker every core",
-    )
     serving: Serving = Field(
         default_factory=lambda: Serving(),
         description="timeouts, retries, queue and routing of the model's requests at the queen",

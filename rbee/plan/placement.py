@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rbee.config.models import Cluster, Deployment, Hive, ReplicaRange, WorkerBinary
+from rbee.config.models import Cluster, Deployment, Hive, WorkerBinary
 from rbee.defaults import SplitMode
 from rbee.plan.layout import Device, layout, parse_split, split_text
 from rbee.plan.observed import HiveFacts
@@ -24,7 +24,7 @@ from rbee.plan.resources import hive_address, worker_address, worker_binary_addr
 from rbee.wire import Capabilities, ModelEntry, SpawnRpcServer, WorkerProcess
 from rbee.wire.plan import DeviceShare, Note
 
-__all__ = ["Placement", "Replica", "cpu_threads", "place", "vram_bytes"]
+__all__ = ["Placement", "Replica", "place", "vram_bytes"]
 
 _MIB = 1 << 20
 
@@ -65,36 +65,6 @@ def vram_bytes(entry: ModelEntry, slots: int, ctx_size: int) -> int | None:
     if entry.facts is None or entry.facts.kv_bytes_per_token is None:
         return None
     return entry.size_bytes + slots * ctx_size * entry.facts.kv_bytes_per_token
-
-
-def cpu_threads(
-    desired: Cluster, hive: str, deployment: Deployment, caps: Capabilities | None
-) -> int | None:
-    """The threads each worker of `deployment` on `hive` decodes with: the YAML's `threads:`,
-    else for a CPU worker its share of the hive's cores, so the hive's CPU workers together
-    run no more threads than it has cores. None (the worker takes every core) for a GPU
-    worker, a hive whose cores are unknown yet, or the hive's one CPU worker (which keeps the
-    spec its workers ran before shares existed)."""
-    if deployment.threads is not None:
-        return deployment.threads
-    if not _on_cpu(deployment) or caps is None:
-        return None
-    workers = sum(
-        _most_replicas(d)
-        for d in desired.deployments
-        if _on_cpu(d) and hive in desired.hive_names(d)
-    )
-    return max(1, caps.cpu_count // workers) if workers > 1 else None
-
-
-def _on_cpu(deployment: Deployment) -> bool:
-    """Whether its workers decode on the CPU (a head worker spanning other hives included)."""
-    return deployment.devices is None and deployment.device == "cpu"
-
-
-def _most_replicas(deployment: Deployment) -> int:
-    replicas = deployment.replicas
-    return replicas.max if isinstance(replicas, ReplicaRange) else replicas
 
 
 def place(desired: Cluster, hives: dict[str, HiveFacts]) -> Placement:

@@ -16,7 +16,7 @@ from rbee.defaults import split_gguf
 from rbee.net import LOCAL_HOSTS, hide_url_secrets
 from rbee.plan.digest import observed_digest, redacted
 from rbee.plan.observed import HiveFacts, Observed, SourceFacts
-from rbee.plan.placement import Placement, Replica, cpu_threads, place
+from rbee.plan.placement import Placement, Replica, place
 from rbee.plan.resources import (
     covers,
     deployment_address,
@@ -30,7 +30,6 @@ from rbee.plan.resources import (
 )
 from rbee.wire import (
     AddWorkerBinary,
-    Capabilities,
     ModelEntry,
     Purpose,
     RpcServerProcess,
@@ -496,14 +495,9 @@ class _Context:
             why = f"above max ({scaling})" if scaling else f"replicas → {len(devices)}"
             for proc in by_index.pop(index):
                 actions.append(_delete_worker(hive.name, hive.url, proc, why, deployment.key))
-        facts = self.observed.hives.get(hive.name)
-        caps = facts.capabilities if facts is not None else None
-        threads = cpu_threads(self.desired, hive.name, deployment, caps)
         previous_replace: str | None = None
         for index, replica in wanted:
-            spawn = _worker_spawn(
-                hive.name, deployment, model, index, replica, self.queen_url, threads
-            )
+            spawn = _worker_spawn(hive.name, deployment, model, index, replica, self.queen_url)
             address = worker_address(hive.name, deployment.key, index)
             existing = sorted(by_index.get(index, []), key=lambda p: p.started_at)
             for duplicate in existing[1:]:
@@ -752,13 +746,7 @@ def _field(path: str) -> str:
 
 
 def _worker_spawn(
-    hive: str,
-    deployment: Deployment,
-    model: Model,
-    index: int,
-    replica: Replica,
-    queen_url: str,
-    threads: int | None,
+    hive: str, deployment: Deployment, model: Model, index: int, replica: Replica, queen_url: str
 ) -> SpawnWorker:
     """What replica `index` of `deployment` on `hive` runs: one spec for apply and for the
     queen's autoscaler, so a worker spawned on demand is the one apply would have spawned."""
@@ -775,37 +763,26 @@ def _worker_spawn(
         tensor_split=replica.tensor_split,
         gpu_layers=replica.gpu_layers,
         rpc=replica.rpc,
-        threads=threads,
         queen_url=queen_url,
     )
 
 
 def scale_up_action(
-    desired: Cluster,
-    hive: Hive,
-    deployment: Deployment,
-    index: int,
-    queen_url: str,
-    why: str,
-    caps: Capabilities | None,
+    desired: Cluster, hive: Hive, deployment: Deployment, index: int, queen_url: str, why: str
 ) -> Action:
     """The create action of replica `index`, as a plan would hold it, for a worker the queen
-    spawns on demand (`why`) between applies on a hive of capabilities `caps`."""
+    spawns on demand (`why`) between applies."""
     model = next(m for m in desired.models if m.name == deployment.model)
     replica = Replica(device=deployment.device)
-    threads = cpu_threads(desired, hive.name, deployment, caps)
-    spawn = _worker_spawn(hive.name, deployment, model, index, replica, queen_url, threads)
+    spawn = _worker_spawn(hive.name, deployment, model, index, replica, queen_url)
     address = worker_address(hive.name, deployment.key, index)
     reason = f"{_spawning(spawn, None)}: {why}"
     return _worker_action(address, "create", hive, reason, [], spawn, replica)
 
 
 def _spawning(spawn: SpawnWorker, purpose: Purpose | None) -> str:
-    """`spawn (slots 2, ctx_size 4096, cpu)`, with its threads where the plan sets them and
-    what a model that does not chat is for."""
+    """`spawn (slots 2, ctx_size 4096, cpu)`, with what a model that does not chat is for."""
     kind = {"embedding": ", embedding model", "rerank": ", reranker"}.get(purpose or "", "")
-    if spawn.threads is not None:
-        kind = f", {spawn.threads} thread{'s' if spawn.threads > 1 else ''}{kind}"
     if spawn.rpc:
         kind += ", spanning " + ", ".join(s.partition("@")[0] for s in spawn.rpc.split(","))
     return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device}{kind})"

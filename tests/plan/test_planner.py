@@ -13,7 +13,7 @@ from syrupy.assertion import SnapshotAssertion
 
 from rbee.config.models import Cluster
 from rbee.plan.observed import Observed
-from rbee.plan.planner import plan, scale_up_action
+from rbee.plan.planner import plan
 from rbee.plan.render import plan_dot, plan_json, plan_markdown, plan_text
 from rbee.wire.plan import Plan
 
@@ -395,19 +395,3 @@ def test_what_does_not_fit_is_an_error_before_anything_moves(
     assert [e.address for e in the_plan.errors] == [address]
     assert words in the_plan.errors[0].message
     assert not any(a.kind in ("worker", "rpc_server") for a in the_plan.actions)
-
-
-def test_a_worker_the_queen_scales_up_gets_the_threads_a_plan_gives_it() -> None:
-    name = "threads_given_in_the_yaml_win_and_a_range_counts_at_its_max"
-    doc = YAML(typ="safe").load((CASES / f"{name}.yaml").read_text())
-    desired = Cluster.model_validate(doc["desired"])
-    observed = Observed.model_validate(doc["observed"])
-    [planned] = plan(desired, observed, QUEEN).actions
-    [hive] = desired.hives
-    shared = next(d for d in desired.deployments if d.key == "shared")
-    caps = observed.hives["local"].capabilities
-    scaled = scale_up_action(desired, hive, shared, 1, QUEEN, "a request waits", caps)
-    assert planned.spawn is not None and scaled.spawn is not None
-    assert planned.spawn.threads == scaled.spawn.threads == 1
-    unknown = scale_up_action(desired, hive, shared, 1, QUEEN, "hive not answering", None).spawn
-    assert unknown is not None and unknown.threads is None

@@ -41,7 +41,7 @@ from rbee.plan.resources import parse_worker_id, worker_address, worker_id
 from rbee.queen.control.control import Control
 from rbee.queen.serve.metrics import Metrics
 from rbee.queen.serve.worker import WorkerRecord
-from rbee.wire import ApplyEvent, Capabilities
+from rbee.wire import ApplyEvent
 from rbee.wire.plan import Action
 
 __all__ = ["DRAIN_TIMEOUT_S", "EVICT_EVERY_S", "Autoscaler"]
@@ -175,14 +175,13 @@ class Autoscaler:
                 self._metrics.scale_ups.labels(model, "suspended").inc()
                 return
             async with self._placing:  # one choice at a time: each sees the ones before
-                placed = await self._place(desired, spawn)
-            if placed is None or spawn.index is None:
+                hive = await self._place(desired, spawn)
+            if hive is None or spawn.index is None:
                 self._metrics.scale_ups.labels(model, "no_room").inc()
                 return
             why = f"a request waits (replicas {deployment.elastic})"
-            hive, caps = placed
             action = scale_up_action(
-                desired, hive, deployment, spawn.index, self._control.queen_url, why, caps
+                desired, hive, deployment, spawn.index, self._control.queen_url, why
             )
             log.info("event=scale_up worker=%s hive=%s model=%s", spawn.worker_id, hive.name, model)
             await self._effects().run(action, _log_event)
@@ -196,18 +195,15 @@ class Autoscaler:
         finally:
             self._spawns.remove(spawn)
 
-    async def _place(
-        self, desired: Cluster, spawn: _Spawn
-    ) -> tuple[Hive, Capabilities | None] | None:
-        """Choose the hive and replica index of `spawn` (set on it), with the hive's
-        capabilities; None when no hive of the deployment has room, its model and worker
-        binary, and the memory for one more."""
+    async def _place(self, desired: Cluster, spawn: _Spawn) -> Hive | None:
+        """Choose the hive and replica index of `spawn` (set on it); None when no hive of the
+        deployment has room, its model and worker binary, and the memory for one more."""
         deployment = spawn.deployment
         assert deployment.elastic is not None
         names = desired.hive_names(deployment)
         hives = [h for h in desired.hives if h.name in names]
         facts = await asyncio.gather(*(self._facts(h) for h in hives))
-        best: tuple[tuple[int, int], Hive, int, Capabilities | None] | None = None
+        best: tuple[tuple[int, int], Hive, int] | None = None
         for order, (hive, fact) in enumerate(zip(hives, facts, strict=True)):
             entry = next((m for m in fact.models if m.name == deployment.model), None)
             if (
@@ -230,16 +226,16 @@ class Autoscaler:
             rank = (free if free is not None else 0, -order)
             if best is None or rank > best[0]:
                 index = next(i for i in range(len(taken) + 1) if i not in taken)
-                best = (rank, hive, index, fact.capabilities)
+                best = (rank, hive, index)
         if best is None:
             log.warning(
                 "event=scale_up_no_room deployment=%s hives=%s", deployment.key, ",".join(names)
             )
             return None
-        _, hive, spawn.index, caps = best
+        _, hive, spawn.index = best
         spawn.hive = hive.name
         spawn.worker_id = worker_id(hive.name, deployment.key, spawn.index)
-        return hive, caps
+        return hive
 
     def _taken(self, hive: str, deployment: Deployment, fact: HiveFacts) -> set[int]:
         """Replica indices of `deployment` on `hive` that run, heartbeat or are being spawned."""
