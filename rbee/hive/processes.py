@@ -12,8 +12,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -22,19 +23,21 @@ from rbee.net import LOOPBACK
 from rbee.paths import contained, private_dir, socket_dir, state_dir
 from rbee.pki import write_private
 from rbee.process import spawn_detached, terminate
-from rbee.wire import SpawnRequest, WorkerArgs, WorkerProcess
+from rbee.wire import CommandLine, SpawnRequest, WorkerArgs, WorkerProcess
 
 __all__ = [
     "device_env",
     "find_worker",
     "list_workers",
     "log_path",
+    "own_processes",
     "parse_worker",
     "spawn_worker",
     "stop_worker",
 ]
 
 _log = logging.getLogger(__name__)
+_Args = TypeVar("_Args", bound=CommandLine)
 
 
 def log_path(worker_id: str) -> Path:
@@ -122,13 +125,23 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
     so two hives of one user on one machine (tests, a benchmark beside a demo) never list or
     stop each other's workers.
     """
-    uid = os.getuid()
     workers = []
+    for proc, args, started_at in own_processes(WorkerArgs):
+        worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
+        if _serves_from(worker, models_root):
+            workers.append(worker)
+    return sorted(workers, key=lambda w: (w.started_at, w.pid))
+
+
+def own_processes(program: type[_Args]) -> Iterator[tuple[psutil.Process, _Args, float]]:
+    """This user's processes running `program` (a daemon's command line class): each with its
+    command line read back and its start time."""
+    uid = os.getuid()
     # Only the command line of every process (one read each); owner and start time only of
-    # the few that are workers: a plan, a heal check and the status page all list workers.
+    # the few that run the program: a plan, a heal check and the status page all list them.
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"]
-        args = WorkerArgs.from_cmdline(cmdline) if cmdline else None
+        args = program.from_cmdline(cmdline) if cmdline else None
         if args is None:
             continue
         try:
@@ -137,10 +150,7 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
             started_at = proc.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
-        if _serves_from(worker, models_root):
-            workers.append(worker)
-    return sorted(workers, key=lambda w: (w.started_at, w.pid))
+        yield proc, args, started_at
 
 
 def find_worker(pid: int, models_root: Path) -> WorkerProcess:

@@ -9,14 +9,13 @@ this hive. Like a worker, it lives in its own session and is found again by its 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import psutil
 
 from rbee.errors import NotFoundError
-from rbee.hive.processes import device_env, log_path
+from rbee.hive.processes import device_env, log_path, own_processes
 from rbee.process import spawn_detached, terminate
 from rbee.wire import RpcServerArgs, RpcServerProcess, SpawnRpcServer
 
@@ -66,20 +65,9 @@ def stop_rpc_server(pid: int, grace_s: float, hive: str, identity: Path) -> RpcS
 
 
 def _servers(hive: str, identity: Path) -> list[tuple[psutil.Process, RpcServerProcess]]:
-    uid = os.getuid()
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"]
-        args = RpcServerArgs.from_cmdline(cmdline) if cmdline else None
-        if args is None or args.hive != hive or Path(args.identity) != identity:
-            continue
-        try:
-            if proc.uids().real != uid:
-                continue
-            started_at = proc.create_time()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        found.append(
-            (proc, RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at))
-        )
+    found = [
+        (proc, RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at))
+        for proc, args, started_at in own_processes(RpcServerArgs)
+        if args.hive == hive and Path(args.identity) == identity
+    ]
     return sorted(found, key=lambda pair: pair[1].started_at)

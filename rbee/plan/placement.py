@@ -24,7 +24,7 @@ from rbee.plan.resources import hive_address, worker_address, worker_binary_addr
 from rbee.wire import Capabilities, ModelEntry, SpawnRpcServer, WorkerProcess
 from rbee.wire.plan import DeviceShare, Note
 
-__all__ = ["Placement", "Replica", "place", "vram_bytes"]
+__all__ = ["Placement", "Replica", "free_bytes", "place", "vram_bytes"]
 
 _MIB = 1 << 20
 
@@ -349,7 +349,7 @@ def _check_memory(desired: Cluster, hives: dict[str, HiveFacts], placement: Plac
                 break
     for where in sorted(need, key=lambda w: (list(hives).index(w[0]) if w[0] in hives else 0, w)):
         hive, device = where
-        free = _free(hives.get(hive), device)
+        free = free_bytes(hives.get(hive), device)
         if free is None:
             continue
         available = free + held.get(where, 0)
@@ -415,7 +415,7 @@ def _held(
     yield from _bytes(hive, Replica(device=proc.device, shares=tuple(shares or ())), None, 0, 0)
 
 
-def _free(facts: HiveFacts | None, device: str) -> int | None:
+def free_bytes(facts: HiveFacts | None, device: str) -> int | None:
     """What a device has free now: a GPU's memory, or a machine's available RAM."""
     caps = facts.capabilities if facts is not None else None
     if caps is None:
@@ -441,7 +441,7 @@ def _too_big(
         return None
     room = 0
     for where, _ in wanted:
-        free = _free(hives.get(where[0]), where[1])
+        free = free_bytes(hives.get(where[0]), where[1])
         if free is None:
             return None
         room += free + held.get(where, 0)

@@ -35,7 +35,7 @@ from rbee.config.models import Cluster, Deployment, Hive
 from rbee.errors import RbeeError
 from rbee.observe.hive import observe_hive
 from rbee.plan.observed import HiveFacts
-from rbee.plan.placement import vram_bytes
+from rbee.plan.placement import free_bytes, vram_bytes
 from rbee.plan.planner import scale_up_action
 from rbee.plan.resources import parse_worker_id, worker_address, worker_id
 from rbee.queen.control.control import Control
@@ -53,7 +53,6 @@ EVICT_EVERY_S = 1.0
 #: A retired worker still busy after this long is stopped anyway (it drains on SIGTERM itself).
 DRAIN_TIMEOUT_S = 300.0
 _DRAIN_POLL_S = 0.05
-_MIB = 1 << 20
 
 HiveFactsOf = Callable[[Hive], Awaitable[HiveFacts]]
 
@@ -217,7 +216,7 @@ class Autoscaler:
                 continue
             need = vram_bytes(entry, deployment.slots, deployment.ctx_size) or entry.size_bytes
             starting = sum(s.hive == hive.name and s is not spawn for s in self._spawns)
-            free = _free_bytes(fact, deployment.device)
+            free = free_bytes(fact, deployment.device)
             if free is not None:
                 free -= starting * need
                 if free < need:
@@ -369,19 +368,6 @@ class Autoscaler:
             if deployment.model == beat.model and index is not None:
                 return worker_address(beat.hive, deployment.key, index)
         return f"worker.{beat.hive}.{beat.worker_id}"
-
-
-def _free_bytes(facts: HiveFacts, device: str) -> int | None:
-    """Free memory where a worker on `device` would live: the GPU's for cuda:N, else RAM."""
-    caps = facts.capabilities
-    if caps is None:
-        return None
-    if device.startswith("cuda:"):
-        gpu = next((g for g in caps.gpus if f"cuda:{g.index}" == device), None)
-        if gpu is None or gpu.memory_free_mib is None:
-            return None
-        return gpu.memory_free_mib * _MIB
-    return caps.ram_available_bytes
 
 
 async def _log_event(event: ApplyEvent) -> None:
