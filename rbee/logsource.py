@@ -20,22 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import anyio
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from rbee.wire import sse
 from rbee.wire.logs import LogQuery
 
-__all__ = [
-    "FollowResponse",
-    "JournalLog",
-    "LogFile",
-    "LogSource",
-    "log_response",
-    "own_log",
-    "tail_lines",
-]
+__all__ = ["JournalLog", "LogFile", "LogSource", "log_response", "own_log", "tail_lines"]
 
 _MEDIA_TYPE = "text/plain; charset=utf-8"
 _STAMP = re.compile(rb"^(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)")
@@ -136,31 +126,12 @@ def _unit_of(cgroup: str) -> JournalLog | None:
     return None
 
 
-class FollowResponse(StreamingResponse):
-    """A followed log: it ends when its reader goes, even while no new line comes.
-
-    Starlette stops listening for the reader's disconnect under ASGI 2.4 (uvicorn's), and
-    notices it only when a write fails: a quiet log would be followed, and a hive's stream
-    relayed by the queen held open, for as long as nothing is written to it."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-
-            async def stream() -> None:
-                await self.stream_response(send)
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
-
-
 async def log_response(source: LogSource, query: LogQuery) -> Response:
     """The log as the answer of a request: the tail at once, or streamed on with `follow`."""
     if not query.follow:
         body = b"".join([chunk async for chunk in source.read(query)])
         return Response(body, media_type=_MEDIA_TYPE)
-    return FollowResponse(source.read(query), media_type=_MEDIA_TYPE, headers=sse.HEADERS)
+    return StreamingResponse(source.read(query), media_type=_MEDIA_TYPE, headers=sse.HEADERS)
 
 
 def tail_lines(path: Path, lines: int, since: float | None) -> tuple[bytes, int]:

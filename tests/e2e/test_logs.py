@@ -145,24 +145,31 @@ def test_follow_streams_the_queens_new_lines_until_interrupted(cluster: LocalClu
 
 
 def test_follow_streams_a_workers_new_lines_through_its_hive(cluster: LocalCluster) -> None:
+    [hive] = [p for p in cluster.processes() if "rbee.hive" in " ".join(p.cmdline())]
+    followed: set[tuple[str, int]] = set()
+
+    def connections() -> set[tuple[str, int]]:
+        return {
+            (c.raddr.ip, c.raddr.port)
+            for c in hive.net_connections()
+            if c.status == "ESTABLISHED" and c.laddr.port == cluster.hive_port
+        }
+
     def write() -> str:
+        # While the keeper follows: the queen's stream from the hive is among these (the
+        # queen's health checks come and go on connections of their own).
+        followed.update(connections())
         line = f"{_stamp(0)} level=INFO written while followed {secrets.token_hex(4)}"
         with (cluster.home / ".local/state/rbee/workers" / f"{WORKER}.log").open("a") as out:
             out.write(line + "\n")
         return line
 
     _follow_until_seen(cluster, ["worker", WORKER], write)
+    assert followed
     # The keeper left, so the queen let go of the hive's stream too.
-    [hive] = [p for p in cluster.processes() if "rbee.hive" in " ".join(p.cmdline())]
     wait_until(
         "the queen to close its stream from the hive",
-        lambda: (
-            not [
-                c
-                for c in hive.net_connections()
-                if c.status == "ESTABLISHED" and c.laddr.port == cluster.hive_port
-            ]
-        ),
+        lambda: not followed & connections(),
         timeout=60,
     )
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from rbee.clients import HiveClient
 from rbee.errors import UnavailableError
-from rbee.logsource import FollowResponse, log_response, own_log
+from rbee.logsource import log_response, own_log
 from rbee.queen.http.errors import Refused
 from rbee.queen.http.state import QueenState, queen_of
 from rbee.wire import sse
@@ -95,7 +95,7 @@ async def _relay(hive: Hive, path: str, query: LogQuery) -> Response:
                 yield chunk
 
     media_type = answer.headers.get("content-type")
-    return FollowResponse(body(), media_type=media_type, headers=sse.HEADERS)
+    return StreamingResponse(body(), media_type=media_type, headers=sse.HEADERS)
 
 
 def _query(request: Request) -> LogQuery:
