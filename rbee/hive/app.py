@@ -50,6 +50,7 @@ from rbee.wire import (
     RpcServerProcess,
     SpawnRequest,
     SpawnRpcServer,
+    WorkerBinaryEntry,
     json_object,
     openai_error,
     sse,
@@ -125,6 +126,15 @@ class HiveContext:
         if self.identity is None:
             return []
         return list_rpc_servers(self.name, self.identity.path)
+
+
+async def _provisioned(hive: HiveContext, name: str) -> WorkerBinaryEntry:
+    """The worker binary `name` of this hive; a 404 when it is not provisioned."""
+    try:
+        return await run_in_threadpool(hive.worker_binaries.get, name)
+    except (NotFoundError, InvalidArtifactError):
+        message = f"worker binary {name!r} is not provisioned on this hive"
+        raise _HTTPError(404, message, "worker_binary_not_found") from None
 
 
 def _hive(request: Request) -> HiveContext:
@@ -303,11 +313,7 @@ async def spawn_worker_process(request: Request) -> Response:
         message = f"model {wanted.model!r} is not in this hive's catalog"
         raise _HTTPError(404, message, "model_not_found") from None
     async with hive.binaries_in_use:
-        try:
-            binary = await run_in_threadpool(hive.worker_binaries.get, wanted.worker_binary)
-        except (NotFoundError, InvalidArtifactError):
-            message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
-            raise _HTTPError(404, message, "worker_binary_not_found") from None
+        binary = await _provisioned(hive, wanted.worker_binary)
         try:
             worker = await run_in_threadpool(
                 spawn_worker,
@@ -351,11 +357,7 @@ async def spawn_rpc_server_process(request: Request) -> Response:
         if running:
             message = f"this hive already runs an RPC server (pid {running[0].pid})"
             raise _HTTPError(409, message, "conflict")
-        try:
-            binary = await run_in_threadpool(hive.worker_binaries.get, wanted.worker_binary)
-        except (NotFoundError, InvalidArtifactError):
-            message = f"worker binary {wanted.worker_binary!r} is not provisioned on this hive"
-            raise _HTTPError(404, message, "worker_binary_not_found") from None
+        binary = await _provisioned(hive, wanted.worker_binary)
         server = await run_in_threadpool(
             spawn_rpc_server,
             wanted,

@@ -33,6 +33,7 @@ __all__ = [
     "own_processes",
     "parse_worker",
     "spawn_worker",
+    "started_at",
     "stop_worker",
 ]
 
@@ -76,11 +77,7 @@ def spawn_worker(
         socket=_socket_path(request.worker_id),
     )
     proc = spawn_detached(args.command(python), log, token, env=device_env(args.device))
-    try:
-        started_at = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        started_at = time.time()
-    worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
+    worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at(proc.pid))
     _log.info(
         "worker spawned worker_id=%s pid=%d port=%d log=%s",
         worker.worker_id, worker.pid, worker.port, log,
@@ -126,11 +123,19 @@ def list_workers(models_root: Path) -> list[WorkerProcess]:
     stop each other's workers.
     """
     workers = []
-    for proc, args, started_at in own_processes(WorkerArgs):
-        worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
+    for proc, args, since in own_processes(WorkerArgs):
+        worker = WorkerProcess(**args.model_dump(), pid=proc.pid, started_at=since)
         if _serves_from(worker, models_root):
             workers.append(worker)
     return sorted(workers, key=lambda w: (w.started_at, w.pid))
+
+
+def started_at(pid: int) -> float:
+    """When a process this hive just spawned started (now, if it is already gone)."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return time.time()
 
 
 def own_processes(program: type[_Args]) -> Iterator[tuple[psutil.Process, _Args, float]]:
@@ -147,10 +152,10 @@ def own_processes(program: type[_Args]) -> Iterator[tuple[psutil.Process, _Args,
         try:
             if proc.uids().real != uid:
                 continue
-            started_at = proc.create_time()
+            since = proc.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        yield proc, args, started_at
+        yield proc, args, since
 
 
 def find_worker(pid: int, models_root: Path) -> WorkerProcess:

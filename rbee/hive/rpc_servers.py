@@ -9,13 +9,12 @@ this hive. Like a worker, it lives in its own session and is found again by its 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import psutil
 
 from rbee.errors import NotFoundError
-from rbee.hive.processes import device_env, log_path, own_processes
+from rbee.hive.processes import device_env, log_path, own_processes, started_at
 from rbee.process import spawn_detached, terminate
 from rbee.wire import RpcServerArgs, RpcServerProcess, SpawnRpcServer
 
@@ -38,11 +37,7 @@ def spawn_rpc_server(
     )
     log = log_path(LOG_NAME)
     proc = spawn_detached(args.command(python), log, None, env=device_env(args.device))
-    try:
-        started_at = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        started_at = time.time()
-    server = RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at)
+    server = RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at(proc.pid))
     _log.info("rpc server spawned pid=%d port=%d device=%s", proc.pid, args.port, args.device)
     return server
 
@@ -66,8 +61,8 @@ def stop_rpc_server(pid: int, grace_s: float, hive: str, identity: Path) -> RpcS
 
 def _servers(hive: str, identity: Path) -> list[tuple[psutil.Process, RpcServerProcess]]:
     found = [
-        (proc, RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=started_at))
-        for proc, args, started_at in own_processes(RpcServerArgs)
+        (proc, RpcServerProcess(**args.model_dump(), pid=proc.pid, started_at=since))
+        for proc, args, since in own_processes(RpcServerArgs)
         if args.hive == hive and Path(args.identity) == identity
     ]
     return sorted(found, key=lambda pair: pair[1].started_at)
