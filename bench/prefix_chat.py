@@ -59,7 +59,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import httpx
 
@@ -492,11 +492,18 @@ class Rbee:
         }
 
     def apply(self, replicas: int, policy: str = "least_loaded") -> None:
-        from rbee.config.models import Serving
+        from pydantic import ValidationError
 
-        if policy not in get_args(Serving.model_fields["routing"].annotation):
-            raise Unaccepted(f"this rbee has no `routing: {policy}`")
-        self.lab.write(self.cluster(replicas, policy))
+        from rbee.config.models import Deployment
+
+        cluster = self.cluster(replicas, policy)
+        try:
+            Deployment.model_validate(cluster["deployments"][0])
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise Unaccepted(f"{where}: {problem['msg']}"[:160]) from None
+        self.lab.write(cluster)
         done = self.lab.rbee("apply", "--auto-approve", check=False)
         if done.returncode != 0:
             raise RuntimeError(f"rbee apply failed:\n{done.stdout}\n{done.stderr}")
