@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 
 __all__ = [
     "BACKEND",
@@ -46,6 +46,8 @@ HIVE_CHECK_INTERVAL_S = 5.0
 SSH_IDLE_S = 300.0
 SLOTS = 1
 CTX_SIZE = 4096
+#: Host memory for a worker's prompt cache (the states of finished conversations), in bytes.
+PROMPT_CACHE = 1 << 30
 DEVICE = "cpu"
 WORKER_BINARY = "cpu"
 
@@ -69,6 +71,15 @@ BACKEND: Backend = "cpu"
 
 Slots = Annotated[int, Field(ge=1, le=64, description="parallel sequences per worker")]
 CtxSize = Annotated[int, Field(ge=128, le=1_048_576, description="context tokens per slot")]
+PromptCache = Annotated[
+    ByteSize,
+    Field(
+        ge=0,
+        le=1 << 40,
+        description="host memory for the prompt cache: the KV states of finished conversations "
+        "whose slot was taken, restored when they come back (bytes, or e.g. 512MiB, 2GB; 0: off)",
+    ),
+]
 Device = Annotated[
     str,
     Field(

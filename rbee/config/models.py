@@ -11,6 +11,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
@@ -25,6 +26,7 @@ from rbee.defaults import (
     CTX_SIZE,
     DEVICE,
     HIVE_PORT,
+    PROMPT_CACHE,
     QUEEN_PORT,
     RPC_PORT,
     SLOTS,
@@ -32,6 +34,7 @@ from rbee.defaults import (
     Backend,
     CtxSize,
     Device,
+    PromptCache,
     Slots,
     SplitMode,
     split_gguf,
@@ -316,8 +319,11 @@ class Serving(_Strict):
     queue_timeout: Duration = Field(
         default=30.0, description="seconds a request waits for a free slot before a 504"
     )
-    routing: Literal["least_loaded", "round_robin", "prefer_hive"] = Field(
-        default="least_loaded", description="how a free worker is chosen"
+    routing: Literal["least_loaded", "round_robin", "prefer_hive", "prefix"] = Field(
+        default="least_loaded",
+        description="how a free worker is chosen: the least loaded; each in turn; a hive's "
+        "first; or the one whose prompt cache holds the longest start of the prompt, less its "
+        "load (prefix: the next turn of a conversation goes where its history is cached)",
     )
     prefer_hive: str | None = Field(
         default=None, description="with routing: prefer_hive, the hive tried first"
@@ -438,6 +444,7 @@ class Deployment(_Strict):
         "llama.cpp's RPC: for a model bigger than one machine",
     )
     ctx_size: CtxSize = CTX_SIZE
+    prompt_cache: PromptCache = ByteSize(PROMPT_CACHE)
     serving: Serving = Field(
         default_factory=lambda: Serving(),
         description="timeouts, retries, queue and routing of the model's requests at the queen",

@@ -757,6 +757,7 @@ def _worker_spawn(
         worker_binary=deployment.worker,
         slots=deployment.slots,
         ctx_size=deployment.ctx_size,
+        prompt_cache=deployment.prompt_cache,
         device=replica.device,
         chat_format=model.chat_format,
         split_mode=replica.split_mode,

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rbee.defaults import BACKEND, Backend, Device
+from rbee.wire.prefix import MAX_REPORTED
 from rbee.wire.processes import RpcServerProcess, WorkerProcess
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ModelEntry",
     "OperationEvent",
     "OperationStarted",
+    "PromptCacheStats",
     "Purpose",
     "Renewal",
     "WorkerBinaryEntry",
@@ -59,6 +61,21 @@ class Health(_Wire):
 _Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")]
 
 
+class PromptCacheStats(_Wire):
+    """A chat worker's prompt cache: its slots' KV cells and the RAM cache behind them."""
+
+    prompt_tokens: int = Field(default=0, description="prompt tokens of every request")
+    reused_tokens: int = Field(default=0, description="of those, found in the cache: not read")
+    hits: int = Field(default=0, description="requests that reused cached tokens")
+    misses: int = Field(default=0, description="requests that read their whole prompt")
+    ram_hits: int = Field(default=0, description="hits restored from RAM into a slot")
+    saved: int = Field(default=0, description="sequences saved to RAM as their slot was taken")
+    evictions: int = Field(default=0, description="RAM entries dropped for the byte budget")
+    entries: int = Field(default=0, description="sequences held in RAM now")
+    bytes: int = Field(default=0, description="bytes held in RAM now")
+    budget: int = Field(default=0, description="the RAM cache's byte budget (0: off)")
+
+
 class Heartbeat(_Wire):
     """What a worker sends to the queen every 2 s."""
 
@@ -79,6 +96,14 @@ class Heartbeat(_Wire):
         default=None,
         max_length=107,
         description="a Unix socket it serves too: the queen on its machine relays there",
+    )
+    prompt_cache: PromptCacheStats | None = Field(
+        default=None, description="its prompt cache's counters (none: an embedding worker)"
+    )
+    prefixes: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        max_length=MAX_REPORTED,
+        description="hashes of the prompt prefixes its KV cache holds (rbee.wire.prefix)",
     )
 
 

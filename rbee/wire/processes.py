@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, computed_field
 from pydantic_core import PydanticUndefined
 
 from rbee.defaults import (
@@ -22,6 +22,7 @@ from rbee.defaults import (
     DEVICE,
     HIVE_CHECK_INTERVAL_S,
     HIVE_PORT,
+    PROMPT_CACHE,
     QUEEN_CLUSTER_PORT,
     QUEEN_PORT,
     RPC_PORT,
@@ -29,6 +30,7 @@ from rbee.defaults import (
     WORKER_BINARY,
     CtxSize,
     Device,
+    PromptCache,
     Slots,
     SplitMode,
 )
@@ -181,6 +183,7 @@ class SpawnWorker(BaseModel):
     model: str = Field(description="model name, as in the cluster YAML")
     slots: Slots = SLOTS
     ctx_size: CtxSize = CTX_SIZE
+    prompt_cache: PromptCache = ByteSize(PROMPT_CACHE)
     device: Device = DEVICE
     worker_binary: str = Field(
         default=WORKER_BINARY, description="worker binary name, as in the cluster YAML"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import uvicorn
@@ -34,6 +34,7 @@ from rbee.wire import (
     WorkerState,
     json_object,
 )
+from rbee.wire.prefix import prefix_of
 from rbee.worker.chat import ChatRequest, CompletionRequest, Sampling
 from rbee.worker.embed import Embedder, model_purpose
 from rbee.worker.embeddings import embeddings, rerank, wrong_purpose
@@ -88,7 +89,8 @@ class _Worker:
 
     def snapshot(self) -> Heartbeat:
         """This worker as the queen sees it."""
-        config = self.config
+        config, engine = self.config, self.engine
+        chat = isinstance(engine, Engine)
         return Heartbeat(
             worker_id=config.worker_id,
             hive=config.hive,
@@ -102,6 +104,8 @@ class _Worker:
             slots_busy=self.engine.slots_busy,
             tls_expires_at=self.identity.expires_at if self.identity else None,
             socket=config.socket,
+            prompt_cache=engine.stats if chat else None,
+            prefixes=engine.prefixes if chat else [],
         )
 
     def _state_may_have_changed(self) -> None:
@@ -219,6 +223,7 @@ async def _complete(request: Request, kind: Kind, model: type[Sampling]) -> Resp
         stream=body.stream,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
         choices=body.n,
+        prefixes=prefix_of(request.state.json).hashes,
     )
 
     def respond(generation: Generation, first: dict[str, Any]) -> Response:
@@ -232,13 +237,11 @@ async def _complete(request: Request, kind: Kind, model: type[Sampling]) -> Resp
 async def _health(request: Request) -> Response:
     worker: _Worker = request.app.state.worker
     health = Health(service=SERVICE, version=__version__, pid=os.getpid())
-    stats = dataclasses.asdict(worker.engine.stats)
-    counters = "prompt_cache" if isinstance(worker.engine, Engine) else "embeddings"
-    return JSONResponse(
-        health.model_dump()
-        | worker.snapshot().model_dump()
-        | {"purpose": worker.purpose, counters: stats}
-    )
+    engine = worker.engine
+    # A chat worker's prompt cache is in its heartbeat; an embedding worker's counters are not.
+    counters = {} if isinstance(engine, Engine) else {"embeddings": asdict(engine.stats)}
+    body = health.model_dump() | worker.snapshot().model_dump() | {"purpose": worker.purpose}
+    return JSONResponse(body | counters)
 
 
 async def _renew_identity(request: Request) -> Response:

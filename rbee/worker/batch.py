@@ -6,7 +6,9 @@ a bounded chunk of the prompts being read, so a long prompt never stalls the oth
 than one chunk. Each sequence samples with its own sampler chain. All of the worker's threads
 serve the one batch, so a request alone runs at full speed. A finished sequence leaves its
 tokens in its slot's KV cells: a later request whose prompt starts the same way (the next chat
-turn) reuses them instead of reading them again.
+turn) reuses them instead of reading them again. When another conversation needs the slot, the
+finished sequence's state is saved to host memory first (`rbee.worker.prompt_cache`), and a
+later request that starts the same way restores it into a free slot.
 
 A request may carry a grammar (JSON output): its sequence samples as llama-server does, the
 chain first and the grammar checking only the chosen token, the grammar over the whole
@@ -34,7 +36,11 @@ import numpy as np
 from llama_cpp import _internals, llama_chat_format
 from llama_cpp._utils import suppress_stdout_stderr
 
-__all__ = ["Batcher", "Formatted", "Kind", "Logprob", "Request", "SlotStats", "formatter"]
+from rbee.wire import PromptCacheStats
+from rbee.wire.prefix import MAX_REPORTED
+from rbee.worker.prompt_cache import Entry, RamCache, common
+
+__all__ = ["Batcher", "Formatted", "Kind", "Logprob", "Request", "formatter"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ Kind = Literal["chat", "completion"]
 #: stream waits for one token while a long prompt is read.
 PROMPT_CHUNK = 128
 _PENALTY_LAST_N = 64
+#: The fewest tokens a finished sequence must hold for its state to be saved to RAM.
+MIN_SAVED_TOKENS = 32
 #: The most alternatives a token's log-probabilities list (OpenAI's bound for `top_logprobs`).
 MAX_TOP_LOGPROBS = 20
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -70,7 +78,7 @@ class Formatted:
 class Request:
     """One generation asked of the batcher; `emit` receives its events from the loop's thread:
     ("text", str, logprobs: list[Logprob] | None), ("done", finish_reason, prompt_tokens,
-    completion_tokens) or ("error", BaseException)."""
+    completion_tokens, cached_tokens) or ("error", BaseException)."""
 
     prompt: Formatted
     max_tokens: int | None
@@ -88,15 +96,8 @@ class Request:
     grammar: str | None = None
     #: Alternatives per token to report with its log-probability; None: no log-probabilities.
     logprobs: int | None = None
-
-
-@dataclass
-class SlotStats:
-    """Counters of the prompt cache, for tests and logs."""
-
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    hits: int = 0
+    #: The prompt's prefix hashes (`rbee.wire.prefix`): what its slot holds once it is read.
+    prefixes: tuple[int, ...] = ()
 
 
 class _Sampler:
@@ -168,6 +169,7 @@ class _Sequence:
         self.seq_id = seq_id
         self.prompt = request.prompt.tokens
         self.read = keep  # prompt tokens already in the KV cells
+        self.reused = keep  # of those, found in the cache
         self.pos = keep
         self.sampler = sampler
         self.follows = follows
@@ -197,7 +199,9 @@ class Batcher:
         threads: int,
         *,
         chunk: int = PROMPT_CHUNK,
+        ram_budget: int = 0,
     ) -> None:
+        """`ram_budget`: bytes of host memory for the states of finished sequences (0: none)."""
         self.model = model
         self.slots = slots
         self.ctx_size = ctx_size
@@ -223,10 +227,14 @@ class Batcher:
         self._vocab = model.vocab
         self._incoming: queue.SimpleQueue[list[Request] | None] = queue.SimpleQueue()
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # tokens in each slot's KV
+        self._prefixes: list[tuple[int, ...]] = [() for _ in range(slots)]  # and their hashes
+        self._ram = RamCache(ram_budget)
+        #: The prefix hashes the slots and the RAM cache hold (rebuilt by the loop's thread).
+        self.prefixes: frozenset[int] = frozenset()
         self._free = list(range(slots))
         self._running: list[_Sequence] = []
         self._waiting: list[list[Request]] = []
-        self.stats = SlotStats()
+        self.stats = PromptCacheStats(budget=ram_budget)
         self._thread = threading.Thread(target=self._loop, name="rbee-decode", daemon=True)
         self._thread.start()
 
@@ -286,7 +294,7 @@ class Batcher:
             prompt = request.prompt.tokens
             if request.cancelled.is_set():
                 for one in (request, *others):
-                    one.emit(("done", "cancelled", len(prompt), 0))
+                    one.emit(("done", "cancelled", len(prompt), 0, 0))
                 continue
             if len(prompt) >= self.ctx_size:
                 error = ValueError(
@@ -302,29 +310,96 @@ class Batcher:
                 for one in (request, *others):
                     one.emit(("error", exc))
                 continue
-            # The free slot whose cached tokens share the longest start with this prompt.
-            seq_id = max(self._free, key=lambda s: _common(self._cached[s], prompt))
-            self._free.remove(seq_id)
-            keep = min(_common(self._cached[seq_id], prompt), len(prompt) - 1)
+            seq_id, keep = self._slot_for(prompt)
+            keep = min(keep, len(prompt) - 1)
             if not llama_cpp.llama_memory_seq_rm(self._memory, seq_id, keep, -1):
                 # This cache cannot drop a tail (a recurrent model's state): start afresh.
                 llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
                 keep = 0
             self._cached[seq_id] = prompt[:keep]
+            self._prefixes[seq_id] = request.prefixes
             self.stats.prompt_tokens += len(prompt)
             if keep:
                 self.stats.hits += 1
                 self.stats.reused_tokens += keep
                 log.debug("prompt cache seq=%d reused=%d of %d", seq_id, keep, len(prompt))
+            else:
+                self.stats.misses += 1
             leader = _Sequence(request, seq_id, keep, samplers[0])
             self._running.append(leader)
             for other, sampler in zip(others, samplers[1:], strict=True):
                 slot = self._free.pop()
+                self._save(slot, keep=0)
                 llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
                 self._cached[slot] = []
+                self._prefixes[slot] = ()
                 follower = _Sequence(other, slot, 0, sampler, follows=leader)
                 leader.followers.append(follower)
                 self._running.append(follower)
+            self._publish()
+
+    def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
+        """Take the free slot for `prompt` and say how many of its first tokens the slot's
+        cells hold: the slot that holds the longest start of it, or, when a state in RAM holds
+        a longer one, the slot that holds least with that state restored. What a slot held
+        beyond what is kept is saved to RAM first."""
+        seq_id = max(self._free, key=lambda s: common(self._cached[s], prompt))
+        keep = common(self._cached[seq_id], prompt)
+        entry, from_ram = self._ram.best(prompt)
+        if entry is not None and from_ram > keep:
+            seq_id = min(self._free, key=lambda s: len(self._cached[s]))
+            keep = common(self._cached[seq_id], prompt)
+            self._save(seq_id, keep)
+            keep = from_ram if self._restore(entry, seq_id) else 0
+        else:
+            self._save(seq_id, keep)
+        self._free.remove(seq_id)
+        return seq_id, keep
+
+    def _save(self, seq_id: int, keep: int) -> None:
+        """Save slot `seq_id`'s state to RAM when what it holds is worth it and would be lost
+        (most of it is not the `keep` tokens the next request reuses)."""
+        tokens = self._cached[seq_id]
+        if (
+            not self._ram.budget
+            or len(tokens) < MIN_SAVED_TOKENS
+            or keep * 2 > len(tokens)
+            or self._ram.covers(tokens)
+        ):
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
+        if not 0 < size <= self._ram.budget:
+            return
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq_id) != size:
+            return
+        if self._ram.put(Entry(list(tokens), state, self._prefixes[seq_id])):
+            self.stats.saved += 1
+
+    def _restore(self, entry: Entry, seq_id: int) -> bool:
+        """Load `entry`'s state into slot `seq_id` (False, the slot empty, when llama.cpp
+        refuses it: a state of another shape is a miss)."""
+        read = llama_cpp.llama_state_seq_set_data(self._ctx, entry.state, entry.size, seq_id)
+        if read != entry.size:
+            log.warning("prompt cache: a saved state did not restore (%d of %d)", read, entry.size)
+            llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+            self._cached[seq_id] = []
+            return False
+        self._ram.used(entry)
+        self._cached[seq_id] = list(entry.tokens)
+        self.stats.ram_hits += 1
+        return True
+
+    def _publish(self) -> None:
+        """Refresh what the RAM cache and the slots hold, for heartbeats and `/health`."""
+        stats, ram = self.stats, self._ram
+        stats.entries, stats.bytes, stats.evictions = len(ram), ram.bytes, ram.evictions
+        held: set[int] = set()
+        for hashes in (*self._prefixes, *(entry.prefixes for entry in ram.newest_first())):
+            if len(held) + len(hashes) > MAX_REPORTED:
+                break
+            held.update(hashes)
+        self.prefixes = frozenset(held)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running if s.request.cancelled.is_set()]:
@@ -369,7 +444,9 @@ class Batcher:
         for follower in leader.followers:
             llama_cpp.llama_memory_seq_cp(self._memory, leader.seq_id, follower.seq_id, -1, -1)
             self._cached[follower.seq_id] = list(self._cached[leader.seq_id])
+            self._prefixes[follower.seq_id] = self._prefixes[leader.seq_id]
             follower.read = follower.pos = leader.pos
+            follower.reused = leader.reused
             follower.logits_at = leader.logits_at
             follower.follows = None
         leader.followers = []
@@ -444,9 +521,12 @@ class Batcher:
         if not keep_cache:
             llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
             self._cached[sequence.seq_id] = []
+            self._prefixes[sequence.seq_id] = ()
+            self._publish()
         self._free.append(sequence.seq_id)
         if reason is not None:
-            sequence.request.emit(("done", reason, len(sequence.prompt), len(sequence.generated)))
+            done = (reason, len(sequence.prompt), len(sequence.generated), sequence.reused)
+            sequence.request.emit(("done", *done))
 
     def _piece(self, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(64)
@@ -509,15 +589,6 @@ class Batcher:
         seed = request.seed if request.seed is not None else uuid.uuid4().int & 0xFFFFFFFF
         add(llama_cpp.llama_sampler_init_dist(seed))
         return _Sampler(chain, grammar, size)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common start of two token lists."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _overlap(text: str, stop: str) -> int:

@@ -26,9 +26,9 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from rbee.errors import RbeeError
 from rbee.pki import client_context
-from rbee.wire import WorkerArgs
+from rbee.wire import PromptCacheStats, WorkerArgs
 from rbee.worker import ggml_rpc
-from rbee.worker.batch import Batcher, Formatted, Logprob, Request, SlotStats, formatter
+from rbee.worker.batch import Batcher, Formatted, Logprob, Request, formatter
 from rbee.worker.grammar import SchemaError, response_grammar
 from rbee.worker.llama_output import forward_llama_logs
 from rbee.worker.tools import ToolUse, generic_turn, tool_use, writes_hermes
@@ -123,6 +123,7 @@ class Generation:
         self._reasons: list[str | None] = [None] * choices
         self._started: set[int] = set()
         self._completion_tokens = 0
+        self._cached_tokens = 0
         self._id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4()}"
         self._created = int(time.time())
         #: The prompt's tokens, known before the first chunk.
@@ -168,8 +169,9 @@ class Generation:
             else:
                 chunks.append(self._chunk(index, text, logprobs=logprobs))
             return chunks
-        _, _, reason, prompt_tokens, completion_tokens = event
+        _, _, reason, prompt_tokens, completion_tokens, cached = event
         self._completion_tokens += completion_tokens
+        self._cached_tokens = max(self._cached_tokens, cached)
         if self._tools is not None:
             content, calls = self._tools.parse("".join(self._texts[index]))
             reason = "tool_calls" if calls and reason == "stop" else reason
@@ -188,7 +190,7 @@ class Generation:
                 # OpenAI's `stream_options.include_usage`: a last chunk, no choices, the usage.
                 chunk = "chat.completion.chunk" if self._kind == "chat" else "text_completion"
                 usage = self._body(chunk, [])
-                usage["usage"] = _usage(prompt_tokens, self._completion_tokens)
+                usage["usage"] = _usage(prompt_tokens, self._completion_tokens, self._cached_tokens)
                 chunks.append(usage)
         return chunks
 
@@ -205,8 +207,9 @@ class Generation:
                 if event[3] is not None:
                     self._logprobs[index] = (self._logprobs[index] or []) + event[3]
                 continue
-            _, _, self._reasons[index], prompt_tokens, completion_tokens = event
+            _, _, self._reasons[index], prompt_tokens, completion_tokens, cached = event
             self._completion_tokens += completion_tokens
+            self._cached_tokens = max(self._cached_tokens, cached)
             self._open -= 1
         self._finished = True
         chat = self._kind == "chat"
@@ -214,7 +217,7 @@ class Generation:
             "chat.completion" if chat else "text_completion",
             [self._choice(i) for i in range(len(self._texts))],
         )
-        answer["usage"] = _usage(prompt_tokens, self._completion_tokens)
+        answer["usage"] = _usage(prompt_tokens, self._completion_tokens, self._cached_tokens)
         return answer
 
     def _choice(self, index: int) -> dict[str, Any]:
@@ -290,11 +293,13 @@ def _chat_logprob(one: Logprob) -> dict[str, Any]:
     return {**entry(one.token, one.logprob), "top_logprobs": [entry(t, lp) for t, lp in one.top]}
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt tokens found in the prompt cache (not read again)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -326,9 +331,16 @@ class Engine:
         return self._busy
 
     @property
-    def stats(self) -> SlotStats:
+    def stats(self) -> PromptCacheStats:
         """The prompt cache's counters."""
-        return self._batcher.stats if self._batcher else SlotStats()
+        if self._batcher is None:
+            return PromptCacheStats(budget=self.config.prompt_cache)
+        return self._batcher.stats
+
+    @property
+    def prefixes(self) -> list[int]:
+        """The prefix hashes of what the prompt cache holds (`rbee.wire.prefix`)."""
+        return sorted(self._batcher.prefixes) if self._batcher else []
 
     async def load(self) -> None:
         """Load the model and make the context in a daemon thread (a stuck load must not hold
@@ -347,7 +359,9 @@ class Engine:
             self._formatter, llama_chat_format.Jinja2ChatFormatter
         ) and writes_hermes(metadata.get("tokenizer.chat_template"))
         threads = worker_threads(config.threads)
-        self._batcher = Batcher(model, config.slots, config.ctx_size, threads)
+        self._batcher = Batcher(
+            model, config.slots, config.ctx_size, threads, ram_budget=config.prompt_cache
+        )
         self._model = model
         log.info(
             "loaded model=%s slots=%d threads=%d chat_format=%s",
@@ -408,6 +422,7 @@ class Engine:
         stream: bool,
         include_usage: bool = False,
         choices: int = 1,
+        prefixes: tuple[int, ...] = (),
     ) -> Generation:
         """Wait for `choices` free slots, then put the request into the batch. The prompt is
         formatted and tokenized in a thread: a long one must not stall the event loop (every
@@ -480,6 +495,7 @@ class Engine:
                     cancelled=cancelled,
                     grammar=constraint.grammar,
                     logprobs=merged.get("logprobs"),
+                    prefixes=prefixes,
                 )
                 for index in range(choices)
             )

@@ -79,6 +79,7 @@ async def parse(request: Request, model: type[_M]) -> _M | Response:
         body = json_object(await request.body())
     except ValueError as exc:
         return error(400, str(exc), "invalid_request_error")
+    request.state.json = body  # as the client sent it (`rbee.wire.prefix` hashes it so)
     unsupported = unsupported_field(body, model.model_fields)
     if unsupported is not None:
         return error(400, unsupported, "invalid_request_error", "unsupported_field")

@@ -13,6 +13,7 @@ WORKER = WorkerArgs(
     model="gemma3-270m",
     slots=4,
     ctx_size=2048,
+    prompt_cache=512 << 20,
     device="cuda:1,cuda:2",
     worker_binary="cuda",
     chat_format="gemma",
@@ -123,7 +124,7 @@ def test_a_token_is_accepted_as_a_flag_but_never_written_to_a_command_line(
 
 def test_what_a_worker_runs_is_every_spawn_field_but_its_identity() -> None:
     assert list(WORKER.spec()) == [
-        "slots", "ctx_size", "device", "worker_binary", "chat_format",
+        "slots", "ctx_size", "prompt_cache", "device", "worker_binary", "chat_format",
         "split_mode", "tensor_split", "gpu_layers", "rpc",
     ]  # fmt: skip
     spawn = SpawnWorker.model_validate(WORKER.model_dump())

@@ -6,11 +6,16 @@ slot is never taken by a newcomer while others wait; a heartbeat that brings new
 (a worker done loading, a new worker) pumps too. Each model has a second queue for batch
 waiters (jobs, `rbee.queen.serve.jobs`): they get a slot only when no interactive one (every
 OpenAI request) waits.
+
+With `routing: prefix`, a freed slot goes to the waiter among the first few whose prompt that
+worker's cache holds most of, rather than to the first (which may have its history cached on
+another worker); a waiter passed over that often is served first whatever it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +23,10 @@ from typing import Protocol
 
 from rbee.config.models import Serving
 from rbee.queen.serve.registry import Registry
-from rbee.queen.serve.scheduler import policy_for
+from rbee.queen.serve.scheduler import PrefixAware, policy_for
 from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire.jobs import Priority
+from rbee.wire.prefix import EMPTY, Prefix
 
 __all__ = ["Admission", "NoWorker", "QueueFull", "QueueTimeout", "Scaler"]
 
@@ -49,10 +55,17 @@ class Scaler(Protocol):
         ...
 
 
+#: The waiters at the head of a queue a freed slot may go to (`routing: prefix`), and how many
+#: times the first may be passed over.
+PREFIX_WINDOW = 8
+
+
 @dataclass(eq=False)
 class _Waiter:
     future: asyncio.Future[WorkerRecord]
     exclude: frozenset[str]
+    prefix: Prefix = EMPTY
+    passed_over: int = 0
 
 
 class Admission:
@@ -89,10 +102,12 @@ class Admission:
         deadline: float,
         exclude: frozenset[str] = frozenset(),
         priority: Priority = "interactive",
+        prefix: Prefix = EMPTY,
     ) -> WorkerRecord:
-        """A claimed slot of a worker of `model` (not one in `exclude`), waiting in the queue
-        of its `priority` until the loop's time `deadline` at the latest."""
-        record = self.registry.claim(model, policy_for(serving), exclude)
+        """A claimed slot of a worker of `model` (not one in `exclude`) for a prompt beginning
+        with `prefix`, waiting in the queue of its `priority` until the loop's time `deadline`
+        at the latest."""
+        record = self.registry.claim(model, policy_for(serving), exclude, prefix)
         if record is not None:
             return record
         # A model the queen scales waits for the worker it spawns rather than fail at once.
@@ -104,7 +119,7 @@ class Admission:
         if len(queue) >= serving.max_queue:
             raise QueueFull(model)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), exclude)
+        waiter = _Waiter(loop.create_future(), exclude, prefix)
         queue.append(waiter)
         if scaler is not None:
             scaler.demand(model)
@@ -148,12 +163,40 @@ class Admission:
             if waiter.future.done():
                 queue.popleft()
                 continue
-            record = self.registry.claim(model, policy, waiter.exclude)
+            if isinstance(policy, PrefixAware):
+                waiter = self._best_placed(model, queue)
+            record = self.registry.claim(model, policy, waiter.exclude, waiter.prefix)
             if record is None:
                 return False
-            queue.popleft()
+            queue.remove(waiter)
             waiter.future.set_result(record)
         return True
+
+    def _best_placed(self, model: str, queue: deque[_Waiter]) -> _Waiter:
+        """Of the first `PREFIX_WINDOW` waiters, the one a free worker's cache suits best (the
+        first on ties, and the first once it was passed over `PREFIX_WINDOW` times)."""
+        first = queue[0]
+        free = self.registry.free(model)
+        if first.passed_over >= PREFIX_WINDOW or len(queue) == 1 or not free:
+            return first
+        best, best_score = first, _placement(first, free)
+        for waiter in itertools.islice(queue, 1, PREFIX_WINDOW):
+            if waiter.future.done():
+                continue
+            score = _placement(waiter, free)
+            if score > best_score:
+                best, best_score = waiter, score
+        if best is not first:
+            first.passed_over += 1
+        return best
+
+
+def _placement(waiter: _Waiter, free: list[WorkerRecord]) -> float:
+    """The share of `waiter`'s prompt the best of the `free` workers (those it may use) holds."""
+    if not waiter.prefix.hashes:
+        return 0.0
+    usable = [rec for rec in free if rec.beat.worker_id not in waiter.exclude]
+    return max((waiter.prefix.held(rec.prefixes) for rec in usable), default=0) / waiter.prefix.size
 
 
 _DEFAULT = Serving()

@@ -18,11 +18,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from rbee.queen.serve.registry import Registry
+    from rbee.queen.serve.worker import WorkerRecord
     from rbee.wire import SyncStatus
     from rbee.wire.plan import Action
 
@@ -210,6 +211,7 @@ class _StateCollector(Collector):
         yield busy
         yield total
         yield up
+        yield from _prompt_caches(self._registry.live())
         online, registered = self._hives_up()
         hives = GaugeMetricFamily("rbee_queen_hives_up", "Registered hives that answer /health")
         hives.add_metric([], online)
@@ -235,3 +237,41 @@ class _StateCollector(Collector):
             for loop in sync.crash_loops:
                 loops.add_metric([loop.worker_id, loop.hive], 1)
             yield loops
+
+
+#: The prompt cache's counters a heartbeat carries, as the queen exports them:
+#: (field of `PromptCacheStats`, metric name, help, counter or gauge).
+_PROMPT_CACHE = (
+    ("hits", "hits", "Requests that reused cached prompt tokens", True),
+    ("misses", "misses", "Requests that read their whole prompt", True),
+    ("ram_hits", "ram_hits", "Hits restored from the RAM cache into a slot", True),
+    ("reused_tokens", "reused_tokens", "Prompt tokens found in the cache, not read", True),
+    ("prompt_tokens", "prompt_tokens", "Prompt tokens of every request", True),
+    ("evictions", "evictions", "RAM cache entries dropped for its byte budget", True),
+    ("bytes", "bytes", "Bytes the RAM cache holds", False),
+    ("entries", "entries", "Sequences the RAM cache holds", False),
+)
+
+
+def _prompt_caches(records: list[WorkerRecord]) -> Iterator[Metric]:
+    """Each chat worker's prompt cache, as its last heartbeat reported it."""
+    labels = ["worker", "model", "hive"]
+    families = [
+        (
+            field,
+            (CounterMetricFamily if counter else GaugeMetricFamily)(
+                f"rbee_worker_prompt_cache_{name}", help_text, labels=labels
+            ),
+        )
+        for field, name, help_text, counter in _PROMPT_CACHE
+    ]
+    for record in records:
+        beat = record.beat
+        if beat.prompt_cache is None:
+            continue
+        for field, family in families:
+            family.add_metric(
+                [beat.worker_id, beat.model, beat.hive], getattr(beat.prompt_cache, field)
+            )
+    for _, family in families:
+        yield family

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from rbee.queen.serve.worker import Address, Policy, WorkerRecord
 from rbee.wire import Heartbeat, WorkerView
+from rbee.wire.prefix import EMPTY, Prefix
 
 __all__ = ["HEARTBEAT_INTERVAL_S", "LOST_CHECK_S", "UNHEALTHY_S", "Registry"]
 
@@ -64,8 +65,7 @@ class Registry:
         else:
             if (heartbeat.url, heartbeat.socket) != (record.beat.url, record.beat.socket):
                 record.address = Address.of(heartbeat.url, heartbeat.socket)
-            record.beat = heartbeat
-            record.last_seen = self._clock()
+            record.heard(heartbeat, self._clock())
         return record
 
     def live(self) -> list[WorkerRecord]:
@@ -145,12 +145,30 @@ class Registry:
         )
 
     def claim(
-        self, model: str, policy: Policy, exclude: frozenset[str] = frozenset()
+        self,
+        model: str,
+        policy: Policy,
+        exclude: frozenset[str] = frozenset(),
+        prefix: Prefix = EMPTY,
     ) -> WorkerRecord | None:
-        """Take a free slot of a routable, healthy worker serving `model`, chosen by `policy`,
-        or None when every slot is taken. The caller gives it back with `release`."""
+        """Take a free slot of a routable, healthy worker serving `model`, chosen by `policy`
+        for a prompt that begins with `prefix`, or None when every slot is taken. The caller
+        gives it back with `release`."""
+        candidates = self.free(model, exclude)
+        if not candidates:
+            return None
+        chosen = candidates[0] if len(candidates) == 1 else policy.choose(candidates, prefix)
         now = self._clock()
-        candidates = [
+        chosen.picked_at = now
+        chosen.in_flight += 1
+        if prefix.hashes:
+            chosen.sent(prefix, now)
+        return chosen
+
+    def free(self, model: str, exclude: frozenset[str] = frozenset()) -> list[WorkerRecord]:
+        """The routable, healthy workers of `model` with a free slot (not those in `exclude`)."""
+        now = self._clock()
+        return [
             rec
             for rec in self._workers.values()
             if rec.beat.model == model
@@ -161,12 +179,6 @@ class Registry:
             and now - rec.last_seen <= self._ttl
             and rec.beat.worker_id not in exclude
         ]
-        if not candidates:
-            return None
-        chosen = candidates[0] if len(candidates) == 1 else policy.choose(candidates)
-        chosen.picked_at = now
-        chosen.in_flight += 1
-        return chosen
 
     def release(self, record: WorkerRecord) -> None:
         """Give back a slot taken by `claim`: the worker was in use until now."""
@@ -191,7 +203,7 @@ class Registry:
     def view(self, record: WorkerRecord) -> WorkerView:
         now = self._clock()
         idle_for = self.idle_for(record)
-        beat = record.beat.model_dump()
+        beat = record.beat.model_dump(exclude={"prefixes"})  # for routing, not for reading
         if record.draining:
             beat["state"] = "draining"
         return WorkerView(

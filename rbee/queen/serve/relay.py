@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from rbee.config.models import Serving
 from rbee.daemon import Message, Receive, Scope, Send, send_error
@@ -36,6 +36,7 @@ from rbee.queen.serve.registry import Registry
 from rbee.queen.serve.upstream import Connection, UpstreamClosed, UpstreamTimeout
 from rbee.queen.serve.worker import WorkerRecord
 from rbee.wire import QueenArgs, json_object, openai_error, sse
+from rbee.wire.prefix import EMPTY, prefix_of
 
 __all__ = ["Caller", "Relay"]
 
@@ -134,9 +135,7 @@ class Relay:
                 [(b"retry-after", str(retry_after).encode())],
             )
             return
-        call = _Call(
-            self, scope, receive, send, body, model, parsed.get("stream") is True, request_id
-        )
+        call = _Call(self, scope, receive, send, body, parsed, model, request_id)
         started = time.monotonic()
         status = await call.run()
         # A model that does not exist gets no series of its own: names are the client's to
@@ -165,8 +164,8 @@ class _Call:
         receive: Receive,
         send: Send,
         body: bytes,
+        parsed: dict[str, Any],
         model: str,
-        stream: bool,
         request_id: bytes,
     ) -> None:
         self.relay = relay
@@ -175,9 +174,10 @@ class _Call:
         self.send = send
         self.body = body
         self.model = model
-        self.stream = stream
+        self.stream = parsed.get("stream") is True
         self.request_id = request_id
         self.serving: Serving = relay._admission.serving(model)
+        self.prefix = prefix_of(parsed) if self.serving.routing == "prefix" else EMPTY
         self.worker: str | None = None
         self.tokens: tuple[int, int] | None = None  # (prompt, completion)
         self.started = False  # whether the response has begun towards the client
@@ -225,7 +225,7 @@ class _Call:
             try:
                 queued = loop.time()
                 record = await relay._admission.acquire(
-                    self.model, serving, max(deadline, loop.time()), tried
+                    self.model, serving, max(deadline, loop.time()), tried, prefix=self.prefix
                 )
             except NoWorker:
                 if last is not None and not last.gone:

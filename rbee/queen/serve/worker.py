@@ -17,8 +17,13 @@ from urllib.parse import urlsplit
 
 from rbee.pki import tls_name
 from rbee.wire import Heartbeat
+from rbee.wire.prefix import Prefix
 
-__all__ = ["Address", "Policy", "WorkerRecord"]
+__all__ = ["ROUTED_KEPT_S", "Address", "Policy", "WorkerRecord"]
+
+#: How long a prefix sent to a worker counts as held without its heartbeat saying so: a beat
+#: sent before the request arrived does not know it yet (beats come every 2 s).
+ROUTED_KEPT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,10 @@ class WorkerRecord:
     tls_name: str | None = field(init=False)
     #: The registry's clock at this process's first heartbeat (the status page's uptime).
     since: float = field(init=False)
+    #: The prefix hashes its prompt cache holds (`rbee.wire.prefix`): its last heartbeat's,
+    #: and those of the requests sent to it since (`routed`), which that beat may predate.
+    prefixes: set[int] = field(init=False)
+    routed: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.address = Address.of(self.beat.url, self.beat.socket)
@@ -90,6 +99,22 @@ class WorkerRecord:
         self.tls_name = tls_name("worker", name) if self.address.tls else None
         self.last_used = self.last_seen
         self.since = self.last_seen
+        self.prefixes = set(self.beat.prefixes)
+
+    def heard(self, beat: Heartbeat, now: float) -> None:
+        """A new heartbeat of this process: what it holds, and what was sent to it lately."""
+        self.beat = beat
+        self.last_seen = now
+        recent = now - ROUTED_KEPT_S
+        self.routed = {h: at for h, at in self.routed.items() if at > recent}
+        self.prefixes = set(beat.prefixes)
+        self.prefixes.update(self.routed)
+
+    def sent(self, prefix: Prefix, now: float) -> None:
+        """A request with `prefix` was sent to it: once read, its prompt cache holds it."""
+        for digest in prefix.hashes:
+            self.routed[digest] = now
+        self.prefixes.update(prefix.hashes)
 
     @property
     def load(self) -> float:
@@ -100,8 +125,8 @@ class WorkerRecord:
 
 class Policy(Protocol):
     """A routing policy (`rbee.queen.serve.scheduler`): which of a model's workers with a free
-    slot takes the next request."""
+    slot takes the next request, whose prompt begins with `prefix`."""
 
-    def choose(self, candidates: Sequence[WorkerRecord]) -> WorkerRecord:
+    def choose(self, candidates: Sequence[WorkerRecord], prefix: Prefix) -> WorkerRecord:
         """One of `candidates` (never empty)."""
         ...
