@@ -15,9 +15,9 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import httpx
 import psutil
@@ -25,10 +25,11 @@ from pydantic import ValidationError
 
 from rbee.errors import RbeeError, UnavailableError
 from rbee.paths import private_dir
-from rbee.wire import Health
+from rbee.wire import CommandLine, Health
 
 __all__ = [
     "file_tail",
+    "own_processes",
     "probe_health",
     "spawn_detached",
     "start_daemon",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_Args = TypeVar("_Args", bound=CommandLine)
 
 _POLL_S = 0.05
 _KILL_WAIT_S = 5.0
@@ -214,3 +217,23 @@ def file_tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return "no log"
     return "\n".join(text[-lines:]) or "no output"
+
+
+def own_processes(program: type[_Args]) -> Iterator[tuple[psutil.Process, _Args, float]]:
+    """This user's processes running `program` (a daemon's command line class): each with its
+    command line read back and its start time."""
+    uid = os.getuid()
+    # Only the command line of every process (one read each); owner and start time only of
+    # the few that run the program: a plan, a heal check and the status page all list them.
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"]
+        args = program.from_cmdline(cmdline) if cmdline else None
+        if args is None:
+            continue
+        try:
+            if proc.uids().real != uid:
+                continue
+            since = proc.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        yield proc, args, since

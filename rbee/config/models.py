@@ -445,6 +445,14 @@ class Deployment(_Strict):
     )
     ctx_size: CtxSize = CTX_SIZE
     prompt_cache: PromptCache = ByteSize(PROMPT_CACHE)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="threads each worker decodes with; default: a CPU worker takes its share "
+        "of its hive's cores (the cores over the hive's CPU workers, as they come and go), so "
+        "workers together never run more threads than the hive has cores",
+    )
     serving: Serving = Field(
         default_factory=lambda: Serving(),
         description="timeouts, retries, queue and routing of the model's requests at the queen",

@@ -12,9 +12,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 
@@ -22,15 +21,14 @@ from rbee.errors import NotFoundError
 from rbee.net import LOOPBACK
 from rbee.paths import contained, private_dir, socket_dir, state_dir
 from rbee.pki import write_private
-from rbee.process import spawn_detached, terminate
-from rbee.wire import CommandLine, SpawnRequest, WorkerArgs, WorkerProcess
+from rbee.process import own_processes, spawn_detached, terminate
+from rbee.wire import SpawnRequest, WorkerArgs, WorkerProcess
 
 __all__ = [
     "device_env",
     "find_worker",
     "list_workers",
     "log_path",
-    "own_processes",
     "parse_worker",
     "spawn_worker",
     "started_at",
@@ -38,7 +36,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_Args = TypeVar("_Args", bound=CommandLine)
 
 
 def log_path(worker_id: str) -> Path:
@@ -136,26 +133,6 @@ def started_at(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.NoSuchProcess:
         return time.time()
-
-
-def own_processes(program: type[_Args]) -> Iterator[tuple[psutil.Process, _Args, float]]:
-    """This user's processes running `program` (a daemon's command line class): each with its
-    command line read back and its start time."""
-    uid = os.getuid()
-    # Only the command line of every process (one read each); owner and start time only of
-    # the few that run the program: a plan, a heal check and the status page all list them.
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"]
-        args = program.from_cmdline(cmdline) if cmdline else None
-        if args is None:
-            continue
-        try:
-            if proc.uids().real != uid:
-                continue
-            since = proc.create_time()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        yield proc, args, since
 
 
 def find_worker(pid: int, models_root: Path) -> WorkerProcess:

@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 
 from rbee.errors import NotFoundError
-from rbee.hive.processes import device_env, log_path, own_processes, started_at
-from rbee.process import spawn_detached, terminate
+from rbee.hive.processes import device_env, log_path, started_at
+from rbee.process import own_processes, spawn_detached, terminate
 from rbee.wire import RpcServerArgs, RpcServerProcess, SpawnRpcServer
 
 __all__ = ["LOG_NAME", "list_rpc_servers", "spawn_rpc_server", "stop_rpc_server"]

@@ -758,6 +758,7 @@ def _worker_spawn(
         slots=deployment.slots,
         ctx_size=deployment.ctx_size,
         prompt_cache=deployment.prompt_cache,
+        threads=deployment.threads,
         device=replica.device,
         chat_format=model.chat_format,
         split_mode=replica.split_mode,
@@ -782,10 +783,13 @@ def scale_up_action(
 
 
 def _spawning(spawn: SpawnWorker, purpose: Purpose | None) -> str:
-    """`spawn (slots 2, ctx_size 4096, cpu)`, with what a model that does not chat is for."""
+    """`spawn (slots 2, ctx_size 4096, cpu)`, with what a model that does not chat is for, the
+    hives it spans and the threads the YAML gives it (unset: its share of the hive's cores)."""
     kind = {"embedding": ", embedding model", "rerank": ", reranker"}.get(purpose or "", "")
     if spawn.rpc:
         kind += ", spanning " + ", ".join(s.partition("@")[0] for s in spawn.rpc.split(","))
+    if spawn.threads is not None:
+        kind += f", {spawn.threads} thread{'s' if spawn.threads > 1 else ''}"
     return f"spawn (slots {spawn.slots}, ctx_size {spawn.ctx_size}, {spawn.device}{kind})"
 
 

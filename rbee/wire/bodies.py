@@ -97,6 +97,9 @@ class Heartbeat(_Wire):
         max_length=107,
         description="a Unix socket it serves too: the queen on its machine relays there",
     )
+    threads: int | None = Field(
+        default=None, description="threads decoding its batch now (none: not a chat worker)"
+    )
     prompt_cache: PromptCacheStats | None = Field(
         default=None, description="its prompt cache's counters (none: an embedding worker)"
     )

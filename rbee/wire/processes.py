@@ -214,6 +214,14 @@ class SpawnWorker(BaseModel):
         description="the RPC servers this worker spans, as HIVE@HOST:PORT,...: reached over "
         "mutual TLS, each hive's server presenting that hive's certificate",
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="threads decoding the batch; default: on the CPU its share of the cores "
+        "(over this user's CPU workers on the machine, followed as they come and go), on a GPU "
+        "every core",
+    )
     queen_url: str = Field(description="where to send heartbeats, e.g. http://127.0.0.1:7833")
 
     def spec(self) -> dict[str, Any]:
@@ -248,9 +256,6 @@ class WorkerArgs(SpawnWorker, CommandLine):
     model_path: str = Field(description="path of the GGUF file")
     host: str = Field(default=LOOPBACK, description="address to listen on")
     port: int = Field(ge=0, le=65535, description="port to listen on (0 picks a free one)")
-    threads: int | None = Field(
-        default=None, ge=1, description="threads decoding the batch (default: every core)"
-    )
     identity: str | None = Field(
         default=None,
         description="the worker's TLS identity (certificate, key and cluster CA in one PEM "

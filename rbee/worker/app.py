@@ -35,10 +35,11 @@ from rbee.wire import (
     json_object,
 )
 from rbee.wire.prefix import prefix_of
+from rbee.worker import cores
 from rbee.worker.chat import ChatRequest, CompletionRequest, Sampling
 from rbee.worker.embed import Embedder, model_purpose
 from rbee.worker.embeddings import embeddings, rerank, wrong_purpose
-from rbee.worker.engine import Engine, Generation, Kind
+from rbee.worker.engine import Engine, Generation, Kind, shares_cores
 from rbee.worker.heartbeat import HeartbeatSender
 from rbee.worker.http import EventStream, error, generate, parse
 from rbee.worker.responses import create_response
@@ -90,7 +91,7 @@ class _Worker:
     def snapshot(self) -> Heartbeat:
         """This worker as the queen sees it."""
         config, engine = self.config, self.engine
-        chat = isinstance(engine, Engine)
+        chat = engine if isinstance(engine, Engine) else None
         return Heartbeat(
             worker_id=config.worker_id,
             hive=config.hive,
@@ -104,8 +105,9 @@ class _Worker:
             slots_busy=self.engine.slots_busy,
             tls_expires_at=self.identity.expires_at if self.identity else None,
             socket=config.socket,
-            prompt_cache=engine.stats if chat else None,
-            prefixes=engine.prefixes if chat else [],
+            threads=chat.threads if chat else None,
+            prompt_cache=chat.stats if chat else None,
+            prefixes=chat.prefixes if chat else [],
         )
 
     def _state_may_have_changed(self) -> None:
@@ -279,6 +281,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.create_task(worker.heartbeat.run(), name="heartbeat"),
         asyncio.create_task(worker.load(), name="load"),
     ]
+    if isinstance(worker.engine, Engine) and shares_cores(worker.config):
+        tasks.append(asyncio.create_task(_share_cores(worker.engine), name="cores"))
     try:
         yield
     finally:
@@ -286,6 +290,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(worker.engine.close, _CLOSE_TIMEOUT_S)
+
+
+async def _share_cores(engine: Engine) -> None:
+    """Follow the worker's share of the cores as CPU workers start and stop beside it."""
+    while True:
+        await asyncio.sleep(cores.SHARE_EVERY_S)
+        try:
+            await asyncio.to_thread(engine.share_cores)
+        except Exception:  # a process list that failed once: the next try may work
+            log.exception("reading the share of the cores failed")
 
 
 def create_app(

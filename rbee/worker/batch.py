@@ -217,6 +217,9 @@ class Batcher:
         params.n_outputs_max_per_seq = 1
         params.n_threads = threads
         params.n_threads_batch = threads
+        #: The threads to decode with: the loop applies a change before its next step.
+        self.threads = threads
+        self._threads = threads
         params.kv_unified = False  # each sequence gets its own ctx_size cells
         with suppress_stdout_stderr(disable=log.isEnabledFor(logging.DEBUG)):
             self._ctx = llama_cpp.llama_init_from_model(model.model, params)
@@ -273,6 +276,9 @@ class Batcher:
                         return
                     self._waiting.append(choices)
                 try:
+                    if self.threads != self._threads:
+                        self._threads = self.threads
+                        llama_cpp.llama_set_n_threads(self._ctx, self._threads, self._threads)
                     self._admit()
                     self._drop_cancelled()
                     if self._running:

@@ -275,7 +275,7 @@ class Embedder:
         # Position embeddings end at the trained context: no input may go past it.
         self.input_tokens = min(config.ctx_size, trained) if trained > 0 else config.ctx_size
         self._n_batch = max(self.input_tokens, BATCH_TOKENS)
-        threads = worker_threads(config.threads)
+        threads = worker_threads(config)
         context = llama_cpp.llama_context_default_params()
         context.n_ctx = self._n_batch
         context.n_batch = context.n_ubatch = self._n_batch

@@ -27,7 +27,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 from rbee.errors import RbeeError
 from rbee.pki import client_context
 from rbee.wire import PromptCacheStats, WorkerArgs
-from rbee.worker import ggml_rpc
+from rbee.worker import cores, ggml_rpc
 from rbee.worker.batch import Batcher, Formatted, Logprob, Request, formatter
 from rbee.worker.grammar import SchemaError, response_grammar
 from rbee.worker.llama_output import forward_llama_logs
@@ -73,9 +73,17 @@ def chat_format_for(metadata: Mapping[str, str], fallback: str | None) -> str | 
     return fallback
 
 
-def worker_threads(threads: int | None) -> int:
-    """`--threads` when given, else every core: all of them serve the one batch."""
-    return max(1, threads if threads is not None else (os.cpu_count() or 1))
+def worker_threads(config: WorkerArgs) -> int:
+    """`--threads` when given; else, on the CPU, its share of the cores (`rbee.worker.cores`);
+    else (a GPU worker, whose threads only feed the GPU) every core."""
+    if config.threads is not None:
+        return config.threads
+    return cores.share(config) if shares_cores(config) else cores.cores()
+
+
+def shares_cores(config: WorkerArgs) -> bool:
+    """Whether the worker's threads follow its share of the cores as workers come and go."""
+    return config.threads is None and config.device == "cpu"
 
 
 _DEFAULTS: dict[Kind, dict[str, Any]] = {
@@ -338,6 +346,22 @@ class Engine:
         return self._batcher.stats
 
     @property
+    def threads(self) -> int | None:
+        """The threads decoding the batch now (None before the model is loaded)."""
+        return self._batcher.threads if self._batcher else None
+
+    def share_cores(self) -> None:
+        """Decode with the worker's share of the cores as it is now (`rbee.worker.cores`);
+        blocking (it lists processes): run it in a thread."""
+        if self._batcher is not None and shares_cores(self.config):
+            threads = cores.share(self.config)
+            if threads != self._batcher.threads:
+                log.info(
+                    "threads=%d previous=%d (a share of the cores)", threads, self._batcher.threads
+                )
+                self._batcher.threads = threads
+
+    @property
     def prefixes(self) -> list[int]:
         """The prefix hashes of what the prompt cache holds (`rbee.wire.prefix`)."""
         return sorted(self._batcher.prefixes) if self._batcher else []
@@ -358,7 +382,7 @@ class Engine:
         self._hermes = isinstance(
             self._formatter, llama_chat_format.Jinja2ChatFormatter
         ) and writes_hermes(metadata.get("tokenizer.chat_template"))
-        threads = worker_threads(config.threads)
+        threads = worker_threads(config)
         self._batcher = Batcher(
             model, config.slots, config.ctx_size, threads, ram_budget=config.prompt_cache
         )

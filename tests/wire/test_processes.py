@@ -125,7 +125,7 @@ def test_a_token_is_accepted_as_a_flag_but_never_written_to_a_command_line(
 def test_what_a_worker_runs_is_every_spawn_field_but_its_identity() -> None:
     assert list(WORKER.spec()) == [
         "slots", "ctx_size", "prompt_cache", "device", "worker_binary", "chat_format",
-        "split_mode", "tensor_split", "gpu_layers", "rpc",
+        "split_mode", "tensor_split", "gpu_layers", "rpc", "threads",
     ]  # fmt: skip
     spawn = SpawnWorker.model_validate(WORKER.model_dump())
     assert spawn.spec() == WORKER.spec()
