@@ -7,6 +7,7 @@ order against one cluster, each checking one behaviour of the path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -361,6 +362,75 @@ def test_scale_up_spawns_exactly_one_worker(cluster: LocalCluster) -> None:
     cluster.rbee("apply", "--auto-approve")
     ids = sorted(w["worker_id"] for w in cluster.wait_workers(2))
     assert ids == ["local.gemma3-270m.0", "local.gemma3-270m.1"]
+
+
+def test_prefix_routing_sends_the_next_turn_where_its_history_is_and_away_when_full(
+    cluster: LocalCluster,
+) -> None:
+    cluster.write(replicas=2, routing="prefix")
+    cluster.rbee("apply", "--auto-approve")
+    cluster.wait_workers(2)
+
+    def turn(messages: list[dict[str, str]], max_tokens: int = 4) -> tuple[str, str]:
+        body = {"model": "gemma3-270m", "messages": messages, "max_tokens": max_tokens}
+        response = httpx.post(
+            f"{cluster.queen_url}/v1/chat/completions",
+            json={**body, "temperature": 0},
+            headers=cluster.headers,
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        answer = response.json()["choices"][0]["message"]["content"]
+        return response.headers["x-rbee-worker"], answer
+
+    chats = [
+        [{"role": "system", "content": f"You are guide number {n}. " + "Be brief. " * 20}]
+        for n in range(4)
+    ]
+    placed = {}
+    for n, chat in enumerate(chats):
+        chat.append({"role": "user", "content": "Where are the bees?"})
+        placed[n], answer = turn(chat)
+        chat += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+    assert len(set(placed.values())) == 2  # least loaded among idle workers: they alternate
+    for n, chat in enumerate(chats):  # each next turn where its first one is cached
+        assert turn(chat)[0] == placed[n]
+
+    # A worker that holds a prompt but has no free slot is passed over: two long streams of
+    # counting go where its start is cached and fill that worker; the next goes to the other.
+    counting = {
+        "model": "gemma3-270m",
+        "prompt": ", ".join(str(n) for n in range(1, 40)) + ",",
+        "temperature": 0,
+    }
+
+    def complete(**more: Any) -> httpx.Response:
+        return httpx.post(
+            f"{cluster.queen_url}/v1/completions",
+            json={**counting, "max_tokens": 1, **more},
+            headers=cluster.headers,
+            timeout=60,
+        )
+
+    home = complete().headers["x-rbee-worker"]
+    reading: list[Iterator[str]] = []
+    with contextlib.ExitStack() as streams:
+        for _ in range(2):
+            response = streams.enter_context(
+                httpx.stream(
+                    "POST",
+                    f"{cluster.queen_url}/v1/completions",
+                    json={**counting, "max_tokens": 200, "stream": True},
+                    headers=cluster.headers,
+                    timeout=60,
+                )
+            )
+            assert response.headers["x-rbee-worker"] == home
+            reading.append(response.iter_lines())  # dropped, the iterator closes the stream
+            next(reading[-1])
+        elsewhere = complete()
+        assert elsewhere.status_code == 200
+        assert elsewhere.headers["x-rbee-worker"] != home
 
 
 def test_scale_down_stops_exactly_one_worker(cluster: LocalCluster) -> None:
