@@ -37,7 +37,7 @@ the final usage chunk (`usage.prompt_tokens_details.cached_tokens`, or llama-ser
 event, no [DONE]). The table has one row per setup x workload: TTFT p50/p95 of turn 1 and of
 turns 2+, completion tokens over the wall time, cached over prompt tokens, wall time and
 failures; with --runs K, setups are interleaved (A run 1, B run 1, …, A run 2, …) and each
-figure is the median over runs. --json dumps every request.
+figure is the median over runs. --json dumps every request (rewritten after each measurement).
 """
 
 from __future__ import annotations
@@ -583,6 +583,11 @@ def _measure(
     return figures, records
 
 
+def _dump(path: Path, figures: list[Figures], records: list[Request]) -> None:
+    body = {"figures": [asdict(f) for f in figures], "requests": [asdict(r) for r in records]}
+    path.write_text(json.dumps(body, indent=1))
+
+
 def _names(text: str, known: tuple[str, ...]) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if unknown := [name for name in names if name not in known]:
@@ -629,6 +634,8 @@ def main() -> None:
                         figures, records = _measure(setup, workload, run, args, rbee, logs)
                         all_figures.append(figures)
                         all_records += records
+                        if args.json:  # after each one: a run cut short keeps what it measured
+                            _dump(args.json, all_figures, all_records)
     finally:
         if args.keep:
             _log(f"logs kept in {logs}")
@@ -636,12 +643,6 @@ def main() -> None:
             shutil.rmtree(logs, ignore_errors=True)
     total = time.perf_counter() - started
 
-    if args.json:
-        body = {
-            "figures": [asdict(f) for f in all_figures],
-            "requests": [asdict(r) for r in all_records],
-        }
-        args.json.write_text(json.dumps(body, indent=1))
     print(
         f"\n{args.conversations} conversations x {args.turns} turns at once, {MAX_TOKENS} tokens "
         f"per answer, streamed; {HIVES * WORKERS} workers x {SLOTS} slots; median of "
