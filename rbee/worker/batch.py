@@ -49,7 +49,8 @@ Kind = Literal["chat", "completion"]
 #: stream waits for one token while a long prompt is read.
 PROMPT_CHUNK = 128
 _PENALTY_LAST_N = 64
-#: The fewest tokens a finished sequence must hold for its state to be saved to RAM.
+#: The fewest tokens a finished sequence must hold for its state to be saved to RAM (and the
+#: fewest more than a slot holds that a saved state must hold to be restored).
 MIN_SAVED_TOKENS = 32
 #: The most alternatives a token's log-probabilities list (OpenAI's bound for `top_logprobs`).
 MAX_TOP_LOGPROBS = 20
@@ -347,12 +348,13 @@ class Batcher:
     def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
         """Take the free slot for `prompt` and say how many of its first tokens the slot's
         cells hold: the slot that holds the longest start of it, or, when a state in RAM holds
-        a longer one, the slot that holds least with that state restored. What a slot held
+        a start longer by `MIN_SAVED_TOKENS` at least, the slot that holds least with that
+        state restored. What a slot held
         beyond what is kept is saved to RAM first."""
         seq_id = max(self._free, key=lambda s: common(self._cached[s], prompt))
         keep = common(self._cached[seq_id], prompt)
         entry, from_ram = self._ram.best(prompt)
-        if entry is not None and from_ram > keep:
+        if entry is not None and from_ram >= keep + MIN_SAVED_TOKENS:
             seq_id = min(self._free, key=lambda s: len(self._cached[s]))
             keep = common(self._cached[seq_id], prompt)
             self._save(seq_id, keep)
