@@ -162,7 +162,10 @@ def test_a_waiter_passed_over_often_enough_is_served_first() -> None:
         for turn in range(PREFIX_WINDOW):
             later = asyncio.ensure_future(
                 admission.acquire(
-                    "m", PREFIX, deadline, prefix=prefix_of(_chat(SYSTEM, "Which books?", str(turn)))
+                    "m",
+                    PREFIX,
+                    deadline,
+                    prefix=prefix_of(_chat(SYSTEM, "Which books?", str(turn))),
                 )
             )
             await asyncio.sleep(0)

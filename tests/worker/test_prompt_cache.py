@@ -6,7 +6,6 @@ stays within its byte budget. The bookkeeping alone (`RamCache`) is checked with
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from typing import Any
 
 import httpx
