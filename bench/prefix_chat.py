@@ -20,13 +20,14 @@ Workloads (every request streamed, `temperature: 0`, `max_tokens: 12`, with
 Setups (each measurement starts with cold caches: its workers or servers are fresh):
 - prefix, least_loaded, round_robin: rbee, 2 hives (namespace hosts of bench/lab.py, sshd,
   the queen on their bridge) x 2 workers x 2 slots, SmolLM2-135M-Instruct (the demo model),
-  `ctx_size` 2048 per slot, `threads: 1` per worker where this rbee's deployment has the field,
-  and `serving: {routing: POLICY}` with queue and first-byte timeouts of 600 s (the default
-  30 s in the queue turns the slowest requests into 504s, where llama-server lets them wait:
-  both sides wait as long as the client does). Before each measurement the deployment is
-  applied with replicas 0 (workers stopped), then with 2 and the policy; the measurement starts
-  once the queen lists 4 idle workers; afterwards replicas go back to 0, so no idle worker
-  shares the cores with the next setup. A policy this rbee does not have gets a row saying so.
+  `ctx_size` 2048 per slot, `threads` unset (each worker decodes with its share of its
+  hive's cores: 1 of 2), and `serving: {routing: POLICY}` with queue and first-byte timeouts
+  of 600 s (the default 30 s in the queue turns the slowest requests into 504s, where
+  llama-server lets them wait: both sides wait as long as the client does). Before each
+  measurement the deployment is applied with replicas 0 (workers stopped), then with 2 and the
+  policy; the measurement starts once the queen lists 4 idle workers; afterwards replicas go
+  back to 0, so no idle worker shares the cores with the next setup. A policy this rbee does
+  not have gets a row saying so.
 - llama-server: 4 llama.cpp `llama-server` processes on this host (`-np 2 -t 1 -c 4096
   --cache-ram 512`: the same slots, threads and context per slot) behind one nginx
   (round-robin upstream, `proxy_buffering off`), all started afresh for each measurement.
@@ -465,8 +466,6 @@ class Rbee:
         self.headers = {"authorization": f"Bearer {the_lab.env['RBEE_TOKEN']}"}
 
     def cluster(self, replicas: int, policy: str = "least_loaded") -> dict[str, Any]:
-        from rbee.config.models import Deployment
-
         deployment: dict[str, Any] = {
             "model": MODEL,
             "worker": "cpu",
@@ -482,8 +481,6 @@ class Rbee:
                 "first_byte_timeout": REQUEST_TIMEOUT_S,
             },
         }
-        if "threads" in Deployment.model_fields:
-            deployment["threads"] = 1
         return {
             "self_heal": False,
             "models": [{"name": MODEL, "source": f"file://{self.model}"}],
