@@ -46,9 +46,14 @@ def test_an_unknown_architecture_falls_back_to_the_flag() -> None:
     assert chat_format_for({}, None) is None
 
 
-def test_every_core_serves_the_batch_unless_threads_is_given() -> None:
-    assert worker_threads(3) == 3
-    assert worker_threads(None) == (os.cpu_count() or 1)
+def test_threads_are_given_or_a_share_of_the_cores_on_the_cpu_and_every_core_on_a_gpu() -> None:
+    every = len(os.sched_getaffinity(0))
+    assert worker_threads(CONFIG.model_copy(update={"threads": 3})) == 3
+    assert worker_threads(CONFIG.model_copy(update={"device": "cuda:0"})) == every
+    # No worker of CONFIG's queen runs here: alone, the share is every core.
+    assert worker_threads(CONFIG.model_copy(update={"queen_url": "http://127.0.0.1:9/none"})) == (
+        every
+    )
 
 
 def _client() -> httpx.AsyncClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee.wire import Heartbeat
+from rbee.wire import Heartbeat, PromptCacheStats
 from tests.fixtures.model import demo_model_path
 from tests.worker.conftest import HEADERS, TOKEN, FakeQueen, Worker, WorkerFactory, wait_until
 
@@ -68,7 +69,10 @@ def test_heartbeats_say_loading_then_idle_with_every_field(
         state="idle",
         slots_total=2,
         slots_busy=0,
+        threads=idle.body["threads"],  # a share of the cores, with the other tests' workers
+        prompt_cache=PromptCacheStats(budget=1 << 30),
     )
+    assert 1 <= idle.body["threads"] <= len(os.sched_getaffinity(0))
     assert idle.authorization == f"Bearer {TOKEN}"
 
 
