@@ -78,6 +78,19 @@ def _describe(worker: WorkerView) -> None:
         ("url", worker.url),
         ("last seen", f"{worker.last_seen_s:.1f} s ago"),
     ]
+    if worker.threads is not None:
+        lines.insert(5, ("threads", str(worker.threads)))
+    if (cache := worker.prompt_cache) is not None:
+        mib = f"{cache.bytes / 2**20:.0f} of {cache.budget / 2**20:.0f} MiB"
+        held = f"{cache.entries} in RAM ({mib})"
+        lines.insert(
+            6,
+            (
+                "cache",
+                f"{cache.hits} hits ({cache.ram_hits} from RAM), {cache.misses} misses, "
+                f"{cache.reused_tokens} of {cache.prompt_tokens} prompt tokens reused, {held}",
+            ),
+        )
     for name, value in lines:
         out.print(f"{name:<10} {value}", highlight=False, soft_wrap=True)
 
