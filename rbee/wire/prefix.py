@@ -4,7 +4,8 @@ start in its KV cache (`routing: prefix`).
 
 A chat request's blocks are a head (the kind of request and its tools, which the template
 writes before the messages) and then each message; a completion's are its prompt's pieces of
-`BLOCK_CHARS` characters (the last may be shorter). Each block's hash covers every block
+`BLOCK_CHARS` characters (the last may be shorter). The head counts for no characters of the
+prompt: every request of the kind shares it. Each block's hash covers every block
 before it too (a hash chain, as vLLM's and llm-d's prefix blocks), so one hash names one whole
 prefix: a worker reports the hashes of what it holds (`Heartbeat.prefixes`) and the queen finds
 the longest prefix of a new request that a worker holds.
@@ -59,11 +60,11 @@ def prefix_of(body: dict[str, Any]) -> Prefix:
     messages = body.get("messages")
     if isinstance(messages, list):
         head = _canonical(["chat", body.get("tools")])
-        return _chain([head, *(_canonical(message) for message in messages)])
+        return _chain(head, [_canonical(message) for message in messages])
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
         pieces = [prompt[i : i + BLOCK_CHARS] for i in range(0, len(prompt), BLOCK_CHARS)]
-        return _chain(["completion", *pieces])
+        return _chain("completion", pieces)
     return EMPTY
 
 
@@ -71,14 +72,16 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _chain(blocks: list[str]) -> Prefix:
+def _chain(head: str, blocks: list[str]) -> Prefix:
+    """The chain of `head` and then `blocks`. The head counts no characters: every request of
+    its kind shares it, so a worker that holds only the head holds nothing of this prompt."""
     hashes: list[int] = []
     ends: list[int] = []
     digest, end = b"", 0
-    for block in blocks:
+    for index, block in enumerate([head, *blocks]):
         data = block.encode("utf-8", "surrogatepass")
         digest = hashlib.blake2b(digest + data, digest_size=8).digest()
         hashes.append(int.from_bytes(digest, "big") >> 1)  # fits JSON's and SQLite's int64
-        end += len(block)
+        end += len(block) if index else 0
         ends.append(end)
     return Prefix(tuple(hashes), tuple(ends))

@@ -116,6 +116,7 @@ def test_a_request_names_the_same_prefix_blocks_wherever_it_is_hashed() -> None:
     assert two.hashes[: len(one.hashes)] == one.hashes  # sampling fields play no part
     assert two.held(set(one.hashes)) == one.size > 0
     assert two.held({12345}) == 0
+    assert two.held({one.hashes[0]}) == 0  # the head alone: every chat shares it
     tools = prefix_of({**turn1, "tools": [{"type": "function"}]})
     assert tools.hashes[0] != one.hashes[0]  # tools are written before the messages
     prompt = "x" * 600
