@@ -319,11 +319,12 @@ class Serving(_Strict):
     queue_timeout: Duration = Field(
         default=30.0, description="seconds a request waits for a free slot before a 504"
     )
-    routing: Literal["least_loaded", "round_robin", "prefer_hive", "prefix"] = Field(
-        default="least_loaded",
-        description="how a free worker is chosen: the least loaded; each in turn; a hive's "
-        "first; or the one whose prompt cache holds the longest start of the prompt, less its "
-        "load (prefix: the next turn of a conversation goes where its history is cached)",
+    routing: Literal["prefix", "least_loaded", "round_robin", "prefer_hive"] = Field(
+        default="prefix",
+        description="how a free worker is chosen: the one whose prompt cache holds the longest "
+        "start of the prompt, less its load (prefix: a conversation's next turn goes where its "
+        "history is cached; the least loaded when none holds any); the least loaded; each in "
+        "turn; or a hive's first",
     )
     prefer_hive: str | None = Field(
         default=None, description="with routing: prefer_hive, the hive tried first"

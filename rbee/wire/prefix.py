@@ -74,7 +74,10 @@ def _canonical(value: Any) -> str:
 
 def _chain(head: str, blocks: list[str]) -> Prefix:
     """The chain of `head` and then `blocks`. The head counts no characters: every request of
-    its kind shares it, so a worker that holds only the head holds nothing of this prompt."""
+    its kind shares it, so a worker that holds only the head holds nothing of this prompt (and
+    a request of no blocks has no prefix)."""
+    if not blocks:
+        return EMPTY
     hashes: list[int] = []
     ends: list[int] = []
     digest, end = b"", 0

@@ -104,10 +104,10 @@ class NetworkCluster:
         """A TLS client context holding the queen's certificate (as the queen calls hives)."""
         return client_context(self.home / ".local/state/rbee/tls/queen.pem")
 
-    def chat(self) -> httpx.Response:
+    def chat(self, content: str = "Hi") -> httpx.Response:
         body = {
             "model": "gemma3-270m",
-            "messages": [{"role": "user", "content": "Hi"}],
+            "messages": [{"role": "user", "content": content}],
             "max_tokens": 4,
         }
         headers = {"authorization": f"Bearer {self.token}"}
@@ -208,8 +208,8 @@ def test_apply_installs_three_network_hives_and_their_workers(net: NetworkCluste
 
 def test_inference_through_the_queen_reaches_every_hive(net: NetworkCluster) -> None:
     served = set()
-    for _ in range(6):
-        response = net.chat()
+    for n in range(6):  # six conversations: none cached anywhere, each goes to the least loaded
+        response = net.chat(f"Hi, I am number {n}.")
         assert response.status_code == 200, response.text
         served.add(response.headers["x-rbee-worker"])
     assert served == {"h0.gemma3-270m.0", "h1.gemma3-270m.0", "h2.gemma3-270m.0"}

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee.wire.prefix import prefix_of
+from rbee.wire.prefix import EMPTY, prefix_of
 from rbee.worker.prompt_cache import Entry, RamCache
 from tests.worker.conftest import HEADERS, Worker, WorkerFactory
 
@@ -123,3 +123,4 @@ def test_a_request_names_the_same_prefix_blocks_wherever_it_is_hashed() -> None:
     assert len(prefix_of({"prompt": prompt}).hashes) == 1 + 3
     assert prefix_of({"prompt": prompt + "y"}).held(set(prefix_of({"prompt": prompt}).hashes[:3]))
     assert prefix_of({"prompt": [1, 2]}).hashes == ()
+    assert prefix_of({"messages": []}) == EMPTY

@@ -8,13 +8,10 @@ model (`serving.routing`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from rbee.config.models import Serving
 from rbee.queen.serve.worker import Policy, WorkerRecord
 from rbee.wire.prefix import EMPTY, Prefix
-
-if TYPE_CHECKING:
-    from rbee.config.models import Serving
 
 __all__ = [
     "LEAST_LOADED",
@@ -82,11 +79,14 @@ def _least_loaded(record: WorkerRecord) -> tuple[float, int, float]:
 LEAST_LOADED = LeastLoaded()
 _ROUND_ROBIN = RoundRobin()
 _PREFIX = PrefixAware()
+_DEFAULT = Serving()
 
 
 def policy_for(serving: Serving | None) -> Policy:
-    """The policy a model's `serving:` names (least loaded when the model is not declared)."""
-    if serving is None or serving.routing == "least_loaded":
+    """The policy a model's `serving:` names (the default's when the model is not declared)."""
+    if serving is None:
+        serving = _DEFAULT
+    if serving.routing == "least_loaded":
         return LEAST_LOADED
     if serving.routing == "round_robin":
         return _ROUND_ROBIN
