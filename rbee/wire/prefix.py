@@ -43,6 +43,10 @@ class Prefix:
         """Characters over every block."""
         return self.ends[-1] if self.ends else 0
 
+    def share(self, holds: Container[int]) -> float:
+        """The share of the prompt's characters in the longest prefix `holds` has (0: none)."""
+        return self.held(holds) / self.size if self.size else 0.0
+
     def held(self, holds: Container[int]) -> int:
         """Characters of the longest prefix whose hash is in `holds` (0: none)."""
         for index in range(len(self.hashes) - 1, -1, -1):

@@ -193,10 +193,8 @@ class Admission:
 
 def _placement(waiter: _Waiter, free: list[WorkerRecord]) -> float:
     """The share of `waiter`'s prompt the best of the `free` workers (those it may use) holds."""
-    if not waiter.prefix.hashes:
-        return 0.0
-    usable = [rec for rec in free if rec.beat.worker_id not in waiter.exclude]
-    return max((waiter.prefix.held(rec.prefixes) for rec in usable), default=0) / waiter.prefix.size
+    usable = (rec for rec in free if rec.beat.worker_id not in waiter.exclude)
+    return max((waiter.prefix.share(rec.prefixes) for rec in usable), default=0.0)
 
 
 _DEFAULT = Serving()

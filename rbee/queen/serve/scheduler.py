@@ -69,7 +69,7 @@ class PrefixAware:
 def affinity(record: WorkerRecord, prefix: Prefix) -> float:
     """How much `record` suits a request beginning with `prefix`: the share of the prompt its
     cache holds, less the share of its slots in use."""
-    return prefix.held(record.prefixes) / prefix.size - record.load
+    return prefix.share(record.prefixes) - record.load
 
 
 def _least_loaded(record: WorkerRecord) -> tuple[float, int, float]:
